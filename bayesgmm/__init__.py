@@ -1,0 +1,38 @@
+"""bayesgmm: Gaussian mixture models, fitted by EM, sampled with PyMC, compared with ArviZ.
+
+The EM core is imported eagerly (numpy/scipy only); heavier layers are loaded on first use.
+"""
+
+from importlib import import_module
+from typing import Any
+
+from bayesgmm.core import (
+    ConjugatePrior,
+    DegenerateFitWarning,
+    EMResult,
+    GaussianMixture,
+    SelectionResult,
+    fit_em,
+    select_em,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConjugatePrior",
+    "DegenerateFitWarning",
+    "EMResult",
+    "GaussianMixture",
+    "SelectionResult",
+    "datasets",
+    "fit_em",
+    "select_em",
+]
+
+_LAZY_MODULES = {"datasets": "bayesgmm.datasets"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        return import_module(_LAZY_MODULES[name])
+    raise AttributeError(f"module 'bayesgmm' has no attribute {name!r}")

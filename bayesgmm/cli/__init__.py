@@ -1,0 +1,1 @@
+"""The ``bayesgmm`` command line."""

@@ -1,0 +1,30 @@
+"""The generative mixture and its maximum-likelihood EM (numpy and scipy only).
+
+Importing this package loads no pymc, pytensor or arviz.
+"""
+
+from bayesgmm.core.criteria import aic, bic, icl
+from bayesgmm.core.em import DegenerateFitWarning, EMResult, e_step, fit_em, m_step, step
+from bayesgmm.core.model import GaussianMixture
+from bayesgmm.core.prior import ConjugatePrior
+from bayesgmm.core.select import SelectionResult, select_em
+from bayesgmm.core.structures import STRUCTURES, CovarianceStructure, get_structure
+
+__all__ = [
+    "STRUCTURES",
+    "ConjugatePrior",
+    "CovarianceStructure",
+    "DegenerateFitWarning",
+    "EMResult",
+    "GaussianMixture",
+    "SelectionResult",
+    "aic",
+    "bic",
+    "e_step",
+    "fit_em",
+    "get_structure",
+    "icl",
+    "m_step",
+    "select_em",
+    "step",
+]

@@ -1,0 +1,190 @@
+"""Validation at the public boundary.
+
+Every check raises a ``ValueError`` or ``TypeError`` whose message names the argument, the value
+received and the fix. Nothing here uses ``assert``: user input is checked the same way under
+``python -O``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "as_data",
+    "as_rng",
+    "check_n_components",
+    "check_sample_weight",
+]
+
+
+def _describe(value: Any) -> str:
+    """A short description of a received value for an error message."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def as_data(X: Any, *, name: str = "X") -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Return ``X`` as a C-contiguous float64 array of shape (n_obs, n_features).
+
+    Accepts a numpy array or anything array-like, a pandas DataFrame (its column names become
+    feature names) or Series, and a 1-D array (one feature).
+
+    Returns
+    -------
+    X : ndarray of shape (n_obs, n_features)
+    feature_names : tuple of str or None
+        The DataFrame's column names, or None for plain arrays.
+    """
+    feature_names: tuple[str, ...] | None = None
+    columns = getattr(X, "columns", None)
+    if columns is not None and hasattr(X, "dtypes"):
+        # A DataFrame: name the offending columns rather than fail inside numpy.
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+        bad = [
+            str(col)
+            for col, dtype in zip(columns, X.dtypes, strict=True)
+            if not is_numeric_dtype(dtype) or is_bool_dtype(dtype)
+        ]
+        if bad:
+            raise TypeError(
+                f"{name} has non-numeric columns {bad}; a Gaussian mixture needs numbers. "
+                f"Select the numeric columns first, e.g. {name}.select_dtypes('number')."
+            )
+        feature_names = tuple(str(c) for c in columns)
+        X = X.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif hasattr(X, "to_numpy") and hasattr(X, "name"):  # a Series
+        if not _is_numeric_dtype(X.dtype):
+            raise TypeError(
+                f"{name} is a Series of dtype {X.dtype}; a Gaussian mixture needs numbers. "
+                "Convert it with pandas.to_numeric first."
+            )
+        feature_names = (str(X.name),) if X.name is not None else None
+        X = X.to_numpy(dtype=np.float64, na_value=np.nan)
+    try:
+        arr = np.asarray(X)
+    except Exception as err:  # ragged lists and the like
+        raise TypeError(
+            f"{name} could not be read as a numeric array ({err}); pass an (n_obs, n_features) "
+            "array or a DataFrame of numeric columns."
+        ) from err
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(
+            f"{name} has dtype {arr.dtype}, not numbers; pass an (n_obs, n_features) array of "
+            "floats or a DataFrame of numeric columns."
+        )
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} is complex ({_describe(arr)}); pass real numbers.")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    elif arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be 1-D (one feature) or 2-D (n_obs, n_features); got {arr.ndim}-D "
+            f"input of shape {arr.shape}. Reshape it, e.g. {name}.reshape(len({name}), -1)."
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty (shape {arr.shape}); it needs at least one observation and one feature."
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1))
+        kinds = "NaN" if np.isnan(arr).any() else "inf"
+        raise ValueError(
+            f"{name} contains {kinds} values in {rows.size} row(s) (first: row {rows[0]}); "
+            "drop or impute them first, e.g. X[np.isfinite(X).all(axis=1)]."
+        )
+    return arr, feature_names
+
+
+def _is_numeric_dtype(dtype: Any) -> bool:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        from pandas.api.types import is_numeric_dtype
+
+        return bool(is_numeric_dtype(dtype))
+    return bool(np.issubdtype(dt, np.number)) and not np.issubdtype(dt, np.complexfloating)
+
+
+def check_n_components(n_components: Any, X: np.ndarray, *, name: str = "n_components") -> int:
+    """Check that ``1 <= n_components <= number of distinct rows of X``."""
+    if isinstance(n_components, bool) or not isinstance(n_components, int | np.integer):
+        raise TypeError(
+            f"{name} must be a positive integer; got {_describe(n_components)}. "
+            "Pass e.g. n_components=3."
+        )
+    k = int(n_components)
+    if k < 1:
+        raise ValueError(f"{name} must be at least 1; got {k}.")
+    if k > X.shape[0]:
+        raise ValueError(
+            f"{name}={k} exceeds the number of observations ({X.shape[0]}); "
+            "use fewer components or more data."
+        )
+    n_distinct = count_distinct_rows(X) if k > 1 else 1
+    if k > n_distinct:
+        raise ValueError(
+            f"{name}={k} exceeds the number of distinct rows of X ({n_distinct}); a mixture "
+            "cannot separate identical observations. Use at most "
+            f"{n_distinct} components."
+        )
+    return k
+
+
+def count_distinct_rows(X: np.ndarray) -> int:
+    """Number of distinct rows of a 2-D array."""
+    return int(np.unique(X, axis=0).shape[0])
+
+
+def check_sample_weight(sample_weight: Any, n_obs: int) -> np.ndarray | None:
+    """Return ``sample_weight`` as a float64 (n_obs,) array, or None when not given.
+
+    Observation ``n`` counts ``w_n`` times: integer weights give exactly the fit of the data with
+    rows repeated.
+    """
+    if sample_weight is None:
+        return None
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"sample_weight could not be read as numbers ({err}); pass an (n_obs,) array "
+            "of non-negative weights."
+        ) from err
+    if w.ndim != 1 or w.shape[0] != n_obs:
+        raise ValueError(
+            f"sample_weight must have shape ({n_obs},), one weight per row of X; got shape "
+            f"{w.shape}."
+        )
+    if not np.isfinite(w).all():
+        raise ValueError("sample_weight contains NaN or inf; pass finite non-negative weights.")
+    if (w < 0).any():
+        first = int(np.flatnonzero(w < 0)[0])
+        raise ValueError(
+            f"sample_weight must be non-negative; got {w[first]} at position {first}. "
+            "Drop the observation (or give it weight 0) instead."
+        )
+    if not (w > 0).any():
+        raise ValueError(
+            "sample_weight is zero everywhere, so there is nothing to fit; give at least one "
+            "observation a positive weight."
+        )
+    return w
+
+
+def as_rng(rng: Any) -> np.random.Generator:
+    """Return a ``numpy.random.Generator`` from an int seed, a Generator or None."""
+    if rng is None or isinstance(rng, int | np.integer) and not isinstance(rng, bool):
+        return np.random.default_rng(None if rng is None else int(rng))
+    if isinstance(rng, np.random.Generator):
+        return rng
+    raise TypeError(
+        f"rng must be an int seed, a numpy.random.Generator or None; got {_describe(rng)}. "
+        "Pass e.g. rng=0."
+    )

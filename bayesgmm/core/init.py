@@ -1,0 +1,145 @@
+"""Starting points for EM: hierarchical, k-means++, random, or what the user already has.
+
+Every start is turned into responsibilities (n, K) or a :class:`GaussianMixture`; EM then begins
+with an M-step from the responsibilities (as mclust's ``me``) or an E-step from the mixture.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bayesgmm.core.hc import HierarchicalTree, hierarchical_tree, scaled_svd
+from bayesgmm.core.model import GaussianMixture
+
+__all__ = ["INIT_METHODS", "hc_tree", "kmeans_plus_plus_labels", "parse_init", "random_resp"]
+
+INIT_METHODS = ("hc", "kmeans++", "random")
+
+
+def hc_max_rows(n_features: int) -> int:
+    """Rows used by the hierarchical start: its cost grows as m² d³, so large data are subsampled."""
+    if n_features <= 10:
+        return 1000
+    if n_features <= 30:
+        return 500
+    return 200
+
+
+def hc_tree(
+    X: np.ndarray, rng: np.random.Generator, max_rows: int | None = None
+) -> tuple[HierarchicalTree, np.ndarray]:
+    """The hierarchical tree of ``X`` (on a random subset of rows when ``X`` is large).
+
+    Returns the tree and the indices of the rows it was built on.
+    """
+    cap = hc_max_rows(X.shape[1]) if max_rows is None else max_rows
+    rows = np.arange(X.shape[0])
+    if X.shape[0] > cap:
+        rows = np.sort(rng.choice(X.shape[0], size=cap, replace=False))
+    return hierarchical_tree(scaled_svd(X[rows])), rows
+
+
+def kmeans_plus_plus_labels(
+    X: np.ndarray, k: int, rng: np.random.Generator, n_lloyd: int = 10
+) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) followed by a few Lloyd iterations.
+
+    Features are standardised first so that the partition does not depend on units.
+    """
+    sd = X.std(axis=0)
+    Z = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    n = Z.shape[0]
+    sq_norm = np.einsum("ij,ij->i", Z, Z)
+    centers = np.empty((k, Z.shape[1]))
+    centers[0] = Z[rng.integers(n)]
+    closest = np.maximum(sq_norm - 2 * Z @ centers[0] + centers[0] @ centers[0], 0.0)
+    for j in range(1, k):
+        total = closest.sum()
+        if total <= 0:
+            centers[j] = Z[rng.integers(n)]
+        else:
+            centers[j] = Z[rng.choice(n, p=closest / total)]
+        dist = np.maximum(sq_norm - 2 * Z @ centers[j] + centers[j] @ centers[j], 0.0)
+        np.minimum(closest, dist, out=closest)
+    labels = np.zeros(n, dtype=np.int64)
+    for _ in range(n_lloyd):
+        dist = sq_norm[:, None] - 2 * Z @ centers.T + np.einsum("ij,ij->i", centers, centers)
+        new = dist.argmin(axis=1)
+        if np.array_equal(new, labels) and _ > 0:
+            break
+        labels = new
+        for j in range(k):
+            members = labels == j
+            if members.any():
+                centers[j] = Z[members].mean(axis=0)
+    return labels
+
+
+def random_resp(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Random responsibilities: uniform draws normalised by row (as scikit-learn's "random")."""
+    r = rng.uniform(size=(n, k))
+    return r / r.sum(axis=1, keepdims=True)
+
+
+def labels_to_resp(labels: np.ndarray, k: int) -> np.ndarray:
+    resp = np.zeros((labels.shape[0], k))
+    resp[np.arange(labels.shape[0]), labels] = 1.0
+    return resp
+
+
+def parse_init(init: Any, X: np.ndarray, k: int) -> str | np.ndarray | GaussianMixture:
+    """Validate ``init``: a method name, labels (n,), responsibilities (n, K) or a mixture."""
+    n, d = X.shape
+    if isinstance(init, str):
+        key = init.lower()
+        if key not in INIT_METHODS:
+            raise ValueError(
+                f"init={init!r} is not a known method; use one of {list(INIT_METHODS)}, an (n,) "
+                "label vector, an (n, K) responsibility matrix or a GaussianMixture."
+            )
+        return key
+    if isinstance(init, GaussianMixture):
+        if init.n_components != k or init.n_features != d:
+            raise ValueError(
+                f"init is a mixture with {init.n_components} components in {init.n_features} "
+                f"dimensions, but the fit asks for {k} components in {d}; pass a matching one."
+            )
+        return init
+    arr = np.asarray(init)
+    if arr.ndim == 1:
+        if arr.shape[0] != n:
+            raise ValueError(
+                f"init labels must have shape ({n},), one per row of X; got {arr.shape}."
+            )
+        if not np.issubdtype(arr.dtype, np.integer):
+            if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+                arr = arr.astype(np.int64)
+            else:
+                raise ValueError(f"init labels must be integers 0..{k - 1}; got dtype {arr.dtype}.")
+        if arr.min() < 0 or arr.max() >= k:
+            raise ValueError(
+                f"init labels must lie in 0..{k - 1}; got values {arr.min()}..{arr.max()}."
+            )
+        return labels_to_resp(arr, k)
+    if arr.ndim == 2:
+        if arr.shape != (n, k):
+            raise ValueError(
+                f"init responsibilities must have shape (n_obs, n_components) = ({n}, {k}); got "
+                f"{arr.shape}."
+            )
+        arr = np.asarray(arr, dtype=np.float64)
+        if not np.isfinite(arr).all() or (arr < 0).any():
+            raise ValueError("init responsibilities must be finite and non-negative.")
+        sums = arr.sum(axis=1)
+        if not np.allclose(sums, 1.0, atol=1e-6):
+            raise ValueError(
+                "init responsibilities must sum to 1 in each row; normalise them with "
+                "resp / resp.sum(axis=1, keepdims=True)."
+            )
+        return arr / sums[:, None]
+    raise ValueError(
+        f"init of shape {arr.shape} is not understood; pass a method name, an (n,) label vector, "
+        "an (n, K) responsibility matrix or a GaussianMixture."
+    )

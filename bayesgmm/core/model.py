@@ -1,0 +1,286 @@
+"""The generative model: p(x, z) = Categorical(z | π) · N(x | μ_z, Σ_z)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bayesgmm.core._passes import DensityParams, chunk_log_joint, density_params, run_pass
+from bayesgmm.core._validation import as_data, as_rng
+from bayesgmm.core.structures import CovarianceStructure, get_structure
+
+__all__ = ["GaussianMixture"]
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, dtype=np.float64, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class GaussianMixture:
+    """A Gaussian mixture as a value: z ~ Categorical(π), x | z ~ N(μ_z, Σ_z).
+
+    Immutable and validated once on construction; every method is vectorised over observations
+    and computed from Cholesky factors with log-sum-exp.
+
+    Parameters
+    ----------
+    weights : array_like of shape (K,)
+        Mixing proportions π, non-negative, summing to 1 (within 1e-8).
+    means : array_like of shape (K, D)
+        Component means μ_k.
+    covariances : array_like of shape (K, D, D)
+        Component covariances Σ_k, symmetric positive definite.
+    covariance_type : str, default "VVV"
+        The structure the covariances are meant to have (mclust code or alias); kept for
+        parameter counting and for EM.
+    feature_names : sequence of str, optional
+        Names of the D features (a DataFrame's columns).
+
+    Examples
+    --------
+    >>> import numpy as np, bayesgmm as bg
+    >>> gm = bg.GaussianMixture([0.3, 0.7], [[0.0], [4.0]], [[[1.0]], [[0.5]]], covariance_type="V")
+    >>> X, z = gm.sample(1000, rng=0)
+    >>> gm.log_prob(X).shape
+    (1000,)
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    covariance_type: str = "VVV"
+    feature_names: tuple[str, ...] | None = None
+    _chol: np.ndarray = field(init=False, repr=False)
+    _params: DensityParams = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        weights = np.asarray(self.weights, dtype=np.float64)
+        means = np.asarray(self.means, dtype=np.float64)
+        covs = np.asarray(self.covariances, dtype=np.float64)
+        if weights.ndim != 1 or weights.size == 0:
+            raise ValueError(f"weights must have shape (K,) with K ≥ 1; got shape {weights.shape}.")
+        k = weights.shape[0]
+        if means.ndim == 1 and k == means.shape[0]:
+            means = means[:, None]  # K scalar means of a univariate mixture
+        if means.ndim != 2 or means.shape[0] != k:
+            raise ValueError(
+                f"means must have shape (K, D) = ({k}, D) to match the {k} weights; got shape "
+                f"{means.shape}."
+            )
+        d = means.shape[1]
+        if covs.ndim == 1 and d == 1 and covs.shape[0] == k:
+            covs = covs[:, None, None]  # K scalar variances of a univariate mixture
+        if covs.shape != (k, d, d):
+            raise ValueError(
+                f"covariances must have shape (K, D, D) = ({k}, {d}, {d}); got shape {covs.shape}."
+            )
+        for name, arr in (("weights", weights), ("means", means), ("covariances", covs)):
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name} contains NaN or inf; every parameter must be finite.")
+        if (weights < 0).any():
+            raise ValueError(f"weights must be non-negative; got {weights.tolist()}.")
+        if abs(weights.sum() - 1.0) > 1e-8:
+            raise ValueError(
+                f"weights must sum to 1 (within 1e-8); they sum to {weights.sum()!r}. "
+                "Divide them by their sum."
+            )
+        scale = np.sqrt(np.abs(np.diagonal(covs, axis1=1, axis2=2)))
+        denom = scale[:, :, None] * scale[:, None, :]
+        asym = np.abs(covs - covs.transpose(0, 2, 1))
+        bad = asym > 1e-8 * np.where(denom > 0, denom, 1.0)
+        if bad.any():
+            j = int(np.flatnonzero(bad.any(axis=(1, 2)))[0])
+            raise ValueError(
+                f"covariances[{j}] is not symmetric; pass (Σ + Σᵀ)/2 if the asymmetry is rounding."
+            )
+        covs = 0.5 * (covs + covs.transpose(0, 2, 1))
+        structure = get_structure(self.covariance_type, d)
+        chol = _cholesky_or_raise(covs)
+        if self.feature_names is not None and len(self.feature_names) != d:
+            raise ValueError(f"feature_names has {len(self.feature_names)} names for {d} features.")
+        set_ = object.__setattr__
+        set_(self, "weights", _readonly(weights))
+        set_(self, "means", _readonly(means))
+        set_(self, "covariances", _readonly(covs))
+        set_(self, "covariance_type", structure.name)
+        if self.feature_names is not None:
+            set_(self, "feature_names", tuple(str(f) for f in self.feature_names))
+        set_(self, "_chol", _readonly(chol))
+        self._set_params(structure)
+
+    @classmethod
+    def _trusted(
+        cls,
+        weights: np.ndarray,
+        means: np.ndarray,
+        covariances: np.ndarray,
+        structure: CovarianceStructure,
+        feature_names: tuple[str, ...] | None,
+    ) -> GaussianMixture:
+        """Build from arrays EM itself produced (shapes, finiteness and symmetry hold by
+        construction): only the Cholesky factorisation is checked. Raises ValueError when a
+        covariance is not positive definite."""
+        self = object.__new__(cls)
+        chol = _cholesky_or_raise(covariances)
+        set_ = object.__setattr__
+        for name, value in (
+            ("weights", weights),
+            ("means", means),
+            ("covariances", covariances),
+            ("_chol", chol),
+        ):
+            value.flags.writeable = False  # freshly computed by the caller: no copy needed
+            set_(self, name, value)
+        set_(self, "covariance_type", structure.name)
+        set_(self, "feature_names", feature_names)
+        self._set_params(structure)
+        return self
+
+    def _set_params(self, structure: CovarianceStructure) -> None:
+        diagonal = structure.scatter_kind == "diag" or self.means.shape[1] == 1
+        with np.errstate(divide="ignore"):
+            log_w = np.log(self.weights)
+        params = density_params(log_w, self.means, self._chol, diagonal, self.weights @ self.means)
+        object.__setattr__(self, "_params", params)
+
+    # -- shape facts -------------------------------------------------------------------------
+    @property
+    def n_components(self) -> int:
+        """K, the number of components."""
+        return int(self.weights.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """D, the dimension of x."""
+        return int(self.means.shape[1])
+
+    @property
+    def structure(self) -> CovarianceStructure:
+        """The covariance structure object."""
+        return get_structure(self.covariance_type)
+
+    @property
+    def n_parameters(self) -> int:
+        """Free parameters: K − 1 weights, K·D means and the structure's covariance parameters
+        (exactly mclust's ``nMclustParams``)."""
+        return self.structure.n_parameters(self.n_components, self.n_features)
+
+    @property
+    def cholesky(self) -> np.ndarray:
+        """Lower Cholesky factors L_k of the covariances, shape (K, D, D)."""
+        return self._chol
+
+    # -- sampling ----------------------------------------------------------------------------
+    def sample(self, n: int, rng: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Ancestral sampling: z_n ~ Categorical(π), then x_n | z_n ~ N(μ_{z_n}, Σ_{z_n}).
+
+        Returns
+        -------
+        X : ndarray of shape (n, D)
+        z : ndarray of shape (n,), integer component labels
+        """
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+            raise ValueError(f"n must be a non-negative integer; got {n!r}.")
+        gen = as_rng(rng)
+        z = gen.choice(self.n_components, size=int(n), p=self.weights)
+        eps = gen.standard_normal((int(n), self.n_features))
+        X = self.means[z] + np.einsum("nij,nj->ni", self._chol[z], eps)
+        return X, z
+
+    # -- densities ---------------------------------------------------------------------------
+    def _data(self, X: Any) -> np.ndarray:
+        arr, _ = as_data(X)
+        if arr.shape[1] != self.n_features:
+            raise ValueError(
+                f"X has {arr.shape[1]} features but the mixture has {self.n_features}; pass data "
+                "with the same columns as the fit."
+            )
+        return arr
+
+    def log_joint_all(self, X: Any) -> np.ndarray:
+        """log p(x_n, z_n = k) = log π_k + log N(x_n | μ_k, Σ_k), shape (n, K)."""
+        arr = self._data(X)
+        p = self._params
+        out = np.empty((arr.shape[0], self.n_components))
+        step = 65_536
+        for lo in range(0, arr.shape[0], step):
+            out[lo : lo + step] = chunk_log_joint(arr[lo : lo + step] - p.center, p)
+        return out
+
+    def log_joint(self, X: Any, z: Any) -> np.ndarray:
+        """log p(x_n, z_n) at the given labels, shape (n,)."""
+        lj = self.log_joint_all(X)
+        z_arr = np.asarray(z)
+        if z_arr.shape != (lj.shape[0],) or not np.issubdtype(z_arr.dtype, np.integer):
+            raise ValueError(
+                f"z must be an integer array of shape ({lj.shape[0]},); got {z_arr.dtype} "
+                f"shape {z_arr.shape}."
+            )
+        if z_arr.size and (z_arr.min() < 0 or z_arr.max() >= self.n_components):
+            raise ValueError(
+                f"z must hold labels in 0..{self.n_components - 1}; got values from "
+                f"{z_arr.min()} to {z_arr.max()}."
+            )
+        return lj[np.arange(lj.shape[0]), z_arr]
+
+    def log_prob(self, X: Any) -> np.ndarray:
+        """log p(x_n) = log Σ_k π_k N(x_n | μ_k, Σ_k) (log-sum-exp), shape (n,)."""
+        arr = self._data(X)
+        out = np.empty(arr.shape[0])
+        run_pass(arr, self._params, logp_out=out)
+        return out
+
+    def responsibilities(self, X: Any) -> np.ndarray:
+        """p(z_n = k | x_n) = π_k N(x_n | μ_k, Σ_k) / Σ_j π_j N(x_n | μ_j, Σ_j), shape (n, K).
+
+        Rows sum to 1; computed in log space, so they never underflow to 0/0.
+        """
+        arr = self._data(X)
+        out = np.empty((arr.shape[0], self.n_components))
+        run_pass(arr, self._params, resp_out=out)
+        return out
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable component argmax_k p(z_n = k | x_n), shape (n,)."""
+        return self.log_joint_all(X).argmax(axis=1)
+
+    def score(self, X: Any) -> float:
+        """Total log-likelihood Σ_n log p(x_n)."""
+        return float(self.log_prob(X).sum())
+
+    # -- display -----------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (
+            f"GaussianMixture(n_components={self.n_components}, n_features={self.n_features}, "
+            f"covariance_type={self.covariance_type!r}, weights={np.round(self.weights, 4).tolist()})"
+        )
+
+
+def _cholesky_or_raise(covs: np.ndarray) -> np.ndarray:
+    try:
+        chol = np.linalg.cholesky(covs)
+        if np.diagonal(chol, axis1=1, axis2=2).min() > 0:
+            return chol
+    except np.linalg.LinAlgError:
+        pass
+    chol = np.empty_like(covs)
+    for j, cov in enumerate(covs):
+        try:
+            chol[j] = np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            eig = np.linalg.eigvalsh(cov).min()
+            raise ValueError(
+                f"covariances[{j}] is not positive definite (smallest eigenvalue {eig:.3g}); "
+                "a degenerate covariance. Add a small ridge to its diagonal or drop the component."
+            ) from None
+        if not (np.diagonal(chol[j]) > 0).all():
+            raise ValueError(
+                f"covariances[{j}] is singular; a degenerate covariance. Add a small ridge to its "
+                "diagonal or drop the component."
+            )
+    return chol
