@@ -46,10 +46,14 @@ def _demo(args: argparse.Namespace) -> int:
             sd = np.sqrt(np.diag(model.covariances[k]))
             corr = model.covariances[k] / np.outer(sd, sd)
             print(f"  component {k}: weight {model.weights[k]:.4f}")
-            print(f"    mean  {dict(zip(names, np.round(model.means[k], 4).tolist(), strict=True))}")
+            print(
+                f"    mean  {dict(zip(names, np.round(model.means[k], 4).tolist(), strict=True))}"
+            )
             print(f"    sd    {dict(zip(names, np.round(sd, 4).tolist(), strict=True))}")
             if model.n_features > 1:
-                print(f"    corr  {np.round(corr[np.triu_indices(model.n_features, 1)], 4).tolist()}")
+                print(
+                    f"    corr  {np.round(corr[np.triu_indices(model.n_features, 1)], 4).tolist()}"
+                )
     print()
     print(f"Fitted {len(sel.results)} (structure, K) cells in {elapsed:.1f} s.")
     return 0

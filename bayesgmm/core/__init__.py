@@ -4,9 +4,11 @@ Importing this package loads no pymc, pytensor or arviz.
 """
 
 from bayesgmm.core.criteria import aic, bic, icl
-from bayesgmm.core.em import DegenerateFitWarning, EMResult, e_step, fit_em, m_step, step
+from bayesgmm.core.em import e_step, m_step, step
+from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ConjugatePrior
+from bayesgmm.core.result import DegenerateFitWarning, EMResult
 from bayesgmm.core.select import SelectionResult, select_em
 from bayesgmm.core.structures import STRUCTURES, CovarianceStructure, get_structure
 

@@ -1,8 +1,10 @@
 """One pass over the rows: log p(x_n, z_n = k), log-sum-exp and the EM sufficient statistics.
 
-This is the hot path of EM. It never allocates an (N, K, D) or (N, K, D, D) temporary: rows are
-processed in chunks whose temporaries are bounded (a few MB), each chunk does its work for all K
-components as one matrix product, and chunks run on a small thread pool (numpy and BLAS release
+This is the hot path of EM. A pass evaluates a *batch* of R mixtures of K components at once (the
+R starts of a multi-start fit), so that the fixed cost of each numpy call is paid once per batch
+rather than once per start. It never allocates an (N, K, D) or (N, K, D, D) temporary: rows are
+processed in chunks whose temporaries are bounded (a few MB), each chunk does its work for all
+R·K components as one matrix product, and chunks run on a small thread pool (numpy and BLAS release
 the GIL). Chunk boundaries do not depend on the number of threads and partial sums are added in
 chunk order, so results are identical whatever the thread count.
 
@@ -10,7 +12,7 @@ Densities use Cholesky factors only: with Σ_k = L_k L_kᵀ and U_k = L_k⁻ᵀ 
 
     (x − μ_k)ᵀ Σ_k⁻¹ (x − μ_k) = ‖(x − μ_k) U_k‖²,      log|Σ_k| = 2 Σ_i log (L_k)_ii.
 
-Stacking U = [U_1 … U_K] (D, K·D) turns the K Mahalanobis distances of a chunk into one GEMM.
+Stacking U = [U_1 … U_M] (D, M·D) turns the M Mahalanobis distances of a chunk into one GEMM.
 All arithmetic is on rows shifted by a reference point (``center``) so that large offsets do not
 eat the digits of small spreads.
 """
@@ -24,9 +26,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.linalg.lapack import dtrtri
 
-__all__ = ["DensityParams", "PassStats", "density_params", "run_pass"]
+__all__ = ["DensityParams", "PassStats", "density_params", "run_pass", "triu"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 #: Bytes allowed for the largest temporary of one chunk.
@@ -38,49 +39,67 @@ _executor: ThreadPoolExecutor | None = None
 
 
 @functools.cache
-def _n_threads() -> int:
+def n_threads() -> int:
+    """Threads used by a pass: ``BAYESGMM_NUM_THREADS`` or the number of cores (at most 8)."""
     env = os.environ.get("BAYESGMM_NUM_THREADS")
     if env:
         return max(1, int(env))
     return max(1, min(8, os.cpu_count() or 1))
 
 
+@functools.cache
+def triu(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the upper triangle of a D × D matrix (cached)."""
+    iu, ju = np.triu_indices(d)
+    iu.flags.writeable = False
+    ju.flags.writeable = False
+    return iu, ju
+
+
 def _pool() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=_n_threads(), thread_name_prefix="bayesgmm")
+        _executor = ThreadPoolExecutor(max_workers=n_threads(), thread_name_prefix="bayesgmm")
     return _executor
 
 
 @dataclass(frozen=True)
 class DensityParams:
-    """Everything one pass needs about a mixture, in coordinates shifted by ``center``.
+    """Everything one pass needs about a batch of R mixtures of K components (M = R·K).
+
+    All positions are shifted by ``center``.
 
     Attributes
     ----------
     kind : {"full", "diag"}
         "diag" when every covariance is diagonal (the cheaper expansion is then used).
+    n_batch, n_components : int
+        R and K.
     center : ndarray (D,)
-    means : ndarray (K, D)
-        Means minus ``center``.
-    const : ndarray (K,)
+    means : ndarray (M, D)
+        Means minus ``center``, component-major: row k·R + r is component k of mixture r.
+    const : ndarray (M,)
         log π_k − D/2 log 2π − 1/2 log|Σ_k|.
-    prec_stack : ndarray (D, K·D) for "full"
-        [U_1 … U_K] with U_k = L_k⁻ᵀ.
-    shift : ndarray (K·D,) for "full"
-        [μ_1 U_1 … μ_K U_K].
-    inv_var : ndarray (K, D) for "diag"
+    prec_stack : ndarray (D, D·M), "full" only
+        Column j·M + m holds the j-th column of U_m = L_m⁻ᵀ.
+    shift : ndarray (D·M,), "full" only
+        The matching entries of μ_m U_m.
+    inv_var : ndarray (M, D), "diag" only
         1 / σ²_kj.
+    mean_term : ndarray (M,), "diag" only
+        Σ_j μ_kj² / σ²_kj.
     """
 
     kind: Literal["full", "diag"]
+    n_batch: int
+    n_components: int
     center: np.ndarray
     means: np.ndarray
     const: np.ndarray
     prec_stack: np.ndarray | None = None
     shift: np.ndarray | None = None
     inv_var: np.ndarray | None = None
-    mean_term: np.ndarray | None = None  # (K,) Σ_j μ_kj² / σ²_kj for "diag"
+    mean_term: np.ndarray | None = None
 
 
 def density_params(
@@ -94,43 +113,41 @@ def density_params(
 
     Parameters
     ----------
-    log_weights : (K,)
-    means : (K, D)
-    chol : (K, D, D) lower Cholesky factors of the covariances
+    log_weights : (R, K) or (K,)
+    means : (R, K, D) or (K, D)
+    chol : (R, K, D, D) or (K, D, D)
+        Lower Cholesky factors of the covariances.
     diagonal : bool
         True when every covariance is diagonal.
-    center : (D,) reference point subtracted from the rows and the means
+    center : (D,)
+        Reference point subtracted from the rows and the means.
     """
-    k, d = means.shape
+    r, k = (1, log_weights.shape[0]) if log_weights.ndim == 1 else log_weights.shape
+    d = means.shape[-1]
+    m = r * k
+    # Component-major order (index k·R + r): reductions over the K components of each mixture
+    # then run over a middle axis with the R mixtures contiguous, which numpy does quickly.
+    means = np.swapaxes(means.reshape(r, k, d), 0, 1).reshape(m, d)
+    chol = np.swapaxes(chol.reshape(r, k, d, d), 0, 1).reshape(m, d, d)
+    log_w = log_weights.reshape(r, k).T.reshape(m)
     diag_l = np.diagonal(chol, axis1=1, axis2=2)
-    const = log_weights - np.log(diag_l).sum(axis=1) - 0.5 * d * _LOG_2PI
+    const = log_w - np.log(diag_l).sum(axis=1) - 0.5 * d * _LOG_2PI
     mc = means - center
     if diagonal:
-        inv_var = 1.0 / diag_l**2
+        inv_var = 1.0 / (diag_l * diag_l)
         return DensityParams(
-            kind="diag",
-            center=center,
-            means=mc,
-            const=const,
-            inv_var=inv_var,
-            mean_term=(mc**2 * inv_var).sum(axis=1),
+            "diag", r, k, center, mc, const, inv_var=inv_var, mean_term=(mc * mc * inv_var).sum(1)
         )
-    prec = np.empty((d, k * d))
-    for j in range(k):
-        # U_j = L_j^{-T}: LAPACK's triangular inverse of the factor, never an inverse of Σ.
-        inv, info = dtrtri(chol[j], lower=1)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"Cholesky factor {j} is singular")
-        prec[:, j * d : (j + 1) * d] = inv.T
-    shift = (mc[:, :, None] * prec.reshape(d, k, d).transpose(1, 0, 2)).sum(axis=1).reshape(k * d)
-    return DensityParams(
-        kind="full", center=center, means=mc, const=const, prec_stack=prec, shift=shift
-    )
+    # U_m = L_m^{-T}: the inverse of the triangular factor (never of Σ), lower triangular by
+    # construction, so rounding above the diagonal is cleared.
+    u = np.swapaxes(np.tril(np.linalg.inv(chol)), 1, 2)  # (M, D, D), upper
+    prec = u.transpose(1, 2, 0).reshape(d, d * m)  # column j·M + m holds U_m[:, j]
+    shift = (mc[:, :, None] * u).sum(axis=1).T.reshape(d * m)
+    return DensityParams("full", r, k, center, mc, const, prec_stack=prec, shift=shift)
 
 
 def chunk_log_joint(xc: np.ndarray, p: DensityParams, sq: np.ndarray | None = None) -> np.ndarray:
-    """log p(x_n, z_n = k) for a chunk of shifted rows ``xc`` (c, D) → (c, K)."""
-    k = p.const.shape[0]
+    """log p(x_n, z_n = k) for a chunk of shifted rows ``xc`` (c, D) → (c, M)."""
     if p.kind == "diag":
         if sq is None:
             sq = xc * xc
@@ -142,40 +159,42 @@ def chunk_log_joint(xc: np.ndarray, p: DensityParams, sq: np.ndarray | None = No
         y = xc @ p.prec_stack
         y -= p.shift
         np.multiply(y, y, out=y)
-        maha = y.reshape(xc.shape[0], k, -1).sum(axis=2)
+        maha = y.reshape(xc.shape[0], -1, p.const.shape[0]).sum(axis=1)
     maha *= -0.5
     maha += p.const
     return maha
 
 
-def _log_normalise(log_joint: np.ndarray) -> np.ndarray:
-    """In place: turn log p(x_n, z_n = k) into p(z_n = k | x_n); return log p(x_n) (c,)."""
-    top = log_joint.max(axis=1)
-    log_joint -= top[:, None]
-    np.exp(log_joint, out=log_joint)
-    total = log_joint.sum(axis=1)
-    log_joint /= total[:, None]
+def _log_normalise(log_joint: np.ndarray, r: int, k: int) -> np.ndarray:
+    """In place: turn log p(x_n, z_n = k) (c, K·R, component-major) into p(z_n = k | x_n)
+    within each of the R mixtures; return log p(x_n), shape (c, R)."""
+    lj = log_joint.reshape(-1, k, r)
+    top = lj.max(axis=1)
+    lj -= top[:, None, :]
+    np.exp(lj, out=lj)
+    total = lj.sum(axis=1)
+    lj /= total[:, None, :]
     return top + np.log(total)
 
 
 @dataclass
 class PassStats:
-    """Sums over observations from one pass (all in ``center``-shifted coordinates).
+    """Sums over observations from one pass, per mixture of the batch (shifted coordinates).
 
     Attributes
     ----------
-    loglik : float
+    loglik : (R,)
         Σ_n w_n log p(x_n).
-    counts : (K,)
+    counts : (R, K)
         n_k = Σ_n w_n γ_nk.
-    sum_x : (K, D)
+    sum_x : (R, K, D)
         Σ_n w_n γ_nk (x_n − c).
-    scatter : (K, D, D) or (K, D)
-        "full": Σ_n w_n γ_nk (x_n − μ_k)(x_n − μ_k)ᵀ about the pass's own means μ_k;
-        "diag": Σ_n w_n γ_nk (x_n − c)² (raw second moments, elementwise).
+    scatter : (R, K, D(D+1)/2) or (R, K, D), or None
+        Raw second moments about the center c: "full": the upper triangle (row-major, as
+        ``numpy.triu_indices``) of Σ_n w_n γ_nk (x_n − c)(x_n − c)ᵀ; "diag": its diagonal.
     """
 
-    loglik: float
+    loglik: np.ndarray
     counts: np.ndarray
     sum_x: np.ndarray
     scatter: np.ndarray | None
@@ -189,9 +208,9 @@ class PassStats:
         return self
 
 
-def _chunk_rows(n: int, k: int, d: int) -> int:
-    per_row = 8 * max(k * d, k + d, 1)
-    return min(max(_CHUNK_BYTES // per_row, 256), 65_536)
+def _chunk_rows(m: int, d: int, stats: str) -> int:
+    per_row = 8 * max(m * d, m + d, d * (d + 1) // 2, 1)
+    return min(max(_CHUNK_BYTES // per_row, 64), 65_536)
 
 
 def _one_chunk(
@@ -204,31 +223,33 @@ def _one_chunk(
     resp_out: np.ndarray | None,
     logp_out: np.ndarray | None,
 ) -> PassStats:
+    r, k = p.n_batch, p.n_components
+    m, d = p.means.shape
     xc = X[lo:hi] - p.center
     sq = xc * xc if p.kind == "diag" or stats == "diag" else None
     resp = chunk_log_joint(xc, p, sq)
-    logp = _log_normalise(resp)
+    logp = _log_normalise(resp, r, k)
     if logp_out is not None:
         logp_out[lo:hi] = logp
     if resp_out is not None:
         resp_out[lo:hi] = resp
     if w is not None:
         wc = w[lo:hi]
-        loglik = float(wc @ logp)
+        loglik = wc @ logp
         resp *= wc[:, None]
     else:
-        loglik = float(logp.sum())
-    k, d = p.means.shape
+        loglik = logp.sum(axis=0)
     if stats == "none":
-        return PassStats(loglik, np.zeros(k), np.zeros((k, d)), None)
-    counts = resp.sum(axis=0)
-    sum_x = resp.T @ xc
+        return PassStats(loglik, np.zeros((r, k)), np.zeros((r, k, d)), None)
+    counts = resp.sum(axis=0).reshape(k, r).T
+    sum_x = (resp.T @ xc).reshape(k, r, d).swapaxes(0, 1)
     if stats == "diag":
-        scatter = resp.T @ sq
+        scatter = (resp.T @ sq).reshape(k, r, d).swapaxes(0, 1)
     else:
-        # (K, c, D) deviations of the chunk from each component's mean: bounded by the chunk size.
-        dev = xc[None, :, :] - p.means[:, None, :]
-        scatter = np.matmul((dev * resp.T[:, :, None]).transpose(0, 2, 1), dev)
+        # Raw second moments about the center, upper triangle packed: one GEMM for all
+        # components, with a (c, D(D+1)/2) temporary.
+        iu, ju = triu(d)
+        scatter = (resp.T @ (xc[:, iu] * xc[:, ju])).reshape(k, r, iu.shape[0]).swapaxes(0, 1)
     return PassStats(loglik, counts, sum_x, scatter)
 
 
@@ -241,18 +262,19 @@ def run_pass(
     resp_out: np.ndarray | None = None,
     logp_out: np.ndarray | None = None,
 ) -> PassStats:
-    """One pass over all rows of ``X`` (N, D).
+    """One pass over all rows of ``X`` (N, D) for a batch of R mixtures.
 
-    Computes Σ_n w_n log p(x_n) and, when ``stats`` is "full" or "diag", the sufficient statistics
-    of the M-step (see :class:`PassStats`). Writes p(z_n = k | x_n) into ``resp_out`` (N, K) and
-    log p(x_n) into ``logp_out`` (N,) when given. Memory: O(chunk) beyond the outputs.
+    Computes Σ_n w_n log p(x_n) for each mixture and, when ``stats`` is "full" or "diag", the
+    sufficient statistics of the M-step (see :class:`PassStats`). Writes p(z_n = k | x_n) into
+    ``resp_out`` (N, K·R, component-major) and log p(x_n) into ``logp_out`` (N, R) when given. Memory: O(chunk)
+    beyond the outputs.
     """
     n = X.shape[0]
-    k, d = p.means.shape
-    step = _chunk_rows(n, k, d)
+    m, d = p.means.shape
+    step = _chunk_rows(m, d, stats)
     bounds = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
     args = (p, sample_weight, stats, resp_out, logp_out)
-    if n < _PARALLEL_MIN_ROWS or len(bounds) == 1 or _n_threads() == 1:
+    if n < _PARALLEL_MIN_ROWS or len(bounds) == 1 or n_threads() == 1:
         parts = [_one_chunk(X, lo, hi, *args) for lo, hi in bounds]
     else:
         parts = list(_pool().map(lambda b: _one_chunk(X, b[0], b[1], *args), bounds))

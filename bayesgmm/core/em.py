@@ -7,60 +7,40 @@ M-step: with sample weights w_n (1 by default),
     Σ_k from S_k = Σ_n w_n γ_nk (x_n − μ_k)(x_n − μ_k)ᵀ under the covariance structure
     (VVV: Σ_k = S_k / n_k; see :mod:`bayesgmm.core.structures` for the others).
 
-:func:`e_step`, :func:`m_step` and :func:`step` are what :func:`fit_em`'s loop calls; :func:`step`
-fuses both into one pass over the rows whose statistics are sums over observations.
+:func:`e_step`, :func:`m_step` and :func:`step` are the public step functions. The loop that
+:func:`bayesgmm.fit_em` runs is the same step applied to a *batch* of mixtures at once (the
+starts of a multi-start fit), each with its own convergence test, so that the fixed cost of
+every numpy call is shared by all starts.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._passes import PassStats, run_pass
-from bayesgmm.core._validation import as_data, as_rng, check_n_components, check_sample_weight
+from bayesgmm.core._passes import PassStats, density_params, run_pass, triu
 from bayesgmm.core.criteria import aic, bic, icl
-from bayesgmm.core.init import (
-    hc_tree,
-    kmeans_plus_plus_labels,
-    labels_to_resp,
-    parse_init,
-    random_resp,
-)
 from bayesgmm.core.model import GaussianMixture
-from bayesgmm.core.prior import ConjugatePrior, ResolvedPrior
+from bayesgmm.core.prior import ResolvedPrior
+from bayesgmm.core.result import EMResult
 from bayesgmm.core.structures import CovarianceStructure, get_structure
 
-__all__ = [
-    "DegenerateFitWarning",
-    "EMResult",
-    "e_step",
-    "fit_em",
-    "m_step",
-    "step",
-]
+__all__ = ["Degenerate", "e_step", "m_step", "step"]
 
-#: Default relative tolerance on the log-likelihood change. scikit-learn's 1e-3 (absolute, per
-#: observation) stops faithful's EEE,3 fit about 0.05 short of its optimum; this does not.
-DEFAULT_TOL = 1e-8
-DEFAULT_MAX_ITER = 1000
 #: A component whose covariance has an eigenvalue below this fraction of the data's variance in
 #: that direction (after standardising each feature) is declared collapsed.
 DEGENERACY_RTOL = 1e-8
-#: With several starts, each runs this many iterations before the unpromising ones are dropped.
-SHORT_ITER = 20
-#: Restarts (besides the first start) carried on to convergence after the short runs.
-KEEP_AFTER_SHORT = 2
 
-
-class DegenerateFitWarning(UserWarning):
-    """An EM fit collapsed: a component on tied or duplicated points, or an empty component."""
+_REMEDY = (
+    "Try fewer components, a more constrained covariance_type, a prior "
+    "(prior=ConjugatePrior()) or reg_covar > 0."
+)
 
 
 class Degenerate(Exception):
-    """Raised inside EM when a step cannot produce a valid mixture."""
+    """Raised when a step cannot produce a valid mixture (empty or singular component)."""
 
     def __init__(self, component: int, reason: str):
         super().__init__(f"component {component}: {reason}")
@@ -68,76 +48,183 @@ class Degenerate(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, repr=False)
-class EMResult:
-    """The result of :func:`fit_em`.
+# -- batched M-step ---------------------------------------------------------------------------
 
-    Attributes
-    ----------
-    model : GaussianMixture
-        The fitted mixture; ``loglik`` is exactly its log-likelihood on the data.
-    loglik : float
-        Σ_n w_n log p(x_n) at ``model``.
-    loglik_trace : ndarray
-        Log-likelihood before each M-step, then at the returned model.
-    n_iter : int
-        Number of EM iterations (M-steps) performed.
-    converged : bool
-        Whether the relative change fell below ``tol`` before ``max_iter``.
-    n_parameters, n_obs : int, float
-        Free parameters (mclust's count) and the number of observations (Σ w_n when weighted).
-    bic, aic, icl : float
-        −2 loglik + p log n; −2 loglik + 2p; BIC − 2 Σ_n w_n log γ_{n, MAP(n)}. Smaller is better
-        (mclust prints the negatives).
-    responsibilities : ndarray (n, K)
-        p(z_n = k | x_n) at ``model``.
-    degenerate : bool
-        True when the fit collapsed; ``degenerate_reason`` then says which component and why.
+
+@dataclass
+class _Params:
+    """Arrays of a batch of R mixtures: weights (R, K), means (R, K, D), covariances and their
+    Cholesky factors (R, K, D, D)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covs: np.ndarray
+    chol: np.ndarray
+
+    def take(self, idx: Any) -> _Params:
+        return _Params(self.weights[idx], self.means[idx], self.covs[idx], self.chol[idx])
+
+    def member(self, i: int, k: int) -> _Params:
+        """Mixture ``i`` of the batch as a batch of one, without its padding beyond ``k``."""
+        return _Params(
+            self.weights[i : i + 1, :k],
+            self.means[i : i + 1, :k],
+            self.covs[i : i + 1, :k],
+            self.chol[i : i + 1, :k],
+        )
+
+
+def _stack_padded(parts: list[_Params], kmax: int) -> tuple[_Params, np.ndarray]:
+    """Stack batches of one with K ≤ ``kmax`` components into one batch, padding each with
+    zero-weight components (identity covariance) so that mixtures of different K share passes.
+    Returns the batch and the (R, kmax) mask of real components."""
+    r = len(parts)
+    d = parts[0].means.shape[-1]
+    weights = np.zeros((r, kmax))
+    means = np.zeros((r, kmax, d))
+    covs = np.broadcast_to(np.eye(d), (r, kmax, d, d)).copy()
+    chol = covs.copy()
+    mask = np.zeros((r, kmax), dtype=bool)
+    for i, p in enumerate(parts):
+        k = p.weights.shape[1]
+        weights[i, :k] = p.weights[0]
+        means[i, :k] = p.means[0]
+        covs[i, :k] = p.covs[0]
+        chol[i, :k] = p.chol[0]
+        mask[i, :k] = True
+    return _Params(weights, means, covs, chol), mask
+
+
+def _batched_cholesky(covs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cholesky factors of (R, K, D, D) covariances and, per mixture, the first component that
+    is not positive definite (−1 when all are)."""
+    bad = np.full(covs.shape[0], -1)
+    try:
+        chol = np.linalg.cholesky(covs)
+    except np.linalg.LinAlgError:
+        # Find the failing mixtures without one LAPACK call per matrix: eigenvalues of the whole
+        # batch (NaN-safe), then Cholesky of the mixtures whose covariances all look PD.
+        finite = np.isfinite(covs).all(axis=(-2, -1))
+        safe = np.where(finite[..., None, None], covs, 0.0)
+        pd = finite & (np.linalg.eigvalsh(safe)[..., 0] > 0)
+        chol = np.zeros_like(covs)
+        for r in range(covs.shape[0]):
+            if not pd[r].all():
+                bad[r] = int(np.argmin(pd[r]))
+                continue
+            try:
+                chol[r] = np.linalg.cholesky(covs[r])
+            except np.linalg.LinAlgError:
+                bad[r] = 0
+    diag = np.diagonal(chol, axis1=-2, axis2=-1)
+    invalid = ~(np.isfinite(diag) & (diag > 0)).all(axis=-1)  # (R, K)
+    for r in np.flatnonzero(invalid.any(axis=1) & (bad < 0)):
+        bad[r] = int(np.argmax(invalid[r]))
+    return chol, bad
+
+
+def _unpack(packed: np.ndarray, d: int) -> np.ndarray:
+    """(..., D(D+1)/2) upper triangles → (..., D, D) symmetric matrices."""
+    iu, ju = triu(d)
+    out = np.empty((*packed.shape[:-1], d, d))
+    out[..., iu, ju] = packed
+    out[..., ju, iu] = packed
+    return out
+
+
+def _m_step_batch(
+    stats: PassStats,
+    center: np.ndarray,
+    structure: CovarianceStructure,
+    prior: ResolvedPrior | None,
+    reg_covar: float,
+    mask: np.ndarray | None = None,
+) -> tuple[_Params, np.ndarray, list[str]]:
+    """π, μ, Σ for each mixture of the batch from its pass statistics.
+
+    ``mask`` (R, K) marks the real components when mixtures are padded (maximum likelihood
+    only: the MAP divisors depend on the number of components). Returns the new parameters, the
+    index of a failed component per mixture (−1 when none) and the reasons of the failures.
     """
+    counts = stats.counts
+    total = counts.sum(axis=-1, keepdims=True)
+    tiny = 1e-10 * total
+    low = counts <= tiny
+    empty = low if mask is None else low & mask
+    safe = np.where(low, 1.0, counts)
+    xbar = stats.sum_x / safe[..., None]
+    if structure.scatter_kind == "full":
+        second = _unpack(stats.scatter, xbar.shape[-1])
+        scatter = second - counts[..., None, None] * xbar[..., :, None] * xbar[..., None, :]
+    else:
+        scatter = np.maximum(stats.scatter - counts[..., None] * xbar * xbar, 0.0)
+    if prior is None:
+        means = xbar
+        terms = None
+    else:
+        mu_p = prior.mean - center
+        kappa = prior.shrinkage
+        means = (stats.sum_x + kappa * mu_p) / (counts + kappa)[..., None]
+        off = np.where(low[..., None], 0.0, xbar - mu_p)
+        coef = kappa * counts / (kappa + counts)
+        if structure.scatter_kind == "full":
+            scatter = scatter + coef[..., None, None] * off[..., :, None] * off[..., None, :]
+        else:
+            scatter = scatter + coef[..., None] * off * off
+        terms = prior.terms
+    with np.errstate(divide="ignore", invalid="ignore"):
+        covs = structure.covariances(counts, scatter, terms)
+    if reg_covar:
+        covs = covs + reg_covar * np.eye(covs.shape[-1])
+    if mask is not None and not mask.all():
+        pad = ~mask
+        covs[pad] = np.eye(covs.shape[-1])
+        means[pad] = 0.0
+    chol, bad = _batched_cholesky(covs)
+    reasons = ["" for _ in range(counts.shape[0])]
+    for r in np.flatnonzero(bad >= 0):
+        reasons[r] = "its covariance became singular (points tied or duplicated)"
+    if prior is None:
+        for r in np.flatnonzero(empty.any(axis=1)):
+            j = int(np.argmax(empty[r]))
+            bad[r] = j
+            reasons[r] = f"its weight collapsed to {counts[r, j] / total[r, 0]:.2g} (empty)"
+    weights = counts / total
+    return _Params(weights, means + center, covs, chol), bad, reasons
 
-    model: GaussianMixture
-    loglik: float
-    loglik_trace: np.ndarray
-    n_iter: int
-    converged: bool
-    n_parameters: int
-    n_obs: float
-    bic: float
-    aic: float
-    icl: float
-    responsibilities: np.ndarray = field(compare=False)
-    degenerate: bool = False
-    degenerate_reason: str | None = None
-    init: str = ""
 
-    @property
-    def n_components(self) -> int:
-        return self.model.n_components
-
-    @property
-    def covariance_type(self) -> str:
-        return self.model.covariance_type
-
-    def predict(self) -> np.ndarray:
-        """MAP component of each fitted observation."""
-        return self.responsibilities.argmax(axis=1)
-
-    def __repr__(self) -> str:
-        status = "converged" if self.converged else "NOT converged"
-        lines = [
-            f"EMResult({self.covariance_type}, K={self.n_components}, {status} after "
-            f"{self.n_iter} iterations, init={self.init})",
-            f"  loglik = {self.loglik:.4f}   n_parameters = {self.n_parameters}   "
-            f"n_obs = {self.n_obs:g}",
-            f"  BIC = {self.bic:.4f}   AIC = {self.aic:.4f}   ICL = {self.icl:.4f}   "
-            "(smaller is better; mclust prints −BIC)",
-        ]
-        if self.degenerate:
-            lines.append(f"  DEGENERATE: {self.degenerate_reason}")
-        return "\n".join(lines)
+def _stats_from_resp(
+    X: np.ndarray, resp: np.ndarray, sample_weight: np.ndarray | None, kind: str
+) -> PassStats:
+    """Sufficient statistics of a batch of one from given responsibilities, for rows ``X`` that
+    are already shifted by the center."""
+    wr = resp if sample_weight is None else resp * sample_weight[:, None]
+    counts = wr.sum(axis=0)
+    sum_x = wr.T @ X
+    if kind == "diag":
+        scatter = wr.T @ (X * X)
+    else:
+        iu, ju = triu(X.shape[1])
+        scatter = wr.T @ (X[:, iu] * X[:, ju])
+    return PassStats(np.zeros(1), counts[None], sum_x[None], scatter[None])
 
 
-# -- the step functions -----------------------------------------------------------------------
+def _to_model(
+    p: _Params, r: int, structure: CovarianceStructure, names: tuple[str, ...] | None
+) -> GaussianMixture:
+    return GaussianMixture._trusted(
+        p.weights[r].copy(), p.means[r].copy(), p.covs[r].copy(), structure, names
+    )
+
+
+def _density(p: _Params, structure: CovarianceStructure, center: np.ndarray):
+    diagonal = structure.scatter_kind == "diag" or p.means.shape[-1] == 1
+    with np.errstate(divide="ignore"):
+        log_w = np.log(p.weights)
+    return density_params(log_w, p.means, p.chol, diagonal, center)
+
+
+# -- the public step functions ----------------------------------------------------------------
 
 
 def e_step(
@@ -146,7 +233,7 @@ def e_step(
     """E-step: the log-likelihood Σ_n w_n log p(x_n) and the responsibilities γ (n, K)."""
     resp = np.empty((X.shape[0], model.n_components))
     stats = run_pass(X, model._params, sample_weight=sample_weight, resp_out=resp)
-    return stats.loglik, resp
+    return float(stats.loglik[0]), resp
 
 
 def m_step(
@@ -168,11 +255,12 @@ def m_step(
         When a component is empty or its covariance is singular.
     """
     structure = get_structure(covariance_type, X.shape[1])
-    stats = _stats_from_resp(X, resp, sample_weight, structure.scatter_kind)
-    center = np.zeros(X.shape[1])
-    return _m_step_from_stats(
-        stats, np.zeros_like(stats.sum_x), center, structure, prior, reg_covar, feature_names
-    )
+    center = X.mean(axis=0)
+    stats = _stats_from_resp(X - center, resp, sample_weight, structure.scatter_kind)
+    params, bad, reasons = _m_step_batch(stats, center, structure, prior, reg_covar)
+    if bad[0] >= 0:
+        raise Degenerate(int(bad[0]), reasons[0])
+    return _to_model(params, 0, structure, feature_names)
 
 
 def step(
@@ -187,119 +275,32 @@ def step(
 
     Returns the updated mixture and the log-likelihood of the *input* mixture (which the E-step
     computes anyway). Under maximum likelihood the next call's log-likelihood is never lower.
+
+    Raises
+    ------
+    Degenerate
+        When the M-step empties a component or makes a covariance singular.
     """
     structure = model.structure
     p = model._params
     stats = run_pass(X, p, sample_weight=sample_weight, stats=structure.scatter_kind)
-    about = p.means if structure.scatter_kind == "full" else np.zeros_like(p.means)
-    new = _m_step_from_stats(
-        stats, about, p.center, structure, prior, reg_covar, model.feature_names
-    )
-    return new, stats.loglik
+    params, bad, reasons = _m_step_batch(stats, p.center, structure, prior, reg_covar)
+    if bad[0] >= 0:
+        raise Degenerate(int(bad[0]), reasons[0])
+    return _to_model(params, 0, structure, model.feature_names), float(stats.loglik[0])
 
 
-def _stats_from_resp(
-    X: np.ndarray, resp: np.ndarray, sample_weight: np.ndarray | None, kind: str
-) -> PassStats:
-    """Sufficient statistics from given responsibilities (about the origin)."""
-    wr = resp if sample_weight is None else resp * sample_weight[:, None]
-    counts = wr.sum(axis=0)
-    sum_x = wr.T @ X
-    if kind == "diag":
-        scatter = wr.T @ (X * X)
-    else:
-        scatter = np.einsum("nk,ni,nj->kij", wr, X, X)
-    return PassStats(0.0, counts, sum_x, scatter)
-
-
-def _m_step_from_stats(
-    stats: PassStats,
-    about: np.ndarray,
-    center: np.ndarray,
-    structure: CovarianceStructure,
-    prior: ResolvedPrior | None,
-    reg_covar: float,
-    feature_names: tuple[str, ...] | None,
-) -> GaussianMixture:
-    """π, μ, Σ from the pass statistics. ``about`` (K, D): the points the scatter is taken about
-    (in ``center``-shifted coordinates)."""
-    counts = stats.counts
-    total = counts.sum()
-    k, d = stats.sum_x.shape
-    tiny = 1e-10 * total
-    if prior is None and (counts <= tiny).any():
-        j = int(np.argmin(counts))
-        raise Degenerate(j, f"its weight collapsed to {counts[j] / total:.2g} (an empty component)")
-    safe = np.where(counts > tiny, counts, 1.0)
-    xbar = stats.sum_x / safe[:, None]  # shifted coordinates
-    dev = xbar - about
-    if structure.scatter_kind == "full":
-        scatter = stats.scatter - counts[:, None, None] * dev[:, :, None] * dev[:, None, :]
-    else:
-        scatter = np.maximum(stats.scatter - counts[:, None] * dev * dev, 0.0)
-    if prior is None:
-        means = xbar
-        terms = None
-    else:
-        mu_p = prior.mean - center
-        kappa = prior.shrinkage
-        means = (stats.sum_x + kappa * mu_p) / (counts + kappa)[:, None]
-        off = np.where(counts[:, None] > tiny, xbar - mu_p, 0.0)
-        coef = kappa * counts / (kappa + counts)
-        if structure.scatter_kind == "full":
-            scatter = scatter + coef[:, None, None] * off[:, :, None] * off[:, None, :]
-        else:
-            scatter = scatter + coef[:, None] * off * off
-        terms = prior.terms
-    covs = structure.covariances(counts, scatter, terms)
-    if reg_covar:
-        covs = covs + reg_covar * np.eye(d)
-    weights = counts / total
-    try:
-        return GaussianMixture._trusted(weights, means + center, covs, structure, feature_names)
-    except ValueError as err:
-        msg = str(err)
-        j = int(msg.split("[", 1)[1].split("]", 1)[0]) if msg.startswith("covariances[") else 0
-        raise Degenerate(j, "its covariance became singular (points tied or duplicated)") from None
-
-
-# -- the loop ---------------------------------------------------------------------------------
-
-
-def _data_scale(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    ww = np.ones(X.shape[0]) if w is None else w
-    mean = ww @ X / ww.sum()
-    var = ww @ (X - mean) ** 2 / ww.sum()
-    return np.sqrt(np.where(var > 0, var, 1.0))
-
-
-def _collapse_reason(model: GaussianMixture, scale: np.ndarray) -> str | None:
-    """Why a fitted mixture is degenerate, or None: a covariance with an eigenvalue that is a
-    vanishing fraction of the data's variance in the same (standardised) direction."""
-    std = model.covariances / (scale[:, None] * scale[None, :])
-    eig = np.linalg.eigvalsh(std)
-    smallest = eig[:, 0]
-    if (smallest < DEGENERACY_RTOL).any():
-        j = int(np.argmin(smallest))
-        return (
-            f"component {j} collapsed (its covariance has an eigenvalue {smallest[j]:.2g} times "
-            "the data's variance, i.e. it sits on tied or duplicated points)"
-        )
-    return None
-
-
-_REMEDY = (
-    "Try fewer components, a more constrained covariance_type, a prior "
-    "(prior=ConjugatePrior()) or reg_covar > 0."
-)
+# -- the batched loop -------------------------------------------------------------------------
 
 
 @dataclass
-class _Run:
-    """The state of one EM run, so that short runs from many starts can be resumed."""
+class Run:
+    """The state of one EM run (one start), resumable: short runs from many starts are
+    advanced together and only the promising ones are carried on."""
 
-    model: GaussianMixture
+    params: _Params  # a batch of one
     label: str
+    key: Any = None  # which cell of a grid the run belongs to
     trace: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
@@ -313,265 +314,247 @@ class _Run:
     def loglik(self) -> float:
         return self.trace[-1] if self.trace else -np.inf
 
+    @property
+    def k(self) -> int:
+        return int(self.params.weights.shape[1])
 
-def _start_model(
+
+def new_run(model: GaussianMixture, label: str, key: Any = None) -> Run:
+    """A run starting at ``model``."""
+    p = _Params(
+        model.weights[None], model.means[None], model.covariances[None], model.cholesky[None]
+    )
+    return Run(p, label, key=key)
+
+
+def iterate(
     X: np.ndarray,
-    start: GaussianMixture | np.ndarray | _SubsetStart,
+    runs: list[Run],
+    until_iter: int,
     structure: CovarianceStructure,
-    w: np.ndarray | None,
-    prior: ResolvedPrior | None,
-    init_prior: ResolvedPrior,
-    reg_covar: float,
-    names: tuple[str, ...] | None,
-) -> GaussianMixture:
-    """The mixture EM starts from: the given one, or an M-step from the start's responsibilities."""
-    if isinstance(start, GaussianMixture):
-        if start.covariance_type == structure.name:
-            return start
-        return GaussianMixture(start.weights, start.means, start.covariances, structure.name, names)
-    Xs, ws, resp0 = X, w, start
-    if isinstance(start, _SubsetStart):
-        Xs, resp0 = X[start.rows], start.resp
-        ws = None if w is None else w[start.rows]
-    kwargs = {"sample_weight": ws, "reg_covar": reg_covar, "feature_names": names}
-    try:
-        return m_step(Xs, resp0, structure, prior=prior, **kwargs)  # type: ignore[arg-type]
-    except Degenerate:
-        # A start with a singleton or empty cluster: begin from its MAP M-step instead.
-        return m_step(Xs, resp0, structure, prior=init_prior, **kwargs)  # type: ignore[arg-type]
-
-
-def _iterate(
-    X: np.ndarray,
-    run: _Run,
-    n_steps: int,
     *,
+    center: np.ndarray,
     w: np.ndarray | None,
     prior: ResolvedPrior | None,
     reg_covar: float,
     tol: float,
+    accelerate: bool = False,
 ) -> None:
-    """Advance ``run`` by at most ``n_steps`` EM iterations (stops early when converged)."""
-    prev = run.trace[-1] if run.trace else -np.inf
-    for _ in range(n_steps):
-        if run.finished:
-            return
-        try:
-            new, ll = step(X, run.model, sample_weight=w, prior=prior, reg_covar=reg_covar)
-        except Degenerate as err:
-            run.reason = f"component {err.component}: {err.reason}"
-            return
-        run.trace.append(ll)
-        if tol > 0 and np.isfinite(prev) and abs(ll - prev) <= tol * abs(ll):
-            run.converged = True
-            return
-        prev = ll
-        run.model = new
-        run.n_iter += 1
+    """Advance every unfinished run until it converges, degenerates or has done ``until_iter``
+    iterations (M-steps); all active runs share each pass over the data.
+
+    With ``accelerate``, every two EM steps θ0 → θ1 → θ2 are followed by a SQUAREM extrapolation
+    (Varadhan & Roland 2008, scheme S3) θ' = θ0 − 2αr + α²v, r = θ1 − θ0, v = θ2 − 2θ1 + θ0,
+    α = −‖r‖/‖v‖ (at most −1), in standardised units. θ' is evaluated by one more pass and kept,
+    followed by its EM step, only when it is a valid mixture whose log-likelihood is at least
+    that of θ1; otherwise the run goes on from θ2. Every log-likelihood recorded in the trace is
+    therefore at least the previous one, exactly as for plain EM.
+    """
+    active = [r for r in runs if not r.finished and r.n_iter < until_iter]
+    if not active:
+        return
+    ks = [r.k for r in active]
+    if prior is not None and len(set(ks)) > 1:
+        for kk in sorted(set(ks)):  # MAP divisors depend on K: one batch per K
+            group = [r for r in active if r.k == kk]
+            iterate(
+                X,
+                group,
+                until_iter,
+                structure,
+                center=center,
+                w=w,
+                prior=prior,
+                reg_covar=reg_covar,
+                tol=tol,
+                accelerate=accelerate,
+            )
+        return
+    params, mask = _stack_padded([r.params for r in active], max(ks))
+    batch = _Batch(X, structure, center, w, prior, reg_covar, tol, until_iter, scale=None)
+    if accelerate:
+        batch.scale = _data_scale(X, w)
+    mask_or_none = None if mask.all() else mask
+    while active:
+        if not accelerate:
+            active, params, mask_or_none = batch.plain_step(active, params, mask_or_none)
+            continue
+        theta0 = params
+        active, theta1, mask_or_none, kept1 = batch.plain_step(
+            active, params, mask_or_none, return_kept=True
+        )
+        if not active:
+            break
+        theta0 = theta0.take(kept1)
+        active, theta2, mask_or_none, kept2 = batch.plain_step(
+            active, theta1, mask_or_none, return_kept=True
+        )
+        if not active:
+            break
+        theta0, theta1 = theta0.take(kept2), theta1.take(kept2)
+        params = batch.extrapolate(active, theta0, theta1, theta2, mask_or_none)
 
 
-def _finish(X: np.ndarray, run: _Run, w: np.ndarray | None, scale: np.ndarray) -> EMResult:
+@dataclass
+class _Batch:
+    """The fixed settings of one batched EM loop, and its two kinds of step."""
+
+    X: np.ndarray
+    structure: CovarianceStructure
+    center: np.ndarray
+    w: np.ndarray | None
+    prior: ResolvedPrior | None
+    reg_covar: float
+    tol: float
+    until_iter: int
+    scale: np.ndarray | None
+
+    def evaluate(self, params: _Params, mask: np.ndarray | None):
+        """One pass at ``params``: log-likelihoods (R,) and the M-step's result."""
+        dens = _density(params, self.structure, self.center)
+        stats = run_pass(self.X, dens, sample_weight=self.w, stats=self.structure.scatter_kind)
+        new, bad, reasons = _m_step_batch(
+            stats, self.center, self.structure, self.prior, self.reg_covar, mask
+        )
+        return stats.loglik, new, bad, reasons
+
+    def plain_step(self, active, params, mask, return_kept=False):
+        """One EM step for every active run; runs that converge, degenerate or reach the
+        iteration budget leave the batch."""
+        loglik, new, bad, reasons = self.evaluate(params, mask)
+        keep = []
+        for i, run in enumerate(active):
+            ll = float(loglik[i])
+            prev = run.loglik
+            run.trace.append(ll)
+            if self.tol > 0 and np.isfinite(prev) and abs(ll - prev) <= self.tol * abs(ll):
+                run.converged = True
+                run.params = params.member(i, run.k)
+            elif bad[i] >= 0:
+                run.reason = f"component {bad[i]}: {reasons[i]}"
+                run.params = params.member(i, run.k)
+            else:
+                run.n_iter += 1
+                if run.n_iter >= self.until_iter:
+                    run.params = new.member(i, run.k)
+                else:
+                    keep.append(i)
+        idx = np.asarray(keep, dtype=np.intp)
+        if len(keep) < len(active):
+            active = [active[i] for i in keep]
+            new = new.take(idx)
+            if mask is not None:
+                mask = mask[idx]
+        if return_kept:
+            return active, new, mask, idx
+        return active, new, mask
+
+    def extrapolate(self, active, theta0, theta1, theta2, mask):
+        """The SQUAREM step for each run; returns the batch to continue from."""
+        s = self.scale if self.scale is not None else np.ones(self.X.shape[1])
+        scov = s[:, None] * s[None, :]
+
+        def flat(p: _Params) -> np.ndarray:
+            r = p.weights.shape[0]
+            return np.concatenate(
+                [p.weights, (p.means / s).reshape(r, -1), (p.covs / scov).reshape(r, -1)], axis=1
+            )
+
+        f0, f1, f2 = flat(theta0), flat(theta1), flat(theta2)
+        r_vec = f1 - f0
+        v_vec = f2 - 2.0 * f1 + f0
+        nr = np.sqrt((r_vec * r_vec).sum(axis=1))
+        nv = np.sqrt((v_vec * v_vec).sum(axis=1))
+        alpha = np.where(nv > 0, -nr / np.where(nv > 0, nv, 1.0), -1.0)
+        alpha = np.minimum(alpha, -1.0)
+        a1 = (-2.0 * alpha)[:, None]
+        a2 = (alpha * alpha)[:, None]
+
+        def combine(x0, x1, x2):
+            shape = (-1,) + (1,) * (x0.ndim - 1)
+            return x0 + a1.reshape(shape) * (x1 - x0) + a2.reshape(shape) * (x2 - 2 * x1 + x0)
+
+        weights = combine(theta0.weights, theta1.weights, theta2.weights)
+        means = combine(theta0.means, theta1.means, theta2.means)
+        covs = combine(theta0.covs, theta1.covs, theta2.covs)
+        covs = 0.5 * (covs + np.swapaxes(covs, -1, -2))
+        if mask is not None:
+            weights = np.where(mask, weights, 0.0)
+        chol, bad = _batched_cholesky(covs)
+        valid = (bad < 0) & (weights >= 0).all(axis=1) & (alpha < -1.0)
+        if not valid.any():
+            return theta2
+        out = _Params(
+            theta2.weights.copy(), theta2.means.copy(), theta2.covs.copy(), theta2.chol.copy()
+        )
+        idx = np.flatnonzero(valid)
+        trial = _Params(weights[idx], means[idx], covs[idx], chol[idx])
+        trial.weights /= trial.weights.sum(axis=1, keepdims=True)
+        loglik, new, bad_new, _ = self.evaluate(trial, None if mask is None else mask[idx])
+        for j, i in enumerate(idx):
+            run = active[i]
+            # The trial is kept only when its EM step is valid, it improves on θ1 and the run
+            # still has budget for one more M-step.
+            if bad_new[j] < 0 and loglik[j] >= run.loglik and run.n_iter + 1 < self.until_iter:
+                run.trace.append(float(loglik[j]))
+                run.n_iter += 1
+                out.weights[i], out.means[i] = new.weights[j], new.means[j]
+                out.covs[i], out.chol[i] = new.covs[j], new.chol[j]
+        return out
+
+
+def _data_scale(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    ww = np.ones(X.shape[0]) if w is None else w
+    mean = ww @ X / ww.sum()
+    var = ww @ (X - mean) ** 2 / ww.sum()
+    return np.sqrt(np.where(var > 0, var, 1.0))
+
+
+def _collapse_reason(model: GaussianMixture, scale: np.ndarray) -> str | None:
+    """Why a fitted mixture is degenerate, or None: a covariance with an eigenvalue that is a
+    vanishing fraction of the data's variance in the same (standardised) direction."""
+    std = model.covariances / (scale[:, None] * scale[None, :])
+    smallest = np.linalg.eigvalsh(std)[:, 0]
+    if (smallest < DEGENERACY_RTOL).any():
+        j = int(np.argmin(smallest))
+        return (
+            f"component {j} collapsed (its covariance has an eigenvalue {smallest[j]:.2g} times "
+            "the data's variance, i.e. it sits on tied or duplicated points)"
+        )
+    return None
+
+
+def finish(
+    X: np.ndarray,
+    run: Run,
+    structure: CovarianceStructure,
+    names: tuple[str, ...] | None,
+    w: np.ndarray | None,
+) -> EMResult:
     """Final E-step at the run's mixture: log-likelihood, responsibilities and criteria."""
-    model = run.model
+    model = _to_model(run.params, 0, structure, names)
     resp = np.empty((X.shape[0], model.n_components))
     final = run_pass(X, model._params, sample_weight=w, resp_out=resp)
+    loglik = float(final.loglik[0])
     trace = list(run.trace)
     if not run.converged or not trace:
-        trace.append(final.loglik)
-    reason = run.reason if run.reason is not None else _collapse_reason(model, scale)
+        trace.append(loglik)
+    reason = run.reason if run.reason is not None else _collapse_reason(model, _data_scale(X, w))
     n_obs = float(X.shape[0] if w is None else w.sum())
     p = model.n_parameters
     return EMResult(
         model=model,
-        loglik=final.loglik,
+        loglik=loglik,
         loglik_trace=np.asarray(trace),
         n_iter=run.n_iter,
         converged=run.converged,
         n_parameters=p,
         n_obs=n_obs,
-        bic=bic(final.loglik, p, n_obs),
-        aic=aic(final.loglik, p),
-        icl=icl(final.loglik, p, n_obs, resp, w),
+        bic=bic(loglik, p, n_obs),
+        aic=aic(loglik, p),
+        icl=icl(loglik, p, n_obs, resp, w),
         responsibilities=resp,
         degenerate=reason is not None,
         degenerate_reason=None if reason is None else f"{reason}. {_REMEDY}",
         init=run.label,
     )
-
-
-def _check_positive(name: str, value: Any, *, integer: bool, allow_zero: bool = False) -> None:
-    ok_type = isinstance(value, int | np.integer) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok_type or not np.isfinite(value):
-        kind = "an integer" if integer else "a number"
-        raise TypeError(f"{name} must be {kind}; got {value!r}.")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'≥ 0' if allow_zero else '> 0'}; got {value!r}.")
-
-
-def fit_em(
-    X: Any,
-    n_components: int,
-    *,
-    covariance_type: str | CovarianceStructure = "VVV",
-    init: Any = "hc",
-    n_init: int = 1,
-    tol: float = DEFAULT_TOL,
-    max_iter: int = DEFAULT_MAX_ITER,
-    reg_covar: float = 0.0,
-    prior: ConjugatePrior | None = None,
-    sample_weight: Any = None,
-    rng: Any = None,
-    _hc: tuple[Any, np.ndarray] | None = None,
-    _extra_starts: list[tuple[str, np.ndarray]] | None = None,
-) -> EMResult:
-    """Fit a Gaussian mixture by EM (maximum likelihood, or MAP under ``prior``).
-
-    Parameters
-    ----------
-    X : array_like (n_obs, n_features) or DataFrame
-        The data; a 1-D array is one feature; DataFrame column names become feature names.
-    n_components : int
-        K, at least 1 and at most the number of distinct rows.
-    covariance_type : str, default "VVV"
-        mclust code (EII, VII, EEI, VVI, EEE, VVV; E or V for one feature) or a scikit-learn
-        alias (spherical, diag, tied, full).
-    init : {"hc", "kmeans++", "random"}, array or GaussianMixture, default "hc"
-        "hc": model-based agglomerative hierarchical clustering (mclust's default) cut at K;
-        "kmeans++": k-means++ seeding plus Lloyd iterations; "random": random responsibilities;
-        or an (n,) label vector, an (n, K) responsibility matrix, or a mixture to start from.
-    n_init : int, default 1
-        Number of starts: the first from ``init``, the others from k-means++ with fresh random
-        seeds (random responsibilities when ``init="random"``). With several starts each runs
-        20 iterations first; the first start and the two best restarts then run to
-        convergence ("short EM", Biernacki, Celeux & Govaert 2003). The best non-degenerate
-        log-likelihood wins.
-    tol : float, default 1e-8
-        Stop when |ℓ_t − ℓ_{t−1}| ≤ tol·|ℓ_t|. ``tol=0`` runs exactly ``max_iter`` iterations.
-    max_iter : int, default 1000
-    reg_covar : float, default 0
-        Added to every covariance's diagonal after each M-step (scikit-learn's regulariser).
-    prior : ConjugatePrior, optional
-        MAP-EM under the conjugate normal / inverse-Wishart prior (mclust's ``priorControl``).
-        The reported ``loglik`` and BIC are still the log-likelihood's, as in mclust.
-    sample_weight : array_like (n_obs,), optional
-        Observation n counts w_n times; integer weights give exactly the fit of repeated rows.
-    rng : int or numpy.random.Generator, optional
-        Seeds the random starts (and the row subset of the hierarchical start for large data).
-
-    Returns
-    -------
-    EMResult
-
-    Examples
-    --------
-    >>> import bayesgmm as bg
-    >>> X = bg.datasets.load_faithful()
-    >>> fit = bg.fit_em(X, 3, covariance_type="EEE")
-    >>> round(fit.bic, 2)
-    4628.63
-    """
-    arr, names = as_data(X)
-    n, d = arr.shape
-    w = check_sample_weight(sample_weight, n)
-    if w is not None and (w == 0).any():
-        keep = w > 0
-        arr, w = arr[keep], w[keep]
-    k = check_n_components(n_components, arr)
-    structure = get_structure(covariance_type, d)
-    _check_positive("n_init", n_init, integer=True)
-    _check_positive("max_iter", max_iter, integer=True, allow_zero=True)
-    _check_positive("tol", tol, integer=False, allow_zero=True)
-    _check_positive("reg_covar", reg_covar, integer=False, allow_zero=True)
-    if prior is not None and not isinstance(prior, ConjugatePrior):
-        raise TypeError(f"prior must be a ConjugatePrior or None; got {prior!r}.")
-    gen = as_rng(rng)
-    parsed = parse_init(init, arr, k)
-    resolved = None if prior is None else prior.resolve(arr, k, w)
-    _check_not_constant(arr, w)
-    init_prior = resolved if resolved is not None else ConjugatePrior().resolve(arr, k, w)
-    scale = _data_scale(arr, w)
-
-    starts: list[tuple[str, GaussianMixture | np.ndarray | _SubsetStart]] = []
-    if isinstance(parsed, str):
-        starts.append((parsed, _method_start(parsed, arr, k, gen, _hc)))
-    elif isinstance(parsed, GaussianMixture):
-        starts.append(("mixture", parsed))
-    else:
-        starts.append(("user", parsed))
-    extra = "random" if isinstance(parsed, str) and parsed == "random" else "kmeans++"
-    for _ in range(n_init - 1):
-        starts.append((extra, _method_start(extra, arr, k, gen, None)))
-    for label, labels in _extra_starts or ():
-        starts.append((label, labels_to_resp(labels, k)))
-
-    settings = {"w": w, "prior": resolved, "reg_covar": float(reg_covar), "tol": float(tol)}
-    runs = [
-        _Run(
-            _start_model(arr, start, structure, w, resolved, init_prior, float(reg_covar), names),
-            label,
-        )
-        for label, start in starts
-    ]
-    if len(runs) > 1:
-        # Short EM from every start, then only the promising runs go on (Biernacki, Celeux &
-        # Govaert 2003): the first start always, and the best of the restarts.
-        for run in runs:
-            _iterate(arr, run, min(SHORT_ITER, int(max_iter)), **settings)  # type: ignore[arg-type]
-        alive = sorted(runs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
-        runs = [runs[0], *alive[:KEEP_AFTER_SHORT]]
-    for run in runs:
-        _iterate(arr, run, int(max_iter) - run.n_iter, **settings)  # type: ignore[arg-type]
-    results = [_finish(arr, run, w, scale) for run in runs]
-    good = [r for r in results if not r.degenerate]
-    best = max(good or results, key=lambda r: r.loglik)
-    if best.degenerate:
-        warnings.warn(
-            f"fit_em({structure.name}, K={k}) is degenerate: {best.degenerate_reason}",
-            DegenerateFitWarning,
-            stacklevel=2,
-        )
-    return best
-
-
-@dataclass(frozen=True)
-class _SubsetStart:
-    """Responsibilities known for some rows only (a hierarchical start built on a subset)."""
-
-    rows: np.ndarray
-    resp: np.ndarray
-
-
-def _check_not_constant(X: np.ndarray, w: np.ndarray | None) -> None:
-    """Every covariance is singular when a feature is constant: say so before EM starts."""
-    if X.shape[0] < 2:
-        raise ValueError(
-            f"X has {X.shape[0]} observation; a Gaussian mixture needs at least 2 (and more than "
-            "the number of components) to estimate a covariance."
-        )
-    constant = np.flatnonzero(np.ptp(X, axis=0) == 0)
-    if constant.size:
-        raise ValueError(
-            f"X's feature(s) {constant.tolist()} are constant (value {X[0, constant[0]]!r}), so "
-            "every covariance would be singular; drop constant columns before fitting."
-        )
-
-
-def _method_start(
-    method: str, X: np.ndarray, k: int, gen: np.random.Generator, hc: tuple[Any, np.ndarray] | None
-) -> np.ndarray | _SubsetStart:
-    n = X.shape[0]
-    if method == "hc":
-        tree, rows = hc if hc is not None else hc_tree(X, gen)
-        if k > tree.n_initial:
-            raise ValueError(
-                f"n_components={k} exceeds the {tree.n_initial} distinct rows the hierarchical "
-                "start was built on; use fewer components or init='kmeans++'."
-            )
-        labels = tree.cut(k)
-        if rows.shape[0] == n:
-            return labels_to_resp(labels, k)
-        # The tree was built on a subset: the first M-step uses that subset's rows only.
-        return _SubsetStart(rows, labels_to_resp(labels, k))
-    if method == "kmeans++":
-        return labels_to_resp(kmeans_plus_plus_labels(X, k, gen), k)
-    return random_resp(n, k, gen)

@@ -42,10 +42,12 @@ def hc_tree(
 
 
 def kmeans_plus_plus_labels(
-    X: np.ndarray, k: int, rng: np.random.Generator, n_lloyd: int = 10
+    X: np.ndarray, k: int, rng: np.random.Generator, n_lloyd: int = 0
 ) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) followed by a few Lloyd iterations.
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each row joins its nearest seed.
 
+    As scikit-learn's ``init_params="k-means++"``, no Lloyd iterations follow by default: they
+    pull every start towards the same few k-means optima and cost the restarts their diversity.
     Features are standardised first so that the partition does not depend on units.
     """
     sd = X.std(axis=0)
@@ -63,17 +65,21 @@ def kmeans_plus_plus_labels(
             centers[j] = Z[rng.choice(n, p=closest / total)]
         dist = np.maximum(sq_norm - 2 * Z @ centers[j] + centers[j] @ centers[j], 0.0)
         np.minimum(closest, dist, out=closest)
-    labels = np.zeros(n, dtype=np.int64)
+
+    def nearest() -> np.ndarray:
+        dist = -2 * Z @ centers.T + np.einsum("ij,ij->i", centers, centers)
+        return dist.argmin(axis=1)
+
+    labels = nearest()
     for _ in range(n_lloyd):
-        dist = sq_norm[:, None] - 2 * Z @ centers.T + np.einsum("ij,ij->i", centers, centers)
-        new = dist.argmin(axis=1)
-        if np.array_equal(new, labels) and _ > 0:
-            break
-        labels = new
         for j in range(k):
             members = labels == j
             if members.any():
                 centers[j] = Z[members].mean(axis=0)
+        new = nearest()
+        if np.array_equal(new, labels):
+            break
+        labels = new
     return labels
 
 

@@ -231,9 +231,9 @@ class GaussianMixture:
     def log_prob(self, X: Any) -> np.ndarray:
         """log p(x_n) = log Σ_k π_k N(x_n | μ_k, Σ_k) (log-sum-exp), shape (n,)."""
         arr = self._data(X)
-        out = np.empty(arr.shape[0])
+        out = np.empty((arr.shape[0], 1))
         run_pass(arr, self._params, logp_out=out)
-        return out
+        return out[:, 0]
 
     def responsibilities(self, X: Any) -> np.ndarray:
         """p(z_n = k | x_n) = π_k N(x_n | μ_k, Σ_k) / Σ_j π_j N(x_n | μ_j, Σ_j), shape (n, K).

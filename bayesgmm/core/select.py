@@ -5,23 +5,27 @@ pandas is imported here only to build the table the user reads.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._validation import as_data, as_rng, check_sample_weight, count_distinct_rows
-from bayesgmm.core.em import (
+from bayesgmm.core._validation import as_rng, count_distinct_rows
+from bayesgmm.core.em import Degenerate
+from bayesgmm.core.fit import (
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
-    Degenerate,
-    DegenerateFitWarning,
-    EMResult,
-    fit_em,
+    best_result,
+    check_settings,
+    make_starts,
+    prepare_data,
+    run_cells,
+    start_model,
 )
-from bayesgmm.core.init import hc_tree
+from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp
+from bayesgmm.core.model import GaussianMixture
+from bayesgmm.core.result import EMResult
 from bayesgmm.core.prior import ConjugatePrior
 from bayesgmm.core.structures import get_structure, structure_names
 
@@ -129,7 +133,7 @@ def select_em(
     criterion: str = "bic",
     *,
     init: str = "hc",
-    n_init: int = 3,
+    n_init: int = 10,
     tol: float = DEFAULT_TOL,
     max_iter: int = DEFAULT_MAX_ITER,
     reg_covar: float = 0.0,
@@ -137,6 +141,7 @@ def select_em(
     sample_weight: Any = None,
     rng: Any = 0,
     cross_starts: bool = True,
+    accelerate: bool = True,
 ) -> SelectionResult:
     """Fit every (structure, K) cell by EM and choose by BIC or ICL, as mclust's ``Mclust``.
 
@@ -150,10 +155,10 @@ def select_em(
         Textbook sign: the smallest wins.
     init : {"hc", "kmeans++", "random"}, default "hc"
         With "hc", one hierarchical tree is built for the whole grid and cut at each K.
-    n_init : int, default 3
+    n_init : int, default 10
         Starts per cell: the hierarchical one plus ``n_init − 1`` k-means++ restarts, because EM
         finds local optima (mclust's default hierarchical start alone misses galaxies' V,3).
-    tol, max_iter, reg_covar, prior, sample_weight
+    tol, max_iter, reg_covar, prior, sample_weight, accelerate
         As :func:`fit_em`.
     rng : int or numpy.random.Generator, default 0
         Seeds the restarts; the default makes the table reproducible.
@@ -174,11 +179,17 @@ def select_em(
     """
     import pandas as pd
 
-    arr, names = as_data(X)
-    w = check_sample_weight(sample_weight, arr.shape[0])
+    arr, names, w = prepare_data(X, sample_weight)
+    check_settings(n_init, tol, max_iter, reg_covar, prior)
     crit = str(criterion).lower()
     if crit not in _CRITERIA:
         raise ValueError(f"criterion={criterion!r} is not one of {list(_CRITERIA)}.")
+    if not isinstance(init, str) or init.lower() not in INIT_METHODS:
+        raise ValueError(
+            f"select_em's init must be one of {list(INIT_METHODS)}; got {init!r}. To start one "
+            "fit from labels or a mixture, use fit_em(init=...)."
+        )
+    method = init.lower()
     ks = _parse_ks(n_components)
     d = arr.shape[1]
     if isinstance(covariance_types, str) and covariance_types.lower() == "all":
@@ -187,83 +198,98 @@ def select_em(
         types = [covariance_types] if isinstance(covariance_types, str) else list(covariance_types)
         structures = list(dict.fromkeys(get_structure(t, d).name for t in types))
     gen = as_rng(rng)
-    Xfit = arr if names is None else pd.DataFrame(arr, columns=list(names))
     n_distinct = count_distinct_rows(arr)
-    tree = hc_tree(arr if w is None else arr[w > 0], gen) if init == "hc" else None
+    tree = hc_tree(arr, gen) if method == "hc" else None
+    settings = {
+        "reg_covar": float(reg_covar),
+        "tol": float(tol),
+        "max_iter": int(max_iter),
+        "accelerate": bool(accelerate),
+    }
 
     results: dict[tuple[str, int], EMResult] = {}
     failures: dict[tuple[str, int], str] = {}
-    for structure in structures:
-        for k in ks:
-            if k > n_distinct:
+    usable = []
+    for k in ks:
+        if k > n_distinct:
+            for structure in structures:
                 failures[(structure, k)] = f"K={k} exceeds the {n_distinct} distinct rows"
-                continue
+        elif tree is not None and k > tree[0].n_initial:
+            for structure in structures:
+                failures[(structure, k)] = (
+                    f"K={k} exceeds the {tree[0].n_initial} rows of the hierarchical start"
+                )
+        else:
+            usable.append(k)
+    priors = {k: None if prior is None else prior.resolve(arr, k, w) for k in usable}
+    init_priors = {k: priors[k] or ConjugatePrior().resolve(arr, k, w) for k in usable}
+    starts = {k: make_starts(method, arr, k, gen, n_init, tree) for k in usable}
+
+    def run(structure: str, cells: dict[int, list[tuple[str, Any]]]) -> dict[int, list[EMResult]]:
+        st = get_structure(structure)
+        models: dict[int, list[tuple[str, GaussianMixture]]] = {}
+        for k, cell in cells.items():
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DegenerateFitWarning)
-                    fit = fit_em(
-                        Xfit,
-                        k,
-                        covariance_type=structure,
-                        init=init,
-                        n_init=n_init,
-                        tol=tol,
-                        max_iter=max_iter,
-                        reg_covar=reg_covar,
-                        prior=prior,
-                        sample_weight=w,
-                        rng=gen,
-                        _hc=tree,
+                models[k] = [
+                    (
+                        label,
+                        start
+                        if isinstance(start, GaussianMixture)
+                        else start_model(
+                            arr, start, st, w, priors[k], init_priors[k], float(reg_covar), names
+                        ),
                     )
-            except (Degenerate, ValueError, np.linalg.LinAlgError) as err:
-                failures[(structure, k)] = str(err)
-                continue
-            results[(structure, k)] = fit
-            if fit.degenerate:
-                failures[(structure, k)] = fit.degenerate_reason or "degenerate"
+                    for label, start in cell
+                ]
+            except Degenerate as err:
+                failures[(structure, k)] = f"no valid start: {err}"
+        return run_cells(
+            arr, names, w, st, models, priors={k: priors[k] for k in models}, **settings
+        )
+
+    for structure in structures:
+        for k, fits in run(structure, starts).items():
+            results[(structure, k)] = best_result(fits)
 
     # Cross-starts: EM is run again in every cell from the partitions that the other structures
     # found at the same K. A cell's optimum is often reached from a neighbour's partition that
     # its own start missed; the grid becomes consistent and never worse.
     if cross_starts and len(structures) > 1:
-        for k in ks:
-            fits_k = {
-                s: results[(s, k)]
-                for s in structures
-                if (s, k) in results and not results[(s, k)].degenerate
-            }
-            partitions: list[tuple[str, np.ndarray]] = []
-            for s, fit in fits_k.items():
+        partitions: dict[int, list[tuple[str, np.ndarray]]] = {}
+        for k in usable:
+            found: list[tuple[str, np.ndarray]] = []
+            for structure in structures:
+                fit = results.get((structure, k))
+                if fit is None or fit.degenerate:
+                    continue
                 labels = fit.predict()
                 if len(np.unique(labels)) == k and not any(
-                    _same_partition(labels, other) for _, other in partitions
+                    _same_partition(labels, other) for _, other in found
                 ):
-                    partitions.append((f"from {s},{k}", labels))
-            for structure in structures:
+                    found.append((f"from {structure},{k}", labels))
+            partitions[k] = found
+        for structure in structures:
+            cells: dict[int, list[tuple[str, Any]]] = {}
+            for k in usable:
                 current = results.get((structure, k))
                 if current is None or current.degenerate:
                     continue
                 own = current.predict()
-                extra = [(lab, part) for lab, part in partitions if not _same_partition(own, part)]
-                if not extra:
-                    continue
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DegenerateFitWarning)
-                    refit = fit_em(
-                        Xfit,
-                        k,
-                        covariance_type=structure,
-                        init=current.model,
-                        tol=tol,
-                        max_iter=max_iter,
-                        reg_covar=reg_covar,
-                        prior=prior,
-                        sample_weight=w,
-                        rng=gen,
-                        _extra_starts=extra,
-                    )
-                if not refit.degenerate and refit.loglik > current.loglik:
+                extra = [
+                    (label, labels_to_resp(part, k))
+                    for label, part in partitions[k]
+                    if not _same_partition(own, part)
+                ]
+                if extra:
+                    cells[k] = [(current.init, current.model), *extra]
+            for k, fits in run(structure, cells).items():
+                refit = best_result(fits)
+                if not refit.degenerate and refit.loglik > results[(structure, k)].loglik:
                     results[(structure, k)] = refit
+
+    for key, fit in results.items():
+        if fit.degenerate:
+            failures[key] = fit.degenerate_reason or "degenerate"
 
     def frame(attr: str) -> pd.DataFrame:
         data = {

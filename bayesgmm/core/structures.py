@@ -86,9 +86,10 @@ class CovarianceStructure(ABC):
 
         Parameters
         ----------
-        counts : ndarray of shape (K,)
-            n_k, the (weighted) responsibilities summed over observations.
-        scatter : ndarray of shape (K, D, D) or (K, D)
+        counts : ndarray of shape (..., K)
+            n_k, the (weighted) responsibilities summed over observations. Leading axes, if any,
+            index independent mixtures (the starts of a multi-start fit).
+        scatter : ndarray of shape (..., K, D, D) or (..., K, D)
             S_k, the weighted scatter about the new means (its diagonal when
             ``scatter_kind == "diag"``), including the prior's mean-shrinkage term when a prior
             is given.
@@ -97,7 +98,7 @@ class CovarianceStructure(ABC):
 
         Returns
         -------
-        covariances : ndarray of shape (K, D, D)
+        covariances : ndarray of shape (..., K, D, D)
         """
 
     def __repr__(self) -> str:
@@ -105,11 +106,11 @@ class CovarianceStructure(ABC):
 
 
 def _diag_to_full(variances: np.ndarray) -> np.ndarray:
-    """(K, D) variances → (K, D, D) diagonal matrices."""
-    k, d = variances.shape
-    out = np.zeros((k, d, d))
+    """(..., K, D) variances → (..., K, D, D) diagonal matrices."""
+    d = variances.shape[-1]
+    out = np.zeros((*variances.shape, d))
     idx = np.arange(d)
-    out[:, idx, idx] = variances
+    out[..., idx, idx] = variances
     return out
 
 
@@ -131,8 +132,8 @@ class VVV(CovarianceStructure):
     def covariances(self, counts, scatter, prior):
         d = scatter.shape[-1]
         if prior is None:
-            return scatter / counts[:, None, None]
-        return (prior.scale + scatter) / (counts + prior.dof + d + 2)[:, None, None]
+            return scatter / counts[..., None, None]
+        return (prior.scale + scatter) / (counts + prior.dof + d + 2)[..., None, None]
 
 
 class EEE(CovarianceStructure):
@@ -151,13 +152,14 @@ class EEE(CovarianceStructure):
         return n_features * (n_features + 1) // 2
 
     def covariances(self, counts, scatter, prior):
-        g, d = scatter.shape[0], scatter.shape[-1]
-        total = scatter.sum(axis=0)
+        g, d = scatter.shape[-3], scatter.shape[-1]
+        total = scatter.sum(axis=-3)
+        n = counts.sum(axis=-1)
         if prior is None:
-            shared = total / counts.sum()
+            shared = total / n[..., None, None]
         else:
-            shared = (prior.scale + total) / (counts.sum() + g + prior.dof + d + 1)
-        return np.broadcast_to(shared, (g, d, d)).copy()
+            shared = (prior.scale + total) / (n + g + prior.dof + d + 1)[..., None, None]
+        return np.broadcast_to(shared[..., None, :, :], scatter.shape).copy()
 
 
 class VVI(CovarianceStructure):
@@ -177,8 +179,8 @@ class VVI(CovarianceStructure):
 
     def covariances(self, counts, scatter, prior):
         if prior is None:
-            return _diag_to_full(scatter / counts[:, None])
-        return _diag_to_full((np.diag(prior.scale) + scatter) / (counts + prior.dof + 3)[:, None])
+            return _diag_to_full(scatter / counts[..., None])
+        return _diag_to_full((np.diag(prior.scale) + scatter) / (counts + prior.dof + 3)[..., None])
 
 
 class EEI(CovarianceStructure):
@@ -195,13 +197,14 @@ class EEI(CovarianceStructure):
         return n_features
 
     def covariances(self, counts, scatter, prior):
-        g = scatter.shape[0]
-        total = scatter.sum(axis=0)
+        g = scatter.shape[-2]
+        total = scatter.sum(axis=-2)
+        n = counts.sum(axis=-1)
         if prior is None:
-            shared = total / counts.sum()
+            shared = total / n[..., None]
         else:
-            shared = (np.diag(prior.scale) + total) / (counts.sum() + g + prior.dof + 2)
-        return _diag_to_full(np.broadcast_to(shared, scatter.shape))
+            shared = (np.diag(prior.scale) + total) / (n + g + prior.dof + 2)[..., None]
+        return _diag_to_full(np.broadcast_to(shared[..., None, :], scatter.shape))
 
 
 class VII(CovarianceStructure):
@@ -221,13 +224,13 @@ class VII(CovarianceStructure):
 
     def covariances(self, counts, scatter, prior):
         d = scatter.shape[-1]
-        traces = scatter.sum(axis=1)
+        traces = scatter.sum(axis=-1)
         if prior is None:
             lam = traces / (d * counts)
         else:
             s2 = np.trace(prior.scale) / d
             lam = (s2 + traces) / ((counts + 1) * d + prior.dof + 2)
-        return _diag_to_full(np.repeat(lam[:, None], d, axis=1))
+        return _diag_to_full(np.broadcast_to(lam[..., None], scatter.shape))
 
 
 class EII(CovarianceStructure):
@@ -244,14 +247,15 @@ class EII(CovarianceStructure):
         return 1
 
     def covariances(self, counts, scatter, prior):
-        g, d = scatter.shape
-        total = scatter.sum()
+        g, d = scatter.shape[-2], scatter.shape[-1]
+        total = scatter.sum(axis=(-2, -1))
+        n = counts.sum(axis=-1)
         if prior is None:
-            lam = total / (d * counts.sum())
+            lam = total / (d * n)
         else:
             s2 = np.trace(prior.scale) / d
-            lam = (s2 + total) / ((counts.sum() + g) * d + prior.dof + 2)
-        return _diag_to_full(np.full((g, d), lam))
+            lam = (s2 + total) / ((n + g) * d + prior.dof + 2)
+        return _diag_to_full(np.broadcast_to(lam[..., None, None], scatter.shape))
 
 
 class E(EII):
