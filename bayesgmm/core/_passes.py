@@ -224,7 +224,7 @@ def _one_chunk(
     logp_out: np.ndarray | None,
 ) -> PassStats:
     r, k = p.n_batch, p.n_components
-    m, d = p.means.shape
+    d = p.means.shape[1]
     xc = X[lo:hi] - p.center
     sq = xc * xc if p.kind == "diag" or stats == "diag" else None
     resp = chunk_log_joint(xc, p, sq)
@@ -266,7 +266,8 @@ def run_pass(
 
     Computes Σ_n w_n log p(x_n) for each mixture and, when ``stats`` is "full" or "diag", the
     sufficient statistics of the M-step (see :class:`PassStats`). Writes p(z_n = k | x_n) into
-    ``resp_out`` (N, K·R, component-major) and log p(x_n) into ``logp_out`` (N, R) when given. Memory: O(chunk)
+    ``resp_out`` (N, K·R, component-major) and log p(x_n) into ``logp_out`` (N, R) when given.
+    Memory: O(chunk)
     beyond the outputs.
     """
     n = X.shape[0]

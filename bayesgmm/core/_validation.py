@@ -88,7 +88,8 @@ def as_data(X: Any, *, name: str = "X") -> tuple[np.ndarray, tuple[str, ...] | N
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(
-            f"{name} is empty (shape {arr.shape}); it needs at least one observation and one feature."
+            f"{name} is empty (shape {arr.shape}); it needs at least one observation and one "
+            "feature."
         )
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     finite = np.isfinite(arr)
@@ -180,7 +181,7 @@ def check_sample_weight(sample_weight: Any, n_obs: int) -> np.ndarray | None:
 
 def as_rng(rng: Any) -> np.random.Generator:
     """Return a ``numpy.random.Generator`` from an int seed, a Generator or None."""
-    if rng is None or isinstance(rng, int | np.integer) and not isinstance(rng, bool):
+    if rng is None or (isinstance(rng, int | np.integer) and not isinstance(rng, bool)):
         return np.random.default_rng(None if rng is None else int(rng))
     if isinstance(rng, np.random.Generator):
         return rng

@@ -1,7 +1,7 @@
 """Model-based agglomerative hierarchical clustering (Banfield & Raftery 1993; Fraley 1998).
 
-Start from singletons (or from groups of duplicated rows, as mclust's ``dupPartition``) and repeatedly
-merge the two clusters whose union costs the least classification log-likelihood. For the
+Start from singletons (or from groups of duplicated rows, as mclust's ``dupPartition``) and
+repeatedly merge the two clusters whose union costs the least classification log-likelihood. For the
 unconstrained Gaussian model (VVV), a cluster C with n_C points and scatter W_C contributes
 
     c(C) = n_C log( det(W_C / n_C) + (tr W_C + α) / n_C ),     α = tr(XᵀX) / (n d),

@@ -19,7 +19,8 @@ INIT_METHODS = ("hc", "kmeans++", "random")
 
 
 def hc_max_rows(n_features: int) -> int:
-    """Rows used by the hierarchical start: its cost grows as m² d³, so large data are subsampled."""
+    """Rows used by the hierarchical start: its cost grows as m² d³, so large data are
+    subsampled."""
     if n_features <= 10:
         return 1000
     if n_features <= 30:

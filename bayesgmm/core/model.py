@@ -257,7 +257,8 @@ class GaussianMixture:
     def __repr__(self) -> str:
         return (
             f"GaussianMixture(n_components={self.n_components}, n_features={self.n_features}, "
-            f"covariance_type={self.covariance_type!r}, weights={np.round(self.weights, 4).tolist()})"
+            f"covariance_type={self.covariance_type!r}, "
+            f"weights={np.round(self.weights, 4).tolist()})"
         )
 
 

@@ -2,7 +2,8 @@
 
 For each component, μ_k | Σ_k ~ N(μ_p, Σ_k / κ), and
 
-* full structures (VVV, EEE): Σ ~ inverse-Wishart(ν, Λ), density ∝ |Σ|^{−(ν+d+1)/2} exp(−tr(ΛΣ⁻¹)/2);
+* full structures (VVV, EEE): Σ ~ inverse-Wishart(ν, Λ),
+  density ∝ |Σ|^{−(ν+d+1)/2} exp(−tr(ΛΣ⁻¹)/2);
 * diagonal structures (VVI, EEI): each variance σ²_j ~ inverse-gamma(ν/2, ς²_j/2) with ς²_j = Λ_jj;
 * spherical structures (VII, EII, E, V): σ² ~ inverse-gamma(ν/2, ς²/2) with ς² = tr Λ / d.
 

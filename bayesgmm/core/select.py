@@ -25,8 +25,8 @@ from bayesgmm.core.fit import (
 )
 from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp
 from bayesgmm.core.model import GaussianMixture
-from bayesgmm.core.result import EMResult
 from bayesgmm.core.prior import ConjugatePrior
+from bayesgmm.core.result import EMResult
 from bayesgmm.core.structures import get_structure, structure_names
 
 __all__ = ["SelectionResult", "select_em"]
