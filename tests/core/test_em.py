@@ -1,0 +1,249 @@
+"""EM: monotone steps, agreement with scikit-learn, weights, prior, degeneracy, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bayesgmm as bg
+from bayesgmm.core import e_step, m_step, step
+from bayesgmm.core.em import Degenerate
+from tests.conftest import random_mixture
+
+STRUCTURES = ["VVV", "EEE", "VVI", "EEI", "VII", "EII"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    structure=st.sampled_from(STRUCTURES),
+    k=st.integers(1, 4),
+    d=st.integers(1, 4),
+    n=st.integers(40, 150),
+    seed=st.integers(0, 2**16),
+)
+def test_loglik_never_decreases(structure, k, d, n, seed):
+    rng = np.random.default_rng(seed)
+    X, _ = random_mixture(rng, k, d, structure).sample(n, rng=rng)
+    resp = rng.dirichlet(np.ones(k), size=n)
+    try:
+        model = m_step(X, resp, structure)
+    except Degenerate:
+        return
+    previous = -np.inf
+    for _ in range(25):
+        try:
+            model, ll = step(X, model)
+        except Degenerate:
+            return
+        assert ll >= previous - 1e-9 * abs(ll)
+        previous = ll
+
+
+def test_step_pieces_agree(faithful):
+    model = bg.fit_em(faithful, 3, max_iter=5, accelerate=False).model
+    ll, resp = e_step(faithful, model)
+    fused, ll_fused = step(faithful, model)
+    separate = m_step(faithful, resp, "VVV")
+    assert ll == pytest.approx(ll_fused, rel=1e-13)
+    np.testing.assert_allclose(fused.covariances, separate.covariances, rtol=1e-10)
+    np.testing.assert_allclose(fused.means, separate.means, rtol=1e-12)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_accelerated_trace_is_monotone(faithful, structure):
+    fit = bg.fit_em(faithful, 4, covariance_type=structure, init="kmeans++", rng=2)
+    assert np.all(np.diff(fit.loglik_trace) >= -1e-9 * abs(fit.loglik))
+    assert fit.loglik == pytest.approx(fit.model.score(faithful), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [("VVV", "full"), ("EEE", "tied"), ("VVI", "diag"), ("VII", "spherical")]
+)
+def test_same_start_as_scikit_learn(ours, theirs):
+    sklearn = pytest.importorskip("sklearn.mixture")
+    rng = np.random.default_rng(0)
+    X, _ = random_mixture(rng, 3, 3, ours).sample(600, rng=1)
+    start = bg.fit_em(X, 3, covariance_type=ours, init="kmeans++", rng=3, max_iter=2).model
+    precisions = np.linalg.inv(start.covariances)
+    if theirs == "tied":
+        precisions = precisions[0]
+    elif theirs == "diag":
+        precisions = np.diagonal(precisions, axis1=1, axis2=2)
+    elif theirs == "spherical":
+        precisions = precisions[:, 0, 0]
+    ref = sklearn.GaussianMixture(
+        3,
+        covariance_type=theirs,
+        weights_init=start.weights,
+        means_init=start.means,
+        precisions_init=precisions,
+        tol=1e-14,
+        reg_covar=0.0,
+        max_iter=5000,
+    ).fit(X)
+    fit = bg.fit_em(
+        X, 3, covariance_type=ours, init=start, tol=1e-14, max_iter=5000, accelerate=False
+    )
+    sk_loglik = ref.score(X) * X.shape[0]
+    assert fit.loglik == pytest.approx(sk_loglik, rel=1e-6)
+    order = np.argsort(ref.means_[:, 0])
+    np.testing.assert_allclose(np.sort(fit.model.means[:, 0]), ref.means_[order, 0], rtol=1e-4)
+
+
+def test_tol_zero_runs_exactly_max_iter(faithful):
+    fit = bg.fit_em(faithful, 2, tol=0, max_iter=37, accelerate=False)
+    assert fit.n_iter == 37 and not fit.converged
+    assert len(fit.loglik_trace) == 38
+
+
+def test_default_tol_reaches_eee3_optimum(faithful):
+    # The optimum of faithful EEE,3: mclust 6.0.0's fit (loglik -1126.3262 reported, -1126.3219
+    # recomputed from its parameters, ../shared/reference/mclust.json) polished by 10^4 plain EM
+    # steps at tol=0, which moves it to -1126.31593.
+    polished = bg.fit_em(
+        faithful, 3, covariance_type="EEE", tol=0, max_iter=10_000, accelerate=False
+    )
+    fit = bg.fit_em(faithful, 3, covariance_type="EEE")
+    assert fit.converged
+    assert fit.loglik == pytest.approx(polished.loglik, abs=1e-4)
+
+
+def test_same_seed_same_result(faithful):
+    a = bg.fit_em(faithful, 4, init="random", n_init=3, rng=5)
+    b = bg.fit_em(faithful, 4, init="random", n_init=3, rng=np.random.default_rng(5))
+    assert a.loglik == b.loglik
+    np.testing.assert_array_equal(a.model.means, b.model.means)
+
+
+def test_integer_weights_equal_repeated_rows(faithful):
+    rng = np.random.default_rng(0)
+    w = rng.integers(0, 4, size=faithful.shape[0])
+    w[0] = 1
+    repeated = np.repeat(faithful, w, axis=0)
+    start = bg.fit_em(faithful, 3, max_iter=3).model
+    weighted = bg.fit_em(faithful, 3, init=start, sample_weight=w, accelerate=False)
+    plain = bg.fit_em(repeated, 3, init=start, accelerate=False)
+    assert weighted.n_obs == repeated.shape[0]
+    assert weighted.loglik == pytest.approx(plain.loglik, rel=1e-10)
+    assert weighted.bic == pytest.approx(plain.bic, rel=1e-10)
+    assert weighted.icl == pytest.approx(plain.icl, rel=1e-10)
+    np.testing.assert_allclose(weighted.model.means, plain.model.means, rtol=1e-8)
+    np.testing.assert_allclose(weighted.model.covariances, plain.model.covariances, rtol=1e-7)
+
+
+def test_prior_single_component_closed_form(faithful):
+    # With K = 1 the MAP estimate has a closed form (derivation in bayesgmm.core.prior):
+    # μ = (n x̄ + κ μ_p)/(n + κ), Σ = (Λ + W + κn/(κ+n) (x̄−μ_p)(x̄−μ_p)ᵀ)/(n + ν + d + 2).
+    X = faithful
+    n, d = X.shape
+    kappa, nu = 0.5, 7.0
+    mu_p = np.array([3.0, 60.0])
+    lam = np.diag([0.5, 40.0])
+    prior = bg.ConjugatePrior(shrinkage=kappa, mean=mu_p, dof=nu, scale=lam)
+    fit = bg.fit_em(X, 1, prior=prior)
+    xbar = X.mean(axis=0)
+    W = (X - xbar).T @ (X - xbar)
+    diff = xbar - mu_p
+    mu = (n * xbar + kappa * mu_p) / (n + kappa)
+    sigma = (lam + W + kappa * n / (kappa + n) * np.outer(diff, diff)) / (n + nu + d + 2)
+    np.testing.assert_allclose(fit.model.means[0], mu, rtol=1e-12)
+    np.testing.assert_allclose(fit.model.covariances[0], sigma, rtol=1e-12)
+
+
+def test_prior_fixed_point(faithful):
+    fit = bg.fit_em(faithful, 3, covariance_type="VVV", prior=bg.ConjugatePrior(), tol=1e-12)
+    resolved = bg.ConjugatePrior().resolve(faithful, 3)
+    again = m_step(faithful, fit.responsibilities, "VVV", prior=resolved)
+    np.testing.assert_allclose(again.means, fit.model.means, rtol=1e-6)
+    np.testing.assert_allclose(again.covariances, fit.model.covariances, rtol=1e-5)
+
+
+def test_collapse_on_duplicated_points_is_degenerate():
+    rng = np.random.default_rng(0)
+    X = np.vstack(
+        [
+            rng.normal(size=(60, 2)),
+            np.tile([[5.0, 5.0]], (8, 1)),
+            rng.normal(size=(60, 2)) + [0.0, 8.0],
+        ]
+    )
+    labels = np.r_[np.zeros(60, int), np.ones(8, int), np.full(60, 2)]
+    with pytest.warns(bg.DegenerateFitWarning, match="component 1"):
+        fit = bg.fit_em(X, 3, init=labels)
+    assert fit.degenerate
+    assert "component 1" in fit.degenerate_reason
+    assert "reg_covar" in fit.degenerate_reason  # the remedy is named
+    assert np.isfinite(fit.loglik) and np.isfinite(fit.model.covariances).all()
+
+
+def test_tied_feature_collapse_is_degenerate():
+    # A component on points sharing one coordinate (faithful's tied "waiting"): singular in that
+    # direction only.
+    rng = np.random.default_rng(1)
+    X = np.vstack(
+        [
+            rng.normal(size=(100, 2)) * [1.0, 10.0],
+            np.column_stack([rng.normal(size=12) + 6.0, np.full(12, 30.0)]),
+        ]
+    )
+    labels = np.r_[np.zeros(100, int), np.ones(12, int)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.DegenerateFitWarning)
+        fit = bg.fit_em(X, 2, covariance_type="VVI", init=labels)
+    assert fit.degenerate and "component 1" in fit.degenerate_reason
+    shared = bg.fit_em(X, 2, covariance_type="EEI", init=labels)
+    assert not shared.degenerate  # a shared covariance cannot collapse on one component
+
+
+@pytest.mark.parametrize(
+    ("X", "kwargs", "error", "match"),
+    [
+        (np.array([[1.0, np.nan], [2.0, 3.0], [0.0, 1.0]]), {}, ValueError, "NaN values in 1 row"),
+        (np.array([[1.0, np.inf], [2.0, 3.0], [0.0, 1.0]]), {}, ValueError, "inf values"),
+        (np.zeros((3, 2, 2)), {}, ValueError, "got 3-D input"),
+        (np.array([["a", "b"], ["c", "d"]]), {}, TypeError, "not numbers"),
+        (pd.DataFrame({"x": [1.0, 2.0, 3.0], "s": ["a", "b", "c"]}), {}, TypeError, r"\['s'\]"),
+        (np.arange(10.0), {"n_components": 0}, ValueError, "at least 1"),
+        (np.arange(10.0), {"n_components": 2.5}, TypeError, "positive integer"),
+        (
+            np.r_[np.zeros(5), np.ones(5)],
+            {"n_components": 3},
+            ValueError,
+            r"distinct rows of X \(2\)",
+        ),
+        (np.arange(10.0), {"sample_weight": -np.ones(10)}, ValueError, "non-negative"),
+        (np.arange(10.0), {"sample_weight": np.zeros(10)}, ValueError, "zero everywhere"),
+        (np.arange(10.0), {"sample_weight": np.ones(9)}, ValueError, r"shape \(10,\)"),
+        (np.arange(10.0), {"covariance_type": "foo"}, ValueError, "valid: E, V, EII"),
+        (np.arange(10.0), {"init": np.zeros((10, 3))}, ValueError, r"\(10, 2\)"),
+        (np.arange(10.0), {"init": np.zeros(9, int)}, ValueError, r"shape \(10,\)"),
+        (np.arange(10.0), {"init": np.full(10, 5)}, ValueError, "lie in 0..1"),
+        (np.arange(10.0), {"init": "kmeans"}, ValueError, "not a known method"),
+        (np.column_stack([np.arange(10.0), np.ones(10)]), {}, ValueError, "constant"),
+        (np.arange(10.0), {"rng": "seed"}, TypeError, "rng must be"),
+        (np.arange(10.0), {"n_init": 0}, ValueError, "n_init"),
+    ],
+)
+def test_bad_input_errors(X, kwargs, error, match):
+    args = {"n_components": 2} | kwargs
+    k = args.pop("n_components")
+    with pytest.raises(error, match=match):
+        bg.fit_em(X, k, **args)
+
+
+def test_dataframe_names_and_series(faithful):
+    df = bg.datasets.load_faithful()
+    fit = bg.fit_em(df, 2)
+    assert fit.model.feature_names == ("eruptions", "waiting")
+    series = bg.fit_em(df["waiting"], 2, covariance_type="V")
+    assert series.model.feature_names == ("waiting",)
+
+
+def test_repr_mentions_mclust_sign(faithful):
+    text = repr(bg.fit_em(faithful, 2))
+    assert "BIC" in text and "mclust prints −BIC" in text

@@ -1,0 +1,47 @@
+"""Model-based hierarchical agglomeration and the other starts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bayesgmm.core.hc import hierarchical_tree, scaled_svd
+from bayesgmm.core.init import kmeans_plus_plus_labels
+
+
+def _rand_index_perfect(a, b):
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
+
+
+def test_recovers_separated_groups():
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1, 2], 30)
+    X = rng.normal(size=(90, 2)) * 0.3 + np.array([[0, 0], [6, 0], [0, 6]])[truth]
+    tree = hierarchical_tree(scaled_svd(X))
+    assert _rand_index_perfect(tree.cut(3), truth)
+    assert np.unique(tree.cut(1)).size == 1
+    assert np.unique(tree.cut(90)).size == 90
+
+
+def test_duplicates_start_together():
+    X = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [5.1, 5.0], [0.1, 0.0]])
+    tree = hierarchical_tree(X)
+    assert tree.n_initial == 4  # the duplicated row is one initial cluster
+    labels = tree.cut(4)
+    assert labels[0] == labels[1]
+
+
+def test_scaled_svd_is_unit_free():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 3))
+    a = hierarchical_tree(scaled_svd(X)).cut(4)
+    b = hierarchical_tree(scaled_svd(X * [1e-6, 1.0, 1e6] + 100.0)).cut(4)
+    assert _rand_index_perfect(a, b)
+
+
+def test_kmeans_plus_plus_partition():
+    rng = np.random.default_rng(2)
+    truth = np.repeat([0, 1], 40)
+    X = rng.normal(size=(80, 2)) + np.array([[0, 0], [10, 10]])[truth]
+    labels = kmeans_plus_plus_labels(X, 2, np.random.default_rng(0), n_lloyd=5)
+    assert _rand_index_perfect(labels, truth)
