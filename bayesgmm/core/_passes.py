@@ -27,11 +27,11 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["DensityParams", "PassStats", "density_params", "run_pass", "triu"]
+__all__ = ["DensityParams", "PassStats", "density_params", "features", "run_pass", "triu"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 #: Bytes allowed for the largest temporary of one chunk.
-_CHUNK_BYTES = 4 * 2**20
+_CHUNK_BYTES = 4 * 2**20  # measured: 2-8 MB is fastest on two cores
 #: Below this many rows a pass runs in the calling thread.
 _PARALLEL_MIN_ROWS = 20_000
 
@@ -56,6 +56,13 @@ def triu(d: int) -> tuple[np.ndarray, np.ndarray]:
     return iu, ju
 
 
+@functools.cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def _pool() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:
@@ -67,27 +74,23 @@ def _pool() -> ThreadPoolExecutor:
 class DensityParams:
     """Everything one pass needs about a batch of R mixtures of K components (M = R·K).
 
-    All positions are shifted by ``center``.
+    Components are in component-major order: row k·R + r is component k of mixture r.
 
     Attributes
     ----------
     kind : {"full", "diag"}
-        "diag" when every covariance is diagonal (the cheaper expansion is then used).
+        Which features a chunk needs (see :func:`features`): "diag" when every covariance is
+        diagonal (or D = 1).
     n_batch, n_components : int
         R and K.
     center : ndarray (D,)
+        Reference point subtracted from every row.
     means : ndarray (M, D)
-        Means minus ``center``, component-major: row k·R + r is component k of mixture r.
-    const : ndarray (M,)
-        log π_k − D/2 log 2π − 1/2 log|Σ_k|.
-    prec_stack : ndarray (D, D·M), "full" only
-        Column j·M + m holds the j-th column of U_m = L_m⁻ᵀ.
-    shift : ndarray (D·M,), "full" only
-        The matching entries of μ_m U_m.
-    inv_var : ndarray (M, D), "diag" only
-        1 / σ²_kj.
-    mean_term : ndarray (M,), "diag" only
-        Σ_j μ_kj² / σ²_kj.
+        Means minus ``center``.
+    coef : ndarray (M, F)
+        log p(x, z = m) = coef[m] · f(x) for the feature vector f(x) of :func:`features`:
+        the quadratic form −½ (x − μ_m)ᵀ Σ_m⁻¹ (x − μ_m) expanded, plus log π_m − D/2 log 2π
+        − ½ log|Σ_m| on the constant feature.
     """
 
     kind: Literal["full", "diag"]
@@ -95,11 +98,7 @@ class DensityParams:
     n_components: int
     center: np.ndarray
     means: np.ndarray
-    const: np.ndarray
-    prec_stack: np.ndarray | None = None
-    shift: np.ndarray | None = None
-    inv_var: np.ndarray | None = None
-    mean_term: np.ndarray | None = None
+    coef: np.ndarray
 
 
 def density_params(
@@ -109,7 +108,10 @@ def density_params(
     diagonal: bool,
     center: np.ndarray,
 ) -> DensityParams:
-    """Precompute the per-component quantities of a pass from Cholesky factors.
+    """Precompute the per-component coefficients of a pass from Cholesky factors.
+
+    Σ_m⁻¹ = U_m U_mᵀ with U_m = L_m⁻ᵀ, the inverse of the triangular Cholesky factor (never an
+    inverse of Σ itself); log|Σ_m| = 2 Σ_i log (L_m)_ii.
 
     Parameters
     ----------
@@ -125,56 +127,75 @@ def density_params(
     r, k = (1, log_weights.shape[0]) if log_weights.ndim == 1 else log_weights.shape
     d = means.shape[-1]
     m = r * k
-    # Component-major order (index k·R + r): reductions over the K components of each mixture
-    # then run over a middle axis with the R mixtures contiguous, which numpy does quickly.
+    # Component-major order: reductions over the K components of each mixture then run over
+    # the leading axis, with observations contiguous.
     means = np.swapaxes(means.reshape(r, k, d), 0, 1).reshape(m, d)
     chol = np.swapaxes(chol.reshape(r, k, d, d), 0, 1).reshape(m, d, d)
     log_w = log_weights.reshape(r, k).T.reshape(m)
     diag_l = np.diagonal(chol, axis1=1, axis2=2)
     const = log_w - np.log(diag_l).sum(axis=1) - 0.5 * d * _LOG_2PI
     mc = means - center
-    if diagonal:
-        inv_var = 1.0 / (diag_l * diag_l)
-        return DensityParams(
-            "diag", r, k, center, mc, const, inv_var=inv_var, mean_term=(mc * mc * inv_var).sum(1)
-        )
-    # U_m = L_m^{-T}: the inverse of the triangular factor (never of Σ), lower triangular by
-    # construction, so rounding above the diagonal is cleared.
-    u = np.swapaxes(np.tril(np.linalg.inv(chol)), 1, 2)  # (M, D, D), upper
-    prec = u.transpose(1, 2, 0).reshape(d, d * m)  # column j·M + m holds U_m[:, j]
-    shift = (mc[:, :, None] * u).sum(axis=1).T.reshape(d * m)
-    return DensityParams("full", r, k, center, mc, const, prec_stack=prec, shift=shift)
-
-
-def chunk_log_joint(xc: np.ndarray, p: DensityParams, sq: np.ndarray | None = None) -> np.ndarray:
-    """log p(x_n, z_n = k) for a chunk of shifted rows ``xc`` (c, D) → (c, M)."""
-    if p.kind == "diag":
-        if sq is None:
-            sq = xc * xc
-        maha = sq @ p.inv_var.T
-        maha -= 2.0 * (xc @ (p.means * p.inv_var).T)
-        maha += p.mean_term
-        np.maximum(maha, 0.0, out=maha)  # the expansion can round a tiny distance below 0
+    if diagonal or d == 1:
+        prec_diag = 1.0 / (diag_l * diag_l)
+        quad = prec_diag
+        lin = prec_diag * mc
+        kind: Literal["full", "diag"] = "diag"
     else:
-        y = xc @ p.prec_stack
-        y -= p.shift
-        np.multiply(y, y, out=y)
-        maha = y.reshape(xc.shape[0], -1, p.const.shape[0]).sum(axis=1)
-    maha *= -0.5
-    maha += p.const
-    return maha
+        u = np.tril(np.linalg.inv(chol))  # L⁻¹, lower triangular by construction
+        prec = np.swapaxes(u, 1, 2) @ u  # Σ⁻¹ = L⁻ᵀ L⁻¹, symmetric positive definite
+        iu, ju = triu(d)
+        quad = prec[:, iu, ju] * np.where(iu == ju, 1.0, 2.0)  # packed, off-diagonals twice
+        lin = (prec @ mc[:, :, None])[:, :, 0]
+        kind = "full"
+    offset = (lin * mc).sum(axis=1)
+    with np.errstate(invalid="ignore"):  # −inf weights (padding) times 0 stay −inf below
+        coef = np.concatenate([-0.5 * quad, lin, (const - 0.5 * offset)[:, None]], axis=1)
+    return DensityParams(kind, r, k, center, mc, coef)
+
+
+def features(rows: np.ndarray, center: np.ndarray, kind: str) -> np.ndarray:
+    """The feature matrix of a chunk, (F, c) with observations contiguous:
+
+    * "full": the upper triangle (row-major, as ``numpy.triu_indices``) of (x − c)(x − c)ᵀ,
+      then x − c, then 1 — F = D(D+1)/2 + D + 1;
+    * "diag": (x − c)², then x − c, then 1 — F = 2D + 1.
+
+    Both log p(x, z = m) (``coef @ features``) and the M-step's sums (``resp @ featuresᵀ``)
+    are then one matrix product each.
+    """
+    c, d = rows.shape
+    t = d * (d + 1) // 2 if kind == "full" else d
+    out = np.empty((t + d + 1, c))
+    xt = out[t : t + d]
+    np.subtract(rows.T, center[:, None], out=xt)
+    if kind == "full":
+        start = 0
+        for i in range(d):
+            np.multiply(xt[i], xt[i:], out=out[start : start + d - i])
+            start += d - i
+    else:
+        np.multiply(xt, xt, out=out[:d])
+    out[-1] = 1.0
+    return out
+
+
+def chunk_log_joint(feats: np.ndarray, p: DensityParams) -> np.ndarray:
+    """log p(x_n, z_n = m) for a chunk, from its :func:`features` (F, c); returns (M, c)."""
+    return p.coef @ feats
 
 
 def _log_normalise(log_joint: np.ndarray, r: int, k: int) -> np.ndarray:
-    """In place: turn log p(x_n, z_n = k) (c, K·R, component-major) into p(z_n = k | x_n)
-    within each of the R mixtures; return log p(x_n), shape (c, R)."""
-    lj = log_joint.reshape(-1, k, r)
-    top = lj.max(axis=1)
-    lj -= top[:, None, :]
+    """In place: turn log p(x_n, z_n = k) (K·R, c), component-major, into p(z_n = k | x_n)
+    within each of the R mixtures; return log p(x_n), shape (R, c)."""
+    lj = log_joint.reshape(k, r, -1)
+    top = lj.max(axis=0)
+    lj -= top
     np.exp(lj, out=lj)
-    total = lj.sum(axis=1)
-    lj /= total[:, None, :]
-    return top + np.log(total)
+    total = lj.sum(axis=0)
+    lj *= 1.0 / total
+    np.log(total, out=total)
+    total += top
+    return total
 
 
 @dataclass
@@ -208,9 +229,13 @@ class PassStats:
         return self
 
 
-def _chunk_rows(m: int, d: int, stats: str) -> int:
-    per_row = 8 * max(m * d, m + d, d * (d + 1) // 2, 1)
-    return min(max(_CHUNK_BYTES // per_row, 64), 65_536)
+def _chunk_rows(m: int, n_features: int) -> int:
+    per_row = 8 * max(m, n_features, 1)
+    return min(max(_CHUNK_BYTES // per_row, 256), 65_536)
+
+
+def _n_features(kind: str, d: int) -> int:
+    return (d * (d + 1) // 2 if kind == "full" else d) + d + 1
 
 
 def _one_chunk(
@@ -225,32 +250,24 @@ def _one_chunk(
 ) -> PassStats:
     r, k = p.n_batch, p.n_components
     d = p.means.shape[1]
-    xc = X[lo:hi] - p.center
-    sq = xc * xc if p.kind == "diag" or stats == "diag" else None
-    resp = chunk_log_joint(xc, p, sq)
-    logp = _log_normalise(resp, r, k)
+    feats = features(X[lo:hi], p.center, p.kind)
+    resp = chunk_log_joint(feats, p)  # (M, c)
+    logp = _log_normalise(resp, r, k)  # (R, c)
     if logp_out is not None:
-        logp_out[lo:hi] = logp
+        logp_out[lo:hi] = logp.T
     if resp_out is not None:
-        resp_out[lo:hi] = resp
+        resp_out[lo:hi] = resp.T
     if w is not None:
         wc = w[lo:hi]
-        loglik = wc @ logp
-        resp *= wc[:, None]
+        loglik = logp @ wc
+        resp *= wc
     else:
-        loglik = logp.sum(axis=0)
+        loglik = logp.sum(axis=1)
     if stats == "none":
         return PassStats(loglik, np.zeros((r, k)), np.zeros((r, k, d)), None)
-    counts = resp.sum(axis=0).reshape(k, r).T
-    sum_x = (resp.T @ xc).reshape(k, r, d).swapaxes(0, 1)
-    if stats == "diag":
-        scatter = (resp.T @ sq).reshape(k, r, d).swapaxes(0, 1)
-    else:
-        # Raw second moments about the center, upper triangle packed: one GEMM for all
-        # components, with a (c, D(D+1)/2) temporary.
-        iu, ju = triu(d)
-        scatter = (resp.T @ (xc[:, iu] * xc[:, ju])).reshape(k, r, iu.shape[0]).swapaxes(0, 1)
-    return PassStats(loglik, counts, sum_x, scatter)
+    sums = (resp @ feats.T).reshape(k, r, -1).swapaxes(0, 1)  # [second moments | Σx | Σ1]
+    t = sums.shape[2] - d - 1
+    return PassStats(loglik, sums[:, :, -1], sums[:, :, t : t + d], sums[:, :, :t])
 
 
 def run_pass(
@@ -267,18 +284,20 @@ def run_pass(
     Computes Σ_n w_n log p(x_n) for each mixture and, when ``stats`` is "full" or "diag", the
     sufficient statistics of the M-step (see :class:`PassStats`). Writes p(z_n = k | x_n) into
     ``resp_out`` (N, K·R, component-major) and log p(x_n) into ``logp_out`` (N, R) when given.
-    Memory: O(chunk)
-    beyond the outputs.
+    Memory: O(chunk) beyond the outputs.
     """
     n = X.shape[0]
     m, d = p.means.shape
-    step = _chunk_rows(m, d, stats)
+    step = _chunk_rows(m, _n_features(p.kind, d))
     bounds = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
     args = (p, sample_weight, stats, resp_out, logp_out)
     if n < _PARALLEL_MIN_ROWS or len(bounds) == 1 or n_threads() == 1:
         parts = [_one_chunk(X, lo, hi, *args) for lo, hi in bounds]
     else:
-        parts = list(_pool().map(lambda b: _one_chunk(X, b[0], b[1], *args), bounds))
+        # Our threads already use every core: BLAS inside them runs single-threaded, or two
+        # levels of threads fight over the same cores.
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            parts = list(_pool().map(lambda b: _one_chunk(X, b[0], b[1], *args), bounds))
     total = parts[0]
     for part in parts[1:]:
         total += part

@@ -128,7 +128,13 @@ def check_n_components(n_components: Any, X: np.ndarray, *, name: str = "n_compo
             f"{name}={k} exceeds the number of observations ({X.shape[0]}); "
             "use fewer components or more data."
         )
-    n_distinct = count_distinct_rows(X) if k > 1 else 1
+    # Distinct rows among a prefix are enough when there are at least K of them (sorting a
+    # million rows costs seconds).
+    n_distinct = 1
+    if k > 1:
+        n_distinct = count_distinct_rows(X[: 100 * k + 1000])
+        if n_distinct < k and X.shape[0] > 100 * k + 1000:
+            n_distinct = count_distinct_rows(X)
     if k > n_distinct:
         raise ValueError(
             f"{name}={k} exceeds the number of distinct rows of X ({n_distinct}); a mixture "

@@ -7,7 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._passes import DensityParams, chunk_log_joint, density_params, run_pass
+from bayesgmm.core._passes import (
+    DensityParams,
+    chunk_log_joint,
+    density_params,
+    features,
+    run_pass,
+)
 from bayesgmm.core._validation import as_data, as_rng
 from bayesgmm.core.structures import CovarianceStructure, get_structure
 
@@ -209,7 +215,8 @@ class GaussianMixture:
         out = np.empty((arr.shape[0], self.n_components))
         step = 65_536
         for lo in range(0, arr.shape[0], step):
-            out[lo : lo + step] = chunk_log_joint(arr[lo : lo + step] - p.center, p)
+            feats = features(arr[lo : lo + step], p.center, p.kind)
+            out[lo : lo + step] = chunk_log_joint(feats, p).T
         return out
 
     def log_joint(self, X: Any, z: Any) -> np.ndarray:
