@@ -33,7 +33,10 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 #: Bytes allowed for the largest temporary of one chunk.
 _CHUNK_BYTES = 4 * 2**20  # measured: 2-8 MB is fastest on two cores
 #: Below this many rows a pass runs in the calling thread.
-_PARALLEL_MIN_ROWS = 20_000
+_PARALLEL_MIN_ROWS = 4_096
+#: Passes over more rows than this are cut into at least 8 chunks (whatever the thread count,
+#: so that results do not depend on it), so that mid-sized data use every core.
+_MIN_CHUNK_ROWS = 2_048
 
 _executor: ThreadPoolExecutor | None = None
 
@@ -229,9 +232,10 @@ class PassStats:
         return self
 
 
-def _chunk_rows(m: int, n_features: int) -> int:
+def _chunk_rows(n: int, m: int, n_features: int) -> int:
     per_row = 8 * max(m, n_features, 1)
-    return min(max(_CHUNK_BYTES // per_row, 256), 65_536)
+    rows = min(max(_CHUNK_BYTES // per_row, 256), 65_536)
+    return min(rows, max(_MIN_CHUNK_ROWS, -(-n // 8)))
 
 
 def _n_features(kind: str, d: int) -> int:
@@ -288,7 +292,7 @@ def run_pass(
     """
     n = X.shape[0]
     m, d = p.means.shape
-    step = _chunk_rows(m, _n_features(p.kind, d))
+    step = _chunk_rows(n, m, _n_features(p.kind, d))
     bounds = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
     args = (p, sample_weight, stats, resp_out, logp_out)
     if n < _PARALLEL_MIN_ROWS or len(bounds) == 1 or n_threads() == 1:
