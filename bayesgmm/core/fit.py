@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from bayesgmm.core._loop import finish, iterate, new_run
 from bayesgmm.core._validation import as_data, as_rng, check_n_components, check_sample_weight
-from bayesgmm.core.em import Degenerate, finish, iterate, m_step, new_run
+from bayesgmm.core.em import Degenerate, m_step
 from bayesgmm.core.init import (
     hc_tree,
     kmeans_plus_plus_labels,

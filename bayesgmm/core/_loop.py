@@ -1,0 +1,307 @@
+"""The EM loop over a batch of runs: convergence, SQUAREM acceleration, degeneracy, results.
+
+A *run* is EM from one start. Runs of one covariance structure (several starts, several K) are
+advanced together: their mixtures are stacked, padded to the largest K with zero-weight
+components, and share every pass over the data; each keeps its own convergence test and leaves
+the batch when it converges, degenerates or exhausts its iteration budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bayesgmm.core._passes import run_pass
+from bayesgmm.core.criteria import aic, bic, icl
+from bayesgmm.core.em import (
+    Params,
+    batched_cholesky,
+    density,
+    m_step_batch,
+    stack_padded,
+    to_model,
+)
+from bayesgmm.core.model import GaussianMixture
+from bayesgmm.core.prior import ResolvedPrior
+from bayesgmm.core.result import EMResult
+from bayesgmm.core.structures import CovarianceStructure
+
+__all__ = ["Run", "finish", "iterate", "new_run"]
+
+#: A component whose covariance has an eigenvalue below this fraction of the data's variance in
+#: that direction (after standardising each feature) is declared collapsed.
+DEGENERACY_RTOL = 1e-8
+
+_REMEDY = (
+    "Try fewer components, a more constrained covariance_type, a prior "
+    "(prior=ConjugatePrior()) or reg_covar > 0."
+)
+
+
+@dataclass
+class Run:
+    """The state of one EM run (one start), resumable: short runs from many starts are
+    advanced together and only the promising ones are carried on."""
+
+    params: Params  # a batch of one
+    label: str
+    key: Any = None  # which cell of a grid the run belongs to
+    trace: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = False
+    reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.converged or self.reason is not None
+
+    @property
+    def loglik(self) -> float:
+        return self.trace[-1] if self.trace else -np.inf
+
+    @property
+    def k(self) -> int:
+        return int(self.params.weights.shape[1])
+
+
+def new_run(model: GaussianMixture, label: str, key: Any = None) -> Run:
+    """A run starting at ``model``."""
+    p = Params(
+        model.weights[None], model.means[None], model.covariances[None], model.cholesky[None]
+    )
+    return Run(p, label, key=key)
+
+
+def iterate(
+    X: np.ndarray,
+    runs: list[Run],
+    until_iter: int,
+    structure: CovarianceStructure,
+    *,
+    center: np.ndarray,
+    w: np.ndarray | None,
+    prior: ResolvedPrior | None,
+    reg_covar: float,
+    tol: float,
+    accelerate: bool = False,
+) -> None:
+    """Advance every unfinished run until it converges, degenerates or has done ``until_iter``
+    iterations (M-steps); all active runs share each pass over the data.
+
+    With ``accelerate``, every two EM steps θ0 → θ1 → θ2 are followed by a SQUAREM extrapolation
+    (Varadhan & Roland 2008, scheme S3) θ' = θ0 − 2αr + α²v, r = θ1 − θ0, v = θ2 − 2θ1 + θ0,
+    α = −‖r‖/‖v‖ (at most −1), in standardised units. θ' is evaluated by one more pass and kept,
+    followed by its EM step, only when it is a valid mixture whose log-likelihood is at least
+    that of θ1; otherwise the run goes on from θ2. Every log-likelihood recorded in the trace is
+    therefore at least the previous one, exactly as for plain EM.
+    """
+    active = [r for r in runs if not r.finished and r.n_iter < until_iter]
+    if not active:
+        return
+    ks = [r.k for r in active]
+    if prior is not None and len(set(ks)) > 1:
+        for kk in sorted(set(ks)):  # MAP divisors depend on K: one batch per K
+            group = [r for r in active if r.k == kk]
+            iterate(
+                X,
+                group,
+                until_iter,
+                structure,
+                center=center,
+                w=w,
+                prior=prior,
+                reg_covar=reg_covar,
+                tol=tol,
+                accelerate=accelerate,
+            )
+        return
+    params, mask = stack_padded([r.params for r in active], max(ks))
+    batch = _Batch(X, structure, center, w, prior, reg_covar, tol, until_iter, scale=None)
+    if accelerate:
+        batch.scale = _data_scale(X, w)
+    mask_or_none = None if mask.all() else mask
+    while active:
+        if not accelerate:
+            active, params, mask_or_none = batch.plain_step(active, params, mask_or_none)
+            continue
+        theta0 = params
+        active, theta1, mask_or_none, kept1 = batch.plain_step(
+            active, params, mask_or_none, return_kept=True
+        )
+        if not active:
+            break
+        theta0 = theta0.take(kept1)
+        active, theta2, mask_or_none, kept2 = batch.plain_step(
+            active, theta1, mask_or_none, return_kept=True
+        )
+        if not active:
+            break
+        theta0, theta1 = theta0.take(kept2), theta1.take(kept2)
+        params = batch.extrapolate(active, theta0, theta1, theta2, mask_or_none)
+
+
+@dataclass
+class _Batch:
+    """The fixed settings of one batched EM loop, and its two kinds of step."""
+
+    X: np.ndarray
+    structure: CovarianceStructure
+    center: np.ndarray
+    w: np.ndarray | None
+    prior: ResolvedPrior | None
+    reg_covar: float
+    tol: float
+    until_iter: int
+    scale: np.ndarray | None
+
+    def evaluate(self, params: Params, mask: np.ndarray | None):
+        """One pass at ``params``: log-likelihoods (R,) and the M-step's result."""
+        dens = density(params, self.structure, self.center)
+        stats = run_pass(self.X, dens, sample_weight=self.w, stats=self.structure.scatter_kind)
+        new, bad, reasons = m_step_batch(
+            stats, self.center, self.structure, self.prior, self.reg_covar, mask
+        )
+        return stats.loglik, new, bad, reasons
+
+    def plain_step(self, active, params, mask, return_kept=False):
+        """One EM step for every active run; runs that converge, degenerate or reach the
+        iteration budget leave the batch."""
+        loglik, new, bad, reasons = self.evaluate(params, mask)
+        keep = []
+        for i, run in enumerate(active):
+            ll = float(loglik[i])
+            prev = run.loglik
+            run.trace.append(ll)
+            if self.tol > 0 and np.isfinite(prev) and abs(ll - prev) <= self.tol * abs(ll):
+                run.converged = True
+                run.params = params.member(i, run.k)
+            elif bad[i] >= 0:
+                run.reason = f"component {bad[i]}: {reasons[i]}"
+                run.params = params.member(i, run.k)
+            else:
+                run.n_iter += 1
+                if run.n_iter >= self.until_iter:
+                    run.params = new.member(i, run.k)
+                else:
+                    keep.append(i)
+        idx = np.asarray(keep, dtype=np.intp)
+        if len(keep) < len(active):
+            active = [active[i] for i in keep]
+            new = new.take(idx)
+            if mask is not None:
+                mask = mask[idx]
+        if return_kept:
+            return active, new, mask, idx
+        return active, new, mask
+
+    def extrapolate(self, active, theta0, theta1, theta2, mask):
+        """The SQUAREM step for each run; returns the batch to continue from."""
+        s = self.scale if self.scale is not None else np.ones(self.X.shape[1])
+        scov = s[:, None] * s[None, :]
+
+        def flat(p: Params) -> np.ndarray:
+            r = p.weights.shape[0]
+            return np.concatenate(
+                [p.weights, (p.means / s).reshape(r, -1), (p.covs / scov).reshape(r, -1)], axis=1
+            )
+
+        f0, f1, f2 = flat(theta0), flat(theta1), flat(theta2)
+        r_vec = f1 - f0
+        v_vec = f2 - 2.0 * f1 + f0
+        nr = np.sqrt((r_vec * r_vec).sum(axis=1))
+        nv = np.sqrt((v_vec * v_vec).sum(axis=1))
+        alpha = np.where(nv > 0, -nr / np.where(nv > 0, nv, 1.0), -1.0)
+        alpha = np.minimum(alpha, -1.0)
+        a1 = (-2.0 * alpha)[:, None]
+        a2 = (alpha * alpha)[:, None]
+
+        def combine(x0, x1, x2):
+            shape = (-1,) + (1,) * (x0.ndim - 1)
+            return x0 + a1.reshape(shape) * (x1 - x0) + a2.reshape(shape) * (x2 - 2 * x1 + x0)
+
+        weights = combine(theta0.weights, theta1.weights, theta2.weights)
+        means = combine(theta0.means, theta1.means, theta2.means)
+        covs = combine(theta0.covs, theta1.covs, theta2.covs)
+        covs = 0.5 * (covs + np.swapaxes(covs, -1, -2))
+        if mask is not None:
+            weights = np.where(mask, weights, 0.0)
+        chol, bad = batched_cholesky(covs)
+        valid = (bad < 0) & (weights >= 0).all(axis=1) & (alpha < -1.0)
+        if not valid.any():
+            return theta2
+        out = Params(
+            theta2.weights.copy(), theta2.means.copy(), theta2.covs.copy(), theta2.chol.copy()
+        )
+        idx = np.flatnonzero(valid)
+        trial = Params(weights[idx], means[idx], covs[idx], chol[idx])
+        trial.weights /= trial.weights.sum(axis=1, keepdims=True)
+        loglik, new, bad_new, _ = self.evaluate(trial, None if mask is None else mask[idx])
+        for j, i in enumerate(idx):
+            run = active[i]
+            # The trial is kept only when its EM step is valid, it improves on θ1 and the run
+            # still has budget for one more M-step.
+            if bad_new[j] < 0 and loglik[j] >= run.loglik and run.n_iter + 1 < self.until_iter:
+                run.trace.append(float(loglik[j]))
+                run.n_iter += 1
+                out.weights[i], out.means[i] = new.weights[j], new.means[j]
+                out.covs[i], out.chol[i] = new.covs[j], new.chol[j]
+        return out
+
+
+def _data_scale(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    ww = np.ones(X.shape[0]) if w is None else w
+    mean = ww @ X / ww.sum()
+    var = ww @ (X - mean) ** 2 / ww.sum()
+    return np.sqrt(np.where(var > 0, var, 1.0))
+
+
+def _collapse_reason(model: GaussianMixture, scale: np.ndarray) -> str | None:
+    """Why a fitted mixture is degenerate, or None: a covariance with an eigenvalue that is a
+    vanishing fraction of the data's variance in the same (standardised) direction."""
+    std = model.covariances / (scale[:, None] * scale[None, :])
+    smallest = np.linalg.eigvalsh(std)[:, 0]
+    if (smallest < DEGENERACY_RTOL).any():
+        j = int(np.argmin(smallest))
+        return (
+            f"component {j} collapsed (its covariance has an eigenvalue {smallest[j]:.2g} times "
+            "the data's variance, i.e. it sits on tied or duplicated points)"
+        )
+    return None
+
+
+def finish(
+    X: np.ndarray,
+    run: Run,
+    structure: CovarianceStructure,
+    names: tuple[str, ...] | None,
+    w: np.ndarray | None,
+) -> EMResult:
+    """Final E-step at the run's mixture: log-likelihood, responsibilities and criteria."""
+    model = to_model(run.params, 0, structure, names)
+    resp = np.empty((X.shape[0], model.n_components))
+    final = run_pass(X, model._params, sample_weight=w, resp_out=resp)
+    loglik = float(final.loglik[0])
+    trace = list(run.trace)
+    if not run.converged or not trace:
+        trace.append(loglik)
+    reason = run.reason if run.reason is not None else _collapse_reason(model, _data_scale(X, w))
+    n_obs = float(X.shape[0] if w is None else w.sum())
+    p = model.n_parameters
+    return EMResult(
+        model=model,
+        loglik=loglik,
+        loglik_trace=np.asarray(trace),
+        n_iter=run.n_iter,
+        converged=run.converged,
+        n_parameters=p,
+        n_obs=n_obs,
+        bic=bic(loglik, p, n_obs),
+        aic=aic(loglik, p),
+        icl=icl(loglik, p, n_obs, resp, w),
+        responsibilities=resp,
+        degenerate=reason is not None,
+        degenerate_reason=None if reason is None else f"{reason}. {_REMEDY}",
+        init=run.label,
+    )
