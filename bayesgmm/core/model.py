@@ -106,6 +106,12 @@ class GaussianMixture:
             )
         covs = 0.5 * (covs + covs.transpose(0, 2, 1))
         structure = get_structure(self.covariance_type, d)
+        violation = structure.constraint_violation(covs)
+        if violation is not None:
+            raise ValueError(
+                f"covariance_type={structure.name!r} does not match the covariances: {violation}. "
+                "Pass the structure the covariances have (e.g. 'VVV' for unconstrained ones)."
+            )
         chol = _cholesky_or_raise(covs)
         if self.feature_names is not None and len(self.feature_names) != d:
             raise ValueError(f"feature_names has {len(self.feature_names)} names for {d} features.")

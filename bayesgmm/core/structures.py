@@ -101,6 +101,30 @@ class CovarianceStructure(ABC):
         covariances : ndarray of shape (..., K, D, D)
         """
 
+    def constraint_violation(self, covariances: np.ndarray, rtol: float = 1e-8) -> str | None:
+        """Why (K, D, D) covariances do not have this structure, or None when they do.
+
+        Checks the axis alignment (..I structures), sphericity (.II) and equality across
+        components (structures with no V: EII, EEI, EEE), each relative to the size of the
+        diagonal.
+        """
+        d = covariances.shape[-1]
+        diag = np.diagonal(covariances, axis1=-2, axis2=-1)
+        scale = np.sqrt(np.outer(diag.max(axis=0), diag.max(axis=0)))
+        code = self.name if len(self.name) == 3 else ("EII" if self.name == "E" else "VII")
+        if code[2] == "I" and d > 1:
+            off = covariances * (1 - np.eye(d))
+            if (np.abs(off) > rtol * scale).any():
+                return "its covariances must be diagonal (axis-aligned)"
+        if code[1:] == "II" and (np.abs(diag - diag[:, :1]) > rtol * diag[:, :1]).any():
+            return "its covariances must be spherical (λ I)"
+        if (
+            all(c in "EI" for c in code)
+            and (np.abs(covariances - covariances[:1]) > rtol * scale).any()
+        ):
+            return "its covariances must be equal across components"
+        return None
+
     def __repr__(self) -> str:
         return f"<covariance structure {self.name}>"
 

@@ -178,3 +178,17 @@ def test_wrong_number_of_features():
 def test_parameter_counts(structure, d, g, expected):
     gm = random_mixture(np.random.default_rng(0), g, d, structure)
     assert gm.n_parameters == expected
+
+
+@pytest.mark.parametrize(
+    ("structure", "covs", "match"),
+    [
+        ("EEE", [np.eye(2), 2 * np.eye(2)], "equal across components"),
+        ("VVI", [[[1.0, 0.2], [0.2, 1.0]], np.eye(2)], "diagonal"),
+        ("VII", [np.diag([1.0, 2.0]), np.eye(2)], "spherical"),
+        ("EII", [np.eye(2), 3 * np.eye(2)], "equal across components"),
+    ],
+)
+def test_covariances_must_have_the_structure(structure, covs, match):
+    with pytest.raises(ValueError, match=match):
+        bg.GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], covs, structure)
