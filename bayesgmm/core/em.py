@@ -107,8 +107,8 @@ def batched_cholesky(covs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 bad[r] = 0
     diag = np.diagonal(chol, axis1=-2, axis2=-1)
     invalid = ~(np.isfinite(diag) & (diag > 0)).all(axis=-1)  # (R, K)
-    for r in np.flatnonzero(invalid.any(axis=1) & (bad < 0)):
-        bad[r] = int(np.argmax(invalid[r]))
+    for i in np.flatnonzero(invalid.any(axis=1) & (bad < 0)):
+        bad[i] = int(np.argmax(invalid[i]))
     return chol, bad
 
 
@@ -142,6 +142,8 @@ def m_step_batch(
     empty = low if mask is None else low & mask
     safe = np.where(low, 1.0, counts)
     xbar = stats.sum_x / safe[..., None]
+    if stats.scatter is None:
+        raise ValueError("the M-step needs a pass with stats='full' or 'diag'")
     if structure.scatter_kind == "full":
         second = _unpack(stats.scatter, xbar.shape[-1])
         scatter = second - counts[..., None, None] * xbar[..., :, None] * xbar[..., None, :]

@@ -285,10 +285,11 @@ def start_model(
         if start.covariance_type == structure.name:
             return start
         return GaussianMixture(start.weights, start.means, start.covariances, structure.name, names)
-    Xs, ws, resp0 = X, w, start
     if isinstance(start, _SubsetStart):
         Xs, resp0 = X[start.rows], start.resp
         ws = None if w is None else w[start.rows]
+    else:
+        Xs, ws, resp0 = X, w, start
     try:
         return m_step(
             Xs,

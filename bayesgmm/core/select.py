@@ -200,7 +200,7 @@ def select_em(
     gen = as_rng(rng)
     n_distinct = count_distinct_rows(arr)
     tree = hc_tree(arr, gen) if method == "hc" else None
-    settings = {
+    settings: dict[str, Any] = {
         "reg_covar": float(reg_covar),
         "tol": float(tol),
         "max_iter": int(max_iter),

@@ -146,7 +146,7 @@ class VVV(CovarianceStructure):
     """
 
     name = "VVV"
-    aliases = ("full",)
+    aliases: ClassVar[tuple[str, ...]] = ("full",)
     scatter_kind = "full"
     per_component = True
 
@@ -168,7 +168,7 @@ class EEE(CovarianceStructure):
     """
 
     name = "EEE"
-    aliases = ("tied",)
+    aliases: ClassVar[tuple[str, ...]] = ("tied",)
     scatter_kind = "full"
     per_component = False
 
@@ -194,7 +194,7 @@ class VVI(CovarianceStructure):
     """
 
     name = "VVI"
-    aliases = ("diag",)
+    aliases: ClassVar[tuple[str, ...]] = ("diag",)
     scatter_kind = "diag"
     per_component = True
 
@@ -239,7 +239,7 @@ class VII(CovarianceStructure):
     """
 
     name = "VII"
-    aliases = ("spherical",)
+    aliases: ClassVar[tuple[str, ...]] = ("spherical",)
     scatter_kind = "diag"
     per_component = True
 
@@ -286,7 +286,7 @@ class E(EII):
     """One feature, equal variance: σ²_k = σ² for all k (EII in one dimension)."""
 
     name = "E"
-    aliases = ()
+    aliases: ClassVar[tuple[str, ...]] = ()
     univariate = True
 
 
@@ -294,7 +294,7 @@ class V(VII):
     """One feature, variable variance: σ²_k free (VII in one dimension)."""
 
     name = "V"
-    aliases = ()
+    aliases: ClassVar[tuple[str, ...]] = ()
     univariate = True
 
 
