@@ -36,7 +36,7 @@ def make_data(
     (well-conditioned even for D = 50, where a random partition can leave a cluster with fewer
     points than dimensions)."""
     rng = np.random.default_rng(seed)
-    weights = rng.dirichlet(np.full(k, 5.0))
+    weights = 0.5 / k + 0.5 * rng.dirichlet(np.full(k, 5.0))  # every component well populated
     means = rng.normal(scale=3.0, size=(k, d))
     covs = np.empty((k, d, d))
     for j in range(k):
