@@ -81,27 +81,31 @@ class DensityParams:
 
     Attributes
     ----------
-    kind : {"full", "diag"}
+    kind : {"full", "diag", "direct"}
         Which features a chunk needs (see :func:`features`): "diag" when every covariance is
-        diagonal (or D = 1).
+        diagonal (or D = 1); "direct" for full covariances when the D(D+1)/2 quadratic features
+        would outweigh working with D·M whitened coordinates (large D, few components).
     n_batch, n_components : int
         R and K.
     center : ndarray (D,)
         Reference point subtracted from every row.
     means : ndarray (M, D)
         Means minus ``center``.
-    coef : ndarray (M, F)
+    coef : ndarray (M, F), or (M, 1) for "direct"
         log p(x, z = m) = coef[m] · f(x) for the feature vector f(x) of :func:`features`:
         the quadratic form −½ (x − μ_m)ᵀ Σ_m⁻¹ (x − μ_m) expanded, plus log π_m − D/2 log 2π
-        − ½ log|Σ_m| on the constant feature.
+        − ½ log|Σ_m| on the constant feature. For "direct", just that constant.
+    prec_aug : ndarray (D·M, D + 1), "direct" only
+        √½ [L_m⁻¹ | −L_m⁻¹ μ_m], row j·M + m holding row j of component m.
     """
 
-    kind: Literal["full", "diag"]
+    kind: Literal["full", "diag", "direct"]
     n_batch: int
     n_components: int
     center: np.ndarray
     means: np.ndarray
     coef: np.ndarray
+    prec_aug: np.ndarray | None = None
 
 
 def density_params(
@@ -145,6 +149,12 @@ def density_params(
         kind: Literal["full", "diag"] = "diag"
     else:
         u = np.tril(np.linalg.inv(chol))  # L⁻¹, lower triangular by construction
+        if _use_direct(m, d):
+            # √½ [L⁻¹ | −L⁻¹μ] stacked: applied to [x; 1] it gives √½ L⁻¹(x − μ), whose squared
+            # norm is half the Mahalanobis distance. Row j·M + m is row j of component m.
+            aug = np.concatenate([u, -(u @ mc[:, :, None])], axis=2)  # (M, D, D + 1)
+            aug = np.sqrt(0.5) * aug.transpose(1, 0, 2).reshape(d * m, d + 1)
+            return DensityParams("direct", r, k, center, mc, const[:, None], aug)
         prec = np.swapaxes(u, 1, 2) @ u  # Σ⁻¹ = L⁻ᵀ L⁻¹, symmetric positive definite
         iu, ju = triu(d)
         quad = prec[:, iu, ju] * np.where(iu == ju, 1.0, 2.0)  # packed, off-diagonals twice
@@ -156,18 +166,28 @@ def density_params(
     return DensityParams(kind, r, k, center, mc, coef)
 
 
+def _use_direct(m: int, d: int) -> bool:
+    """Whether full covariances are better evaluated as whitened coordinates L⁻¹(x − μ) (cost
+    ~D² M per row, no large temporary) than as D(D+1)/2 quadratic features (memory-bound when
+    that count dwarfs the D·M outputs)."""
+    # Measured (N = 1e5, alternating runs): direct wins at (D, M) = (10, 3), (15, 3), (50, 10),
+    # features at (10, 10); (20, 10) and (30, 10) tie.
+    return d * (d + 1) // 2 > m * d
+
+
 def features(rows: np.ndarray, center: np.ndarray, kind: str) -> np.ndarray:
     """The feature matrix of a chunk, (F, c) with observations contiguous:
 
     * "full": the upper triangle (row-major, as ``numpy.triu_indices``) of (x − c)(x − c)ᵀ,
       then x − c, then 1 — F = D(D+1)/2 + D + 1;
-    * "diag": (x − c)², then x − c, then 1 — F = 2D + 1.
+    * "diag": (x − c)², then x − c, then 1 — F = 2D + 1;
+    * "direct": x − c, then 1 — F = D + 1.
 
     Both log p(x, z = m) (``coef @ features``) and the M-step's sums (``resp @ featuresᵀ``)
     are then one matrix product each.
     """
     c, d = rows.shape
-    t = d * (d + 1) // 2 if kind == "full" else d
+    t = {"full": d * (d + 1) // 2, "diag": d, "direct": 0}[kind]
     out = np.empty((t + d + 1, c))
     xt = out[t : t + d]
     np.subtract(rows.T, center[:, None], out=xt)
@@ -176,7 +196,7 @@ def features(rows: np.ndarray, center: np.ndarray, kind: str) -> np.ndarray:
         for i in range(d):
             np.multiply(xt[i], xt[i:], out=out[start : start + d - i])
             start += d - i
-    else:
+    elif kind == "diag":
         np.multiply(xt, xt, out=out[:d])
     out[-1] = 1.0
     return out
@@ -184,7 +204,12 @@ def features(rows: np.ndarray, center: np.ndarray, kind: str) -> np.ndarray:
 
 def chunk_log_joint(feats: np.ndarray, p: DensityParams) -> np.ndarray:
     """log p(x_n, z_n = m) for a chunk, from its :func:`features` (F, c); returns (M, c)."""
-    return p.coef @ feats
+    if p.kind != "direct" or p.prec_aug is None:
+        return p.coef @ feats
+    y = p.prec_aug @ feats  # (D·M, c): whitened coordinates, scaled by √½
+    np.multiply(y, y, out=y)
+    half_maha = y.reshape(-1, p.coef.shape[0], feats.shape[1]).sum(axis=0)
+    return np.subtract(p.coef, half_maha, out=half_maha)
 
 
 def _log_normalise(log_joint: np.ndarray, r: int, k: int) -> np.ndarray:
@@ -238,7 +263,9 @@ def _chunk_rows(n: int, m: int, n_features: int) -> int:
     return min(rows, max(_MIN_CHUNK_ROWS, -(-n // 8)))
 
 
-def _n_features(kind: str, d: int) -> int:
+def _n_features(kind: str, d: int, m: int) -> int:
+    if kind == "direct":
+        return d * m  # the whitened coordinates are the largest temporary
     return (d * (d + 1) // 2 if kind == "full" else d) + d + 1
 
 
@@ -269,7 +296,16 @@ def _one_chunk(
         loglik = logp.sum(axis=1)
     if stats == "none":
         return PassStats(loglik, np.zeros((r, k)), np.zeros((r, k, d)), None)
-    sums = (resp @ feats.T).reshape(k, r, -1).swapaxes(0, 1)  # [second moments | Σx | Σ1]
+    sums = resp @ feats.T  # [second moments | Σx | Σ1], (M, F)
+    if p.kind == "direct":
+        # Second moments one component at a time: M GEMMs of D × c × D, no D²-row temporary.
+        iu, ju = triu(d)
+        xt = feats[:d]
+        second = np.empty((sums.shape[0], iu.shape[0]))
+        for j in range(sums.shape[0]):
+            second[j] = ((xt * resp[j]) @ xt.T)[iu, ju]
+        sums = np.concatenate([second, sums], axis=1)
+    sums = sums.reshape(k, r, -1).swapaxes(0, 1)
     t = sums.shape[2] - d - 1
     return PassStats(loglik, sums[:, :, -1], sums[:, :, t : t + d], sums[:, :, :t])
 
@@ -292,7 +328,7 @@ def run_pass(
     """
     n = X.shape[0]
     m, d = p.means.shape
-    step = _chunk_rows(n, m, _n_features(p.kind, d))
+    step = _chunk_rows(n, m, _n_features(p.kind, d, m))
     bounds = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
     args = (p, sample_weight, stats, resp_out, logp_out)
     if n < _PARALLEL_MIN_ROWS or len(bounds) == 1 or n_threads() == 1:

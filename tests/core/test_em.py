@@ -247,3 +247,22 @@ def test_dataframe_names_and_series(faithful):
 def test_repr_mentions_mclust_sign(faithful):
     text = repr(bg.fit_em(faithful, 2))
     assert "BIC" in text and "mclust prints −BIC" in text
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_both_evaluation_paths_agree(direct, monkeypatch):
+    # Full covariances are evaluated either through quadratic features or whitened coordinates
+    # (chosen by size); both must give the same step.
+    from bayesgmm.core import _passes
+
+    rng = np.random.default_rng(3)
+    gm = random_mixture(rng, 3, 6)
+    X, _ = gm.sample(3000, rng=rng)
+    reference, ll_ref = step(X, gm)
+    monkeypatch.setattr(_passes, "_use_direct", lambda m, d: direct)
+    gm2 = bg.GaussianMixture(gm.weights, gm.means, gm.covariances, "VVV")
+    assert gm2._params.kind == ("direct" if direct else "full")
+    new, ll = step(X, gm2)
+    assert ll == pytest.approx(ll_ref, rel=1e-12)
+    np.testing.assert_allclose(new.covariances, reference.covariances, rtol=1e-9)
+    np.testing.assert_allclose(new.means, reference.means, rtol=1e-10, atol=1e-12)
