@@ -95,16 +95,19 @@ def batched_cholesky(covs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # batch (NaN-safe), then Cholesky of the mixtures whose covariances all look PD.
         finite = np.isfinite(covs).all(axis=(-2, -1))
         safe = np.where(finite[..., None, None], covs, 0.0)
-        pd = finite & (np.linalg.eigvalsh(safe)[..., 0] > 0)
+        pd_comp = finite & (np.linalg.eigvalsh(safe)[..., 0] > 0)  # (R, K)
+        pd = pd_comp.all(axis=1)
         chol = np.zeros_like(covs)
-        for r in range(covs.shape[0]):
-            if not pd[r].all():
-                bad[r] = int(np.argmin(pd[r]))
-                continue
-            try:
-                chol[r] = np.linalg.cholesky(covs[r])
-            except np.linalg.LinAlgError:
-                bad[r] = 0
+        bad[~pd] = np.argmin(pd_comp[~pd], axis=1)
+        ok = np.flatnonzero(pd)
+        try:
+            chol[ok] = np.linalg.cholesky(covs[ok])
+        except np.linalg.LinAlgError:  # an eigenvalue barely above 0: one at a time
+            for r in ok:
+                try:
+                    chol[r] = np.linalg.cholesky(covs[r])
+                except np.linalg.LinAlgError:
+                    bad[r] = 0
     diag = np.diagonal(chol, axis1=-2, axis2=-1)
     invalid = ~(np.isfinite(diag) & (diag > 0)).all(axis=-1)  # (R, K)
     for i in np.flatnonzero(invalid.any(axis=1) & (bad < 0)):

@@ -5,7 +5,10 @@ pandas is imported here only to build the table the user reads.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +106,80 @@ class SelectionResult:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class _GridJob:
+    """What every cell of a grid shares (sent once to each worker process)."""
+
+    X: np.ndarray
+    names: tuple[str, ...] | None
+    w: np.ndarray | None
+    priors: dict[int, Any]
+    init_priors: dict[int, Any]
+    reg_covar: float
+    settings: dict[str, Any]
+
+
+def _run_structure(
+    task: tuple[_GridJob, str, dict[int, list[tuple[str, Any]]]],
+) -> tuple[str, dict[int, list[EMResult]], dict[int, str]]:
+    """EM for every start of every K of one structure, as one batch."""
+    job, structure, cells = task
+    st = get_structure(structure)
+    models: dict[int, list[tuple[str, GaussianMixture]]] = {}
+    failed: dict[int, str] = {}
+    for k, cell in cells.items():
+        try:
+            models[k] = [
+                (
+                    label,
+                    start
+                    if isinstance(start, GaussianMixture)
+                    else start_model(
+                        job.X,
+                        start,
+                        st,
+                        job.w,
+                        job.priors[k],
+                        job.init_priors[k],
+                        job.reg_covar,
+                        job.names,
+                    ),
+                )
+                for label, start in cell
+            ]
+        except Degenerate as err:
+            failed[k] = f"no valid start: {err}"
+    fits = run_cells(
+        job.X,
+        job.names,
+        job.w,
+        st,
+        models,
+        priors={k: job.priors[k] for k in models},
+        **job.settings,
+    )
+    return structure, fits, failed
+
+
+def _single_threaded_blas() -> None:
+    """Worker processes already use every core: BLAS inside each runs on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def _n_workers(n_jobs: int | None, n_obs: int, n_structures: int) -> int:
+    """Processes for the grid: one per structure up to the cores, for data small enough that a
+    pass runs in one thread (larger data already use every core inside each pass)."""
+    if n_jobs is not None:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+            raise ValueError(f"n_jobs must be a positive integer or None; got {n_jobs!r}.")
+        return min(n_jobs, n_structures)
+    if n_obs >= 4_096 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(os.cpu_count() or 1, n_structures))
+
+
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two label vectors define the same partition (up to renaming the labels)."""
     if a.shape != b.shape:
@@ -142,6 +219,7 @@ def select_em(
     rng: Any = 0,
     cross_starts: bool = True,
     accelerate: bool = True,
+    n_jobs: int | None = None,
 ) -> SelectionResult:
     """Fit every (structure, K) cell by EM and choose by BIC or ICL, as mclust's ``Mclust``.
 
@@ -160,6 +238,10 @@ def select_em(
         finds local optima (mclust's default hierarchical start alone misses galaxies' V,3).
     tol, max_iter, reg_covar, prior, sample_weight, accelerate
         As :func:`fit_em`.
+    n_jobs : int, optional
+        Worker processes, one covariance structure each. By default one per core for small
+        data (under 4096 rows, where a pass runs in one thread) and 1 otherwise. Results do not
+        depend on it.
     rng : int or numpy.random.Generator, default 0
         Seeds the restarts; the default makes the table reproducible.
     cross_starts : bool, default True
@@ -225,30 +307,26 @@ def select_em(
     init_priors = {k: priors[k] or ConjugatePrior().resolve(arr, k, w) for k in usable}
     starts = {k: make_starts(method, arr, k, gen, n_init, tree) for k in usable}
 
-    def run(structure: str, cells: dict[int, list[tuple[str, Any]]]) -> dict[int, list[EMResult]]:
-        st = get_structure(structure)
-        models: dict[int, list[tuple[str, GaussianMixture]]] = {}
-        for k, cell in cells.items():
-            try:
-                models[k] = [
-                    (
-                        label,
-                        start
-                        if isinstance(start, GaussianMixture)
-                        else start_model(
-                            arr, start, st, w, priors[k], init_priors[k], float(reg_covar), names
-                        ),
-                    )
-                    for label, start in cell
-                ]
-            except Degenerate as err:
-                failures[(structure, k)] = f"no valid start: {err}"
-        return run_cells(
-            arr, names, w, st, models, priors={k: priors[k] for k in models}, **settings
-        )
+    job = _GridJob(arr, names, w, priors, init_priors, float(reg_covar), settings)
+    workers = _n_workers(n_jobs, arr.shape[0], len(structures))
 
-    for structure in structures:
-        for k, fits in run(structure, starts).items():
+    def run_all(cells_by_structure: dict[str, dict[int, list[tuple[str, Any]]]]):
+        tasks = [(job, s, cells) for s, cells in cells_by_structure.items()]
+        if workers > 1 and len(tasks) > 1:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=_single_threaded_blas
+            ) as pool:
+                outputs = list(pool.map(_run_structure, tasks))
+        else:
+            outputs = [_run_structure(t) for t in tasks]
+        for structure, fits_by_k, failed in outputs:
+            for k, reason in failed.items():
+                failures[(structure, k)] = reason
+            yield structure, fits_by_k
+
+    for structure, fits_by_k in run_all({s: starts for s in structures}):
+        for k, fits in fits_by_k.items():
             results[(structure, k)] = best_result(fits)
 
     # Cross-starts: EM is run again in every cell from the partitions that the other structures
@@ -268,6 +346,7 @@ def select_em(
                 ):
                     found.append((f"from {structure},{k}", labels))
             partitions[k] = found
+        cross: dict[str, dict[int, list[tuple[str, Any]]]] = {}
         for structure in structures:
             cells: dict[int, list[tuple[str, Any]]] = {}
             for k in usable:
@@ -282,7 +361,10 @@ def select_em(
                 ]
                 if extra:
                     cells[k] = [(current.init, current.model), *extra]
-            for k, fits in run(structure, cells).items():
+            if cells:
+                cross[structure] = cells
+        for structure, fits_by_k in run_all(cross):
+            for k, fits in fits_by_k.items():
                 refit = best_result(fits)
                 if not refit.degenerate and refit.loglik > results[(structure, k)].loglik:
                     results[(structure, k)] = refit
