@@ -128,13 +128,7 @@ def check_n_components(n_components: Any, X: np.ndarray, *, name: str = "n_compo
             f"{name}={k} exceeds the number of observations ({X.shape[0]}); "
             "use fewer components or more data."
         )
-    # Distinct rows among a prefix are enough when there are at least K of them (sorting a
-    # million rows costs seconds).
-    n_distinct = 1
-    if k > 1:
-        n_distinct = count_distinct_rows(X[: 100 * k + 1000])
-        if n_distinct < k and X.shape[0] > 100 * k + 1000:
-            n_distinct = count_distinct_rows(X)
+    n_distinct = count_distinct_rows(X, at_least=k) if k > 1 else 1
     if k > n_distinct:
         raise ValueError(
             f"{name}={k} exceeds the number of distinct rows of X ({n_distinct}); a mixture "
@@ -144,8 +138,19 @@ def check_n_components(n_components: Any, X: np.ndarray, *, name: str = "n_compo
     return k
 
 
-def count_distinct_rows(X: np.ndarray) -> int:
-    """Number of distinct rows of a 2-D array."""
+def count_distinct_rows(X: np.ndarray, at_least: int | None = None) -> int:
+    """Number of distinct rows of a 2-D array.
+
+    With ``at_least``, a prefix of the rows is tried first and its count returned when it
+    reaches ``at_least`` (a lower bound is all a check needs; sorting a million rows costs
+    seconds).
+    """
+    if at_least is not None:
+        prefix = 100 * at_least + 1000
+        if X.shape[0] > prefix:
+            found = int(np.unique(X[:prefix], axis=0).shape[0])
+            if found >= at_least:
+                return found
     return int(np.unique(X, axis=0).shape[0])
 
 

@@ -238,15 +238,15 @@ def select_em(
         finds local optima (mclust's default hierarchical start alone misses galaxies' V,3).
     tol, max_iter, reg_covar, prior, sample_weight, accelerate
         As :func:`fit_em`.
-    n_jobs : int, optional
-        Worker processes, one covariance structure each. By default one per core for small
-        data (under 4096 rows, where a pass runs in one thread) and 1 otherwise. Results do not
-        depend on it.
     rng : int or numpy.random.Generator, default 0
         Seeds the restarts; the default makes the table reproducible.
     cross_starts : bool, default True
         After the first pass, rerun each cell from the partitions the other structures found at
         the same K (short EM, keeping the best). Never makes a cell worse.
+    n_jobs : int, optional
+        Worker processes, one covariance structure each. By default one per core for small
+        data (under 4096 rows, where a pass runs in one thread) and 1 otherwise. Results do not
+        depend on it.
 
     Returns
     -------
@@ -280,7 +280,7 @@ def select_em(
         types = [covariance_types] if isinstance(covariance_types, str) else list(covariance_types)
         structures = list(dict.fromkeys(get_structure(t, d).name for t in types))
     gen = as_rng(rng)
-    n_distinct = count_distinct_rows(arr)
+    n_distinct = count_distinct_rows(arr, at_least=max(ks))
     tree = hc_tree(arr, gen) if method == "hc" else None
     settings: dict[str, Any] = {
         "reg_covar": float(reg_covar),
