@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesgmm.core._moments import mean_cov
 from bayesgmm.core._passes import run_pass
 from bayesgmm.core.criteria import aic, bic, icl
 from bayesgmm.core.em import (
@@ -251,9 +252,8 @@ class _Batch:
 
 
 def _data_scale(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    ww = np.ones(X.shape[0]) if w is None else w
-    mean = ww @ X / ww.sum()
-    var = ww @ (X - mean) ** 2 / ww.sum()
+    """Standard deviation of each feature (1 where constant)."""
+    _, var = mean_cov(X, w, diagonal=True)
     return np.sqrt(np.where(var > 0, var, 1.0))
 
 

@@ -153,11 +153,10 @@ def fit_em(
     gen = as_rng(rng)
     parsed = parse_init(init, arr, k)
     resolved = None if prior is None else prior.resolve(arr, k, w)
-    init_prior = resolved if resolved is not None else ConjugatePrior().resolve(arr, k, w)
 
     starts = make_starts(parsed, arr, k, gen, n_init, _hc)
     models = [
-        (label, start_model(arr, st, structure, w, resolved, init_prior, float(reg_covar), names))
+        (label, start_model(arr, st, structure, w, resolved, float(reg_covar), names))
         for label, st in starts
     ]
     results = run_cells(
@@ -276,7 +275,6 @@ def start_model(
     structure: CovarianceStructure,
     w: np.ndarray | None,
     prior: ResolvedPrior | None,
-    init_prior: ResolvedPrior,
     reg_covar: float,
     names: tuple[str, ...] | None,
 ) -> GaussianMixture:
@@ -307,7 +305,7 @@ def start_model(
             resp0,
             structure,
             sample_weight=ws,
-            prior=init_prior,
+            prior=prior or ConjugatePrior().resolve(Xs, resp0.shape[1], ws),
             reg_covar=reg_covar,
             feature_names=names,
         )

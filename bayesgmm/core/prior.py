@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesgmm.core._moments import mean_cov
 from bayesgmm.core.structures import PriorTerms
 
 __all__ = ["ConjugatePrior", "ResolvedPrior"]
@@ -61,8 +62,8 @@ class ConjugatePrior:
         n, d = X.shape
         if not (np.isfinite(self.shrinkage) and self.shrinkage >= 0):
             raise ValueError(f"prior shrinkage must be ≥ 0; got {self.shrinkage!r}.")
-        w = np.ones(n) if sample_weight is None else sample_weight
-        mean_x = w @ X / w.sum()
+        mean_x, cov = mean_cov(X, sample_weight)
+        n_eff = n if sample_weight is None else float(sample_weight.sum())
         if self.mean is None:
             mean = mean_x
         else:
@@ -73,8 +74,7 @@ class ConjugatePrior:
         if not dof > d - 1:
             raise ValueError(f"prior dof must exceed n_features − 1 = {d - 1}; got {dof}.")
         if self.scale is None:
-            dev = X - mean_x
-            cov = (dev * w[:, None]).T @ dev / max(w.sum() - 1.0, 1.0)
+            cov = cov * n_eff / max(n_eff - 1.0, 1.0)  # var(X) as R's, divisor n − 1
             if n < 2 or not (np.diag(cov) > 0).all():
                 raise ValueError(
                     "the default prior scale (the data covariance) is singular: a feature is "

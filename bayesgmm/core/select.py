@@ -114,7 +114,6 @@ class _GridJob:
     names: tuple[str, ...] | None
     w: np.ndarray | None
     priors: dict[int, Any]
-    init_priors: dict[int, Any]
     reg_covar: float
     settings: dict[str, Any]
 
@@ -140,7 +139,6 @@ def _run_structure(
                         st,
                         job.w,
                         job.priors[k],
-                        job.init_priors[k],
                         job.reg_covar,
                         job.names,
                     ),
@@ -304,10 +302,9 @@ def select_em(
         else:
             usable.append(k)
     priors = {k: None if prior is None else prior.resolve(arr, k, w) for k in usable}
-    init_priors = {k: priors[k] or ConjugatePrior().resolve(arr, k, w) for k in usable}
     starts = {k: make_starts(method, arr, k, gen, n_init, tree) for k in usable}
 
-    job = _GridJob(arr, names, w, priors, init_priors, float(reg_covar), settings)
+    job = _GridJob(arr, names, w, priors, float(reg_covar), settings)
     workers = _n_workers(n_jobs, arr.shape[0], len(structures))
 
     def run_all(cells_by_structure: dict[str, dict[int, list[tuple[str, Any]]]]):
