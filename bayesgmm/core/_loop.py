@@ -102,8 +102,10 @@ def iterate(
     if not active:
         return
     ks = [r.k for r in active]
-    if prior is not None and len(set(ks)) > 1:
-        for kk in sorted(set(ks)):  # MAP divisors depend on K: one batch per K
+    # One batch per K when the MAP divisors depend on K, or when the data are large enough that
+    # the padding's wasted arithmetic outweighs the per-call cost that batching saves.
+    if len(set(ks)) > 1 and (prior is not None or X.shape[0] >= 4_096):
+        for kk in sorted(set(ks)):
             group = [r for r in active if r.k == kk]
             iterate(
                 X,

@@ -218,7 +218,15 @@ def _log_normalise(log_joint: np.ndarray, r: int, k: int) -> np.ndarray:
     lj = log_joint.reshape(k, r, -1)
     top = lj.max(axis=0)
     lj -= top
-    np.exp(lj, out=lj)
+    if k > 4:
+        # Terms more than 60 nats below the largest add under 1e-26 relative to the sum: skip
+        # their exp (the dominant cost of a pass) and set them to 0.
+        keep = lj > -60.0
+        np.exp(lj, out=lj, where=keep)
+        np.logical_not(keep, out=keep)
+        np.copyto(lj, 0.0, where=keep)  # also turns the −inf of padded components into 0
+    else:
+        np.exp(lj, out=lj)
     total = lj.sum(axis=0)
     lj *= 1.0 / total
     np.log(total, out=total)

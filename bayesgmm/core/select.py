@@ -182,8 +182,9 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two label vectors define the same partition (up to renaming the labels)."""
     if a.shape != b.shape:
         return False
-    pairs = np.unique(np.stack([a, b]), axis=1)
-    return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
+    ka, kb = int(a.max()) + 1, int(b.max()) + 1
+    pairs = np.count_nonzero(np.bincount(a * kb + b, minlength=ka * kb))
+    return pairs == np.count_nonzero(np.bincount(a)) == np.count_nonzero(np.bincount(b))
 
 
 def _parse_ks(n_components: Any) -> list[int]:

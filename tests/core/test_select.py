@@ -56,3 +56,12 @@ def test_bad_arguments(faithful):
         bg.select_em(faithful, init=np.zeros(272, int))
     with pytest.raises(TypeError, match="range"):
         bg.select_em(faithful, n_components="3")
+
+
+def test_same_partition():
+    from bayesgmm.core.select import _same_partition
+
+    a = np.array([0, 0, 1, 1, 2])
+    assert _same_partition(a, np.array([2, 2, 0, 0, 1]))
+    assert not _same_partition(a, np.array([0, 0, 1, 2, 2]))
+    assert not _same_partition(a, np.array([0, 0, 0, 1, 1]))
