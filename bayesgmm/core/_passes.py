@@ -68,6 +68,14 @@ def _blas_controller():
     return ThreadpoolController()
 
 
+def shutdown_pool() -> None:
+    """Stop the pass threads (they restart on demand): a process must not fork while they run."""
+    global _executor
+    if _executor is not None:
+        _executor.shutdown(wait=True)
+        _executor = None
+
+
 def _pool() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesgmm.core._passes import shutdown_pool
 from bayesgmm.core._validation import as_rng, count_distinct_rows
 from bayesgmm.core.em import Degenerate
 from bayesgmm.core.fit import (
@@ -311,6 +312,7 @@ def select_em(
     def run_all(cells_by_structure: dict[str, dict[int, list[tuple[str, Any]]]]):
         tasks = [(job, s, cells) for s, cells in cells_by_structure.items()]
         if workers > 1 and len(tasks) > 1:
+            shutdown_pool()  # no idle pass threads across the fork
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(
                 max_workers=workers, mp_context=ctx, initializer=_single_threaded_blas
