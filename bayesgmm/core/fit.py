@@ -321,8 +321,8 @@ def _check_not_constant(X: np.ndarray, w: np.ndarray | None) -> None:
     constant = np.flatnonzero(np.ptp(X, axis=0) == 0)
     if constant.size:
         raise ValueError(
-            f"X's feature(s) {constant.tolist()} are constant (value {X[0, constant[0]]!r}), so "
-            "every covariance would be singular; drop constant columns before fitting."
+            f"X's feature(s) {constant.tolist()} are constant (value {float(X[0, constant[0]])}), "
+            "so every covariance would be singular; drop constant columns before fitting."
         )
 
 
