@@ -155,10 +155,19 @@ def fit_em(
     resolved = None if prior is None else prior.resolve(arr, k, w)
 
     starts = make_starts(parsed, arr, k, gen, n_init, _hc)
-    models = [
-        (label, start_model(arr, st, structure, w, resolved, float(reg_covar), names))
-        for label, st in starts
-    ]
+    try:
+        models = [
+            (label, start_model(arr, st, structure, w, resolved, float(reg_covar), names))
+            for label, st in starts
+        ]
+    except Degenerate as err:
+        raise ValueError(
+            f"no valid starting mixture for n_components={k}, covariance_type="
+            f"{structure.name!r} on {arr.shape[0]} rows × {arr.shape[1]} features ({err}): too "
+            "few observations per component. Use fewer components, a more constrained "
+            "covariance_type (e.g. 'VVI' or 'EEE'), a prior (prior=ConjugatePrior()) or "
+            "reg_covar > 0."
+        ) from None
     results = run_cells(
         arr,
         names,
@@ -298,17 +307,21 @@ def start_model(
             reg_covar=reg_covar,
             feature_names=names,
         )
-    except Degenerate:
+    except Degenerate as err:
         # A start with a singleton or empty cluster: begin from its MAP M-step instead.
-        return m_step(
-            Xs,
-            resp0,
-            structure,
-            sample_weight=ws,
-            prior=prior or ConjugatePrior().resolve(Xs, resp0.shape[1], ws),
-            reg_covar=reg_covar,
-            feature_names=names,
-        )
+        try:
+            rescue = prior or ConjugatePrior().resolve(Xs, resp0.shape[1], ws)
+            return m_step(
+                Xs,
+                resp0,
+                structure,
+                sample_weight=ws,
+                prior=rescue,
+                reg_covar=reg_covar,
+                feature_names=names,
+            )
+        except (Degenerate, ValueError):
+            raise err from None
 
 
 def _check_not_constant(X: np.ndarray, w: np.ndarray | None) -> None:

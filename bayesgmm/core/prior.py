@@ -77,8 +77,9 @@ class ConjugatePrior:
             cov = cov * n_eff / max(n_eff - 1.0, 1.0)  # var(X) as R's, divisor n − 1
             if n < 2 or not (np.diag(cov) > 0).all():
                 raise ValueError(
-                    "the default prior scale (the data covariance) is singular: a feature is "
-                    "constant. Drop constant features or pass ConjugatePrior(scale=...)."
+                    f"the default prior scale (the covariance of X, {n} rows × {d} features) has "
+                    "a zero variance: a feature is constant. Drop it or pass "
+                    "ConjugatePrior(scale=...)."
                 )
             scale = cov / n_components ** (2.0 / d)
         else:

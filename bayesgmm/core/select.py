@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -313,6 +314,9 @@ def select_em(
         tasks = [(job, s, cells) for s, cells in cells_by_structure.items()]
         if workers > 1 and len(tasks) > 1:
             shutdown_pool()  # no idle pass threads across the fork
+        # Fork only from a single-threaded process (another thread could hold a lock the child
+        # then waits on forever); otherwise run in this process, with the same results.
+        if workers > 1 and len(tasks) > 1 and threading.active_count() == 1:
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(
                 max_workers=workers, mp_context=ctx, initializer=_single_threaded_blas

@@ -266,3 +266,18 @@ def test_both_evaluation_paths_agree(direct, monkeypatch):
     assert ll == pytest.approx(ll_ref, rel=1e-12)
     np.testing.assert_allclose(new.covariances, reference.covariances, rtol=1e-9)
     np.testing.assert_allclose(new.means, reference.means, rtol=1e-10, atol=1e-12)
+
+
+def test_too_few_rows_per_component_is_a_clear_error():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="too few observations per component"):
+        bg.fit_em(rng.normal(size=(8, 10)), 2, covariance_type="VVV")
+    with pytest.raises(ValueError, match="too few observations per component"):
+        bg.fit_em([[1.0, 2.0], [3.0, 1.0]], 2)
+
+
+def test_select_records_cells_without_a_valid_start():
+    rng = np.random.default_rng(0)
+    sel = bg.select_em(rng.normal(size=(8, 10)), n_components=range(1, 3))
+    assert ("VVV", 2) in sel.failures
+    assert not sel.best.degenerate
