@@ -9,7 +9,6 @@ the batch when it converges, degenerates or exhausts its iteration budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -48,7 +47,6 @@ class Run:
 
     params: Params  # a batch of one
     label: str
-    key: Any = None  # which cell of a grid the run belongs to
     trace: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
@@ -67,12 +65,12 @@ class Run:
         return int(self.params.weights.shape[1])
 
 
-def new_run(model: GaussianMixture, label: str, key: Any = None) -> Run:
+def new_run(model: GaussianMixture, label: str) -> Run:
     """A run starting at ``model``."""
     p = Params(
         model.weights[None], model.means[None], model.covariances[None], model.cholesky[None]
     )
-    return Run(p, label, key=key)
+    return Run(p, label)
 
 
 def iterate(

@@ -176,6 +176,19 @@ def density_params(
     return DensityParams(kind, r, k, center, mc, coef)
 
 
+def mixture_density(
+    weights: np.ndarray,
+    means: np.ndarray,
+    chol: np.ndarray,
+    diagonal: bool,
+    center: np.ndarray,
+) -> DensityParams:
+    """:func:`density_params` from weights (zero weights, such as padding, give log 0 = −inf)."""
+    with np.errstate(divide="ignore"):
+        log_w = np.log(weights)
+    return density_params(log_w, means, chol, diagonal, center)
+
+
 def _use_direct(m: int, d: int) -> bool:
     """Whether full covariances are better evaluated as whitened coordinates L⁻¹(x − μ) (cost
     ~D² M per row, no large temporary) than as D(D+1)/2 quadratic features (memory-bound when

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._passes import PassStats, density_params, run_pass, triu
+from bayesgmm.core._passes import (
+    DensityParams,
+    PassStats,
+    features,
+    mixture_density,
+    run_pass,
+    triu,
+)
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ResolvedPrior
 from bayesgmm.core.structures import CovarianceStructure, get_structure
@@ -188,19 +195,19 @@ def m_step_batch(
 
 
 def _stats_from_resp(
-    X: np.ndarray, resp: np.ndarray, sample_weight: np.ndarray | None, kind: str
+    X: np.ndarray,
+    resp: np.ndarray,
+    sample_weight: np.ndarray | None,
+    kind: str,
+    center: np.ndarray,
 ) -> PassStats:
-    """Sufficient statistics of a batch of one from given responsibilities, for rows ``X`` that
-    are already shifted by the center."""
+    """Sufficient statistics of a batch of one from given responsibilities (n, K), about
+    ``center``: the same sums a pass computes, from the same feature matrix."""
     wr = resp if sample_weight is None else resp * sample_weight[:, None]
-    counts = wr.sum(axis=0)
-    sum_x = wr.T @ X
-    if kind == "diag":
-        scatter = wr.T @ (X * X)
-    else:
-        iu, ju = triu(X.shape[1])
-        scatter = wr.T @ (X[:, iu] * X[:, ju])
-    return PassStats(np.zeros(1), counts[None], sum_x[None], scatter[None])
+    d = X.shape[1]
+    sums = wr.T @ features(X, center, kind).T  # (K, F): [second moments | Σx | Σ1]
+    t = sums.shape[1] - d - 1
+    return PassStats(np.zeros(1), sums[None, :, -1], sums[None, :, t : t + d], sums[None, :, :t])
 
 
 def to_model(
@@ -211,11 +218,8 @@ def to_model(
     )
 
 
-def density(p: Params, structure: CovarianceStructure, center: np.ndarray):
-    diagonal = structure.scatter_kind == "diag" or p.means.shape[-1] == 1
-    with np.errstate(divide="ignore"):
-        log_w = np.log(p.weights)
-    return density_params(log_w, p.means, p.chol, diagonal, center)
+def density(p: Params, structure: CovarianceStructure, center: np.ndarray) -> DensityParams:
+    return mixture_density(p.weights, p.means, p.chol, structure.scatter_kind == "diag", center)
 
 
 # -- the public step functions ----------------------------------------------------------------
@@ -250,7 +254,7 @@ def m_step(
     """
     structure = get_structure(covariance_type, X.shape[1])
     center = X.mean(axis=0)
-    stats = _stats_from_resp(X - center, resp, sample_weight, structure.scatter_kind)
+    stats = _stats_from_resp(X, resp, sample_weight, structure.scatter_kind, center)
     params, bad, reasons = m_step_batch(stats, center, structure, prior, reg_covar)
     if bad[0] >= 0:
         raise Degenerate(int(bad[0]), reasons[0])

@@ -92,7 +92,6 @@ def fit_em(
     sample_weight: Any = None,
     rng: Any = None,
     accelerate: bool = True,
-    _hc: tuple[Any, np.ndarray] | None = None,
 ) -> EMResult:
     """Fit a Gaussian mixture by EM (maximum likelihood, or MAP under ``prior``).
 
@@ -154,7 +153,7 @@ def fit_em(
     parsed = parse_init(init, arr, k)
     resolved = None if prior is None else prior.resolve(arr, k, w)
 
-    starts = make_starts(parsed, arr, k, gen, n_init, _hc)
+    starts = make_starts(parsed, arr, k, gen, n_init)
     try:
         models = [
             (label, start_model(arr, st, structure, w, resolved, float(reg_covar), names))
@@ -257,7 +256,7 @@ def run_cells(
         "tol": tol,
         "accelerate": accelerate,
     }
-    runs = {key: [new_run(m, label, key) for label, m in starts] for key, starts in cells.items()}
+    runs = {key: [new_run(m, label) for label, m in starts] for key, starts in cells.items()}
     multi = [rs for rs in runs.values() if len(rs) > 1]
     if multi:
         # Short EM from every start, then only the promising runs go on (Biernacki, Celeux &

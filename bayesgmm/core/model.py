@@ -10,8 +10,8 @@ import numpy as np
 from bayesgmm.core._passes import (
     DensityParams,
     chunk_log_joint,
-    density_params,
     features,
+    mixture_density,
     run_pass,
 )
 from bayesgmm.core._validation import as_data, as_rng
@@ -154,10 +154,13 @@ class GaussianMixture:
         return self
 
     def _set_params(self, structure: CovarianceStructure) -> None:
-        diagonal = structure.scatter_kind == "diag" or self.means.shape[1] == 1
-        with np.errstate(divide="ignore"):
-            log_w = np.log(self.weights)
-        params = density_params(log_w, self.means, self._chol, diagonal, self.weights @ self.means)
+        params = mixture_density(
+            self.weights,
+            self.means,
+            self._chol,
+            structure.scatter_kind == "diag",
+            self.weights @ self.means,
+        )
         object.__setattr__(self, "_params", params)
 
     # -- shape facts -------------------------------------------------------------------------
