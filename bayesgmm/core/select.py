@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -314,14 +315,24 @@ def select_em(
         tasks = [(job, s, cells) for s, cells in cells_by_structure.items()]
         if workers > 1 and len(tasks) > 1:
             shutdown_pool()  # no idle pass threads across the fork
-        # Fork only from a single-threaded process (another thread could hold a lock the child
-        # then waits on forever); otherwise run in this process, with the same results.
+        # Fork only when no other Python thread runs (one could hold a lock the child then waits
+        # on forever); otherwise run in this process, with the same results. Fork, not a fork
+        # server or spawn: those re-import the caller's script, and a user's unguarded analysis
+        # script would then run again. The only other threads are OpenBLAS's, which re-creates
+        # its pool in the child (pthread_atfork), so Python's generic warning about forking a
+        # multi-threaded process is silenced here.
         if workers > 1 and len(tasks) > 1 and threading.active_count() == 1:
             ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=_single_threaded_blas
-            ) as pool:
-                outputs = list(pool.map(_run_structure, tasks))
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore",
+                    message=".*use of fork\\(\\) may lead to deadlocks",
+                    category=DeprecationWarning,
+                )
+                with ProcessPoolExecutor(
+                    max_workers=workers, mp_context=ctx, initializer=_single_threaded_blas
+                ) as pool:
+                    outputs = list(pool.map(_run_structure, tasks))
         else:
             outputs = [_run_structure(t) for t in tasks]
         for structure, fits_by_k, failed in outputs:
