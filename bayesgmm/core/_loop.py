@@ -162,7 +162,7 @@ class _Batch:
         dens = density(params, self.structure, self.center)
         stats = run_pass(self.X, dens, sample_weight=self.w, stats=self.structure.scatter_kind)
         new, bad, reasons = m_step_batch(
-            stats, self.center, self.structure, self.prior, self.reg_covar, mask
+            stats, self.center, self.structure, self.prior, self.reg_covar, mask, params.covs
         )
         return stats.loglik, new, bad, reasons
 
@@ -228,6 +228,11 @@ class _Batch:
         covs = 0.5 * (covs + np.swapaxes(covs, -1, -2))
         if mask is not None:
             weights = np.where(mask, weights, 0.0)
+        # Structures that are not closed under extrapolation (VEI, EVV, ...) are brought back
+        # onto the structure, so that the trial's EM step cannot lower its log-likelihood.
+        covs = self.structure.project(weights, covs)
+        if mask is not None and not self.structure.linear:
+            covs[~mask] = np.eye(covs.shape[-1])
         chol, bad = batched_cholesky(covs)
         valid = (bad < 0) & (weights >= 0).all(axis=1) & (alpha < -1.0)
         if not valid.any():

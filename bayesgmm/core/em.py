@@ -138,11 +138,13 @@ def m_step_batch(
     prior: ResolvedPrior | None,
     reg_covar: float,
     mask: np.ndarray | None = None,
+    previous: np.ndarray | None = None,
 ) -> tuple[Params, np.ndarray, list[str]]:
     """π, μ, Σ for each mixture of the batch from its pass statistics.
 
     ``mask`` (R, K) marks the real components when mixtures are padded (maximum likelihood
-    only: the MAP divisors depend on the number of components). Returns the new parameters, the
+    only: the MAP divisors depend on the number of components). ``previous`` (R, K, D, D), the
+    current covariances, is where the iterative M-steps start. Returns the new parameters, the
     index of a failed component per mixture (−1 when none) and the reasons of the failures.
     """
     counts = stats.counts
@@ -174,7 +176,7 @@ def m_step_batch(
             scatter = scatter + coef[..., None] * off * off
         terms = prior.terms
     with np.errstate(divide="ignore", invalid="ignore"):
-        covs = structure.covariances(counts, scatter, terms)
+        covs = structure.covariances(counts, scatter, terms, previous)
     if reg_covar:
         covs = covs + reg_covar * np.eye(covs.shape[-1])
     if mask is not None and not mask.all():
@@ -282,7 +284,9 @@ def step(
     structure = model.structure
     p = model._params
     stats = run_pass(X, p, sample_weight=sample_weight, stats=structure.scatter_kind)
-    params, bad, reasons = m_step_batch(stats, p.center, structure, prior, reg_covar)
+    params, bad, reasons = m_step_batch(
+        stats, p.center, structure, prior, reg_covar, previous=model.covariances[None]
+    )
     if bad[0] >= 0:
         raise Degenerate(int(bad[0]), reasons[0])
     return to_model(params, 0, structure, model.feature_names), float(stats.loglik[0])

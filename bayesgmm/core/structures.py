@@ -78,9 +78,17 @@ class CovarianceStructure(ABC):
         g, d = n_components, n_features
         return (g - 1) + g * d + self.n_covariance_parameters(g, d)
 
+    #: True when any convex combination of valid covariances of this structure is again one
+    #: (EII, VII, EEI, VVI, EEE, VVV): extrapolated parameters then need no projection.
+    linear: ClassVar[bool] = True
+
     @abstractmethod
     def covariances(
-        self, counts: np.ndarray, scatter: np.ndarray, prior: PriorTerms | None
+        self,
+        counts: np.ndarray,
+        scatter: np.ndarray,
+        prior: PriorTerms | None,
+        previous: np.ndarray | None = None,
     ) -> np.ndarray:
         """M-step for the covariances.
 
@@ -95,34 +103,71 @@ class CovarianceStructure(ABC):
             is given.
         prior : PriorTerms or None
             None for maximum likelihood; otherwise MAP under the conjugate prior.
+        previous : ndarray of shape (..., K, D, D), optional
+            The current covariances. Structures whose M-step is iterative (VEI, VEE, EVE, VVE,
+            VEV) start their inner iterations there, so that each M-step can only improve on
+            the current parameters (a generalised EM step); the closed forms ignore it.
 
         Returns
         -------
         covariances : ndarray of shape (..., K, D, D)
         """
 
+    def project(self, weights: np.ndarray, covariances: np.ndarray) -> np.ndarray:
+        """The covariances of this structure closest to arbitrary (…, K, D, D) ``covariances``.
+
+        "Closest" in the likelihood sense: the M-step with S_k = π_k Σ'_k, i.e. the Σ_k of the
+        structure that maximise Σ_k π_k [−log|Σ_k| − tr(Σ_k⁻¹ Σ'_k)]. The identity for the linear
+        structures; used to bring extrapolated (SQUAREM) parameters back onto the structure.
+        """
+        if self.linear:
+            return covariances
+        w = np.maximum(weights, 0.0)
+        if self.scatter_kind == "diag":
+            scatter = np.diagonal(covariances, axis1=-2, axis2=-1) * w[..., None]
+        else:
+            scatter = covariances * w[..., None, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.covariances(w, scatter, None, previous=covariances)
+
     def constraint_violation(self, covariances: np.ndarray, rtol: float = 1e-8) -> str | None:
         """Why (K, D, D) covariances do not have this structure, or None when they do.
 
-        Checks the axis alignment (..I structures), sphericity (.II) and equality across
-        components (structures with no V: EII, EEI, EEE), each relative to the size of the
-        diagonal.
+        Reads the three letters of Σ_k = λ_k D_k A_k D_kᵀ: volume λ_k = |Σ_k|^(1/d) equal across
+        components (E); shape A_k equal (E: the eigenvalues over λ_k, in axis order for the
+        axis-aligned structures) or the identity (I, spherical); orientation D_k common (E: the
+        covariances commute) or the axes (I: diagonal). Each is checked relative to the size of
+        the quantities compared.
         """
-        d = covariances.shape[-1]
-        diag = np.diagonal(covariances, axis1=-2, axis2=-1)
-        scale = np.sqrt(np.outer(diag.max(axis=0), diag.max(axis=0)))
+        covs = np.asarray(covariances, dtype=float)
+        d = covs.shape[-1]
         code = self.name if len(self.name) == 3 else ("EII" if self.name == "E" else "VII")
-        if code[2] == "I" and d > 1:
-            off = covariances * (1 - np.eye(d))
-            if (np.abs(off) > rtol * scale).any():
+        volume, shape, orient = code[0], code[1], code[2]
+        diag = np.diagonal(covs, axis1=-2, axis2=-1)
+        if orient == "I" and d > 1:
+            scale = np.sqrt(np.outer(diag.max(axis=0), diag.max(axis=0)))
+            if (np.abs(covs * (1 - np.eye(d))) > rtol * scale).any():
                 return "its covariances must be diagonal (axis-aligned)"
-        if code[1:] == "II" and (np.abs(diag - diag[:, :1]) > rtol * diag[:, :1]).any():
+        if shape == "I" and (np.abs(diag - diag[:, :1]) > rtol * diag[:, :1]).any():
             return "its covariances must be spherical (λ I)"
-        if (
-            all(c in "EI" for c in code)
-            and (np.abs(covariances - covariances[:1]) > rtol * scale).any()
-        ):
-            return "its covariances must be equal across components"
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if orient == "I":
+                eig = diag
+            else:
+                eig = np.linalg.eigvalsh(covs)[:, ::-1]
+            vol = np.exp(np.log(eig).mean(axis=-1))
+            if volume == "E" and (np.abs(vol - vol[0]) > rtol * vol[0]).any():
+                return "its covariances must have equal volumes |Σ_k|^(1/d)"
+            if shape == "E":
+                a = eig / vol[:, None]
+                if (np.abs(a - a[0]) > rtol * a[0].max()).any():
+                    return "its covariances must have equal shapes (eigenvalues over volume)"
+        if orient == "E" and d > 1:
+            norm = np.linalg.norm(covs, ord=2, axis=(-2, -1))
+            comm = covs @ covs[0] - covs[0] @ covs
+            bad = np.linalg.norm(comm, ord=2, axis=(-2, -1)) > rtol * norm * norm[0]
+            if bad.any():
+                return "its covariances must share one orientation (commute with each other)"
         return None
 
     def __repr__(self) -> str:
@@ -153,7 +198,7 @@ class VVV(CovarianceStructure):
     def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
         return n_components * n_features * (n_features + 1) // 2
 
-    def covariances(self, counts, scatter, prior):
+    def covariances(self, counts, scatter, prior, previous=None):
         d = scatter.shape[-1]
         if prior is None:
             return scatter / counts[..., None, None]
@@ -175,7 +220,7 @@ class EEE(CovarianceStructure):
     def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
         return n_features * (n_features + 1) // 2
 
-    def covariances(self, counts, scatter, prior):
+    def covariances(self, counts, scatter, prior, previous=None):
         g, d = scatter.shape[-3], scatter.shape[-1]
         total = scatter.sum(axis=-3)
         n = counts.sum(axis=-1)
@@ -201,7 +246,7 @@ class VVI(CovarianceStructure):
     def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
         return n_components * n_features
 
-    def covariances(self, counts, scatter, prior):
+    def covariances(self, counts, scatter, prior, previous=None):
         if prior is None:
             return _diag_to_full(scatter / counts[..., None])
         return _diag_to_full((np.diag(prior.scale) + scatter) / (counts + prior.dof + 3)[..., None])
@@ -220,7 +265,7 @@ class EEI(CovarianceStructure):
     def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
         return n_features
 
-    def covariances(self, counts, scatter, prior):
+    def covariances(self, counts, scatter, prior, previous=None):
         g = scatter.shape[-2]
         total = scatter.sum(axis=-2)
         n = counts.sum(axis=-1)
@@ -246,7 +291,7 @@ class VII(CovarianceStructure):
     def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
         return n_components
 
-    def covariances(self, counts, scatter, prior):
+    def covariances(self, counts, scatter, prior, previous=None):
         d = scatter.shape[-1]
         traces = scatter.sum(axis=-1)
         if prior is None:
@@ -270,7 +315,7 @@ class EII(CovarianceStructure):
     def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
         return 1
 
-    def covariances(self, counts, scatter, prior):
+    def covariances(self, counts, scatter, prior, previous=None):
         g, d = scatter.shape[-2], scatter.shape[-1]
         total = scatter.sum(axis=(-2, -1))
         n = counts.sum(axis=-1)
@@ -280,6 +325,361 @@ class EII(CovarianceStructure):
             s2 = np.trace(prior.scale) / d
             lam = (s2 + total) / ((n + g) * d + prior.dof + 2)
         return _diag_to_full(np.broadcast_to(lam[..., None, None], scatter.shape))
+
+
+# -- the structures whose M-step couples the components (Celeux & Govaert 1995) ---------------
+#
+# Maximum likelihood minimises, over the structure's covariances,
+#
+#     Σ_k [ n_k log|Σ_k| + tr(Σ_k⁻¹ W_k) ]                     (W_k the scatter S_k)
+#
+# Under the conjugate prior the MAP objective has the same form with n_k and W_k replaced by the
+# VVV (full scatter) or VVI (diagonal) MAP terms, n_k + ν + d + 2 and W_k + Λ (or n_k + ν + 3 and
+# W_k + diag ς²): the inverse-Wishart / inverse-gamma prior on every Σ_k, restricted to the
+# structure. (For the unconstrained VVV and VVI this is exactly their MAP; for EII ... EEE the
+# closed forms above keep mclust's conventions.) Components with n_k = 0 (padding) take no part.
+
+#: Inner iterations of an iterative M-step stop when the relative change of the objective (or of
+#: every volume) falls below this, or after _INNER_MAX iterations; started from the current
+#: parameters, each iteration can only lower the objective, so an early stop is still a
+#: generalised EM step.
+_INNER_TOL = 1e-12
+_INNER_MAX = 500
+
+
+def _map_terms(
+    counts: np.ndarray, scatter: np.ndarray, prior: PriorTerms | None, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n_k, W_k) of the objective above: the data's, or with the prior's terms added."""
+    if prior is None:
+        return counts, scatter
+    d = scatter.shape[-1]
+    if kind == "full":
+        return counts + prior.dof + d + 2, scatter + prior.scale
+    return counts + prior.dof + 3, scatter + np.diag(prior.scale)
+
+
+def _finite_or_eye(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., D, D) matrices with each non-finite one replaced by the identity, so that a batched
+    LAPACK call cannot fail on it, and the mask (...,) of those replaced."""
+    bad = ~np.isfinite(m).all(axis=(-2, -1))
+    if bad.any():
+        m = np.where(bad[..., None, None], np.eye(m.shape[-1]), m)
+    return m, bad
+
+
+def _inv(m: np.ndarray) -> np.ndarray:
+    """Inverses of (..., D, D) matrices, NaN (not an exception) for the singular ones."""
+    m, bad = _finite_or_eye(m)
+    try:
+        out = np.linalg.inv(m)
+    except np.linalg.LinAlgError:
+        flat = m.reshape(-1, *m.shape[-2:])
+        out = np.full_like(flat, np.nan)
+        for i, one in enumerate(flat):
+            try:
+                out[i] = np.linalg.inv(one)
+            except np.linalg.LinAlgError:
+                pass
+        out = out.reshape(m.shape)
+    return np.where(bad[..., None, None], np.nan, out)
+
+
+def _geomean(v: np.ndarray) -> np.ndarray:
+    """Geometric mean over the last axis: |diag(v)|^(1/d) (NaN unless every entry is > 0)."""
+    return np.exp(np.log(v).mean(axis=-1))
+
+
+def _det_root(m: np.ndarray) -> np.ndarray:
+    """|M|^(1/d) of (..., D, D) matrices; NaN where M is not positive definite."""
+    sign, logdet = np.linalg.slogdet(m)
+    return np.where(sign > 0, np.exp(logdet / m.shape[-1]), np.nan)
+
+
+def _start_volumes(
+    previous: np.ndarray | None, traces: np.ndarray, n: np.ndarray, live: np.ndarray, d: int
+) -> np.ndarray:
+    """Starting volumes λ_k: the current ones |Σ_k|^(1/d), else tr(W_k)/(d n_k)."""
+    lam = traces / (d * np.where(live, n, 1.0)) if previous is None else _det_root(previous)
+    return np.where(live, lam, 1.0)
+
+
+def _converged(new: np.ndarray, old: np.ndarray) -> bool:
+    """True when no entry changed by more than _INNER_TOL relatively (NaN counts as done)."""
+    with np.errstate(invalid="ignore"):
+        return not bool((np.abs(new - old) > _INNER_TOL * np.abs(old)).any())
+
+
+class VEI(CovarianceStructure):
+    """Diagonal, varying volume, equal shape: Σ_k = λ_k B (B diagonal, |B| = 1).
+
+    No closed form: alternate B = diag(Σ_k W_k / λ_k) / |·|^(1/d) and λ_k = tr(W_k B⁻¹) / (d n_k)
+    until the volumes settle (Celeux & Govaert 1995), starting from the current volumes.
+    """
+
+    name = "VEI"
+    scatter_kind = "diag"
+    per_component = True
+    linear = False
+
+    def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
+        return n_components + n_features - 1
+
+    def covariances(self, counts, scatter, prior, previous=None):
+        n, w = _map_terms(counts, scatter, prior, "diag")
+        d = w.shape[-1]
+        live = n > 0
+        nk = np.where(live, n, 1.0)
+        if previous is None:
+            lam = _start_volumes(None, w.sum(axis=-1), n, live, d)
+        else:
+            lam = np.where(live, _geomean(np.diagonal(previous, axis1=-2, axis2=-1)), 1.0)
+        for _ in range(_INNER_MAX):
+            b = np.where(live[..., None], w / lam[..., None], 0.0).sum(axis=-2)
+            b = b / _geomean(b)[..., None]
+            new = np.where(live, (w / b[..., None, :]).sum(axis=-1) / (d * nk), 1.0)
+            done = _converged(new, lam)
+            lam = new
+            if done:
+                break
+        return _diag_to_full(lam[..., None] * b[..., None, :])
+
+
+class EVI(CovarianceStructure):
+    """Diagonal, equal volume, varying shape: Σ_k = λ B_k (B_k diagonal, |B_k| = 1).
+
+    Closed form: B_k = diag(W_k) / |diag W_k|^(1/d), λ = Σ_k |diag W_k|^(1/d) / n.
+    """
+
+    name = "EVI"
+    scatter_kind = "diag"
+    per_component = True
+    linear = False
+
+    def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
+        return 1 + n_components * (n_features - 1)
+
+    def covariances(self, counts, scatter, prior, previous=None):
+        n, w = _map_terms(counts, scatter, prior, "diag")
+        live = n > 0
+        g = _geomean(w)
+        lam = np.where(live, g, 0.0).sum(axis=-1) / n.sum(axis=-1)
+        return _diag_to_full(lam[..., None, None] * w / g[..., None])
+
+
+class VEE(CovarianceStructure):
+    """Ellipsoidal, varying volume, equal shape and orientation: Σ_k = λ_k C (|C| = 1).
+
+    No closed form: alternate C = Σ_k W_k / λ_k scaled to |C| = 1 and λ_k = tr(W_k C⁻¹) / (d n_k)
+    until the volumes settle (Celeux & Govaert 1995), starting from the current volumes.
+    """
+
+    name = "VEE"
+    scatter_kind = "full"
+    per_component = True
+    linear = False
+
+    def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
+        d = n_features
+        return n_components + d * (d + 1) // 2 - 1
+
+    def covariances(self, counts, scatter, prior, previous=None):
+        n, w = _map_terms(counts, scatter, prior, "full")
+        d = w.shape[-1]
+        live = n > 0
+        nk = np.where(live, n, 1.0)
+        lam = _start_volumes(previous, np.trace(w, axis1=-2, axis2=-1), n, live, d)
+        for _ in range(_INNER_MAX):
+            c = np.where(live[..., None, None], w / lam[..., None, None], 0.0).sum(axis=-3)
+            c = c / _det_root(c)[..., None, None]
+            c_inv = _inv(c)
+            new = np.einsum("...kij,...ji->...k", w, c_inv) / (d * nk)
+            new = np.where(live, new, 1.0)
+            done = _converged(new, lam)
+            lam = new
+            if done:
+                break
+        return lam[..., None, None] * c[..., None, :, :]
+
+
+class _CommonOrientation(CovarianceStructure):
+    """Σ_k = D diag(v_k) Dᵀ with one orientation D for all components (EVE, VVE).
+
+    Given D, the variances v_k have a closed form (:meth:`_variances`, from m_k = diag(Dᵀ W_k D)).
+    D itself has none: it minimises Σ_k tr(W_k D V_k⁻¹ Dᵀ) over orthogonal matrices, which the
+    majorise-minimise step of Browne & McNicholas (2014) lowers monotonically. As W_k ≼ ω_k I (ω_k
+    its largest eigenvalue), each column's quadratic is majorised by its tangent at the current
+    D₀, and the majoriser is minimised by D = −U Vᵀ, where U S Vᵀ is the SVD of
+    G = Σ_k (W_k − ω_k I) D₀ V_k⁻¹. Steps for D and for the v_k alternate from the current D.
+    """
+
+    scatter_kind = "full"
+    linear = False
+
+    def _variances(self, m: np.ndarray, n: np.ndarray, live: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def covariances(self, counts, scatter, prior, previous=None):
+        n, w = _map_terms(counts, scatter, prior, "full")
+        live = n > 0
+        if previous is None:
+            basis = w.sum(axis=-3)
+        else:
+            # Any combination of commuting matrices has their common eigenvectors; unequal
+            # coefficients keep its eigenvalues apart even when one Σ_k is spherical.
+            coef = np.where(live, n, 0.0) * np.arange(1, n.shape[-1] + 1)
+            basis = (coef[..., None, None] * previous).sum(axis=-3)
+        basis, bad_basis = _finite_or_eye(basis)
+        _, rot = np.linalg.eigh(basis)
+        w_ok, bad_w = _finite_or_eye(w)
+        top = np.where(bad_w, np.nan, np.linalg.eigvalsh(w_ok)[..., -1])  # ω_k, (..., K)
+        old = np.inf
+        for _ in range(_INNER_MAX):
+            m = np.einsum("...ji,...kjl,...li->...ki", rot, w, rot)
+            v = self._variances(m, n, live)
+            inv_v = np.where(live[..., None], 1.0 / v, 0.0)
+            objective = (
+                np.where(live, n, 0.0) * np.log(np.where(live[..., None], v, 1.0)).sum(axis=-1)
+            ).sum(axis=-1) + (m * inv_v).sum(axis=(-2, -1))
+            if not (np.abs(old - objective) > _INNER_TOL * np.abs(objective)).any():
+                break
+            old = objective
+            g = (
+                np.einsum("...kij,...jl,...kl->...il", w, rot, inv_v)
+                - rot * (top[..., None] * inv_v).sum(axis=-2)[..., None, :]
+            )
+            g, bad_g = _finite_or_eye(g)
+            u, _, vt = np.linalg.svd(g)
+            rot = np.where(bad_g[..., None, None], np.nan, -u @ vt)
+        v = np.where(bad_basis[..., None, None], np.nan, v)
+        return np.einsum("...ij,...kj,...lj->...kil", rot, v, rot)
+
+
+class EVE(_CommonOrientation):
+    """Ellipsoidal, equal volume and orientation, varying shape: Σ_k = λ D A_k Dᵀ.
+
+    Given D: A_k = m_k / |m_k|^(1/d) and λ = Σ_k |m_k|^(1/d) / n with m_k = diag(Dᵀ W_k D); D by
+    the majorise-minimise iterations of Browne & McNicholas (2014) (see the base class).
+    """
+
+    name = "EVE"
+    per_component = True
+
+    def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
+        d = n_features
+        return 1 + n_components * (d - 1) + d * (d - 1) // 2
+
+    def _variances(self, m, n, live):
+        g = _geomean(m)
+        lam = np.where(live, g, 0.0).sum(axis=-1) / n.sum(axis=-1)
+        return lam[..., None, None] * m / np.where(live, g, 1.0)[..., None]
+
+
+class VVE(_CommonOrientation):
+    """Ellipsoidal, equal orientation, varying volume and shape: Σ_k = λ_k D A_k Dᵀ.
+
+    Given D: λ_k A_k = diag(Dᵀ W_k D) / n_k; D by the majorise-minimise iterations of Browne &
+    McNicholas (2014) (see the base class).
+    """
+
+    name = "VVE"
+    per_component = True
+
+    def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
+        d = n_features
+        return n_components * d + d * (d - 1) // 2
+
+    def _variances(self, m, n, live):
+        return m / np.where(live, n, 1.0)[..., None]
+
+
+def _eigen_descending(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (..., D) in decreasing order and the matching eigenvectors (..., D, D)."""
+    w, bad = _finite_or_eye(w)
+    values, vectors = np.linalg.eigh(w)
+    values = np.where(bad[..., None], np.nan, values)
+    return values[..., ::-1], vectors[..., ::-1]
+
+
+class EEV(CovarianceStructure):
+    """Ellipsoidal, equal volume and shape, varying orientation: Σ_k = λ D_k A D_kᵀ.
+
+    Closed form: with W_k = L_k Ω_k L_kᵀ (eigenvalues in decreasing order), D_k = L_k and
+    λ A = Σ_k Ω_k / n.
+    """
+
+    name = "EEV"
+    scatter_kind = "full"
+    per_component = True
+    linear = False
+
+    def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
+        d = n_features
+        return d + n_components * d * (d - 1) // 2
+
+    def covariances(self, counts, scatter, prior, previous=None):
+        n, w = _map_terms(counts, scatter, prior, "full")
+        omega, vec = _eigen_descending(w)
+        shared = np.where((n > 0)[..., None], omega, 0.0).sum(axis=-2) / n.sum(axis=-1)[..., None]
+        return np.einsum("...kij,...j,...klj->...kil", vec, shared, vec)
+
+
+class VEV(CovarianceStructure):
+    """Ellipsoidal, equal shape, varying volume and orientation: Σ_k = λ_k D_k A D_kᵀ.
+
+    With W_k = L_k Ω_k L_kᵀ (eigenvalues decreasing), D_k = L_k; then alternate
+    A = Σ_k Ω_k / λ_k scaled to |A| = 1 and λ_k = tr(Ω_k A⁻¹) / (d n_k) until the volumes settle
+    (Celeux & Govaert 1995), starting from the current volumes.
+    """
+
+    name = "VEV"
+    scatter_kind = "full"
+    per_component = True
+    linear = False
+
+    def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
+        d = n_features
+        return n_components + (d - 1) + n_components * d * (d - 1) // 2
+
+    def covariances(self, counts, scatter, prior, previous=None):
+        n, w = _map_terms(counts, scatter, prior, "full")
+        d = w.shape[-1]
+        live = n > 0
+        nk = np.where(live, n, 1.0)
+        omega, vec = _eigen_descending(w)
+        lam = _start_volumes(previous, omega.sum(axis=-1), n, live, d)
+        for _ in range(_INNER_MAX):
+            a = np.where(live[..., None], omega / lam[..., None], 0.0).sum(axis=-2)
+            a = a / _geomean(a)[..., None]
+            new = np.where(live, (omega / a[..., None, :]).sum(axis=-1) / (d * nk), 1.0)
+            done = _converged(new, lam)
+            lam = new
+            if done:
+                break
+        return np.einsum("...kij,...kj,...klj->...kil", vec, lam[..., None] * a[..., None, :], vec)
+
+
+class EVV(CovarianceStructure):
+    """Ellipsoidal, equal volume, varying shape and orientation: Σ_k = λ C_k (|C_k| = 1).
+
+    Closed form: C_k = W_k / |W_k|^(1/d), λ = Σ_k |W_k|^(1/d) / n.
+    """
+
+    name = "EVV"
+    scatter_kind = "full"
+    per_component = True
+    linear = False
+
+    def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
+        d = n_features
+        return 1 + n_components * (d * (d + 1) // 2 - 1)
+
+    def covariances(self, counts, scatter, prior, previous=None):
+        n, w = _map_terms(counts, scatter, prior, "full")
+        live = n > 0
+        g = _det_root(w)
+        lam = np.where(live, g, 0.0).sum(axis=-1) / n.sum(axis=-1)
+        return lam[..., None, None, None] * w / g[..., None, None]
 
 
 class E(EII):
@@ -298,9 +698,27 @@ class V(VII):
     univariate = True
 
 
-#: Every structure built so far, in mclust's table order.
+#: All of mclust's structures, in its table order.
 STRUCTURES: dict[str, CovarianceStructure] = {
-    s.name: s for s in (E(), V(), EII(), VII(), EEI(), VVI(), EEE(), VVV())
+    s.name: s
+    for s in (
+        E(),
+        V(),
+        EII(),
+        VII(),
+        EEI(),
+        VEI(),
+        EVI(),
+        VVI(),
+        EEE(),
+        VEE(),
+        EVE(),
+        VVE(),
+        EEV(),
+        VEV(),
+        EVV(),
+        VVV(),
+    )
 }
 _ALIASES: dict[str, str] = {alias: s.name for s in STRUCTURES.values() for alias in s.aliases}
 
