@@ -37,29 +37,32 @@ def galaxies() -> np.ndarray:
 
 
 def random_mixture(rng: np.random.Generator, k: int, d: int, structure: str = "VVV"):
-    """A random, well-conditioned mixture whose covariances have ``structure``."""
+    """A random, well-conditioned mixture whose covariances have ``structure``: built from the
+    decomposition Σ_k = λ_k D_k A_k D_kᵀ, each letter drawn once (E), per component (V) or
+    fixed (I: unit shape or the axes)."""
     weights = rng.dirichlet(np.full(k, 3.0))
     means = rng.normal(scale=4.0, size=(k, d))
-    covs = np.empty((k, d, d))
-    shared = None
-    for j in range(k):
-        a = rng.normal(size=(d, d))
-        full = a @ a.T / d + 0.5 * np.eye(d)
-        if structure in ("VVV",):
-            covs[j] = full
-        elif structure == "EEE":
-            shared = full if shared is None else shared
-            covs[j] = shared
-        elif structure in ("VVI",):
-            covs[j] = np.diag(rng.uniform(0.3, 2.0, size=d))
-        elif structure == "EEI":
-            shared = np.diag(rng.uniform(0.3, 2.0, size=d)) if shared is None else shared
-            covs[j] = shared
-        elif structure in ("VII", "V"):
-            covs[j] = rng.uniform(0.3, 2.0) * np.eye(d)
-        elif structure in ("EII", "E"):
-            shared = rng.uniform(0.3, 2.0) * np.eye(d) if shared is None else shared
-            covs[j] = shared
-        else:
-            raise ValueError(structure)
+    code = {"E": "EII", "V": "VII"}.get(structure, structure)
+    volume, shape, orient = code
+
+    def draw(letter, make, fixed):
+        if letter == "I":
+            return [fixed] * k
+        if letter == "E":
+            return [make()] * k
+        return [make() for _ in range(k)]
+
+    def shape_draw():
+        a = rng.uniform(0.4, 2.5, size=d)
+        return a / np.exp(np.log(a).mean())
+
+    def rotation():
+        q, r = np.linalg.qr(rng.normal(size=(d, d)))
+        return q * np.sign(np.diag(r))
+
+    vols = draw("E" if volume == "E" else "V", lambda: rng.uniform(0.3, 2.0), None)
+    shapes = draw(shape, shape_draw, np.ones(d))
+    rots = draw(orient, rotation, np.eye(d))
+    covs = np.stack([v * (r * a) @ r.T for v, a, r in zip(vols, shapes, rots, strict=True)])
+    covs = 0.5 * (covs + covs.transpose(0, 2, 1))
     return bg.GaussianMixture(weights, means, covs, covariance_type=structure)

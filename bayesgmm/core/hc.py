@@ -72,33 +72,41 @@ class HierarchicalTree:
 def _cost(n: np.ndarray, W: np.ndarray, alpha: float) -> np.ndarray:
     """Cluster terms n log(det(W/n) + (tr W + α)/n) for a batch: n (B,), W (B, d, d).
 
-    The determinant is taken as 0 while n ≤ d (the scatter is then singular)."""
+    The determinant is taken as 0 while n ≤ d (the scatter is then singular), as mclust's
+    ``vvvtij``; only the other clusters pay for a determinant."""
     d = W.shape[-1]
-    log_reg = np.log((np.trace(W, axis1=1, axis2=2) + alpha) / n)
-    sign, logdet = np.linalg.slogdet(W / n[:, None, None])
-    full_rank = (n > d) & (sign > 0)
-    log_term = np.where(full_rank, np.logaddexp(np.where(full_rank, logdet, 0.0), log_reg), log_reg)
+    log_term = np.log((np.trace(W, axis1=1, axis2=2) + alpha) / n)
+    big = np.flatnonzero(n > d)
+    if big.size:
+        sign, logdet = np.linalg.slogdet(W[big] / n[big, None, None])
+        ok = sign > 0
+        log_term[big[ok]] = np.logaddexp(logdet[ok], log_term[big[ok]])
     return n * log_term
 
 
 def hierarchical_tree(Z: np.ndarray, alpha: float = 1.0) -> HierarchicalTree:
-    """Agglomerate the rows of ``Z`` (n, d) with the regularised VVV criterion.
+    """Agglomerate the rows of ``Z`` (n, d) with the regularised VVV criterion, as mclust's
+    ``hcVVV``.
 
-    Cost: O(m² d³) time and O(m²) memory for m distinct rows; callers subsample large data.
+    As mclust (whose ``hc()`` passes no initial partition to ``hcVVV``), every row starts as its
+    own cluster; duplicated rows merge first because their merges cost least. The order of the
+    merges follows mclust's bookkeeping, which decides between merges of equal cost: clusters sit
+    in positions 1..g; the pair (i < j) of least cost is merged into position i, the cluster in
+    the last position g moves into position j, and among equal costs the pair that comes last in
+    the order (j, then i) wins. Equal costs are common in rounded data (faithful's ``waiting`` is
+    whole minutes), and this rule is what makes the partitions mclust's.
+
+    Cost: O(n²) memory and about n² d³ / 2 + n³ / 3 operations; callers subsample large data.
     """
-    uniq, initial = np.unique(Z, axis=0, return_inverse=True)
-    initial = initial.reshape(-1)
-    m, d = uniq.shape
-    counts = np.bincount(initial, minlength=m).astype(np.float64)
-    means = np.zeros((m, d))
-    np.add.at(means, initial, Z)
-    means /= counts[:, None]
-    W = np.zeros((m, d, d))  # duplicated rows have no scatter
-    total = Z - Z.mean(axis=0)
-    ridge = alpha * float(np.sum(total * total)) / (Z.shape[0] * d)
-    if ridge <= 0:
-        ridge = 1.0  # all rows identical: any positive α gives the same (trivial) tree
+    m, d = Z.shape
+    counts = np.ones(m)
+    means = np.array(Z, dtype=np.float64, copy=True)
+    W = np.zeros((m, d, d))
+    centered = Z - Z.mean(axis=0)
+    ridge = alpha * float(np.sum(centered * centered)) / (max(m, 1) * d)
+    ridge = max(ridge, np.finfo(np.float64).eps)  # as mclust: α = max(α, ε)
     own = _cost(counts, W, ridge)
+    rep = np.arange(m)  # the initial cluster (row) that stands for the cluster in each position
 
     def merge_costs(i: int, others: np.ndarray) -> np.ndarray:
         n_i, n_o = counts[i], counts[others]
@@ -109,49 +117,75 @@ def hierarchical_tree(Z: np.ndarray, alpha: float = 1.0) -> HierarchicalTree:
             + W[others]
             + (n_i * n_o / n)[:, None, None] * delta[:, :, None] * delta[:, None, :]
         )
-        return _cost(n, Wm, ridge) - own[i] - own[others]
+        return _cost(n, Wm, ridge) - (own[i] + own[others])
 
+    # cost[i, j] for positions i < j (+inf elsewhere), and for each column j its least cost and
+    # the last row that has it, so that each stage finds mclust's pair without a full scan.
     cost = np.full((m, m), np.inf)
-    for i in range(m - 1):
-        others = np.arange(i + 1, m)
-        cost[i, others] = merge_costs(i, others)
-        cost[others, i] = cost[i, others]
-    active = np.ones(m, dtype=bool)
-    row_arg = np.argmin(cost, axis=1)
-    row_min = cost[np.arange(m), row_arg]
+    for j in range(1, m):
+        cost[:j, j] = merge_costs(j, np.arange(j))
+    col_min = np.full(m, np.inf)
+    col_arg = np.zeros(m, dtype=np.int64)
+
+    def rescan(j: int) -> None:
+        if j == 0:
+            col_min[0], col_arg[0] = np.inf, 0
+            return
+        vals = cost[:j, j]
+        k = j - 1 - int(np.argmin(vals[::-1]))
+        col_min[j], col_arg[j] = vals[k], k
+
+    for j in range(m):
+        rescan(j)
     merges = np.empty((max(m - 1, 0), 2), dtype=np.int64)
     for stage in range(m - 1):
-        i = int(np.argmin(np.where(active, row_min, np.inf)))
-        j = int(row_arg[i])
-        a, b = min(i, j), max(i, j)
-        merges[stage] = (a, b)
-        # b joins a: update a's sufficient statistics.
-        n_a, n_b = counts[a], counts[b]
-        delta = means[b] - means[a]
-        W[a] = W[a] + W[b] + (n_a * n_b / (n_a + n_b)) * np.outer(delta, delta)
-        means[a] = (n_a * means[a] + n_b * means[b]) / (n_a + n_b)
-        counts[a] = n_a + n_b
-        own[a] = _cost(counts[a : a + 1], W[a : a + 1], ridge)[0]
-        active[b] = False
-        cost[b, :] = np.inf
-        cost[:, b] = np.inf
-        others = np.flatnonzero(active)
-        others = others[others != a]
-        if others.size == 0:
+        g = m - stage  # clusters left, in positions 0..g−1
+        best = col_min[:g]
+        j = g - 1 - int(np.argmin(best[::-1]))  # the largest j, then (col_arg) the largest i
+        i = int(col_arg[j])
+        merges[stage] = (rep[i], rep[j])
+        n_i, n_j = counts[i], counts[j]
+        delta = means[j] - means[i]
+        W[i] = W[i] + W[j] + (n_i * n_j / (n_i + n_j)) * np.outer(delta, delta)
+        means[i] = (n_i * means[i] + n_j * means[j]) / (n_i + n_j)
+        counts[i] = n_i + n_j
+        own[i] = _cost(counts[i : i + 1], W[i : i + 1], ridge)[0]
+        top = g - 1
+        if j != top:  # the cluster in the last position moves into position j
+            counts[j], means[j], W[j], own[j], rep[j] = (
+                counts[top], means[top], W[top], own[top], rep[top],
+            )  # fmt: skip
+            cost[:j, j] = cost[:j, top]
+            cost[j, j + 1 : top] = cost[j + 1 : top, top]
+        cost[:, top] = np.inf
+        cost[top, :] = np.inf
+        col_min[top] = np.inf
+        if g <= 2:
             continue
-        new = merge_costs(a, others)
-        cost[a, :] = np.inf
-        cost[a, others] = new
-        cost[others, a] = new
-        row_arg[a] = others[np.argmin(new)]
-        row_min[a] = cost[a, row_arg[a]]
-        # Rows whose best partner was a or b must be re-scanned; others may improve via a.
-        stale = others[(row_arg[others] == a) | (row_arg[others] == b)]
-        for r in stale:
-            row_arg[r] = int(np.argmin(cost[r]))
-            row_min[r] = cost[r, row_arg[r]]
-        better = others[new < row_min[others]]
-        row_arg[better] = a
-        row_min[better] = cost[better, a]
-        row_min[b] = np.inf
-    return HierarchicalTree(initial_labels=initial, merges=merges)
+        others = np.delete(np.arange(top), i)
+        new = merge_costs(i, others)
+        below = others < i
+        cost[others[below], i] = new[below]
+        cost[i, others[~below]] = new[~below]
+        # Columns i and j changed throughout; every other column y changed only in rows i and j
+        # (when below y): rescan it if one of those held its minimum, else compare.
+        changed = [i] if j == top else [i, j]
+        for y in changed:
+            rescan(y)
+        lo = min(changed)
+        ys = np.arange(lo + 1, top)
+        ys = ys[(ys != i) & (ys != j)]
+        if ys.size == 0:
+            continue
+        held = np.isin(col_arg[ys], changed)
+        for y in ys[held]:
+            rescan(int(y))
+        ys = ys[~held]
+        for r in sorted(changed):  # ascending, so that a later (larger) row wins a tie
+            mask = ys > r
+            yy = ys[mask]
+            vals = cost[r, yy]
+            take = (vals < col_min[yy]) | ((vals == col_min[yy]) & (r > col_arg[yy]))
+            col_min[yy[take]] = vals[take]
+            col_arg[yy[take]] = r
+    return HierarchicalTree(initial_labels=np.arange(m), merges=merges)

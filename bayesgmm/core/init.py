@@ -13,30 +13,75 @@ import numpy as np
 from bayesgmm.core.hc import HierarchicalTree, hierarchical_tree, scaled_svd
 from bayesgmm.core.model import GaussianMixture
 
-__all__ = ["INIT_METHODS", "hc_tree", "kmeans_plus_plus_labels", "parse_init", "random_resp"]
+__all__ = [
+    "INIT_METHODS",
+    "QuantileClasses",
+    "hc_tree",
+    "kmeans_plus_plus_labels",
+    "parse_init",
+    "random_resp",
+]
 
 INIT_METHODS = ("hc", "kmeans++", "random")
 
 
 def hc_max_rows(n_features: int) -> int:
-    """Rows used by the hierarchical start: its cost grows as m² d³, so large data are
-    subsampled."""
+    """Rows used by the hierarchical start: mclust's default ``subset`` (2000) up to 10
+    features; its cost grows as m² d³, so fewer rows beyond."""
     if n_features <= 10:
-        return 1000
+        return 2000
     if n_features <= 30:
-        return 500
-    return 200
+        return 1000
+    return 500
+
+
+class QuantileClasses:
+    """mclust's start for one feature (``qclass``; mclust builds no tree in one dimension):
+    K classes between quantiles of the data.
+
+    The K + 1 boundaries are the distinct sample quantiles at equally spaced probabilities (R's
+    default type 7, numpy's "linear"), taking more probabilities until K + 1 distinct ones
+    exist and then dropping the left end of the narrowest gaps; class k holds the values in
+    [q_k, q_k+1), the outer boundaries widened by sd·√ε.
+    """
+
+    def __init__(self, x: np.ndarray):
+        self.x = np.asarray(x, dtype=np.float64).reshape(-1)
+        self.n_initial = int(np.unique(self.x).size)
+
+    def cut(self, n_clusters: int) -> np.ndarray:
+        k = n_clusters
+        if not 1 <= k <= self.n_initial:
+            raise ValueError(
+                f"the data have {self.n_initial} distinct values, so 1..{self.n_initial} "
+                f"quantile classes; got {k}."
+            )
+        x = self.x
+        m = k
+        q = np.empty(0)
+        while q.size < k + 1:
+            m += 1
+            q = np.unique(np.quantile(x, np.linspace(0.0, 1.0, m)))
+        if q.size > k + 1:
+            gaps = np.argsort(np.diff(q), kind="stable")[: q.size - k - 1]
+            q = np.delete(q, gaps)
+        eps = x.std(ddof=1) * np.sqrt(np.finfo(np.float64).eps) if x.size > 1 else 0.0
+        q[0], q[-1] = x.min() - eps, x.max() + eps
+        return np.searchsorted(q, x, side="right") - 1
 
 
 def hc_tree(
     X: np.ndarray, rng: np.random.Generator, max_rows: int | None = None
-) -> tuple[HierarchicalTree, np.ndarray]:
-    """The hierarchical tree of ``X`` (on a random subset of rows when ``X`` is large).
+) -> tuple[HierarchicalTree | QuantileClasses, np.ndarray]:
+    """mclust's default start: the hierarchical tree of ``X`` (on a random subset of rows when
+    ``X`` is large, as mclust), or quantile classes for one feature.
 
     Returns the tree and the indices of the rows it was built on.
     """
-    cap = hc_max_rows(X.shape[1]) if max_rows is None else max_rows
     rows = np.arange(X.shape[0])
+    if X.shape[1] == 1:
+        return QuantileClasses(X[:, 0]), rows
+    cap = hc_max_rows(X.shape[1]) if max_rows is None else max_rows
     if X.shape[0] > cap:
         rows = np.sort(rng.choice(X.shape[0], size=cap, replace=False))
     return hierarchical_tree(scaled_svd(X[rows])), rows

@@ -162,6 +162,13 @@ class CovarianceStructure(ABC):
                 a = eig / vol[:, None]
                 if (np.abs(a - a[0]) > rtol * a[0].max()).any():
                     return "its covariances must have equal shapes (eigenvalues over volume)"
+        if shape == "E" and orient == "E" and d > 1:
+            # Equal sorted eigenvalues and a common orientation can still pair them differently
+            # (diag(3, 1) and diag(1, 3) commute): Σ_k / λ_k must be one matrix C.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                c = covs / vol[:, None, None]
+            if (np.abs(c - c[0]) > rtol * np.abs(c[0]).max()).any():
+                return "its covariances must have equal shapes and orientation (Σ_k = λ_k C)"
         if orient == "E" and d > 1:
             norm = np.linalg.norm(covs, ord=2, axis=(-2, -1))
             comm = covs @ covs[0] - covs[0] @ covs

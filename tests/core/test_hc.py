@@ -23,10 +23,11 @@ def test_recovers_separated_groups():
     assert np.unique(tree.cut(90)).size == 90
 
 
-def test_duplicates_start_together():
+def test_duplicates_merge_first():
     X = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [5.1, 5.0], [0.1, 0.0]])
     tree = hierarchical_tree(X)
-    assert tree.n_initial == 4  # the duplicated row is one initial cluster
+    assert tree.n_initial == 5  # every row starts alone, as in mclust
+    assert sorted(tree.merges[0]) == [0, 1]  # the duplicated rows cost least
     labels = tree.cut(4)
     assert labels[0] == labels[1]
 

@@ -112,15 +112,46 @@ def test_faithful_picks_eee_3(faithful_selection, mclust):
     assert (np.diff(top["bic"]) >= 0).all()
 
 
+def test_faithful_top_three_match_or_improve(faithful_selection, mclust):
+    # mclust's top 3 by BIC (its sign negated): EEE,3 2314.316, VVE,2 2320.433, VVV,2 2322.192.
+    # Ours at each rank is at least as good: EEE,4 reaches a better optimum (2320.14 against
+    # mclust's 2331.22 in that cell) and so enters at rank 2.
+    table = mclust["faithful"]["bic_mclust"]
+    theirs = sorted(-v for col in table.values() for v in col if v is not None)[:3]
+    ours = faithful_selection.top(3)["bic"].to_numpy()
+    assert (ours <= np.asarray(theirs) + 0.01).all(), (ours, theirs)
+
+
 def test_faithful_icl_choice(faithful_selection, mclust):
-    # Among the structures built, mclust's best ICL is VVV,2 (icl_mclust -2322.697 in
-    # ../shared/reference/mclust.json); ours picks the same cell at the same value (within 0.01:
-    # ICL also depends on the hard-assignment entropy at the slightly better-converged optimum).
+    # mclust's best ICL over all 14 structures is VVE,2 (icl_mclust -2320.763 in
+    # ../shared/reference/mclust.json). Ours picks the same cell, at a better optimum (mclust's
+    # VVE M-step stops its orientation iterations early; from the same start ours climbs higher).
+    fits = mclust["faithful"]["fits"]
+    best_key = max((k for k in fits if fits[k]), key=lambda k: fits[k]["icl_mclust"])
+    assert best_key == "VVE,2"
     icl = faithful_selection.icl
     k, structure = icl.stack().idxmin()
-    assert (structure, k) == ("VVV", 2)
-    theirs = -mclust["faithful"]["fits"]["VVV,2"]["icl_mclust"]
-    assert icl.loc[2, "VVV"] == pytest.approx(theirs, abs=0.01)
+    assert f"{structure},{k}" == best_key
+    assert icl.loc[k, structure] <= -fits[best_key]["icl_mclust"] + 0.01
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_same_start_and_tolerance_reproduce_mclust(mclust, name):
+    # mclust's default start is its hierarchical tree (quantile classes in one dimension), and
+    # its EM stops when the relative change of the log-likelihood falls below 1e-5. From our
+    # hierarchical start, which is mclust's tree, with that tolerance and no acceleration, EM
+    # lands on mclust's figure in every cell; the exception is VVE, where ours is higher (its
+    # M-step iterates the common orientation to convergence).
+    X = _data(name)
+    for key, structure, k, fit in _mclust_fits(mclust, name):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bg.DegenerateFitWarning)
+            ours = bg.fit_em(X, k, covariance_type=structure, tol=1e-5, accelerate=False)
+        diff = ours.loglik - fit["loglik"]
+        if structure == "VVE":
+            assert diff >= -0.01, key
+        else:
+            assert abs(diff) <= 0.01, (key, diff)
 
 
 def test_faithful_vvv_3_better_optimum(faithful_selection):

@@ -10,9 +10,10 @@ from scipy import stats
 from scipy.special import logsumexp
 
 import bayesgmm as bg
+from bayesgmm.core.structures import STRUCTURES as ALL_STRUCTURES
 from tests.conftest import random_mixture
 
-STRUCTURES = ["VVV", "EEE", "VVI", "EEI", "VII", "EII"]
+STRUCTURES = [n for n, s in ALL_STRUCTURES.items() if not s.univariate]
 
 
 def scipy_log_joint_all(gm: bg.GaussianMixture, X: np.ndarray) -> np.ndarray:
@@ -183,10 +184,16 @@ def test_parameter_counts(structure, d, g, expected):
 @pytest.mark.parametrize(
     ("structure", "covs", "match"),
     [
-        ("EEE", [np.eye(2), 2 * np.eye(2)], "equal across components"),
+        ("EEE", [np.eye(2), 2 * np.eye(2)], "equal volumes"),
         ("VVI", [[[1.0, 0.2], [0.2, 1.0]], np.eye(2)], "diagonal"),
         ("VII", [np.diag([1.0, 2.0]), np.eye(2)], "spherical"),
-        ("EII", [np.eye(2), 3 * np.eye(2)], "equal across components"),
+        ("EII", [np.eye(2), 3 * np.eye(2)], "equal volumes"),
+        ("VEI", [np.diag([1.0, 4.0]), np.diag([4.0, 1.0])], "equal shapes"),
+        ("EVI", [np.diag([1.0, 4.0]), np.diag([1.0, 1.0])], "equal volumes"),
+        ("VEE", [[[2.0, 1.0], [1.0, 2.0]], [[2.0, -1.0], [-1.0, 2.0]]], "Σ_k = λ_k C"),
+        ("EVE", [[[2.0, 1.0], [1.0, 2.0]], np.diag([1.0, 3.0])], "one orientation"),
+        ("EEV", [[[2.0, 1.0], [1.0, 2.0]], np.sqrt(3.0) * np.eye(2)], "equal shapes"),
+        ("EVV", [[[2.0, 1.0], [1.0, 2.0]], np.eye(2)], "equal volumes"),
     ],
 )
 def test_covariances_must_have_the_structure(structure, covs, match):
