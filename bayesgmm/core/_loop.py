@@ -1,24 +1,25 @@
 """The EM loop over a batch of runs: convergence, SQUAREM acceleration, degeneracy, results.
 
-A *run* is EM from one start. Runs of one covariance structure (several starts, several K) are
-advanced together: their mixtures are stacked, padded to the largest K with zero-weight
-components, and share every pass over the data; each keeps its own convergence test and leaves
-the batch when it converges, degenerates or exhausts its iteration budget.
+A *run* is EM from one start, under one covariance structure. Runs (several starts, several K,
+on small data several structures) are advanced together: their mixtures are stacked, padded to
+the largest K with zero-weight components, and share every pass over the data; each run's
+M-step is its structure's, and each keeps its own convergence test and leaves the batch when it
+converges, degenerates or exhausts its iteration budget.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from bayesgmm.core._moments import mean_cov
-from bayesgmm.core._passes import run_pass
+from bayesgmm.core._passes import mixture_density, run_pass
 from bayesgmm.core.criteria import aic, bic, icl
 from bayesgmm.core.em import (
     Params,
     batched_cholesky,
-    density,
     m_step_batch,
     stack_padded,
     to_model,
@@ -29,6 +30,10 @@ from bayesgmm.core.result import EMResult
 from bayesgmm.core.structures import CovarianceStructure
 
 __all__ = ["Run", "finish", "iterate", "new_run"]
+
+#: Runs on data with fewer rows than this share passes across K and structures (padding to the
+#: largest K, full statistics for all): per-call overhead dominates there, not arithmetic.
+SHARED_PASS_MAX_ROWS = 4_096
 
 #: A component whose covariance has an eigenvalue below this fraction of the data's variance in
 #: that direction (after standardising each feature) is declared collapsed.
@@ -47,6 +52,7 @@ class Run:
 
     params: Params  # a batch of one
     label: str
+    structure: CovarianceStructure
     trace: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
@@ -70,14 +76,13 @@ def new_run(model: GaussianMixture, label: str) -> Run:
     p = Params(
         model.weights[None], model.means[None], model.covariances[None], model.cholesky[None]
     )
-    return Run(p, label)
+    return Run(p, label, model.structure)
 
 
 def iterate(
     X: np.ndarray,
     runs: list[Run],
     until_iter: int,
-    structure: CovarianceStructure,
     *,
     center: np.ndarray,
     w: np.ndarray | None,
@@ -100,16 +105,24 @@ def iterate(
     if not active:
         return
     ks = [r.k for r in active]
-    # One batch per K when the MAP divisors depend on K, or when the data are large enough that
-    # the padding's wasted arithmetic outweighs the per-call cost that batching saves.
-    if len(set(ks)) > 1 and (prior is not None or X.shape[0] >= 4_096):
-        for kk in sorted(set(ks)):
-            group = [r for r in active if r.k == kk]
+    names = [r.structure.name for r in active]
+    # One batch per K when the MAP divisors depend on K, and per K and structure when the data
+    # are large enough that the padding's (and the shared full statistics') wasted arithmetic
+    # outweighs the per-call cost that batching saves.
+    large = X.shape[0] >= SHARED_PASS_MAX_ROWS
+    split = len(set(ks)) > 1 and (prior is not None or large)
+    if split or (large and len(set(names)) > 1):
+        keys = sorted({(k if split else 0, n) for k, n in zip(ks, names, strict=True)})
+        for kk, name in keys:
+            group = [
+                r
+                for r, k, n in zip(active, ks, names, strict=True)
+                if n == name and (not split or k == kk)
+            ]
             iterate(
                 X,
                 group,
                 until_iter,
-                structure,
                 center=center,
                 w=w,
                 prior=prior,
@@ -119,7 +132,7 @@ def iterate(
             )
         return
     params, mask = stack_padded([r.params for r in active], max(ks))
-    batch = _Batch(X, structure, center, w, prior, reg_covar, tol, until_iter, scale=None)
+    batch = _Batch(X, center, w, prior, reg_covar, tol, until_iter, scale=None)
     if accelerate:
         batch.scale = _data_scale(X, w)
     mask_or_none = None if mask.all() else mask
@@ -148,7 +161,6 @@ class _Batch:
     """The fixed settings of one batched EM loop, and its two kinds of step."""
 
     X: np.ndarray
-    structure: CovarianceStructure
     center: np.ndarray
     w: np.ndarray | None
     prior: ResolvedPrior | None
@@ -157,19 +169,59 @@ class _Batch:
     until_iter: int
     scale: np.ndarray | None
 
-    def evaluate(self, params: Params, mask: np.ndarray | None):
-        """One pass at ``params``: log-likelihoods (R,) and the M-step's result."""
-        dens = density(params, self.structure, self.center)
-        stats = run_pass(self.X, dens, sample_weight=self.w, stats=self.structure.scatter_kind)
-        new, bad, reasons = m_step_batch(
-            stats, self.center, self.structure, self.prior, self.reg_covar, mask, params.covs
+    def evaluate(self, active: list[Run], params: Params, mask: np.ndarray | None):
+        """One pass at ``params``: log-likelihoods (R,) and the M-step's result, each run's
+        under its own structure."""
+        groups: dict[str, list[int]] = {}
+        for i, run in enumerate(active):
+            groups.setdefault(run.structure.name, []).append(i)
+        structures = {run.structure.name: run.structure for run in active}
+        kind: Literal["full", "diag"] = (
+            "diag" if all(s.scatter_kind == "diag" for s in structures.values()) else "full"
         )
+        dens = mixture_density(
+            params.weights, params.means, params.chol, kind == "diag", self.center
+        )
+        stats = run_pass(self.X, dens, sample_weight=self.w, stats=kind)
+        if len(groups) == 1:
+            st = next(iter(structures.values()))
+            new, bad, reasons = m_step_batch(
+                stats, self.center, st, self.prior, self.reg_covar, mask, params.covs
+            )
+            return stats.loglik, new, bad, reasons
+        r = len(active)
+        new = Params(
+            np.empty_like(params.weights),
+            np.empty_like(params.means),
+            np.empty_like(params.covs),
+            np.empty_like(params.chol),
+        )
+        bad = np.full(r, -1)
+        reasons = [""] * r
+        for name, rows in groups.items():
+            idx = np.asarray(rows)
+            st = structures[name]
+            sub = stats.take(idx, diagonal=st.scatter_kind == "diag" and kind == "full")
+            part, part_bad, part_reasons = m_step_batch(
+                sub,
+                self.center,
+                st,
+                self.prior,
+                self.reg_covar,
+                None if mask is None else mask[idx],
+                params.covs[idx],
+            )
+            new.weights[idx], new.means[idx] = part.weights, part.means
+            new.covs[idx], new.chol[idx] = part.covs, part.chol
+            bad[idx] = part_bad
+            for j, i in enumerate(rows):
+                reasons[i] = part_reasons[j]
         return stats.loglik, new, bad, reasons
 
     def plain_step(self, active, params, mask, return_kept=False):
         """One EM step for every active run; runs that converge, degenerate or reach the
         iteration budget leave the batch."""
-        loglik, new, bad, reasons = self.evaluate(params, mask)
+        loglik, new, bad, reasons = self.evaluate(active, params, mask)
         keep = []
         for i, run in enumerate(active):
             ll = float(loglik[i])
@@ -230,9 +282,15 @@ class _Batch:
             weights = np.where(mask, weights, 0.0)
         # Structures that are not closed under extrapolation (VEI, EVV, ...) are brought back
         # onto the structure, so that the trial's EM step cannot lower its log-likelihood.
-        covs = self.structure.project(weights, covs)
-        if mask is not None and not self.structure.linear:
-            covs[~mask] = np.eye(covs.shape[-1])
+        groups: dict[str, list[int]] = {}
+        for i, run in enumerate(active):
+            if not run.structure.linear:
+                groups.setdefault(run.structure.name, []).append(i)
+        for rows in groups.values():
+            idx = np.asarray(rows)
+            covs[idx] = active[rows[0]].structure.project(weights[idx], covs[idx])
+            if mask is not None:
+                covs[idx] = np.where(mask[idx][..., None, None], covs[idx], np.eye(covs.shape[-1]))
         chol, bad = batched_cholesky(covs)
         valid = (bad < 0) & (weights >= 0).all(axis=1) & (alpha < -1.0)
         if not valid.any():
@@ -243,7 +301,9 @@ class _Batch:
         idx = np.flatnonzero(valid)
         trial = Params(weights[idx], means[idx], covs[idx], chol[idx])
         trial.weights /= trial.weights.sum(axis=1, keepdims=True)
-        loglik, new, bad_new, _ = self.evaluate(trial, None if mask is None else mask[idx])
+        loglik, new, bad_new, _ = self.evaluate(
+            [active[i] for i in idx], trial, None if mask is None else mask[idx]
+        )
         for j, i in enumerate(idx):
             run = active[i]
             # The trial is kept only when its EM step is valid, it improves on θ1 and the run
@@ -279,12 +339,11 @@ def _collapse_reason(model: GaussianMixture, scale: np.ndarray) -> str | None:
 def finish(
     X: np.ndarray,
     run: Run,
-    structure: CovarianceStructure,
     names: tuple[str, ...] | None,
     w: np.ndarray | None,
 ) -> EMResult:
     """Final E-step at the run's mixture: log-likelihood, responsibilities and criteria."""
-    model = to_model(run.params, 0, structure, names)
+    model = to_model(run.params, 0, run.structure, names)
     resp = np.empty((X.shape[0], model.n_components))
     final = run_pass(X, model._params, sample_weight=w, resp_out=resp)
     loglik = float(final.loglik[0])

@@ -276,6 +276,16 @@ class PassStats:
     sum_x: np.ndarray
     scatter: np.ndarray | None
 
+    def take(self, idx: np.ndarray, diagonal: bool = False) -> PassStats:
+        """The statistics of mixtures ``idx``; with ``diagonal``, full (packed) second moments
+        are cut down to their diagonals, as a diagonal structure's M-step reads them."""
+        scatter = None if self.scatter is None else self.scatter[idx]
+        if diagonal and scatter is not None:
+            d = self.sum_x.shape[-1]
+            iu, ju = triu(d)
+            scatter = scatter[..., np.flatnonzero(iu == ju)]
+        return PassStats(self.loglik[idx], self.counts[idx], self.sum_x[idx], scatter)
+
     def __iadd__(self, other: PassStats) -> PassStats:
         self.loglik += other.loglik
         self.counts += other.counts

@@ -171,7 +171,6 @@ def fit_em(
         arr,
         names,
         w,
-        structure,
         {k: models},
         priors={k: resolved},
         reg_covar=float(reg_covar),
@@ -215,7 +214,6 @@ def run_cells(
     X: np.ndarray,
     names: tuple[str, ...] | None,
     w: np.ndarray | None,
-    structure: CovarianceStructure,
     cells: dict[Any, list[tuple[str, GaussianMixture]]],
     *,
     priors: dict[Any, ResolvedPrior | None],
@@ -223,12 +221,15 @@ def run_cells(
     tol: float,
     max_iter: int,
     accelerate: bool = True,
+    short_iter: int = SHORT_ITER,
+    keep: int = KEEP_AFTER_SHORT,
 ) -> dict[Any, list[EMResult]]:
-    """Run EM from every start of every cell (one structure, cells keyed e.g. by K), all in one
-    batch, and return the finished runs of each cell.
+    """Run EM from every start of every cell (cells keyed e.g. by K or by (structure, K); each
+    start's structure is its mixture's), all in one batch, and return the finished runs of
+    each cell.
 
-    With several starts in a cell, every start first runs :data:`SHORT_ITER` iterations; then
-    the first start and the :data:`KEEP_AFTER_SHORT` best restarts go on to convergence.
+    With several starts in a cell, every start first runs ``short_iter`` iterations; then the
+    first start and the ``keep`` best other starts go on to convergence.
     """
     if len(cells) > 1 and any(p is not None for p in priors.values()):
         out: dict[Any, list[EMResult]] = {}
@@ -237,13 +238,14 @@ def run_cells(
                 X,
                 names,
                 w,
-                structure,
                 {key: starts},
                 priors={key: priors[key]},
                 reg_covar=reg_covar,
                 tol=tol,
                 max_iter=max_iter,
                 accelerate=accelerate,
+                short_iter=short_iter,
+                keep=keep,
             )
         return out
     prior = next(iter(priors.values()), None)
@@ -261,14 +263,12 @@ def run_cells(
     if multi:
         # Short EM from every start, then only the promising runs go on (Biernacki, Celeux &
         # Govaert 2003): the first start always, and the best of the restarts.
-        iterate(
-            X, [r for rs in multi for r in rs], min(SHORT_ITER, max_iter), structure, **settings
-        )
+        iterate(X, [r for rs in multi for r in rs], min(short_iter, max_iter), **settings)
         for key, rs in runs.items():
             alive = sorted(rs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
-            runs[key] = [rs[0], *alive[:KEEP_AFTER_SHORT]]
-    iterate(X, [r for rs in runs.values() for r in rs], max_iter, structure, **settings)
-    return {key: [finish(X, r, structure, names, w) for r in rs] for key, rs in runs.items()}
+            runs[key] = [rs[0], *alive[:keep]]
+    iterate(X, [r for rs in runs.values() for r in rs], max_iter, **settings)
+    return {key: [finish(X, r, names, w) for r in rs] for key, rs in runs.items()}
 
 
 def best_result(results: list[EMResult]) -> EMResult:

@@ -22,6 +22,8 @@ from bayesgmm.core.em import Degenerate
 from bayesgmm.core.fit import (
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
+    KEEP_AFTER_SHORT,
+    SHORT_ITER,
     best_result,
     check_settings,
     make_starts,
@@ -121,45 +123,47 @@ class _GridJob:
     settings: dict[str, Any]
 
 
-def _run_structure(
-    task: tuple[_GridJob, str, dict[int, list[tuple[str, Any]]]],
-) -> tuple[str, dict[int, list[EMResult]], dict[int, str]]:
-    """EM for every start of every K of one structure, as one batch."""
-    job, structure, cells = task
-    st = get_structure(structure)
-    models: dict[int, list[tuple[str, GaussianMixture]]] = {}
-    failed: dict[int, str] = {}
-    for k, cell in cells.items():
-        try:
-            models[k] = [
-                (
-                    label,
-                    start
-                    if isinstance(start, GaussianMixture)
-                    else start_model(
-                        job.X,
-                        start,
-                        st,
-                        job.w,
-                        job.priors[k],
-                        job.reg_covar,
-                        job.names,
-                    ),
-                )
-                for label, start in cell
-            ]
-        except Degenerate as err:
-            failed[k] = f"no valid start: {err}"
+def _run_group(
+    task: tuple[_GridJob, dict[str, dict[int, list[tuple[str, Any]]]], dict[str, int]],
+) -> tuple[dict[tuple[str, int], list[EMResult]], dict[tuple[str, int], str]]:
+    """EM for every start of every cell of some structures, as one batch (on small data; the
+    loop splits it by structure on large data)."""
+    job, cells_by_structure, screen = task
+    models: dict[tuple[str, int], list[tuple[str, GaussianMixture]]] = {}
+    failed: dict[tuple[str, int], str] = {}
+    for structure, cells in cells_by_structure.items():
+        st = get_structure(structure)
+        for k, cell in cells.items():
+            try:
+                models[(structure, k)] = [
+                    (
+                        label,
+                        start
+                        if isinstance(start, GaussianMixture)
+                        else start_model(
+                            job.X, start, st, job.w, job.priors[k], job.reg_covar, job.names
+                        ),
+                    )
+                    for label, start in cell
+                ]
+            except Degenerate as err:
+                failed[(structure, k)] = f"no valid start: {err}"
     fits = run_cells(
         job.X,
         job.names,
         job.w,
-        st,
         models,
-        priors={k: job.priors[k] for k in models},
+        priors={key: job.priors[key[1]] for key in models},
         **job.settings,
+        short_iter=screen.get("short_iter", SHORT_ITER),
+        keep=screen.get("keep", KEEP_AFTER_SHORT),
     )
-    return structure, fits, failed
+    return fits, failed
+
+
+#: Cross-starts are screened harder than restarts: a few iterations from each other structure's
+#: partition, and only the best one goes on (beside the cell's own fit).
+CROSS_SCREEN = {"short_iter": 5, "keep": 1}
 
 
 def _single_threaded_blas() -> None:
@@ -311,9 +315,18 @@ def select_em(
     job = _GridJob(arr, names, w, priors, float(reg_covar), settings)
     workers = _n_workers(n_jobs, arr.shape[0], len(structures))
 
-    def run_all(cells_by_structure: dict[str, dict[int, list[tuple[str, Any]]]]):
-        tasks = [(job, s, cells) for s, cells in cells_by_structure.items()]
-        if workers > 1 and len(tasks) > 1:
+    def run_all(
+        cells_by_structure: dict[str, dict[int, list[tuple[str, Any]]]],
+        screen: dict[str, int] | None = None,
+    ):
+        # Structures are dealt to the workers round-robin; each worker's share runs as one
+        # batch (on small data, passes are shared across structures too).
+        n_tasks = min(workers, len(cells_by_structure))
+        shares: list[dict[str, dict[int, list[tuple[str, Any]]]]] = [{} for _ in range(n_tasks)]
+        for i, (s, cells) in enumerate(cells_by_structure.items()):
+            shares[i % n_tasks][s] = cells
+        tasks = [(job, share, screen or {}) for share in shares]
+        if len(tasks) > 1:
             shutdown_pool()  # no idle pass threads across the fork
         # Fork only when no other Python thread runs (one could hold a lock the child then waits
         # on forever); otherwise run in this process, with the same results. Fork, not a fork
@@ -321,7 +334,7 @@ def select_em(
         # script would then run again. The only other threads are OpenBLAS's, which re-creates
         # its pool in the child (pthread_atfork), so Python's generic warning about forking a
         # multi-threaded process is silenced here.
-        if workers > 1 and len(tasks) > 1 and threading.active_count() == 1:
+        if len(tasks) > 1 and threading.active_count() == 1:
             ctx = multiprocessing.get_context("fork")
             with warnings.catch_warnings():
                 warnings.filterwarnings(
@@ -330,19 +343,18 @@ def select_em(
                     category=DeprecationWarning,
                 )
                 with ProcessPoolExecutor(
-                    max_workers=workers, mp_context=ctx, initializer=_single_threaded_blas
+                    max_workers=len(tasks), mp_context=ctx, initializer=_single_threaded_blas
                 ) as pool:
-                    outputs = list(pool.map(_run_structure, tasks))
+                    outputs = list(pool.map(_run_group, tasks))
         else:
-            outputs = [_run_structure(t) for t in tasks]
-        for structure, fits_by_k, failed in outputs:
-            for k, reason in failed.items():
-                failures[(structure, k)] = reason
-            yield structure, fits_by_k
+            merged = {s: c for share in shares for s, c in share.items()}
+            outputs = [_run_group((job, merged, screen or {}))]
+        for fits_by_cell, failed in outputs:
+            failures.update(failed)
+            yield from fits_by_cell.items()
 
-    for structure, fits_by_k in run_all({s: starts for s in structures}):
-        for k, fits in fits_by_k.items():
-            results[(structure, k)] = best_result(fits)
+    for (structure, k), fits in run_all({s: starts for s in structures}):
+        results[(structure, k)] = best_result(fits)
 
     # Cross-starts: EM is run again in every cell from the partitions that the other structures
     # found at the same K. A cell's optimum is often reached from a neighbour's partition that
@@ -378,11 +390,10 @@ def select_em(
                     cells[k] = [(current.init, current.model), *extra]
             if cells:
                 cross[structure] = cells
-        for structure, fits_by_k in run_all(cross):
-            for k, fits in fits_by_k.items():
-                refit = best_result(fits)
-                if not refit.degenerate and refit.loglik > results[(structure, k)].loglik:
-                    results[(structure, k)] = refit
+        for (structure, k), fits in run_all(cross, CROSS_SCREEN):
+            refit = best_result(fits)
+            if not refit.degenerate and refit.loglik > results[(structure, k)].loglik:
+                results[(structure, k)] = refit
 
     for key, fit in results.items():
         if fit.degenerate:

@@ -1,0 +1,173 @@
+"""Model selection speed and quality: bayesgmm's ``select_em`` against R's ``mclust::mclustBIC``.
+
+Both fit the whole grid, every covariance structure (14 for several features, E and V for one)
+× K = 1..9, on the same data in the same run, and the wall time of each is the best of
+``--repeat`` runs (R's ``system.time`` around ``mclustBIC`` alone, so R's start-up and the
+package load are not counted; likewise our imports). Two settings of ours are timed:
+
+* ``default``: ``select_em(X)`` as users call it: mclust's hierarchical start plus 9 k-means++
+  restarts per cell, cross-starts between structures, tolerance 1e-8 (relative);
+* ``mclust-like``: the work mclust does: the hierarchical start only, no cross-starts, mclust's
+  tolerance 1e-5.
+
+For each, it prints the time, the ratio to mclust, the chosen model and its BIC, and in how many
+cells ours is better (by more than 0.01), equal or worse than mclust's. The R side is skipped
+when ``Rscript`` or its mclust package is missing (``apt-get install r-cran-mclust`` on Debian).
+
+    uv run python benchmarks/select_vs_mclust.py                 # faithful
+    uv run python benchmarks/select_vs_mclust.py --simulated 20000 --d 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import bayesgmm as bg
+
+R_SCRIPT = r"""
+suppressMessages(library(mclust))
+args <- commandArgs(trailingOnly = TRUE)
+X <- as.matrix(read.csv(args[1]))
+reps <- as.integer(args[2])
+times <- numeric(reps)
+for (i in seq_len(reps)) {
+  times[i] <- system.time(b <- mclustBIC(X, G = 1:9, verbose = FALSE))[["elapsed"]]
+}
+tab <- unclass(b)[, , drop = FALSE]
+out <- list(
+  version = as.character(packageVersion("mclust")),
+  seconds = min(times),
+  models = colnames(tab),
+  bic = lapply(seq_len(ncol(tab)), function(j) as.numeric(tab[, j]))
+)
+cat(paste0(
+  "{\"version\":\"", out$version, "\",\"seconds\":", out$seconds, ",\"models\":[",
+  paste0("\"", out$models, "\"", collapse = ","), "],\"bic\":[",
+  paste(sapply(out$bic, function(v) paste0("[", paste(ifelse(is.na(v), "null",
+    format(v, digits = 15)), collapse = ","), "]")), collapse = ","), "]}"
+))
+"""
+
+
+def run_mclust(X: pd.DataFrame, repeat: int) -> dict | None:
+    """mclustBIC's best time over ``repeat`` runs and its BIC table, or None without R."""
+    if shutil.which("Rscript") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data.csv"
+        script = Path(tmp) / "bench.R"
+        X.to_csv(data, index=False)
+        script.write_text(R_SCRIPT)
+        proc = subprocess.run(
+            ["Rscript", str(script), str(data), str(repeat)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        print(f"(R side skipped: {proc.stderr.strip().splitlines()[-1:]})")
+        return None
+    out = json.loads(proc.stdout)
+    table = pd.DataFrame(
+        {
+            m: [np.nan if v is None else -v for v in col]
+            for m, col in zip(out["models"], out["bic"], strict=True)
+        },
+        index=pd.Index(range(1, 10), name="K"),
+    )  # textbook sign, as ours
+    return {"version": out["version"], "seconds": out["seconds"], "table": table}
+
+
+def run_ours(X: pd.DataFrame, repeat: int, **kwargs) -> tuple[float, bg.SelectionResult]:
+    best, sel = np.inf, None
+    for _ in range(repeat):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            sel = bg.select_em(X, **kwargs)
+            best = min(best, time.perf_counter() - t)
+    assert sel is not None
+    return best, sel
+
+
+def compare_cells(ours: pd.DataFrame, theirs: pd.DataFrame) -> str:
+    better = equal = worse = 0
+    for model in theirs.columns:
+        if model not in ours.columns:
+            continue
+        for k in theirs.index:
+            a, b = ours.loc[k, model], theirs.loc[k, model]
+            if np.isnan(a) or np.isnan(b):
+                continue
+            if a < b - 0.01:
+                better += 1
+            elif a > b + 0.01:
+                worse += 1
+            else:
+                equal += 1
+    return f"{better} better / {equal} equal / {worse} worse"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--simulated", type=int, default=0, help="rows of simulated data")
+    parser.add_argument("--d", type=int, default=3, help="features of the simulated data")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per timing (best is kept)")
+    args = parser.parse_args()
+
+    if args.simulated:
+        rng = np.random.default_rng(0)
+        k = 4
+        means = rng.normal(scale=3.0, size=(k, args.d))
+        covs = np.stack([np.cov(rng.normal(size=(args.d, 3 * args.d))) for _ in range(k)])
+        truth = bg.GaussianMixture(np.full(k, 1 / k), means, covs, "VVV")
+        X = pd.DataFrame(
+            truth.sample(args.simulated, rng=1)[0], columns=[f"x{i}" for i in range(args.d)]
+        )
+        name = f"simulated {args.simulated} × {args.d}, 4 VVV components"
+    else:
+        X = bg.datasets.load_faithful()
+        name = "faithful (272 × 2)"
+
+    print(f"Data: {name}; grid: every structure × K = 1..9; best of {args.repeat} runs each.")
+    theirs = run_mclust(X, args.repeat)
+    if theirs is None:
+        print("mclust: not run (Rscript with the mclust package is not installed).")
+    else:
+        best = theirs["table"].stack().idxmin()
+        print(
+            f"mclust {theirs['version']}: {theirs['seconds']:.2f} s; best {best[1]},{best[0]} "
+            f"BIC {theirs['table'].stack().min():.3f} (textbook sign)"
+        )
+    settings = {
+        "default": {},
+        "mclust-like": {"n_init": 1, "cross_starts": False, "tol": 1e-5},
+    }
+    for label, kwargs in settings.items():
+        seconds, sel = run_ours(X, args.repeat, **kwargs)
+        line = (
+            f"bayesgmm {label:<11}: {seconds:.2f} s; best {sel.best.covariance_type},"
+            f"{sel.best.n_components} BIC {sel.best.bic:.3f}"
+        )
+        if theirs is not None:
+            ratio = theirs["seconds"] / seconds
+            word = "faster" if ratio >= 1 else "slower"
+            line += (
+                f"; {max(ratio, 1 / ratio):.2f}× {word} than mclust; cells: "
+                f"{compare_cells(sel.table, theirs['table'])}"
+            )
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
