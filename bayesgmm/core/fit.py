@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._loop import finish, iterate, new_run
+from bayesgmm.core._loop import SHARED_PASS_MAX_ROWS, finish, iterate, new_run
+from bayesgmm.core._passes import PassStats, features
 from bayesgmm.core._validation import as_data, as_rng, check_n_components, check_sample_weight
-from bayesgmm.core.em import Degenerate, m_step
+from bayesgmm.core.em import Degenerate, m_step, m_step_batch, to_model
 from bayesgmm.core.init import (
     hc_tree,
     kmeans_plus_plus_labels,
@@ -321,6 +322,75 @@ def start_model(
             )
         except (Degenerate, ValueError):
             raise err from None
+
+
+def start_models(
+    X: np.ndarray,
+    starts: list[tuple[CovarianceStructure, GaussianMixture | np.ndarray | _SubsetStart]],
+    w: np.ndarray | None,
+    priors: list[ResolvedPrior | None],
+    reg_covar: float,
+    names: tuple[str, ...] | None,
+) -> list[GaussianMixture | Degenerate]:
+    """:func:`start_model` for many starts at once: the maximum-likelihood M-steps from
+    responsibilities on all rows share one product with the feature matrix and one batched
+    M-step per structure; the others (and any start whose batched M-step fails, for the MAP
+    rescue) go one at a time. A start without a valid mixture gives its :class:`Degenerate`."""
+    out: list[GaussianMixture | Degenerate | None] = [None] * len(starts)
+    # The feature matrix is (D(D+1)/2 + D + 1) × n: built whole only for small data.
+    small = X.shape[0] < SHARED_PASS_MAX_ROWS
+    batchable = [
+        i
+        for i, (_, start) in enumerate(starts)
+        if small and priors[i] is None and isinstance(start, np.ndarray)
+    ]
+    if batchable:
+        center = X.mean(axis=0)
+        feats = features(X, center, "full")  # (F, n): [packed second moments | x − c | 1]
+        resps = [np.asarray(starts[i][1]) for i in batchable]
+        wide = np.concatenate(resps, axis=1)
+        if w is not None:
+            wide = wide * w[:, None]
+        sums = wide.T @ feats.T  # (Σ K, F)
+        d = X.shape[1]
+        t = sums.shape[1] - d - 1
+        kmax = max(r.shape[1] for r in resps)
+        r_all = len(batchable)
+        counts = np.zeros((r_all, kmax))
+        sum_x = np.zeros((r_all, kmax, d))
+        second = np.zeros((r_all, kmax, t))
+        mask = np.zeros((r_all, kmax), dtype=bool)
+        pos = 0
+        for j, resp in enumerate(resps):
+            k = resp.shape[1]
+            block = sums[pos : pos + k]
+            counts[j, :k], sum_x[j, :k], second[j, :k] = (
+                block[:, -1],
+                block[:, t : t + d],
+                block[:, :t],
+            )
+            mask[j, :k] = True
+            pos += k
+        stats = PassStats(np.zeros(r_all), counts, sum_x, second)
+        groups: dict[str, list[int]] = {}
+        for j, i in enumerate(batchable):
+            groups.setdefault(starts[i][0].name, []).append(j)
+        for rows in groups.values():
+            idx = np.asarray(rows)
+            st = starts[batchable[rows[0]]][0]
+            sub = stats.take(idx, diagonal=st.scatter_kind == "diag")
+            params, bad, _ = m_step_batch(sub, center, st, None, reg_covar, mask[idx])
+            for jj, j in enumerate(rows):
+                if bad[jj] < 0:
+                    k = resps[j].shape[1]
+                    out[batchable[j]] = to_model(params.member(jj, k), 0, st, names)
+    for i, (structure, start) in enumerate(starts):
+        if out[i] is None:
+            try:
+                out[i] = start_model(X, start, structure, w, priors[i], reg_covar, names)
+            except Degenerate as err:
+                out[i] = err
+    return [m for m in out if m is not None]
 
 
 def _check_not_constant(X: np.ndarray, w: np.ndarray | None) -> None:

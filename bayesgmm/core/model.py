@@ -62,7 +62,6 @@ class GaussianMixture:
     covariance_type: str = "VVV"
     feature_names: tuple[str, ...] | None = None
     _chol: np.ndarray = field(init=False, repr=False)
-    _params: DensityParams = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         weights = np.asarray(self.weights, dtype=np.float64)
@@ -123,7 +122,6 @@ class GaussianMixture:
         if self.feature_names is not None:
             set_(self, "feature_names", tuple(str(f) for f in self.feature_names))
         set_(self, "_chol", _readonly(chol))
-        self._set_params(structure)
 
     @classmethod
     def _trusted(
@@ -150,18 +148,23 @@ class GaussianMixture:
             set_(self, name, value)
         set_(self, "covariance_type", structure.name)
         set_(self, "feature_names", feature_names)
-        self._set_params(structure)
         return self
 
-    def _set_params(self, structure: CovarianceStructure) -> None:
-        params = mixture_density(
-            self.weights,
-            self.means,
-            self._chol,
-            structure.scatter_kind == "diag",
-            self.weights @ self.means,
-        )
-        object.__setattr__(self, "_params", params)
+    @property
+    def _params(self) -> DensityParams:
+        """The density's coefficients, built on first use (EM makes many mixtures that are
+        never evaluated) and kept."""
+        params = self.__dict__.get("_density")
+        if params is None:
+            params = mixture_density(
+                self.weights,
+                self.means,
+                self._chol,
+                self.structure.scatter_kind == "diag",
+                self.weights @ self.means,
+            )
+            object.__setattr__(self, "_density", params)
+        return params
 
     # -- shape facts -------------------------------------------------------------------------
     @property

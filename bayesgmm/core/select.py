@@ -29,13 +29,13 @@ from bayesgmm.core.fit import (
     make_starts,
     prepare_data,
     run_cells,
-    start_model,
+    start_models,
 )
 from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ConjugatePrior
 from bayesgmm.core.result import EMResult
-from bayesgmm.core.structures import get_structure, structure_names
+from bayesgmm.core.structures import CovarianceStructure, get_structure, structure_names
 
 __all__ = ["SelectionResult", "select_em"]
 
@@ -129,25 +129,29 @@ def _run_group(
     """EM for every start of every cell of some structures, as one batch (on small data; the
     loop splits it by structure on large data)."""
     job, cells_by_structure, screen = task
-    models: dict[tuple[str, int], list[tuple[str, GaussianMixture]]] = {}
-    failed: dict[tuple[str, int], str] = {}
+    items: list[tuple[tuple[str, int], str, CovarianceStructure, Any]] = []
     for structure, cells in cells_by_structure.items():
         st = get_structure(structure)
         for k, cell in cells.items():
-            try:
-                models[(structure, k)] = [
-                    (
-                        label,
-                        start
-                        if isinstance(start, GaussianMixture)
-                        else start_model(
-                            job.X, start, st, job.w, job.priors[k], job.reg_covar, job.names
-                        ),
-                    )
-                    for label, start in cell
-                ]
-            except Degenerate as err:
-                failed[(structure, k)] = f"no valid start: {err}"
+            items.extend(((structure, k), label, st, start) for label, start in cell)
+    built = start_models(
+        job.X,
+        [(st, start) for _, _, st, start in items],
+        job.w,
+        [job.priors[key[1]] for key, _, _, _ in items],
+        job.reg_covar,
+        job.names,
+    )
+    models: dict[tuple[str, int], list[tuple[str, GaussianMixture]]] = {}
+    failed: dict[tuple[str, int], str] = {}
+    for (key, label, _, _), model in zip(items, built, strict=True):
+        if key in failed:
+            continue
+        if isinstance(model, Degenerate):
+            failed[key] = f"no valid start: {model}"
+            models.pop(key, None)
+        else:
+            models.setdefault(key, []).append((label, model))
     fits = run_cells(
         job.X,
         job.names,
