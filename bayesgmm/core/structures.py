@@ -352,6 +352,13 @@ class EII(CovarianceStructure):
 #: generalised EM step.
 _INNER_TOL = 1e-12
 _INNER_MAX = 500
+#: Started from the current parameters, an M-step stops after at most this many inner
+#: iterations: EM's next steps go on from there, and each already improves on the last.
+_WARM_MAX = 5
+
+
+def _inner_limit(previous: np.ndarray | None) -> int:
+    return _INNER_MAX if previous is None else _WARM_MAX
 
 
 def _map_terms(
@@ -441,7 +448,7 @@ class VEI(CovarianceStructure):
             lam = _start_volumes(None, w.sum(axis=-1), n, live, d)
         else:
             lam = np.where(live, _geomean(np.diagonal(previous, axis1=-2, axis2=-1)), 1.0)
-        for _ in range(_INNER_MAX):
+        for _ in range(_inner_limit(previous)):
             b = np.where(live[..., None], w / lam[..., None], 0.0).sum(axis=-2)
             b = b / _geomean(b)[..., None]
             new = np.where(live, (w / b[..., None, :]).sum(axis=-1) / (d * nk), 1.0)
@@ -496,7 +503,7 @@ class VEE(CovarianceStructure):
         live = n > 0
         nk = np.where(live, n, 1.0)
         lam = _start_volumes(previous, np.trace(w, axis1=-2, axis2=-1), n, live, d)
-        for _ in range(_INNER_MAX):
+        for _ in range(_inner_limit(previous)):
             c = np.where(live[..., None, None], w / lam[..., None, None], 0.0).sum(axis=-3)
             c = c / _det_root(c)[..., None, None]
             c_inv = _inv(c)
@@ -517,7 +524,9 @@ class _CommonOrientation(CovarianceStructure):
     majorise-minimise step of Browne & McNicholas (2014) lowers monotonically. As W_k ≼ ω_k I (ω_k
     its largest eigenvalue), each column's quadratic is majorised by its tangent at the current
     D₀, and the majoriser is minimised by D = −U Vᵀ, where U S Vᵀ is the SVD of
-    G = Σ_k (W_k − ω_k I) D₀ V_k⁻¹. Steps for D and for the v_k alternate from the current D.
+    G = Σ_k (W_k − ω_k I) D₀ V_k⁻¹. Every other step uses their second majoriser instead, from
+    V_k⁻¹ ≼ β_k I (β_k the largest 1/v_kj): G = Σ_k W_k D₀ (V_k⁻¹ − β_k I); the two together
+    converge much faster than either. Steps for D and for the v_k alternate from the current D.
     """
 
     scatter_kind = "full"
@@ -541,7 +550,7 @@ class _CommonOrientation(CovarianceStructure):
         w_ok, bad_w = _finite_or_eye(w)
         top = np.where(bad_w, np.nan, np.linalg.eigvalsh(w_ok)[..., -1])  # ω_k, (..., K)
         old = np.inf
-        for _ in range(_INNER_MAX):
+        for step in range(_inner_limit(previous)):
             m = np.einsum("...ji,...kjl,...li->...ki", rot, w, rot)
             v = self._variances(m, n, live)
             inv_v = np.where(live[..., None], 1.0 / v, 0.0)
@@ -551,10 +560,14 @@ class _CommonOrientation(CovarianceStructure):
             if not (np.abs(old - objective) > _INNER_TOL * np.abs(objective)).any():
                 break
             old = objective
-            g = (
-                np.einsum("...kij,...jl,...kl->...il", w, rot, inv_v)
-                - rot * (top[..., None] * inv_v).sum(axis=-2)[..., None, :]
-            )
+            if step % 2 == 0:  # W_k ≼ ω_k I
+                g = (
+                    np.einsum("...kij,...jl,...kl->...il", w, rot, inv_v)
+                    - rot * (top[..., None] * inv_v).sum(axis=-2)[..., None, :]
+                )
+            else:  # V_k⁻¹ ≼ β_k I
+                beta = inv_v.max(axis=-1, keepdims=True)
+                g = np.einsum("...kij,...jl,...kl->...il", w, rot, inv_v - beta)
             g, bad_g = _finite_or_eye(g)
             u, _, vt = np.linalg.svd(g)
             rot = np.where(bad_g[..., None, None], np.nan, -u @ vt)
@@ -655,7 +668,7 @@ class VEV(CovarianceStructure):
         nk = np.where(live, n, 1.0)
         omega, vec = _eigen_descending(w)
         lam = _start_volumes(previous, omega.sum(axis=-1), n, live, d)
-        for _ in range(_INNER_MAX):
+        for _ in range(_inner_limit(previous)):
             a = np.where(live[..., None], omega / lam[..., None], 0.0).sum(axis=-2)
             a = a / _geomean(a)[..., None]
             new = np.where(live, (omega / a[..., None, :]).sum(axis=-1) / (d * nk), 1.0)

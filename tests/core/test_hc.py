@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
+import json
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+import bayesgmm as bg
 from bayesgmm.core.hc import hierarchical_tree, scaled_svd
-from bayesgmm.core.init import kmeans_plus_plus_labels
+from bayesgmm.core.init import QuantileClasses, kmeans_plus_plus_labels
 
 
 def _rand_index_perfect(a, b):
@@ -46,3 +51,38 @@ def test_kmeans_plus_plus_partition():
     X = rng.normal(size=(80, 2)) + np.array([[0, 0], [10, 10]])[truth]
     labels = kmeans_plus_plus_labels(X, 2, np.random.default_rng(0), n_lloyd=5)
     assert _rand_index_perfect(labels, truth)
+
+
+# -- mclust's own partitions (tests/reference/mclust_hc.json, written by make_mclust_hc.R) -----
+
+MCLUST_HC = Path(__file__).resolve().parents[1] / "reference" / "mclust_hc.json"
+
+
+def _same_partition(a, b) -> bool:
+    return _rand_index_perfect(np.asarray(a), np.asarray(b))
+
+
+@pytest.fixture(scope="module")
+def mclust_hc() -> dict:
+    return json.loads(MCLUST_HC.read_text())
+
+
+@pytest.mark.parametrize("name", ["faithful", "iris"])
+def test_hierarchical_start_is_mclusts(mclust_hc, name):
+    # mclust 6.0.0's hclass(hc(X, "VVV", use = "SVD"), G), G = 1..30: the same partitions,
+    # including where equal merge costs (faithful's whole-minute waiting times, iris's rounded
+    # lengths) are decided by mclust's ordering rule.
+    if name == "faithful":
+        X = bg.datasets.load_faithful().to_numpy()
+    else:
+        X = np.asarray(mclust_hc["iris_x"]).T
+    tree = hierarchical_tree(scaled_svd(X))
+    for g, theirs in enumerate(mclust_hc[f"{name}_hc"], start=1):
+        assert _same_partition(tree.cut(g), theirs), g
+
+
+def test_one_dimensional_start_is_mclusts_qclass(mclust_hc):
+    x = bg.datasets.load_galaxies().to_numpy()[:, 0]
+    classes = QuantileClasses(x)
+    for g, theirs in enumerate(mclust_hc["galaxies_qclass"], start=1):
+        np.testing.assert_array_equal(classes.cut(g) + 1, theirs)
