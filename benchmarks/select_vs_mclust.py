@@ -102,7 +102,8 @@ def run_ours(X: pd.DataFrame, repeat: int, **kwargs) -> tuple[float, bg.Selectio
 
 
 def compare_cells(ours: pd.DataFrame, theirs: pd.DataFrame) -> str:
-    better = equal = worse = 0
+    better = equal = 0
+    worse: list[str] = []
     for model in theirs.columns:
         if model not in ours.columns:
             continue
@@ -113,10 +114,13 @@ def compare_cells(ours: pd.DataFrame, theirs: pd.DataFrame) -> str:
             if a < b - 0.01:
                 better += 1
             elif a > b + 0.01:
-                worse += 1
+                worse.append(f"{model},{k} +{a - b:.2f}")
             else:
                 equal += 1
-    return f"{better} better / {equal} equal / {worse} worse"
+    text = f"{better} better / {equal} equal / {len(worse)} worse"
+    if worse:
+        text += " (" + ", ".join(worse[:6]) + (", ..." if len(worse) > 6 else "") + ")"
+    return text
 
 
 def main() -> None:
@@ -125,6 +129,9 @@ def main() -> None:
     parser.add_argument("--simulated", type=int, default=0, help="rows of simulated data")
     parser.add_argument("--d", type=int, default=3, help="features of the simulated data")
     parser.add_argument("--repeat", type=int, default=3, help="runs per timing (best is kept)")
+    parser.add_argument(
+        "--only", choices=["default", "mclust-like"], help="time one of our settings only"
+    )
     args = parser.parse_args()
 
     if args.csv:
@@ -159,6 +166,8 @@ def main() -> None:
         "mclust-like": {"n_init": 1, "cross_starts": False, "tol": 1e-5},
     }
     for label, kwargs in settings.items():
+        if args.only and label != args.only:
+            continue
         seconds, sel = run_ours(X, args.repeat, **kwargs)
         line = (
             f"bayesgmm {label:<11}: {seconds:.2f} s; best {sel.best.covariance_type},"

@@ -103,11 +103,14 @@ def fit_em(
     n_components : int
         K, at least 1 and at most the number of distinct rows.
     covariance_type : str, default "VVV"
-        mclust code (EII, VII, EEI, VVI, EEE, VVV; E or V for one feature) or a scikit-learn
-        alias (spherical, diag, tied, full).
+        One of mclust's 14 codes (EII, VII, EEI, VEI, EVI, VVI, EEE, VEE, EVE, VVE, EEV, VEV,
+        EVV, VVV; E or V for one feature) or a scikit-learn alias (spherical, diag, tied, full).
     init : {"hc", "kmeans++", "random"}, array or GaussianMixture, default "hc"
-        "hc": model-based agglomerative hierarchical clustering (mclust's default) cut at K;
-        "kmeans++": k-means++ seeding plus Lloyd iterations; "random": random responsibilities;
+        "hc": mclust's default start, its model-based agglomerative hierarchical clustering
+        (the same tree as mclust's ``hc(X, "VVV", use = "SVD")``, on up to 2000 random rows) cut
+        at K, or for one feature its quantile classes (``qclass``);
+        "kmeans++": k-means++ seeding, each row joining its nearest seed; "random": random
+        responsibilities;
         or an (n,) label vector, an (n, K) responsibility matrix, or a mixture to start from.
     n_init : int, default 1
         Number of starts: the first from ``init``, the others from k-means++ with fresh random

@@ -1,7 +1,7 @@
 """Model-based agglomerative hierarchical clustering (Banfield & Raftery 1993; Fraley 1998).
 
-Start from singletons (or from groups of duplicated rows, as mclust's ``dupPartition``) and
-repeatedly merge the two clusters whose union costs the least classification log-likelihood. For the
+Start from singletons, as mclust does, and repeatedly merge the two clusters whose union costs
+the least classification log-likelihood. For the
 unconstrained Gaussian model (VVV), a cluster C with n_C points and scatter W_C contributes
 
     c(C) = n_C log( det(W_C / n_C) + (tr W_C + α) / n_C ),     α = tr(XᵀX) / (n d),
@@ -45,7 +45,7 @@ class HierarchicalTree:
     Attributes
     ----------
     initial_labels : ndarray (n,)
-        Cluster of each observation before any merge (duplicated rows share one).
+        Cluster of each observation before any merge (each row its own here).
     merges : ndarray (m − 1, 2)
         Pairs of initial-cluster ids merged at each stage (the survivor keeps the first id).
     """

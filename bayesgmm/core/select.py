@@ -242,21 +242,24 @@ def select_em(
     criterion : {"bic", "icl"}, default "bic"
         Textbook sign: the smallest wins.
     init : {"hc", "kmeans++", "random"}, default "hc"
-        With "hc", one hierarchical tree is built for the whole grid and cut at each K.
+        With "hc" (mclust's start, see :func:`fit_em`), one hierarchical tree is built for the
+        whole grid and cut at each K.
     n_init : int, default 10
         Starts per cell: the hierarchical one plus ``n_init − 1`` k-means++ restarts, because EM
-        finds local optima (mclust's default hierarchical start alone misses galaxies' V,3).
+        finds local optima (mclust's default start alone misses galaxies' V,3). ``n_init=1,
+        cross_starts=False, tol=1e-5`` does mclust's work: one start per cell, its tolerance.
     tol, max_iter, reg_covar, prior, sample_weight, accelerate
         As :func:`fit_em`.
     rng : int or numpy.random.Generator, default 0
         Seeds the restarts; the default makes the table reproducible.
     cross_starts : bool, default True
         After the first pass, rerun each cell from the partitions the other structures found at
-        the same K (short EM, keeping the best). Never makes a cell worse.
+        the same K (5 EM iterations from each, the best one then to convergence). Never makes a
+        cell worse.
     n_jobs : int, optional
-        Worker processes, one covariance structure each. By default one per core for small
-        data (under 4096 rows, where a pass runs in one thread) and 1 otherwise. Results do not
-        depend on it.
+        Worker processes; the covariance structures are dealt to them in turn, and each
+        worker's share runs as one batch. By default one per core for small data (under 4096
+        rows, where a pass runs in one thread) and 1 otherwise. Results do not depend on it.
 
     Returns
     -------
@@ -396,7 +399,14 @@ def select_em(
                 cross[structure] = cells
         for (structure, k), fits in run_all(cross, CROSS_SCREEN):
             refit = best_result(fits)
-            if not refit.degenerate and refit.loglik > results[(structure, k)].loglik:
+            current = results[(structure, k)]
+            # The cell's own fit runs again beside the cross-starts (and converges at once); it
+            # is replaced only by a cross-start that does better.
+            if (
+                not refit.degenerate
+                and refit.init != current.init
+                and refit.loglik > current.loglik + 1e-12 * abs(current.loglik)
+            ):
                 results[(structure, k)] = refit
 
     for key, fit in results.items():
