@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._loop import SHARED_PASS_MAX_ROWS, finish, iterate, new_run
+from bayesgmm.core._loop import finish, iterate, new_run
 from bayesgmm.core._passes import PassStats, features
 from bayesgmm.core._validation import as_data, as_rng, check_n_components, check_sample_weight
 from bayesgmm.core.em import Degenerate, m_step, m_step_batch, to_model
@@ -327,6 +327,10 @@ def start_model(
             raise err from None
 
 
+#: Largest feature matrix (entries) that the batched starting M-steps build (32 MB).
+START_BATCH_MAX_ENTRIES = 4_000_000
+
+
 def start_models(
     X: np.ndarray,
     starts: list[tuple[CovarianceStructure, GaussianMixture | np.ndarray | _SubsetStart]],
@@ -340,8 +344,9 @@ def start_models(
     M-step per structure; the others (and any start whose batched M-step fails, for the MAP
     rescue) go one at a time. A start without a valid mixture gives its :class:`Degenerate`."""
     out: list[GaussianMixture | Degenerate | None] = [None] * len(starts)
-    # The feature matrix is (D(D+1)/2 + D + 1) × n: built whole only for small data.
-    small = X.shape[0] < SHARED_PASS_MAX_ROWS
+    # The feature matrix is (D(D+1)/2 + D + 1) × n: built whole only when that is small.
+    d = X.shape[1]
+    small = X.shape[0] * (d * (d + 1) // 2 + d + 1) <= START_BATCH_MAX_ENTRIES
     batchable = [
         i
         for i, (_, start) in enumerate(starts)
@@ -355,7 +360,6 @@ def start_models(
         if w is not None:
             wide = wide * w[:, None]
         sums = wide.T @ feats.T  # (Σ K, F)
-        d = X.shape[1]
         t = sums.shape[1] - d - 1
         kmax = max(r.shape[1] for r in resps)
         r_all = len(batchable)
