@@ -424,6 +424,28 @@ def _converged(new: np.ndarray, old: np.ndarray) -> bool:
         return not bool((np.abs(new - old) > _INNER_TOL * np.abs(old)).any())
 
 
+def _volumes_and_shape(
+    values: np.ndarray, n: np.ndarray, previous: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Volumes λ_k (..., K) and one shape a (..., D), |a| = 1, minimising
+    Σ_k [n_k d log λ_k + Σ_j values_kj / (λ_k a_j)] (VEI: values = diag W_k; VEV: the eigenvalues
+    of W_k): alternate a = Σ_k values_k / λ_k scaled to |a| = 1 and λ_k = Σ_j values_kj / a_j /
+    (d n_k), from the current volumes."""
+    d = values.shape[-1]
+    live = n > 0
+    nk = np.where(live, n, 1.0)
+    lam = _start_volumes(previous, values.sum(axis=-1), n, live, d)
+    for _ in range(_inner_limit(previous)):
+        a = np.where(live[..., None], values / lam[..., None], 0.0).sum(axis=-2)
+        a = a / _geomean(a)[..., None]
+        new = np.where(live, (values / a[..., None, :]).sum(axis=-1) / (d * nk), 1.0)
+        done = _converged(new, lam)
+        lam = new
+        if done:
+            break
+    return lam, a
+
+
 class VEI(CovarianceStructure):
     """Diagonal, varying volume, equal shape: Σ_k = λ_k B (B diagonal, |B| = 1).
 
@@ -441,21 +463,7 @@ class VEI(CovarianceStructure):
 
     def covariances(self, counts, scatter, prior, previous=None):
         n, w = _map_terms(counts, scatter, prior, "diag")
-        d = w.shape[-1]
-        live = n > 0
-        nk = np.where(live, n, 1.0)
-        if previous is None:
-            lam = _start_volumes(None, w.sum(axis=-1), n, live, d)
-        else:
-            lam = np.where(live, _geomean(np.diagonal(previous, axis1=-2, axis2=-1)), 1.0)
-        for _ in range(_inner_limit(previous)):
-            b = np.where(live[..., None], w / lam[..., None], 0.0).sum(axis=-2)
-            b = b / _geomean(b)[..., None]
-            new = np.where(live, (w / b[..., None, :]).sum(axis=-1) / (d * nk), 1.0)
-            done = _converged(new, lam)
-            lam = new
-            if done:
-                break
+        lam, b = _volumes_and_shape(w, n, previous)
         return _diag_to_full(lam[..., None] * b[..., None, :])
 
 
@@ -663,19 +671,8 @@ class VEV(CovarianceStructure):
 
     def covariances(self, counts, scatter, prior, previous=None):
         n, w = _map_terms(counts, scatter, prior, "full")
-        d = w.shape[-1]
-        live = n > 0
-        nk = np.where(live, n, 1.0)
         omega, vec = _eigen_descending(w)
-        lam = _start_volumes(previous, omega.sum(axis=-1), n, live, d)
-        for _ in range(_inner_limit(previous)):
-            a = np.where(live[..., None], omega / lam[..., None], 0.0).sum(axis=-2)
-            a = a / _geomean(a)[..., None]
-            new = np.where(live, (omega / a[..., None, :]).sum(axis=-1) / (d * nk), 1.0)
-            done = _converged(new, lam)
-            lam = new
-            if done:
-                break
+        lam, a = _volumes_and_shape(omega, n, previous)
         return np.einsum("...kij,...kj,...klj->...kil", vec, lam[..., None] * a[..., None, :], vec)
 
 
