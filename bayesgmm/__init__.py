@@ -23,16 +23,22 @@ __all__ = [
     "DegenerateFitWarning",
     "EMResult",
     "GaussianMixture",
+    "Priors",
     "SelectionResult",
     "datasets",
     "fit_em",
     "select_em",
+    "to_pymc",
 ]
 
 _LAZY_MODULES = {"datasets": "bayesgmm.datasets"}
+#: Names from the PyMC layer, imported (with pymc) only when first asked for.
+_LAZY_NAMES = {"to_pymc": "bayesgmm.bayes", "Priors": "bayesgmm.bayes"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_MODULES:
         return import_module(_LAZY_MODULES[name])
+    if name in _LAZY_NAMES:
+        return getattr(import_module(_LAZY_NAMES[name]), name)
     raise AttributeError(f"module 'bayesgmm' has no attribute {name!r}")
