@@ -26,6 +26,7 @@ __all__ = [
     "Priors",
     "SelectionResult",
     "datasets",
+    "fit_bayes",
     "fit_em",
     "select_em",
     "to_pymc",
@@ -33,7 +34,11 @@ __all__ = [
 
 _LAZY_MODULES = {"datasets": "bayesgmm.datasets"}
 #: Names from the PyMC layer, imported (with pymc) only when first asked for.
-_LAZY_NAMES = {"to_pymc": "bayesgmm.bayes", "Priors": "bayesgmm.bayes"}
+_LAZY_NAMES = {
+    "to_pymc": "bayesgmm.bayes",
+    "fit_bayes": "bayesgmm.bayes",
+    "Priors": "bayesgmm.bayes",
+}
 
 
 def __getattr__(name: str) -> Any:
