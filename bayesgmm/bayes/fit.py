@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.bayes.model import Priors, model_values, to_pymc
+from bayesgmm.bayes.model import Priors, component_order, model_values, to_pymc
 from bayesgmm.core._validation import as_data, as_rng
 from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
@@ -117,7 +117,7 @@ def fit_bayes(
     else:
         tree = _laplace(model, values, draws, chains, np.random.default_rng(seed))
     pm.compute_log_likelihood(tree, model=model, progressbar=False)
-    tree["em"] = _em_group(start, tree)
+    tree["em"] = _em_group(start, tree, model)
     tree.attrs["bayesgmm_method"] = method
     tree.attrs["bayesgmm_seconds"] = time.perf_counter() - t0
     return tree
@@ -219,7 +219,7 @@ def _laplace(
     return tree
 
 
-def _em_group(start: GaussianMixture, tree: Any) -> Any:
+def _em_group(start: GaussianMixture, tree: Any, model: Any) -> Any:
     """The EM estimate with the posterior's names, dims and coords (one chain, one draw)."""
     import xarray as xr
 
@@ -238,8 +238,8 @@ def _em_group(start: GaussianMixture, tree: Any) -> Any:
             c: post.coords[c] for c in ("component", "feature", "feature_bis") if c in post.coords
         },
     )
-    if "means_ordered" in post:
-        order = np.argsort(start.means[:, 0])
+    order = component_order(model, start)
+    if order is not None:
         ds = ds.assign(
             weights=(ds["weights"].dims, start.weights[order][None, None]),
             means=(ds["means"].dims, start.means[order][None, None]),

@@ -18,7 +18,7 @@ from bayesgmm.core._validation import as_data, check_n_components
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.structures import get_structure
 
-__all__ = ["SUPPORTED_STRUCTURES", "Priors", "model_values", "to_pymc"]
+__all__ = ["SUPPORTED_STRUCTURES", "Priors", "component_order", "model_values", "to_pymc"]
 
 #: Structures the PyMC model is built for (the others have no simple prior on their
 #: constrained parameters yet).
@@ -49,6 +49,33 @@ class Priors:
                 raise ValueError(f"Priors.{name} must be a positive number; got {value!r}.")
 
 
+def _order_axes(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The leading principal axis u (D,) of the standardised data, its sign fixed so that its
+    largest entry is positive, and an orthonormal basis (D, D − 1) of its complement."""
+    spread = arr.std(axis=0)
+    z = (arr - arr.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    _, vecs = np.linalg.eigh(np.atleast_2d(np.cov(z, rowvar=False)))
+    basis = vecs[:, ::-1]  # decreasing variance
+    basis = basis * np.where(basis[np.abs(basis).argmax(axis=0), range(basis.shape[1])] < 0, -1, 1)
+    return basis[:, 0], basis[:, 1:]
+
+
+def _standardised_coordinates(model: Any, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a, r): the ordered model's coordinates of the means, along the axis and across it."""
+    center, spread, axis, perp = model.bayesgmm_axes
+    m = (means - center) / spread
+    return m @ axis, m @ perp
+
+
+def component_order(model: Any, mixture: GaussianMixture) -> np.ndarray | None:
+    """The permutation that puts ``mixture``'s components in the ordered model's order (None
+    for a model without ordering)."""
+    if "means_ordered" not in model.named_vars:
+        return None
+    a, _ = _standardised_coordinates(model, mixture.means)
+    return np.argsort(a, kind="stable")
+
+
 def _feature_names(names: tuple[str, ...] | None, d: int) -> list[str]:
     return list(names) if names is not None else [f"x{j}" for j in range(d)]
 
@@ -74,9 +101,10 @@ def to_pymc(
     priors : Priors, optional
         The default :class:`Priors` when None.
     identify : {"ordered", None}, default "ordered"
-        "ordered": the components' means of the first feature are increasing (an ordered
-        transform), which removes label switching; the model then needs a valid starting point
-        (see :func:`model_values`). None leaves the labels free.
+        "ordered": the components' means, projected on the leading principal axis of the
+        standardised data, are increasing (an ordered transform), which removes label
+        switching; the model then needs a valid starting point (see :func:`model_values`).
+        None leaves the labels free.
 
     Returns
     -------
@@ -118,19 +146,22 @@ def to_pymc(
         loc = np.broadcast_to(center, (k, d))
         scale = np.broadcast_to(p.mean_scale * spread, (k, d))
         if identify == "ordered" and k > 1:
+            # In standardised units the means' prior N(0, mean_scale² I) is isotropic, so it is
+            # unchanged when written along the leading principal axis u and its orthogonal
+            # complement B: m_k = a_k u + B r_k, with a_1 < ... < a_K.
+            axis, perp = _order_axes(arr)
             first = pm.Normal(
                 "means_ordered",
-                mu=loc[:, 0],
-                sigma=scale[:, 0],
+                mu=0.0,
+                sigma=p.mean_scale,
                 transform=pm.distributions.transforms.ordered,
                 dims="component",
             )
+            std = first[:, None] * axis
             if d > 1:
-                rest = pm.Normal("means_rest", mu=loc[:, 1:], sigma=scale[:, 1:])
-                means_t = pt.concatenate([first[:, None], rest], axis=1)
-            else:
-                means_t = first[:, None]
-            means = pm.Deterministic("means", means_t, dims=("component", "feature"))
+                rest = pm.Normal("means_rest", mu=0.0, sigma=p.mean_scale, shape=(k, d - 1))
+                std = std + rest @ perp.T
+            means = pm.Deterministic("means", center + spread * std, dims=("component", "feature"))
         else:
             means = pm.Normal("means", mu=loc, sigma=scale, dims=("component", "feature"))
         sd_scale = p.sd_scale * spread
@@ -180,28 +211,31 @@ def to_pymc(
             dims=("obs", "feature"),
         )
     model.bayesgmm_structure = structure.name  # type: ignore[attr-defined]
+    if identify == "ordered" and k > 1:
+        model.bayesgmm_axes = (center, spread, *_order_axes(arr))  # type: ignore[attr-defined]
     return model
 
 
 def model_values(model: Any, mixture: GaussianMixture) -> dict[str, np.ndarray]:
     """The values of ``model``'s free variables that make its mixture equal to ``mixture``
     (e.g. an EM estimate): starting values for a sampler, or a point at which to compare the
-    model with the core. With an ordered model, the mixture's components are first sorted by
-    the mean of the first feature.
+    model with the core. With an ordered model, the mixture's components are first sorted along
+    the model's ordering axis.
     """
     structure = getattr(model, "bayesgmm_structure", None)
     if structure is None:
         raise ValueError("model was not built by bayesgmm.to_pymc.")
-    order = np.argsort(mixture.means[:, 0]) if "means_ordered" in model.named_vars else None
+    order = component_order(model, mixture)
     w, mu, cov = mixture.weights, mixture.means, mixture.covariances
     if order is not None:
         w, mu, cov = w[order], mu[order], cov[order]
     k, d = mu.shape
     values: dict[str, np.ndarray] = {"weights": w}
-    if "means_ordered" in model.named_vars:
-        values["means_ordered"] = mu[:, 0]
+    if order is not None:
+        a, r = _standardised_coordinates(model, mu)
+        values["means_ordered"] = a
         if d > 1:
-            values["means_rest"] = mu[:, 1:]
+            values["means_rest"] = r
     else:
         values["means"] = mu
     chol = np.linalg.cholesky(cov)
