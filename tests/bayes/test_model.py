@@ -55,3 +55,23 @@ def test_bad_input_is_the_cores_error():
         to_pymc(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]), 2)
     with pytest.raises(ValueError, match="identify"):
         to_pymc(np.random.default_rng(0).normal(size=(20, 2)), 2, identify="sorted")
+
+
+def test_lkj_prior_correlations_follow_their_marginal():
+    # LKJ(η) in d dimensions: each correlation r has (r + 1)/2 ~ Beta(η − 1 + d/2, η − 1 + d/2)
+    # (Lewandowski, Kurowicka & Joe 2009). PyMC 6.3's LKJCorr broke this for d ≥ 3; the prior we
+    # ship (LKJCholeskyCov) must follow it.
+    from scipy import stats
+
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(30, 3))
+    eta = 2.0
+    model = to_pymc(X, 2, priors=bg.Priors(lkj_eta=eta))
+    prior = pm.sample_prior_predictive(draws=4000, model=model, var_names=["chol_0_corr"])
+    corr = prior["prior"]["chol_0_corr"].values.reshape(-1, 3, 3)
+    a = eta - 1 + 3 / 2
+    for i, j in [(0, 1), (0, 2), (1, 2)]:
+        r = corr[:, i, j]
+        assert stats.kstest((r + 1) / 2, stats.beta(a, a).cdf).pvalue > 1e-3, (i, j)
+    # A wrong η would be caught: the same draws against LKJ(1)'s marginal are rejected.
+    assert stats.kstest((corr[:, 0, 1] + 1) / 2, stats.beta(1.5, 1.5).cdf).pvalue < 1e-3
