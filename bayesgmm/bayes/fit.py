@@ -14,7 +14,7 @@ from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.result import EMResult
 
-__all__ = ["METHODS", "fit_bayes"]
+__all__ = ["METHODS", "fit_bayes", "z_probabilities"]
 
 #: The methods built so far.
 METHODS = ("laplace", "nuts")
@@ -82,7 +82,8 @@ def fit_bayes(
         dims chain, draw, component, feature, feature_bis), ``log_likelihood`` (``x`` per
         observation, for LOO), ``observed_data``, ``sample_stats`` (NUTS's, or for Laplace the
         mode's log density), and ``em`` (the EM estimate, one chain of one draw, with the
-        posterior's names and dims).
+        posterior's names and dims, and its responsibilities (obs, component), in the
+        posterior's component order). :func:`z_probabilities` gives the posterior of z.
     """
     import pymc as pm
 
@@ -224,25 +225,46 @@ def _em_group(start: GaussianMixture, tree: Any, model: Any) -> Any:
     import xarray as xr
 
     post = tree["posterior"]
+    order = component_order(model, start)
+    if order is None:
+        order = np.arange(start.n_components)
     data = {}
     for name, value in (
-        ("weights", start.weights),
-        ("means", start.means),
-        ("covariances", start.covariances),
+        ("weights", start.weights[order]),
+        ("means", start.means[order]),
+        ("covariances", start.covariances[order]),
     ):
-        dims = post[name].dims
-        data[name] = (dims, np.asarray(value)[None, None])
-    ds = xr.Dataset(
-        data,
-        coords={
-            c: post.coords[c] for c in ("component", "feature", "feature_bis") if c in post.coords
-        },
+        data[name] = (post[name].dims, np.asarray(value)[None, None])
+    X = tree["observed_data"]["x"].values
+    data["responsibilities"] = (("obs", "component"), start.responsibilities(X)[:, order])
+    coords = {
+        c: post.coords[c] for c in ("component", "feature", "feature_bis") if c in post.coords
+    }
+    coords["obs"] = tree["observed_data"].coords["obs"]
+    return xr.DataTree(xr.Dataset(data, coords=coords))
+
+
+def z_probabilities(tree: Any) -> Any:
+    """The posterior of the latent labels: P(z_n = k | x) = E[γ_nk(θ) | x], the core's
+    responsibilities at each draw's parameters averaged over the draws (the Bayesian
+    counterpart of EM's responsibilities), as a DataArray (obs, component).
+
+    Exact given the draws: z_n is conditionally independent of the other rows given θ, so its
+    posterior is the average of p(z_n | x_n, θ^(s)); no sampling of z is needed.
+    """
+    import xarray as xr
+
+    post = tree["posterior"]
+    X = tree["observed_data"]["x"].values
+    w = post["weights"].values.reshape(-1, post.sizes["component"])
+    mu = post["means"].values.reshape(w.shape[0], w.shape[1], -1)
+    cov = post["covariances"].values.reshape(w.shape[0], w.shape[1], mu.shape[2], mu.shape[2])
+    total = np.zeros((X.shape[0], w.shape[1]))
+    for s in range(w.shape[0]):
+        total += GaussianMixture(w[s] / w[s].sum(), mu[s], cov[s]).responsibilities(X)
+    return xr.DataArray(
+        total / w.shape[0],
+        dims=("obs", "component"),
+        coords={"obs": tree["observed_data"].coords["obs"], "component": post.coords["component"]},
+        name="z_probabilities",
     )
-    order = component_order(model, start)
-    if order is not None:
-        ds = ds.assign(
-            weights=(ds["weights"].dims, start.weights[order][None, None]),
-            means=(ds["means"].dims, start.means[order][None, None]),
-            covariances=(ds["covariances"].dims, start.covariances[order][None, None]),
-        )
-    return xr.DataTree(ds)
