@@ -59,8 +59,13 @@ def fit_bayes(
 
     Parameters
     ----------
-    X, n_components, covariance_type, priors, identify
+    X, n_components, covariance_type, priors
         As :func:`to_pymc`.
+    identify : {"ordered", "relabel", None}, default "ordered"
+        "ordered": the model orders the components (:func:`to_pymc`). "relabel": the model
+        leaves them free and each draw is relabelled to the EM estimate afterwards (scipy's
+        ``linear_sum_assignment`` on the standardised means). None: free (for demonstrations;
+        NUTS chains then start under different random labellings, so label switching shows).
     method : {"laplace", "nuts"}, default "laplace"
         "laplace": a normal approximation in PyMC's unconstrained space at the posterior mode,
         found from the EM estimate; seconds, not minutes. "nuts": PyMC's NUTS sampler.
@@ -92,10 +97,16 @@ def fit_bayes(
     for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (name != "tune"):
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    if identify not in ("ordered", "relabel", None):
+        raise ValueError(f"identify must be 'ordered', 'relabel' or None; got {identify!r}.")
     gen = as_rng(rng)
     arr, _ = as_data(X)
     model = to_pymc(
-        X, n_components, covariance_type=covariance_type, priors=priors, identify=identify
+        X,
+        n_components,
+        covariance_type=covariance_type,
+        priors=priors,
+        identify="ordered" if identify == "ordered" else None,
     )
     start = _em_start(arr, int(n_components), covariance_type, init, gen)
     values = model_values(model, start)
@@ -109,7 +120,16 @@ def fit_bayes(
             draws=draws,
             tune=tune,
             chains=chains,
-            initvals=[_jitter(values, gen) for _ in range(chains)],
+            # Unordered models: each chain starts at the EM estimate under its own random
+            # labelling, as chains from arbitrary starts would (label switching shows, and
+            # "relabel" is put to the test).
+            initvals=[
+                _jitter(
+                    values if identify == "ordered" else model_values(model, _permuted(start, gen)),
+                    gen,
+                )
+                for _ in range(chains)
+            ],
             random_seed=seed,
             progressbar=progressbar,
             model=model,
@@ -118,10 +138,55 @@ def fit_bayes(
     else:
         tree = _laplace(model, values, draws, chains, np.random.default_rng(seed))
     pm.compute_log_likelihood(tree, model=model, progressbar=False)
+    if identify == "relabel":
+        tree["posterior"] = _relabel(tree["posterior"].to_dataset(), start, arr)
     tree["em"] = _em_group(start, tree, model)
     tree.attrs["bayesgmm_method"] = method
     tree.attrs["bayesgmm_seconds"] = time.perf_counter() - t0
     return tree
+
+
+def _permuted(mixture: GaussianMixture, gen: np.random.Generator) -> GaussianMixture:
+    order = gen.permutation(mixture.n_components)
+    return GaussianMixture(
+        mixture.weights[order],
+        mixture.means[order],
+        mixture.covariances[order],
+        mixture.covariance_type,
+        mixture.feature_names,
+    )
+
+
+def _relabel(post: Any, reference: GaussianMixture, X: np.ndarray) -> Any:
+    """Each draw's components permuted to match ``reference`` (the EM estimate): the assignment
+    (scipy's ``linear_sum_assignment``) that minimises the summed squared distances between the
+    draw's and the reference's means, in units of each feature's standard deviation.
+    Variables indexed by component without a ``component`` dim (a VVV model's ``chol_j``) are
+    dropped, since they cannot follow the permutation."""
+    import xarray as xr
+    from scipy.optimize import linear_sum_assignment
+
+    spread = X.std(axis=0)
+    spread = np.where(spread > 0, spread, 1.0)
+    means = post["means"].values  # (chain, draw, K, D)
+    c, s, k, _ = means.shape
+    ref = reference.means / spread
+    perms = np.empty((c, s, k), dtype=np.int64)
+    for i in range(c):
+        for j in range(s):
+            m = means[i, j] / spread
+            cost = ((m[:, None, :] - ref[None, :, :]) ** 2).sum(axis=-1)
+            rows, cols = linear_sum_assignment(cost)
+            perms[i, j, cols] = rows  # reference label cols[r] takes the draw's component rows[r]
+    keep = {name: v for name, v in post.data_vars.items() if "component" in v.dims}
+    out = {}
+    idx = xr.DataArray(perms, dims=("chain", "draw", "component"))
+    for name, var in keep.items():
+        # Indexing by the permutations would turn the component coordinate into a per-draw one.
+        out[name] = var.isel(component=idx).drop_vars("component", errors="ignore")
+    ds = xr.Dataset(out, attrs=post.attrs).assign_coords(component=post.coords["component"].values)
+    ds.attrs["bayesgmm_relabelled"] = "to the EM estimate (linear_sum_assignment on the means)"
+    return xr.DataTree(ds)
 
 
 def _jitter(values: dict[str, np.ndarray], gen: np.random.Generator) -> dict[str, np.ndarray]:
