@@ -15,7 +15,10 @@ pm = pytest.importorskip("pymc")
 def _observed_logp(model, values):
     """log p(x_n) of the observed ``x`` with the free variables fixed at ``values``."""
     fixed = pm.do(model, values)
-    fn = fixed.compile_fn(fixed.logp(vars=[fixed["x"]], sum=False)[0], inputs=[])
+    # FAST_COMPILE: no C compilation for a one-off evaluation (cold caches made these slow).
+    fn = fixed.compile_fn(
+        fixed.logp(vars=[fixed["x"]], sum=False)[0], inputs=[], mode="FAST_COMPILE"
+    )
     return np.asarray(fn({}))
 
 
