@@ -1,14 +1,22 @@
 """The core's mixture as a PyMC model (the only package that imports pymc, on first use)."""
 
-from bayesgmm.bayes.fit import METHODS, fit_bayes, z_probabilities
-from bayesgmm.bayes.model import SUPPORTED_STRUCTURES, Priors, model_values, to_pymc
+from bayesgmm.bayes.fit import METHODS, fit_bayes, recover_z, z_probabilities
+from bayesgmm.bayes.model import (
+    SUPPORTED_STRUCTURES,
+    Priors,
+    marginalize,
+    model_values,
+    to_pymc,
+)
 
 __all__ = [
     "METHODS",
     "SUPPORTED_STRUCTURES",
     "Priors",
     "fit_bayes",
+    "marginalize",
     "model_values",
+    "recover_z",
     "to_pymc",
     "z_probabilities",
 ]

@@ -4,20 +4,28 @@ from EM and returned as an ArviZ ``xarray.DataTree``."""
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 
-from bayesgmm.bayes.model import Priors, component_order, model_values, to_pymc
+from bayesgmm.bayes.model import (
+    Priors,
+    _order_axes,
+    component_order,
+    marginalize,
+    model_values,
+    to_pymc,
+)
 from bayesgmm.core._validation import as_data, as_rng
 from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.result import EMResult
 
-__all__ = ["METHODS", "fit_bayes", "z_probabilities"]
+__all__ = ["METHODS", "fit_bayes", "recover_z", "z_probabilities"]
 
-#: The methods built so far.
-METHODS = ("laplace", "nuts")
+#: The inference methods of :func:`fit_bayes`.
+METHODS = ("laplace", "pathfinder", "nuts", "nutpie", "advi", "fullrank_advi", "smc")
 
 
 def _em_start(
@@ -48,6 +56,7 @@ def fit_bayes(
     init: EMResult | GaussianMixture | None = None,
     priors: Priors | None = None,
     identify: str | None = "ordered",
+    explicit_z: bool = False,
     draws: int = 1000,
     tune: int = 1000,
     chains: int = 4,
@@ -61,53 +70,88 @@ def fit_bayes(
     ----------
     X, n_components, covariance_type, priors
         As :func:`to_pymc`.
+    method : str, default "laplace"
+        One of :data:`METHODS`:
+
+        * "laplace": a normal approximation in PyMC's unconstrained space at the posterior
+          mode, found from the EM estimate (ours; seconds, not minutes).
+        * "pathfinder": multi-path Pathfinder (ours, numpy/scipy): one L-BFGS path per chain
+          from the EM estimate, the best normal along each, PSIS importance resampling of the
+          pooled draws (``sample_stats.attrs["pareto_k"]``; ELBO per iterate in the
+          ``pathfinder`` group). Options: ``history`` (20), ``elbo_draws`` (25), ``maxiter``
+          (1000), ``jitter`` (0.5: the paths start at the EM point plus normal noise of this
+          sd in the unconstrained space, so that each path gathers curvature on its way).
+        * "nuts": PyMC's NUTS, each chain started at the EM estimate (1% jitter).
+        * "nutpie": nutpie's NUTS (optional dependency ``bayesgmm[nutpie]``), started at the EM
+          estimate; ``sampler_kwargs`` go to ``nutpie.sample``.
+        * "advi", "fullrank_advi": PyMC's ADVI, the approximation's mean started at the EM
+          estimate; ``n`` iterations (default 10000) and other ``pymc.fit`` options in
+          ``sampler_kwargs``; the ELBO per iteration in the ``optimization`` group.
+        * "smc": PyMC's sequential Monte Carlo from the prior (it cannot start from EM). It
+          samples the model with free labels, whose prior is normalised, so that the log
+          marginal likelihood (``sample_stats``: per chain, and its mean and spread across
+          chains in the attrs) is the evidence of the K-component mixture; the draws are then
+          put in order (identify="ordered") or relabelled (identify="relabel").
+    init : EMResult or GaussianMixture, optional
+        The EM estimate the chains (or the mode search) start from; by default ``fit_em`` with
+        5 starts. Starting elsewhere lets chains settle in merged-cluster modes.
     identify : {"ordered", "relabel", None}, default "ordered"
         "ordered": the model orders the components (:func:`to_pymc`). "relabel": the model
         leaves them free and each draw is relabelled to the EM estimate afterwards (scipy's
         ``linear_sum_assignment`` on the standardised means). None: free (for demonstrations;
         NUTS chains then start under different random labellings, so label switching shows).
-    method : {"laplace", "nuts"}, default "laplace"
-        "laplace": a normal approximation in PyMC's unconstrained space at the posterior mode,
-        found from the EM estimate; seconds, not minutes. "nuts": PyMC's NUTS sampler.
-    init : EMResult or GaussianMixture, optional
-        The EM estimate the chains (or the mode search) start from; by default ``fit_em`` with
-        5 starts. Starting elsewhere lets chains settle in merged-cluster modes.
+    explicit_z : bool, default False
+        Build the model with the latent labels stated (``to_pymc(explicit_z=True)``),
+        marginalise them for sampling (:func:`marginalize`) and recover their posterior
+        (:func:`recover_z`): the posterior gains ``z`` (a draw of each row's label from
+        p(z | x, θ) at every draw) and ``lp_z`` (log p(z_n = k | x_n, θ) per draw).
     draws, tune, chains : int
-        Draws per chain (and, for NUTS, tuning steps); the Laplace approximation gives
-        ``chains × draws`` independent draws arranged the same way.
+        Draws per chain (and, for the NUTS samplers, tuning steps); the approximations give
+        ``chains × draws`` draws arranged the same way.
     rng : int or numpy.random.Generator, optional
     progressbar : bool, default False
     **sampler_kwargs
-        Passed to ``pymc.sample`` (NUTS).
+        Passed to the method (see above; for "nuts" to ``pymc.sample``, for "smc" to
+        ``pymc.sample_smc``).
 
     Returns
     -------
     xarray.DataTree
         Groups ``posterior`` (weights, means, covariances and the parametrisation's variables,
         dims chain, draw, component, feature, feature_bis), ``log_likelihood`` (``x`` per
-        observation, for LOO), ``observed_data``, ``sample_stats`` (NUTS's, or for Laplace the
-        mode's log density), and ``em`` (the EM estimate, one chain of one draw, with the
-        posterior's names and dims, and its responsibilities (obs, component), in the
-        posterior's component order). :func:`z_probabilities` gives the posterior of z.
+        observation, for LOO), ``observed_data``, ``sample_stats`` (the method's), and ``em``
+        (the EM estimate, one chain of one draw, with the posterior's names and dims, and its
+        responsibilities (obs, component), in the posterior's component order).
+        :func:`z_probabilities` gives the posterior of z. The attrs say the method and the
+        seconds it took.
     """
     import pymc as pm
 
     if method not in METHODS:
-        raise ValueError(f"method={method!r} is not built; available: {', '.join(METHODS)}.")
+        raise ValueError(f"method={method!r} is not available; choose one of {', '.join(METHODS)}.")
     for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (name != "tune"):
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     if identify not in ("ordered", "relabel", None):
         raise ValueError(f"identify must be 'ordered', 'relabel' or None; got {identify!r}.")
+    if method == "smc" and chains < 2:
+        raise ValueError(
+            f"method='smc' needs chains ≥ 2 to report the spread of the log marginal "
+            f"likelihood; got chains={chains}."
+        )
     gen = as_rng(rng)
     arr, _ = as_data(X)
-    model = to_pymc(
-        X,
-        n_components,
-        covariance_type=covariance_type,
-        priors=priors,
-        identify="ordered" if identify == "ordered" else None,
-    )
+    # SMC needs the free-label model: its prior is normalised (the ordered one integrates to
+    # 1/K!), and SMC starts from prior draws, which the ordered transform would reject.
+    model_identify = "ordered" if identify == "ordered" and method != "smc" else None
+    spec = {
+        "covariance_type": covariance_type,
+        "priors": priors,
+        "identify": model_identify,
+    }
+    model = to_pymc(X, n_components, explicit_z=explicit_z, **spec)  # type: ignore[arg-type]
+    if explicit_z:
+        model = marginalize(model)
     start = _em_start(arr, int(n_components), covariance_type, init, gen)
     values = model_values(model, start)
     seed = int(gen.integers(2**31 - 1))
@@ -125,7 +169,9 @@ def fit_bayes(
             # "relabel" is put to the test).
             initvals=[
                 _jitter(
-                    values if identify == "ordered" else model_values(model, _permuted(start, gen)),
+                    values
+                    if model_identify == "ordered"
+                    else model_values(model, _permuted(start, gen)),
                     gen,
                 )
                 for _ in range(chains)
@@ -135,14 +181,40 @@ def fit_bayes(
             model=model,
             **sampler_kwargs,
         )
+    elif method == "nutpie":
+        tree = _nutpie(model, values, draws, tune, chains, seed, progressbar, sampler_kwargs)
+    elif method in ("advi", "fullrank_advi"):
+        tree = _advi(model, values, method, draws, chains, seed, progressbar, sampler_kwargs)
+    elif method == "smc":
+        tree = _smc(model, draws, chains, seed, progressbar, sampler_kwargs)
     else:
-        tree = _laplace(model, values, draws, chains, np.random.default_rng(seed))
+        if sampler_kwargs and method == "laplace":
+            raise TypeError(f"method='laplace' takes no options; got {sorted(sampler_kwargs)}.")
+        flat = _Flat(model, values)
+        rng_m = np.random.default_rng(seed)
+        if method == "laplace":
+            tree = _laplace(flat, draws, chains, rng_m)
+        else:
+            tree = _pathfinder(flat, draws, chains, rng_m, dict(sampler_kwargs))
+    seconds = time.perf_counter() - t0
+    # The same observed_data group whatever the method (nutpie's lacks the coordinates).
+    tree["observed_data"] = _group(
+        {"x": (("obs", "feature"), arr)},
+        coords={c: np.asarray(model.coords[c]) for c in ("obs", "feature")},
+    )
     pm.compute_log_likelihood(tree, model=model, progressbar=False)
+    order = component_order(model, start)
     if identify == "relabel":
-        tree["posterior"] = _relabel(tree["posterior"].to_dataset(), start, arr)
-    tree["em"] = _em_group(start, tree, model)
+        perms = _match_permutations(tree["posterior"]["means"].values, start.means, arr)
+        tree["posterior"] = _permute(tree["posterior"].to_dataset(), perms, "the EM estimate")
+    elif identify == "ordered" and model_identify is None:  # SMC: order the draws afterwards
+        perms, order = _sort_permutations(tree["posterior"]["means"].values, start.means, arr)
+        tree["posterior"] = _permute(tree["posterior"].to_dataset(), perms, "the ordering axis")
+    tree["em"] = _em_group(start, tree, order)
+    if explicit_z:
+        recover_z(tree, rng=gen)
     tree.attrs["bayesgmm_method"] = method
-    tree.attrs["bayesgmm_seconds"] = time.perf_counter() - t0
+    tree.attrs["bayesgmm_seconds"] = seconds
     return tree
 
 
@@ -157,27 +229,46 @@ def _permuted(mixture: GaussianMixture, gen: np.random.Generator) -> GaussianMix
     )
 
 
-def _relabel(post: Any, reference: GaussianMixture, X: np.ndarray) -> Any:
-    """Each draw's components permuted to match ``reference`` (the EM estimate): the assignment
-    (scipy's ``linear_sum_assignment``) that minimises the summed squared distances between the
-    draw's and the reference's means, in units of each feature's standard deviation.
-    Variables indexed by component without a ``component`` dim (a VVV model's ``chol_j``) are
-    dropped, since they cannot follow the permutation."""
-    import xarray as xr
+def _match_permutations(means: np.ndarray, reference: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """perms (chain, draw, K): reference label k takes the draw's component perms[..., k], the
+    assignment (scipy's ``linear_sum_assignment``) that minimises the summed squared distances
+    between the draw's and the reference's means, in units of each feature's sd."""
     from scipy.optimize import linear_sum_assignment
 
     spread = X.std(axis=0)
     spread = np.where(spread > 0, spread, 1.0)
-    means = post["means"].values  # (chain, draw, K, D)
     c, s, k, _ = means.shape
-    ref = reference.means / spread
+    ref = reference / spread
     perms = np.empty((c, s, k), dtype=np.int64)
     for i in range(c):
         for j in range(s):
             m = means[i, j] / spread
             cost = ((m[:, None, :] - ref[None, :, :]) ** 2).sum(axis=-1)
             rows, cols = linear_sum_assignment(cost)
-            perms[i, j, cols] = rows  # reference label cols[r] takes the draw's component rows[r]
+            perms[i, j, cols] = rows
+    return perms
+
+
+def _sort_permutations(
+    means: np.ndarray, reference: np.ndarray, X: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """perms (chain, draw, K) putting each draw's components in increasing order along the
+    ordered model's axis (the leading principal axis of the standardised data), and the same
+    order for the ``reference`` means."""
+    axis, _ = _order_axes(X)
+    spread = X.std(axis=0)
+    spread = np.where(spread > 0, spread, 1.0)
+    a = ((means - X.mean(axis=0)) / spread) @ axis
+    ref = ((reference - X.mean(axis=0)) / spread) @ axis
+    return np.argsort(a, axis=-1, kind="stable"), np.argsort(ref, kind="stable")
+
+
+def _permute(post: Any, perms: np.ndarray, target: str) -> Any:
+    """The posterior with each draw's components permuted by ``perms``. Variables indexed by
+    component without a ``component`` dim (a VVV model's ``chol_j``) are dropped, since they
+    cannot follow the permutation."""
+    import xarray as xr
+
     keep = {name: v for name, v in post.data_vars.items() if "component" in v.dims}
     out = {}
     idx = xr.DataArray(perms, dims=("chain", "draw", "component"))
@@ -185,8 +276,47 @@ def _relabel(post: Any, reference: GaussianMixture, X: np.ndarray) -> Any:
         # Indexing by the permutations would turn the component coordinate into a per-draw one.
         out[name] = var.isel(component=idx).drop_vars("component", errors="ignore")
     ds = xr.Dataset(out, attrs=post.attrs).assign_coords(component=post.coords["component"].values)
-    ds.attrs["bayesgmm_relabelled"] = "to the EM estimate (linear_sum_assignment on the means)"
+    ds.attrs["bayesgmm_relabelled"] = f"to {target}"
     return xr.DataTree(ds)
+
+
+def _nutpie(
+    model: Any,
+    values: dict[str, np.ndarray],
+    draws: int,
+    tune: int,
+    chains: int,
+    seed: int,
+    progressbar: bool,
+    options: dict[str, Any],
+) -> Any:
+    """nutpie's NUTS (numba backend unless ``backend=`` says otherwise), every chain started at
+    the EM point: nutpie takes one initial-point function for all chains."""
+    try:
+        import nutpie
+    except ImportError:
+        raise ImportError(
+            "method='nutpie' needs the optional dependency nutpie: `uv sync --extra nutpie` "
+            "(or pip install 'bayesgmm[nutpie]'); method='nuts' needs nothing more."
+        ) from None
+    compile_options = {k: options.pop(k) for k in ("backend", "gradient_backend") if k in options}
+    t0 = time.perf_counter()
+    compiled = nutpie.compile_pymc_model(
+        model, initial_points=values, jitter_rvs=set(), **compile_options
+    )
+    compile_seconds = time.perf_counter() - t0
+    tree = nutpie.sample(
+        compiled,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        progress_bar=progressbar,
+        save_warmup=False,
+        **options,
+    )
+    tree["sample_stats"].attrs["compile_seconds"] = compile_seconds
+    return tree
 
 
 def _jitter(values: dict[str, np.ndarray], gen: np.random.Generator) -> dict[str, np.ndarray]:
@@ -208,38 +338,97 @@ def _jitter(values: dict[str, np.ndarray], gen: np.random.Generator) -> dict[str
     return out
 
 
-def _laplace(
-    model: Any, values: dict[str, np.ndarray], draws: int, chains: int, gen: np.random.Generator
-) -> Any:
-    """Normal approximation at the mode of the unconstrained log density (Jacobian included),
-    its covariance the inverse of the negative Hessian (central differences of the gradient);
-    draws mapped back through the transforms."""
-    from arviz_base import from_dict
-    from pymc.initial_point import make_initial_point_fn
-    from scipy.optimize import minimize
+class _Flat:
+    """The model's free variables as one vector in PyMC's unconstrained space, with the log
+    density (Jacobians included) and its gradient, and the way back to the model's variables."""
 
-    point = make_initial_point_fn(
-        model=model, overrides=values, jitter_rvs=set(), return_transformed=True
-    )(0)
-    value_vars = model.value_vars
-    shapes = [np.shape(point[v.name]) for v in value_vars]
-    sizes = [int(np.prod(s)) for s in shapes]
+    def __init__(self, model: Any, values: dict[str, np.ndarray]) -> None:
+        from pymc.initial_point import make_initial_point_fn
 
-    def unravel(flat: np.ndarray) -> dict[str, np.ndarray]:
+        point = make_initial_point_fn(
+            model=model, overrides=values, jitter_rvs=set(), return_transformed=True
+        )(0)
+        self.model = model
+        self.value_vars = model.value_vars
+        self.shapes = [np.shape(point[v.name]) for v in self.value_vars]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.x0 = np.concatenate([np.ravel(point[v.name]) for v in self.value_vars])
+        self._logp_dlogp = model.compile_fn([model.logp(), model.dlogp()], inputs=self.value_vars)
+        self._logp: Any = None
+        self._cache: dict[bytes, tuple[float, np.ndarray]] = {}
+
+    def unravel(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         out, pos = {}, 0
-        for v, shape, size in zip(value_vars, shapes, sizes, strict=True):
+        for v, shape, size in zip(self.value_vars, self.shapes, self.sizes, strict=True):
             out[v.name] = flat[pos : pos + size].reshape(shape)
             pos += size
         return out
 
-    x0 = np.concatenate([np.ravel(point[v.name]) for v in value_vars])
-    logp_dlogp = model.compile_fn([model.logp(), model.dlogp()], inputs=value_vars)
+    def logp_dlogp(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
+        """log density and gradient, remembered (an optimiser asks for the same point twice)."""
+        key = flat.tobytes()
+        if key not in self._cache:
+            lp, grad = self._logp_dlogp(self.unravel(flat))
+            lp = float(lp) if np.isfinite(lp) else -np.inf
+            self._cache[key] = (lp, np.asarray(grad, dtype=float))
+        return self._cache[key]
 
-    def negative(flat: np.ndarray) -> tuple[float, np.ndarray]:
-        lp, grad = logp_dlogp(unravel(flat))
-        return -float(lp), -np.asarray(grad, dtype=float)
+    def logp(self, flat: np.ndarray) -> float:
+        if self._logp is None:
+            self._logp = self.model.compile_fn(self.model.logp(), inputs=self.value_vars)
+        lp = float(self._logp(self.unravel(flat)))
+        return lp if np.isfinite(lp) else -np.inf
 
-    res = minimize(negative, x0, jac=True, method="L-BFGS-B", options={"maxiter": 5000})
+    def negative(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
+        lp, grad = self.logp_dlogp(flat)
+        return (-lp if np.isfinite(lp) else np.inf), -grad
+
+    def tree(
+        self,
+        draws: np.ndarray,
+        sample_stats: dict[str, np.ndarray],
+        library: str,
+    ) -> Any:
+        """A DataTree of unconstrained ``draws`` (chains, draws, n) mapped to the model's
+        variables, with ``observed_data`` and the given ``sample_stats``."""
+        from arviz_base import from_dict
+
+        model = self.model
+        chains, n_draws = draws.shape[:2]
+        outputs = model.unobserved_value_vars
+        to_constrained = model.compile_fn(outputs, inputs=self.value_vars, on_unused_input="ignore")
+        names = [o.name for o in outputs]
+        collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for row in draws.reshape(chains * n_draws, -1):
+            for name, value in zip(names, to_constrained(self.unravel(row)), strict=True):
+                collected[name].append(value)
+        posterior = {
+            name: np.asarray(vals).reshape(chains, n_draws, *np.shape(vals[0]))
+            for name, vals in collected.items()
+            if not name.endswith("__")
+        }
+        dims = {name: list(d) for name, d in model.named_vars_to_dims.items() if name in posterior}
+        coords = {name: np.asarray(c) for name, c in model.coords.items()}
+        tree = from_dict(
+            {
+                "posterior": posterior,
+                "observed_data": {"x": model.rvs_to_values[model["x"]].data},
+                "sample_stats": sample_stats,
+            },
+            dims={**dims, "x": ["obs", "feature"]},
+            coords=coords,
+        )
+        tree["posterior"].attrs["inference_library"] = library
+        return tree
+
+
+def _laplace(flat: _Flat, draws: int, chains: int, gen: np.random.Generator) -> Any:
+    """Normal approximation at the mode of the unconstrained log density (Jacobian included),
+    its covariance the inverse of the negative Hessian (central differences of the gradient);
+    draws mapped back through the transforms."""
+    from scipy.optimize import minimize
+
+    res = minimize(flat.negative, flat.x0, jac=True, method="L-BFGS-B", options={"maxiter": 5000})
     mode = res.x
     n = mode.size
     hess = np.empty((n, n))
@@ -247,7 +436,7 @@ def _laplace(
         step = 1e-5 * max(1.0, abs(mode[i]))
         e = np.zeros(n)
         e[i] = step
-        hess[i] = (negative(mode + e)[1] - negative(mode - e)[1]) / (2 * step)
+        hess[i] = (flat.negative(mode + e)[1] - flat.negative(mode - e)[1]) / (2 * step)
     hess = 0.5 * (hess + hess.T)
     try:
         chol = np.linalg.cholesky(np.linalg.inv(hess))
@@ -256,41 +445,264 @@ def _laplace(
             "the Laplace approximation failed: the posterior's Hessian at the mode is not "
             "positive definite (a flat or unidentified direction); use method='nuts'."
         ) from None
-    z = gen.normal(size=(chains * draws, n))
-    flat_draws = mode + z @ chol.T
-    outputs = model.unobserved_value_vars
-    to_constrained = model.compile_fn(outputs, inputs=value_vars, on_unused_input="ignore")
-    names = [o.name for o in outputs]
-    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for row in flat_draws:
-        for name, value in zip(names, to_constrained(unravel(row)), strict=True):
-            collected[name].append(value)
+    z = gen.normal(size=(chains, draws, n))
+    return flat.tree(
+        mode + z @ chol.T,
+        {"mode_lp": np.full((chains, draws), -res.fun)},
+        "bayesgmm (Laplace at the posterior mode)",
+    )
+
+
+def _pathfinder_path(
+    flat: _Flat,
+    x0: np.ndarray,
+    draws: int,
+    gen: np.random.Generator,
+    history: int,
+    elbo_draws: int,
+    maxiter: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One Pathfinder path (Zhang, Carpenter, Gelman & Vehtari 2022): L-BFGS from ``x0``; at
+    each iterate x_l the normal N(x_l + H_l ∇log p(x_l), H_l), with H_l the BFGS inverse Hessian
+    of the last ``history`` steps that satisfy the curvature condition, started from the
+    paper's diagonal estimate; the normal with the best Monte Carlo ELBO gives ``draws`` draws.
+    Returns the draws, their log p and log q, and the ELBO per iterate."""
+    from scipy.optimize import minimize
+
+    path = [x0.copy()]
+    minimize(
+        flat.negative,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        callback=lambda intermediate_result: path.append(intermediate_result.x.copy()),
+        options={"maxiter": maxiter},
+    )
+    n = x0.size
+    grads = [flat.logp_dlogp(x)[1] for x in path]
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    alpha = np.ones(n)
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    elbos = np.full(len(path), np.nan)
+    for ell in range(1, len(path)):
+        s = path[ell] - path[ell - 1]
+        y = grads[ell - 1] - grads[ell]  # the gradient of −log p changes by y along s
+        if s @ y > 1e-12 * (y @ y):
+            pairs = [*pairs, (s, y)][-history:]
+            # The paper's diagonal update of the initial inverse Hessian (its equation 4).
+            a, b, c = y @ (alpha * y), y @ s, s @ (s / alpha)
+            inv = a / (b * alpha) + y**2 / b - a * s**2 / (b * c * alpha**2)
+            if np.all(np.isfinite(inv)) and np.all(inv > 0):
+                alpha = 1.0 / inv
+        if not pairs:
+            continue
+        h = np.diag(alpha)
+        for s_i, y_i in pairs:
+            rho = 1.0 / (s_i @ y_i)
+            v = np.eye(n) - rho * np.outer(y_i, s_i)
+            h = v.T @ h @ v + rho * np.outer(s_i, s_i)
+        h = 0.5 * (h + h.T)
+        try:
+            chol = np.linalg.cholesky(h)
+        except np.linalg.LinAlgError:
+            continue
+        mean = path[ell] + h @ grads[ell]
+        z = gen.normal(size=(elbo_draws, n))
+        lp = np.array([flat.logp(mean + chol @ zi) for zi in z])
+        logq = _normal_logq(z, chol)
+        elbos[ell] = float(np.mean(lp - logq)) if np.isfinite(lp).all() else -np.inf
+        if best is None or elbos[ell] > best[0]:
+            best = (elbos[ell], mean, chol)
+    if best is None:
+        raise ValueError(
+            "Pathfinder found no usable normal approximation along the optimisation path (the "
+            "log density is flat or the start is the mode to machine precision); use "
+            "method='laplace' or 'nuts'."
+        )
+    _, mean, chol = best
+    z = gen.normal(size=(draws, n))
+    x = mean + z @ chol.T
+    lp = np.array([flat.logp(row) for row in x])
+    return x, lp, _normal_logq(z, chol), elbos
+
+
+def _normal_logq(z: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    """log N(μ + L z | μ, L Lᵀ) for standard normal rows z."""
+    n = chol.shape[0]
+    return (
+        -0.5 * (z**2).sum(axis=1)
+        - np.log(np.abs(np.diag(chol))).sum()
+        - 0.5 * n * np.log(2 * np.pi)
+    )
+
+
+def _pathfinder(
+    flat: _Flat, draws: int, chains: int, gen: np.random.Generator, options: dict[str, Any]
+) -> Any:
+    """Multi-path Pathfinder: one path per chain, each from the EM point jittered in the
+    unconstrained space, the pooled draws importance-resampled with Pareto-smoothed weights
+    (PSIS) so that they follow the posterior as closely as the paths' normals allow; the Pareto
+    k of the weights says how closely (above 0.7 the draws are a rough approximation, and a
+    warning says so)."""
+    from arviz_stats.base.array import array_stats
+
+    history = int(options.pop("history", 20))
+    elbo_draws = int(options.pop("elbo_draws", 25))
+    maxiter = int(options.pop("maxiter", 1000))
+    jitter = float(options.pop("jitter", 0.5))
+    if options:
+        raise TypeError(f"unknown options for method='pathfinder': {sorted(options)}")
+    xs, lps, logqs, elbo_paths = [], [], [], []
+    for _ in range(chains):
+        x0 = flat.x0 + jitter * gen.normal(size=flat.x0.size)
+        x, lp, logq, elbos = _pathfinder_path(flat, x0, draws, gen, history, elbo_draws, maxiter)
+        xs.append(x)
+        lps.append(lp)
+        logqs.append(logq)
+        elbo_paths.append(elbos)
+    x_all, lp_all = np.concatenate(xs), np.concatenate(lps)
+    ratio = lp_all - np.concatenate(logqs)
+    ratio = np.where(np.isfinite(ratio), ratio, -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_w, k_hat = array_stats.psislw(ratio - ratio[np.isfinite(ratio)].max())
+    if k_hat > 0.7:
+        warnings.warn(
+            f"Pathfinder's importance weights have Pareto k = {k_hat:.2f} > 0.7: its draws are "
+            "a rough approximation of the posterior (typically within tens of percent in the "
+            "sds); use method='laplace' or 'nuts' where that matters.",
+            stacklevel=3,
+        )
+    w = np.exp(log_w - log_w.max())
+    idx = gen.choice(x_all.shape[0], size=chains * draws, replace=True, p=w / w.sum())
+    length = max(len(e) for e in elbo_paths)
+    elbo = np.full((chains, length), np.nan)
+    for c, e in enumerate(elbo_paths):
+        elbo[c, : len(e)] = e
+    tree = flat.tree(
+        x_all[idx].reshape(chains, draws, -1),
+        {
+            "lp": lp_all[idx].reshape(chains, draws),
+            "path": (idx // draws).reshape(chains, draws),
+        },
+        "bayesgmm (multi-path Pathfinder, PSIS resampling)",
+    )
+    tree["sample_stats"].attrs["pareto_k"] = float(k_hat)
+    tree["pathfinder"] = _group({"elbo": (("path", "iteration"), elbo)})
+    return tree
+
+
+def _group(data: dict[str, Any], attrs: dict[str, Any] | None = None, coords: Any = None) -> Any:
+    import xarray as xr
+
+    return xr.DataTree(xr.Dataset(data, coords=coords, attrs=attrs or {}))
+
+
+def _advi(
+    model: Any,
+    values: dict[str, np.ndarray],
+    method: str,
+    draws: int,
+    chains: int,
+    seed: int,
+    progressbar: bool,
+    options: dict[str, Any],
+) -> Any:
+    """PyMC's (mean-field or full-rank) ADVI, its mean started at the EM point and its scales at
+    0.1 in the unconstrained space (PyMC's defaults are 0.69 and 1);
+    ``chains × draws`` independent draws from the fitted approximation."""
+    import pymc as pm
+    from arviz_base import from_dict
+
+    n_iter = int(options.pop("n", 10_000))
+    if method == "advi":
+        inference = pm.ADVI(
+            model=model,
+            random_seed=seed,
+            start=values,
+            start_sigma={v.name: 0.1 for v in model.value_vars},
+        )
+    else:
+        inference = pm.FullRankADVI(model=model, random_seed=seed, start=values)
+        # PyMC starts the Cholesky factor's diagonal at softplus(1) (sd 0.74 in every
+        # unconstrained direction, its diagonal is stored through softplus); 0.1 keeps the
+        # first iterations near the EM point.
+        rows, cols = np.tril_indices(inference.approx.ddim)
+        diag = np.log(np.expm1(0.1))
+        inference.approx.shared_params["L_tril"].set_value(diag * (rows == cols).astype(float))
+    approx = inference.fit(n=n_iter, progressbar=progressbar, **options)
+    sampled = approx.sample(chains * draws, random_seed=seed + 1)["posterior"]
     posterior = {
-        name: np.asarray(vals).reshape(chains, draws, *np.shape(vals[0]))
-        for name, vals in collected.items()
-        if not name.endswith("__")
+        name: var.values.reshape(chains, draws, *var.shape[2:])
+        for name, var in sampled.data_vars.items()
     }
     dims = {name: list(d) for name, d in model.named_vars_to_dims.items() if name in posterior}
-    coords = {name: np.asarray(c) for name, c in model.coords.items()}
     tree = from_dict(
         {
             "posterior": posterior,
             "observed_data": {"x": model.rvs_to_values[model["x"]].data},
-            "sample_stats": {"mode_lp": np.full((chains, draws), -res.fun)},
         },
         dims={**dims, "x": ["obs", "feature"]},
-        coords=coords,
+        coords={name: np.asarray(c) for name, c in model.coords.items()},
     )
-    tree["posterior"].attrs["inference_library"] = "bayesgmm (Laplace at the posterior mode)"
+    tree["posterior"].attrs["inference_library"] = f"pymc ({method})"
+    loss = np.asarray(approx.hist, dtype=float)
+    tree["optimization"] = _group(
+        {"elbo": (("iteration",), -loss)}, {"method": method, "iterations": loss.size}
+    )
     return tree
 
 
-def _em_group(start: GaussianMixture, tree: Any, model: Any) -> Any:
-    """The EM estimate with the posterior's names, dims and coords (one chain, one draw)."""
+def _smc(
+    model: Any, draws: int, chains: int, seed: int, progressbar: bool, options: dict[str, Any]
+) -> Any:
+    """PyMC's SMC (from the prior to the posterior through tempered stages); the log marginal
+    likelihood per chain in ``sample_stats``, with the per-stage β and acceptance rates."""
+    import pymc as pm
+
+    tree = pm.sample_smc(
+        draws=draws,
+        chains=chains,
+        model=model,
+        random_seed=seed,
+        progressbar=progressbar,
+        compute_convergence_checks=False,
+        **options,
+    )
+    stats = tree["sample_stats"].to_dataset()
+    staged = {}
+    for name in ("log_marginal_likelihood", "beta", "accept_rate"):
+        rows = [np.asarray(list(np.atleast_1d(r)), dtype=float) for r in stats[name].values]
+        width = max(len(r) for r in rows)
+        arr = np.full((chains, width), np.nan)
+        for c, r in enumerate(rows):
+            arr[c, : len(r)] = r
+        staged[name] = arr
+    lml = np.array([r[np.isfinite(r)][-1] for r in staged["log_marginal_likelihood"]])
+    out = {
+        "log_marginal_likelihood": (("chain",), lml),
+        "beta": (("chain", "stage"), staged["beta"]),
+        "accept_rate": (("chain", "stage"), staged["accept_rate"]),
+    }
+    import xarray as xr
+
+    ds = xr.Dataset(out, coords={"chain": stats.coords["chain"].values})
+    ds.attrs.update(
+        {
+            "log_marginal_likelihood": float(np.mean(lml)),
+            "log_marginal_likelihood_sd": float(np.std(lml, ddof=1)) if chains > 1 else np.nan,
+            "stages": int(np.isfinite(staged["beta"]).sum(axis=1).max()),
+        }
+    )
+    tree["sample_stats"] = xr.DataTree(ds)
+    return tree
+
+
+def _em_group(start: GaussianMixture, tree: Any, order: np.ndarray | None) -> Any:
+    """The EM estimate with the posterior's names, dims and coords (one chain, one draw), its
+    components in ``order``."""
     import xarray as xr
 
     post = tree["posterior"]
-    order = component_order(model, start)
     if order is None:
         order = np.arange(start.n_components)
     data = {}
@@ -309,26 +721,75 @@ def _em_group(start: GaussianMixture, tree: Any, model: Any) -> Any:
     return xr.DataTree(xr.Dataset(data, coords=coords))
 
 
+def _draw_mixtures(tree: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """weights (S, K), means (S, K, D) and covariances (S, K, D, D) of every draw."""
+    post = tree["posterior"]
+    k = post.sizes["component"]
+    w = post["weights"].values.reshape(-1, k)
+    mu = post["means"].values.reshape(w.shape[0], k, -1)
+    cov = post["covariances"].values.reshape(w.shape[0], k, mu.shape[2], mu.shape[2])
+    return w, mu, cov
+
+
+def recover_z(tree: Any, *, rng: Any = None) -> Any:
+    """The posterior of the latent labels, added to ``tree``'s posterior (and returned):
+
+    * ``lp_z`` (chain, draw, obs, component): log p(z_n = k | x_n, θ^(s)), the core's log
+      responsibilities at each draw's parameters;
+    * ``z`` (chain, draw, obs): one label per row and draw, drawn from that distribution, so
+      that (θ^(s), z^(s)) are draws from the joint posterior p(θ, z | x).
+
+    Exact given the draws of θ: z_n is conditionally independent of the other rows given θ,
+    so marginalising z out for sampling and recovering it afterwards loses nothing (the same
+    names as pymc-extras' ``recover_marginals``).
+    """
+    from scipy.special import logsumexp
+
+    gen = as_rng(rng)
+    post = tree["posterior"]
+    X = tree["observed_data"]["x"].values
+    w, mu, cov = _draw_mixtures(tree)
+    chains, draws = post.sizes["chain"], post.sizes["draw"]
+    n, k = X.shape[0], w.shape[1]
+    lp_z = np.empty((w.shape[0], n, k))
+    z = np.empty((w.shape[0], n), dtype=np.int64)
+    for s in range(w.shape[0]):
+        joint = GaussianMixture(w[s] / w[s].sum(), mu[s], cov[s]).log_joint_all(X)
+        lp_z[s] = joint - logsumexp(joint, axis=1, keepdims=True)
+        u = gen.random(n)[:, None]
+        z[s] = np.minimum((np.cumsum(np.exp(lp_z[s]), axis=1) < u).sum(axis=1), k - 1)
+    coords = {"obs": tree["observed_data"].coords["obs"].values}
+    ds = post.to_dataset().assign(
+        lp_z=(("chain", "draw", "obs", "component"), lp_z.reshape(chains, draws, n, k)),
+        z=(("chain", "draw", "obs"), z.reshape(chains, draws, n)),
+    )
+    tree["posterior"] = ds.assign_coords(coords)
+    return tree
+
+
 def z_probabilities(tree: Any) -> Any:
     """The posterior of the latent labels: P(z_n = k | x) = E[γ_nk(θ) | x], the core's
     responsibilities at each draw's parameters averaged over the draws (the Bayesian
     counterpart of EM's responsibilities), as a DataArray (obs, component).
 
     Exact given the draws: z_n is conditionally independent of the other rows given θ, so its
-    posterior is the average of p(z_n | x_n, θ^(s)); no sampling of z is needed.
+    posterior is the average of p(z_n | x_n, θ^(s)); uses ``lp_z`` when :func:`recover_z` has
+    stored it.
     """
     import xarray as xr
 
     post = tree["posterior"]
-    X = tree["observed_data"]["x"].values
-    w = post["weights"].values.reshape(-1, post.sizes["component"])
-    mu = post["means"].values.reshape(w.shape[0], w.shape[1], -1)
-    cov = post["covariances"].values.reshape(w.shape[0], w.shape[1], mu.shape[2], mu.shape[2])
-    total = np.zeros((X.shape[0], w.shape[1]))
-    for s in range(w.shape[0]):
-        total += GaussianMixture(w[s] / w[s].sum(), mu[s], cov[s]).responsibilities(X)
+    if "lp_z" in post:
+        prob = np.exp(post["lp_z"].values).mean(axis=(0, 1))
+    else:
+        X = tree["observed_data"]["x"].values
+        w, mu, cov = _draw_mixtures(tree)
+        prob = np.zeros((X.shape[0], w.shape[1]))
+        for s in range(w.shape[0]):
+            prob += GaussianMixture(w[s] / w[s].sum(), mu[s], cov[s]).responsibilities(X)
+        prob /= w.shape[0]
     return xr.DataArray(
-        total / w.shape[0],
+        prob,
         dims=("obs", "component"),
         coords={"obs": tree["observed_data"].coords["obs"], "component": post.coords["component"]},
         name="z_probabilities",

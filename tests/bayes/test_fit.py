@@ -66,8 +66,6 @@ def test_nuts_tree(clusters):
 
 
 def test_bad_arguments(clusters):
-    with pytest.raises(ValueError, match="method='advi' is not built; available: laplace, nuts"):
-        bg.fit_bayes(clusters, 3, method="advi")
     with pytest.raises(ValueError, match="draws must be a positive integer"):
         bg.fit_bayes(clusters, 3, draws=0)
     with pytest.raises(ValueError, match="init has 2 components"):
