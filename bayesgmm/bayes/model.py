@@ -391,7 +391,7 @@ def _conjugate_block(prior: ResolvedPrior, code: str, k: int, d: int) -> tuple[A
     if code in ("VVI", "EEI"):
         beta = np.diag(lam) / 2.0
         dims: Any = ("component", "feature") if code == "VVI" else "feature"
-        shape = (k, d) if code == "VVI" else (d,)
+        shape: tuple[int, ...] = (k, d) if code == "VVI" else (d,)
     else:
         beta = np.trace(lam) / (2.0 * d)
         dims = "component" if code == "VII" else None
