@@ -4,10 +4,14 @@ same data, same run, for PyMC's NUTS and nutpie; then issue 4's recovery checks.
 Data: three separated 2-D clusters (N = 500 by default) from a known mixture. For each sampler
 and model it prints the compile (and initialisation) time and the sampling time separately, the
 smallest bulk ESS over the weights, means and component standard deviations, ESS per second of
-sampling, the divergences and the largest r_hat. The hand-written model is the one of PyMC's
-examples: Dirichlet weights, Normal(0, 10) means, per-component ``LKJCholeskyCov`` with
-Exponential(1) scales, ``pm.Mixture`` of ``MvNormal``s, PyMC's default initialisation; it does
-not identify the labels, so its r_hat shows label switching across chains.
+sampling, the divergences, the largest r_hat, and the gradient evaluations of the kept draws
+with the sampling time per gradient (about half the sampling is tuning, so that figure takes
+the kept draws' gradients twice: a rough cost per gradient, comparable between the models).
+The hand-written model is the one of PyMC's examples: Dirichlet weights, Normal(0, 10) means,
+per-component ``LKJCholeskyCov`` with Exponential(1) scales, ``pm.Mixture`` of ``MvNormal``s,
+PyMC's default initialisation; it does not identify the labels, so its r_hat shows label
+switching across chains (and its ESS, hence ESS/s, is that of a sampler stuck in one labelling
+per chain: compare the sampling times and the cost per gradient for speed).
 
 The recovery section (our model, PyMC NUTS, 4 chains × 1000 draws after 1000 tuning steps,
 started from EM) checks: no divergences, r_hat < 1.01 and bulk ESS > 400 for every weight,
@@ -19,8 +23,8 @@ responsibilities.
     uv run python benchmarks/pymc_sampling.py --only recovery
     uv run python benchmarks/pymc_sampling.py --only compare --samplers nuts --draws 500
 
-Timings depend on the machine and on PyTensor's compile cache (the first run compiles C code,
-later runs reuse it); run twice and read the second.
+Timings depend on the machine and on PyTensor's compile cache (the first run compiles, later
+runs reuse it); run twice and read the second.
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ def run_pymc(model: Any, draws: int, tune: int, chains: int, seed: int, **kw: An
         random_seed=seed,
         progressbar=False,
         compute_convergence_checks=False,
+        nuts_sampler="pymc",  # PyMC would pick nutpie by itself when it is installed
         **kw,
     )
     total = time.perf_counter() - t0
@@ -143,7 +148,7 @@ def compare(X: np.ndarray, samplers: list[str], draws: int, tune: int, chains: i
     print(f"\n== NUTS on {X.shape[0]} rows, K = 3, {chains} chains × {draws} draws ({tune} tune)")
     header = (
         f"{'sampler':8} {'model':12} {'compile s':>9} {'sample s':>9} {'min ESS':>8} "
-        f"{'ESS/s':>7} {'diverg.':>7} {'max rhat':>8}"
+        f"{'ESS/s':>7} {'diverg.':>7} {'max rhat':>8} {'grads':>8} {'µs/grad':>8}"
     )
     print(header)
     fit = bg.fit_em(X, 3)
@@ -175,10 +180,13 @@ def compare(X: np.ndarray, samplers: list[str], draws: int, tune: int, chains: i
                 res = run_nutpie(hand_written(X, 3), draws, tune, chains, seed=1)
             min_ess, max_rhat = diagnostics(res["tree"]["posterior"])
             rows[sampler, label] = min_ess / res["sampling"]
+            # Gradient evaluations of the kept draws (tuning excluded): cost per gradient
+            # separates the model's arithmetic from the sampler's trajectory lengths.
+            grads = int(res["tree"]["sample_stats"]["n_steps"].sum())
             print(
                 f"{sampler:8} {label:12} {res['compile']:9.1f} {res['sampling']:9.1f} "
                 f"{min_ess:8.0f} {min_ess / res['sampling']:7.1f} {res['divergences']:7d} "
-                f"{max_rhat:8.3f}"
+                f"{max_rhat:8.3f} {grads:8d} {1e6 * res['sampling'] / (2 * grads):8.1f}"
             )
         print(
             f"{sampler}: ESS/s ratio bayesgmm / hand-written = "

@@ -160,6 +160,9 @@ def fit_bayes(
         # Our own small jitter only: PyMC's default "jitter+adapt_diag" moves every start by up
         # to ±1 in the unconstrained space (a factor e on every scale), away from EM's mode.
         sampler_kwargs.setdefault("init", "adapt_diag")
+        # PyMC picks nutpie by itself when it is installed and the settings allow; "nuts" is
+        # PyMC's own sampler ("nutpie" is a method of its own).
+        sampler_kwargs.setdefault("nuts_sampler", "pymc")
         tree = pm.sample(
             draws=draws,
             tune=tune,

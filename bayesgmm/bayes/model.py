@@ -1,6 +1,6 @@
 """The core's Gaussian mixture as a PyMC model: the same p(x) = Σ_k π_k N(x | μ_k, Σ_k).
 
-The likelihood is PyMC's ``Mixture`` of a batch of K ``MvNormal`` components, observed on all
+The likelihood is PyMC's ``Mixture`` of K ``MvNormal`` components (one each), observed on all
 rows, so that ``pm.compute_log_likelihood`` gives the pointwise log p(x_n) the core's
 ``GaussianMixture.log_prob`` gives. Variables carry the core's names: ``weights`` (component),
 ``means`` (component, feature) and the Deterministic ``covariances`` (component, feature,
@@ -184,10 +184,17 @@ def to_pymc(
             z = pm.Categorical("z", p=weights, dims="obs")
             pm.MvNormal("x", mu=means[z], chol=chol_t[z], observed=arr, dims=("obs", "feature"))
         else:
+            # One MvNormal per component, not one batched over components: the batched one's
+            # gradient (a blockwise triangular solve) made sampling 5-30× slower per draw
+            # (benchmarks/pymc_sampling.py).
             pm.Mixture(
                 "x",
                 w=weights,
-                comp_dists=pm.MvNormal.dist(mu=means, chol=chol_t),
+                comp_dists=(
+                    [pm.MvNormal.dist(mu=means[j], chol=chol_t[j]) for j in range(k)]
+                    if k > 1  # a one-element list would be read as a batch to mix over
+                    else pm.MvNormal.dist(mu=means, chol=chol_t)
+                ),
                 observed=arr,
                 dims=("obs", "feature"),
             )
