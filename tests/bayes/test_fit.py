@@ -81,8 +81,7 @@ def _max_rhat(tree, name="means"):
 def test_label_switching_and_its_two_remedies(clusters):
     # Two NUTS chains started under different labellings: without identification the chains
     # disagree about which component is which (r_hat of the means far above 1); relabelling each
-    # draw to the EM estimate, or ordering in the model, removes that (measured here: r_hat at
-    # most 1.01 for both). (Short chains here; the
+    # draw to the EM estimate, or ordering in the model, removes that. (Short chains here; the
     # recovery benchmark checks r_hat < 1.01 at full length.)
     fit = bg.fit_em(clusters, 3)
     kw = {"method": "nuts", "init": fit, "draws": 150, "tune": 150, "chains": 2, "rng": 3}
