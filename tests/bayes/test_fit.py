@@ -7,42 +7,15 @@ import pytest
 
 import bayesgmm as bg
 from bayesgmm.bayes import z_probabilities
-from bayesgmm.core.model import GaussianMixture
+from tests.bayes.conftest import check_tree
 
 pytest.importorskip("pymc")
-
-
-@pytest.fixture(scope="module")
-def clusters() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    centers = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
-    return np.concatenate([rng.normal(size=(60, 2)) + c for c in centers])
-
-
-def _check_tree(tree, X, chains, draws):
-    post = tree["posterior"]
-    assert post["weights"].shape == (chains, draws, 3)
-    assert post["means"].dims == ("chain", "draw", "component", "feature")
-    assert post["covariances"].shape == (chains, draws, 3, 2, 2)
-    ll = tree["log_likelihood"]["x"]
-    assert ll.shape == (chains, draws, X.shape[0])
-    # The pointwise log-likelihood of a draw is the core's log p(x_n) at that draw.
-    gm = GaussianMixture(
-        post["weights"].values[0, 0],
-        post["means"].values[0, 0],
-        post["covariances"].values[0, 0],
-    )
-    np.testing.assert_allclose(ll.values[0, 0], gm.log_prob(X), rtol=1e-8)
-    np.testing.assert_array_equal(tree["observed_data"]["x"].values, X)
-    em = tree["em"]
-    assert em["means"].dims == post["means"].dims
-    assert em["means"].shape == (1, 1, 3, 2)
 
 
 def test_laplace_tree(clusters):
     fit = bg.fit_em(clusters, 3)
     tree = bg.fit_bayes(clusters, 3, method="laplace", init=fit, draws=200, chains=2, rng=1)
-    _check_tree(tree, clusters, 2, 200)
+    check_tree(tree, clusters, 2, 200, "laplace")
     # The approximation is centred at the posterior mode, next to the EM estimate here (the
     # priors are weak and the clusters well separated).
     post_means = tree["posterior"]["means"].mean(("chain", "draw")).values
@@ -61,7 +34,7 @@ def test_laplace_tree(clusters):
 
 def test_nuts_tree(clusters):
     tree = bg.fit_bayes(clusters, 3, method="nuts", draws=100, tune=100, chains=2, rng=2)
-    _check_tree(tree, clusters, 2, 100)
+    check_tree(tree, clusters, 2, 100, "nuts")
     assert "diverging" in tree["sample_stats"]
 
 

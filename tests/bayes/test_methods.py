@@ -7,38 +7,14 @@ import pytest
 
 import bayesgmm as bg
 from bayesgmm.bayes import marginalize, model_values, recover_z, to_pymc, z_probabilities
-from bayesgmm.core.model import GaussianMixture
+from tests.bayes.conftest import check_tree
 
 pm = pytest.importorskip("pymc")
 
 
 @pytest.fixture(scope="module")
-def clusters() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    centers = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
-    return np.concatenate([rng.normal(size=(60, 2)) + c for c in centers])
-
-
-@pytest.fixture(scope="module")
 def em_fit(clusters):
     return bg.fit_em(clusters, 3)
-
-
-def _check_tree(tree, X, chains, draws, method):
-    post = tree["posterior"]
-    assert post["weights"].shape == (chains, draws, 3)
-    assert post["means"].dims == ("chain", "draw", "component", "feature")
-    assert post["covariances"].shape == (chains, draws, 3, 2, 2)
-    ll = tree["log_likelihood"]["x"]
-    assert ll.shape == (chains, draws, X.shape[0])
-    gm = GaussianMixture(
-        post["weights"].values[0, 1], post["means"].values[0, 1], post["covariances"].values[0, 1]
-    )
-    # Reference: the core's log p(x_n) (tested against scipy) at that draw's parameters.
-    np.testing.assert_allclose(ll.values[0, 1], gm.log_prob(X), rtol=1e-8)
-    np.testing.assert_array_equal(tree["observed_data"]["x"].values, X)
-    assert tree["em"]["means"].dims == post["means"].dims
-    assert tree.attrs["bayesgmm_method"] == method
 
 
 @pytest.mark.parametrize(
@@ -53,7 +29,7 @@ def test_approximations_from_em(clusters, em_fit, method, options):
     tree = bg.fit_bayes(
         clusters, 3, method=method, init=em_fit, draws=100, chains=2, rng=5, **options
     )
-    _check_tree(tree, clusters, 2, 100, method)
+    check_tree(tree, clusters, 2, 100, method)
     # Started at the EM estimate, they stay around it (measured: within 0.15 on these
     # 60-row clusters; a start elsewhere merges clusters, 2.5 or more away).
     post_means = tree["posterior"]["means"].mean(("chain", "draw")).values
@@ -72,13 +48,13 @@ def test_nutpie(clusters, em_fit):
     tree = bg.fit_bayes(
         clusters, 3, method="nutpie", init=em_fit, draws=100, tune=100, chains=2, rng=6
     )
-    _check_tree(tree, clusters, 2, 100, "nutpie")
+    check_tree(tree, clusters, 2, 100, "nutpie")
     assert "diverging" in tree["sample_stats"]
 
 
 def test_smc_tree_and_log_marginal_likelihood(clusters, em_fit):
     tree = bg.fit_bayes(clusters, 3, method="smc", init=em_fit, draws=200, chains=2, rng=7)
-    _check_tree(tree, clusters, 2, 200, "smc")
+    check_tree(tree, clusters, 2, 200, "smc")
     stats = tree["sample_stats"]
     lml = stats["log_marginal_likelihood"]
     assert lml.dims == ("chain",) and np.isfinite(lml.values).all()
