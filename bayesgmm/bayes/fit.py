@@ -20,6 +20,7 @@ from bayesgmm.bayes.model import (
 from bayesgmm.core._validation import as_data, as_rng
 from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
+from bayesgmm.core.prior import ConjugatePrior
 from bayesgmm.core.result import EMResult
 
 __all__ = ["METHODS", "fit_bayes", "recover_z", "z_probabilities"]
@@ -29,10 +30,17 @@ METHODS = ("laplace", "pathfinder", "nuts", "nutpie", "advi", "fullrank_advi", "
 
 
 def _em_start(
-    arr: np.ndarray, k: int, covariance_type: str, init: Any, rng: np.random.Generator
+    arr: np.ndarray,
+    k: int,
+    covariance_type: str,
+    init: Any,
+    rng: np.random.Generator,
+    priors: Any,
 ) -> GaussianMixture:
     if init is None:
-        return fit_em(arr, k, covariance_type=covariance_type, n_init=5, rng=rng).model
+        # Under the core's conjugate prior, MAP-EM: the posterior mode itself.
+        prior = priors if isinstance(priors, ConjugatePrior) else None
+        return fit_em(arr, k, covariance_type=covariance_type, n_init=5, rng=rng, prior=prior).model
     if isinstance(init, EMResult):
         init = init.model
     if not isinstance(init, GaussianMixture):
@@ -94,7 +102,8 @@ def fit_bayes(
           put in order (identify="ordered") or relabelled (identify="relabel").
     init : EMResult or GaussianMixture, optional
         The EM estimate the chains (or the mode search) start from; by default ``fit_em`` with
-        5 starts. Starting elsewhere lets chains settle in merged-cluster modes.
+        5 starts (MAP-EM under ``priors`` when it is a :class:`bayesgmm.ConjugatePrior`).
+        Starting elsewhere lets chains settle in merged-cluster modes.
     identify : {"ordered", "relabel", None}, default "ordered"
         "ordered": the model orders the components (:func:`to_pymc`). "relabel": the model
         leaves them free and each draw is relabelled to the EM estimate afterwards (scipy's
@@ -152,7 +161,7 @@ def fit_bayes(
     model = to_pymc(X, n_components, explicit_z=explicit_z, **spec)  # type: ignore[arg-type]
     if explicit_z:
         model = marginalize(model)
-    start = _em_start(arr, int(n_components), covariance_type, init, gen)
+    start = _em_start(arr, int(n_components), covariance_type, init, gen, priors)
     values = model_values(model, start)
     seed = int(gen.integers(2**31 - 1))
     t0 = time.perf_counter()
@@ -393,9 +402,7 @@ class _Flat:
         library: str,
     ) -> Any:
         """A DataTree of unconstrained ``draws`` (chains, draws, n) mapped to the model's
-        variables, with ``observed_data`` and the given ``sample_stats``."""
-        from arviz_base import from_dict
-
+        variables, with the given ``sample_stats``."""
         model = self.model
         chains, n_draws = draws.shape[:2]
         outputs = model.unobserved_value_vars
@@ -410,19 +417,29 @@ class _Flat:
             for name, vals in collected.items()
             if not name.endswith("__")
         }
-        dims = {name: list(d) for name, d in model.named_vars_to_dims.items() if name in posterior}
-        coords = {name: np.asarray(c) for name, c in model.coords.items()}
-        tree = from_dict(
-            {
-                "posterior": posterior,
-                "observed_data": {"x": model.rvs_to_values[model["x"]].data},
-                "sample_stats": sample_stats,
-            },
-            dims={**dims, "x": ["obs", "feature"]},
-            coords=coords,
-        )
-        tree["posterior"].attrs["inference_library"] = library
-        return tree
+        return _posterior_tree(model, posterior, library, sample_stats)
+
+
+def _posterior_tree(
+    model: Any,
+    posterior: dict[str, np.ndarray],
+    library: str,
+    sample_stats: dict[str, np.ndarray] | None = None,
+) -> Any:
+    """A DataTree of (chain, draw, ...) arrays with the model's dims and coords (fit_bayes adds
+    observed_data and log_likelihood)."""
+    from arviz_base import from_dict
+
+    groups = {"posterior": posterior}
+    if sample_stats is not None:
+        groups["sample_stats"] = sample_stats
+    tree = from_dict(
+        groups,
+        dims={name: list(d) for name, d in model.named_vars_to_dims.items() if name in posterior},
+        coords={name: np.asarray(c) for name, c in model.coords.items()},
+    )
+    tree["posterior"].attrs["inference_library"] = library
+    return tree
 
 
 def _laplace(flat: _Flat, draws: int, chains: int, gen: np.random.Generator) -> Any:
@@ -614,7 +631,6 @@ def _advi(
     0.1 in the unconstrained space (PyMC's defaults are 0.69 and 1);
     ``chains × draws`` independent draws from the fitted approximation."""
     import pymc as pm
-    from arviz_base import from_dict
 
     n_iter = int(options.pop("n", 10_000))
     if method == "advi":
@@ -638,16 +654,7 @@ def _advi(
         name: var.values.reshape(chains, draws, *var.shape[2:])
         for name, var in sampled.data_vars.items()
     }
-    dims = {name: list(d) for name, d in model.named_vars_to_dims.items() if name in posterior}
-    tree = from_dict(
-        {
-            "posterior": posterior,
-            "observed_data": {"x": model.rvs_to_values[model["x"]].data},
-        },
-        dims={**dims, "x": ["obs", "feature"]},
-        coords={name: np.asarray(c) for name, c in model.coords.items()},
-    )
-    tree["posterior"].attrs["inference_library"] = f"pymc ({method})"
+    tree = _posterior_tree(model, posterior, f"pymc ({method})")
     loss = np.asarray(approx.hist, dtype=float)
     tree["optimization"] = _group(
         {"elbo": (("iteration",), -loss)}, {"method": method, "iterations": loss.size}
@@ -681,22 +688,19 @@ def _smc(
             arr[c, : len(r)] = r
         staged[name] = arr
     lml = np.array([r[np.isfinite(r)][-1] for r in staged["log_marginal_likelihood"]])
-    out = {
-        "log_marginal_likelihood": (("chain",), lml),
-        "beta": (("chain", "stage"), staged["beta"]),
-        "accept_rate": (("chain", "stage"), staged["accept_rate"]),
-    }
-    import xarray as xr
-
-    ds = xr.Dataset(out, coords={"chain": stats.coords["chain"].values})
-    ds.attrs.update(
+    tree["sample_stats"] = _group(
+        {
+            "log_marginal_likelihood": (("chain",), lml),
+            "beta": (("chain", "stage"), staged["beta"]),
+            "accept_rate": (("chain", "stage"), staged["accept_rate"]),
+        },
         {
             "log_marginal_likelihood": float(np.mean(lml)),
-            "log_marginal_likelihood_sd": float(np.std(lml, ddof=1)) if chains > 1 else np.nan,
+            "log_marginal_likelihood_sd": float(np.std(lml, ddof=1)),  # chains ≥ 2
             "stages": int(np.isfinite(staged["beta"]).sum(axis=1).max()),
-        }
+        },
+        coords={"chain": stats.coords["chain"].values},
     )
-    tree["sample_stats"] = xr.DataTree(ds)
     return tree
 
 
