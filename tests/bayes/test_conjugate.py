@@ -142,3 +142,27 @@ def test_conjugate_prior_rejects_ordering():
         to_pymc(X, 2, priors=bg.ConjugatePrior())
     with pytest.raises(ValueError, match="shrinkage > 0"):
         to_pymc(X, 2, priors=bg.ConjugatePrior(shrinkage=0.0), identify=None)
+
+
+def test_fit_bayes_under_the_conjugate_prior(clusters):
+    # fit_bayes starts from MAP-EM under the same prior (the posterior mode in (π, μ, Σ)), and
+    # the relabelled posterior has the usual tree around it.
+    from tests.bayes.conftest import check_tree
+
+    prior = bg.ConjugatePrior()
+    tree = bg.fit_bayes(clusters, 3, priors=prior, identify="relabel", draws=100, chains=2, rng=3)
+    check_tree(tree, clusters, 2, 100, "laplace")
+
+    def by_first_mean(model):
+        order = np.argsort(model.means[:, 0] + 10 * model.means[:, 1])
+        return model.covariances[order]
+
+    em = tree["em"]
+    em_means = em["means"].values[0, 0]
+    em_covs = em["covariances"].values[0, 0][np.argsort(em_means[:, 0] + 10 * em_means[:, 1])]
+    map_covs = by_first_mean(bg.fit_em(clusters, 3, prior=prior, rng=0).model)
+    ml_covs = by_first_mean(bg.fit_em(clusters, 3, rng=0).model)
+    np.testing.assert_allclose(em_covs, map_covs, atol=1e-4)
+    assert np.abs(em_covs - ml_covs).max() > 1e-2
+    post_means = tree["posterior"]["means"].mean(("chain", "draw")).values
+    np.testing.assert_allclose(post_means, em_means, atol=0.4)
