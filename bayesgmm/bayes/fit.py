@@ -65,6 +65,7 @@ def fit_bayes(
     priors: Priors | None = None,
     identify: str | None = "ordered",
     explicit_z: bool = False,
+    log_likelihood: bool = True,
     draws: int = 1000,
     tune: int = 1000,
     chains: int = 4,
@@ -114,6 +115,9 @@ def fit_bayes(
         marginalise them for sampling (:func:`marginalize`) and recover their posterior
         (:func:`recover_z`): the posterior gains ``z`` (a draw of each row's label from
         p(z | x, θ) at every draw) and ``lp_z`` (log p(z_n = k | x_n, θ) per draw).
+    log_likelihood : bool, default True
+        Store the pointwise log-likelihood (for LOO): chains × draws × n_obs floats, 640 MB for
+        4 × 1000 draws of 20,000 rows. False leaves the group out.
     draws, tune, chains : int
         Draws per chain (and, for the NUTS samplers, tuning steps); the approximations give
         ``chains × draws`` draws arranged the same way.
@@ -128,9 +132,10 @@ def fit_bayes(
     xarray.DataTree
         Groups ``posterior`` (weights, means, covariances and the parametrisation's variables,
         dims chain, draw, component, feature, feature_bis), ``log_likelihood`` (``x`` per
-        observation, for LOO), ``observed_data``, ``sample_stats`` (the method's), and ``em``
-        (the EM estimate, one chain of one draw, with the posterior's names and dims, and its
-        responsibilities (obs, component), in the posterior's component order).
+        observation, for LOO; unless ``log_likelihood=False``), ``observed_data``,
+        ``sample_stats`` (the method's), and ``em`` (the EM estimate, one chain of one draw,
+        with the posterior's names and dims, and its responsibilities (obs, component), in the
+        posterior's component order).
         :func:`z_probabilities` gives the posterior of z. The attrs say the method and the
         seconds it took.
     """
@@ -214,7 +219,8 @@ def fit_bayes(
         {"x": (("obs", "feature"), arr)},
         coords={c: np.asarray(model.coords[c]) for c in ("obs", "feature")},
     )
-    pm.compute_log_likelihood(tree, model=model, progressbar=False)
+    if log_likelihood:
+        pm.compute_log_likelihood(tree, model=model, progressbar=False)
     order = component_order(model, start)
     if identify == "relabel":
         perms = _match_permutations(tree["posterior"]["means"].values, start.means, arr)

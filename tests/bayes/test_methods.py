@@ -132,3 +132,9 @@ def test_bad_method_arguments(clusters):
         bg.fit_bayes(clusters, 3, method="pathfinder", draws=10, tune=10, chains=1, steps=3)
     with pytest.raises(ValueError, match="covariance_type='VEV' has no PyMC model yet; supported"):
         bg.fit_bayes(clusters, 3, covariance_type="VEV", method="nuts")
+
+
+def test_without_the_pointwise_log_likelihood(clusters, em_fit):
+    tree = bg.fit_bayes(clusters, 3, init=em_fit, log_likelihood=False, draws=20, chains=2, rng=10)
+    assert "log_likelihood" not in tree
+    assert tree["posterior"]["means"].shape == (2, 20, 3, 2)
