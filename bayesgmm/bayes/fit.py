@@ -339,13 +339,14 @@ def _nutpie(
 
 def _jitter(values: dict[str, np.ndarray], gen: np.random.Generator) -> dict[str, np.ndarray]:
     """The EM start, moved by a little (1% relative) so that chains do not start together; the
-    weights stay on the simplex and the ordered means in order."""
+    weights stay on the simplex, the ordered means in order and the variances positive."""
     out = {}
     for name, value in values.items():
         v = np.asarray(value, dtype=float)
-        if name == "weights":
+        if name in ("weights", "variances"):
             v = v * np.exp(0.01 * gen.normal(size=v.shape))
-            v = v / v.sum()
+            if name == "weights":
+                v = v / v.sum()
         elif name == "means_ordered":
             v = np.sort(v + 0.001 * np.abs(v).max() * gen.normal(size=v.shape))
         elif name.startswith("chol") or name == "sd":

@@ -70,3 +70,22 @@ def test_label_switching_and_its_two_remedies(clusters):
         atol=0.2,
     )
     assert "chol_0" not in relabelled["posterior"]
+
+
+def test_jittered_starts_stay_valid():
+    # The chains' starts: weights on the simplex, ordered means in order, the conjugate
+    # prior's variances positive even where they differ by 10¹² between features.
+    from bayesgmm.bayes.fit import _jitter
+
+    gen = np.random.default_rng(0)
+    values = {
+        "weights": np.array([0.2, 0.3, 0.5]),
+        "means_ordered": np.array([-1.0, 0.0, 2.0]),
+        "variances": np.array([[1e-6, 1e6], [2e-6, 3e6]]),
+    }
+    for _ in range(200):
+        out = _jitter(values, gen)
+        assert np.isclose(out["weights"].sum(), 1.0) and (out["weights"] > 0).all()
+        assert (np.diff(out["means_ordered"]) > 0).all()
+        assert (out["variances"] > 0).all()
+        np.testing.assert_allclose(out["variances"], values["variances"], rtol=0.1)
