@@ -351,8 +351,8 @@ def _jitter(values: dict[str, np.ndarray], gen: np.random.Generator) -> dict[str
             v = np.sort(v + 0.001 * np.abs(v).max() * gen.normal(size=v.shape))
         elif name.startswith("chol") or name == "sd":
             pass  # scales and Cholesky factors: kept, so that they stay valid
-        else:
-            v = v + 0.01 * np.abs(v).mean() * gen.normal(size=v.shape)
+        else:  # each entry by 1% of itself: features can differ in scale by orders of magnitude
+            v = v + 0.01 * np.abs(v) * gen.normal(size=v.shape)
         out[name] = v
     return out
 

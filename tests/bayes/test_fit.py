@@ -82,6 +82,7 @@ def test_jittered_starts_stay_valid():
         "weights": np.array([0.2, 0.3, 0.5]),
         "means_ordered": np.array([-1.0, 0.0, 2.0]),
         "variances": np.array([[1e-6, 1e6], [2e-6, 3e6]]),
+        "means": np.array([[1e-3, 5e3], [2e-3, -4e3]]),
     }
     for _ in range(200):
         out = _jitter(values, gen)
@@ -89,3 +90,4 @@ def test_jittered_starts_stay_valid():
         assert (np.diff(out["means_ordered"]) > 0).all()
         assert (out["variances"] > 0).all()
         np.testing.assert_allclose(out["variances"], values["variances"], rtol=0.1)
+        np.testing.assert_allclose(out["means"], values["means"], rtol=0.1)
