@@ -153,6 +153,14 @@ def fit_bayes(
             f"method='smc' needs chains ≥ 2 to report the spread of the log marginal "
             f"likelihood; got chains={chains}."
         )
+    ours = {"random_seed": "rng", "initvals": "init", "model": "X and n_components",
+            "seed": "rng", "progress_bar": "progressbar", "start": "init"}  # fmt: skip
+    clash = sorted(set(sampler_kwargs) & set(ours))
+    if clash:
+        raise TypeError(
+            f"fit_bayes sets {', '.join(clash)} itself; pass "
+            f"{', '.join(ours[c] for c in clash)} to fit_bayes instead."
+        )
     gen = as_rng(rng)
     arr, _ = as_data(X)
     # SMC needs the free-label model: its prior is normalised (the ordered one integrates to

@@ -126,6 +126,8 @@ def test_explicit_z_recovers_the_labels(clusters, em_fit):
 def test_bad_method_arguments(clusters):
     with pytest.raises(ValueError, match="method='gibbs' is not available; choose one of laplace"):
         bg.fit_bayes(clusters, 3, method="gibbs")
+    with pytest.raises(TypeError, match="sets random_seed itself; pass rng to fit_bayes"):
+        bg.fit_bayes(clusters, 3, method="nuts", random_seed=1)
     with pytest.raises(ValueError, match="needs chains ≥ 2"):
         bg.fit_bayes(clusters, 3, method="smc", chains=1)
     with pytest.raises(TypeError, match="unknown options for method='pathfinder'"):
