@@ -157,6 +157,7 @@ def to_pymc(
     center = arr.mean(axis=0)
     spread = arr.std(axis=0)
     spread = np.where(spread > 0, spread, 1.0)
+    axes = _order_axes(arr) if identify == "ordered" and k > 1 else None
     features = _feature_names(names, d)
     coords = {
         "obs": np.arange(n),
@@ -173,7 +174,7 @@ def to_pymc(
         if isinstance(p, ConjugatePrior):
             means, chol_t = _conjugate_block(p.resolve(arr, k), code, k, d)
         else:
-            means, chol_t = _weak_block(p, arr, code, k, d, identify)
+            means, chol_t = _weak_block(p, center, spread, code, k, axes)
         pm.Deterministic(
             "covariances",
             chol_t @ pt.swapaxes(chol_t, -1, -2),
@@ -207,29 +208,33 @@ def to_pymc(
         "identify": identify,
         "explicit_z": explicit_z,
     }
-    if identify == "ordered" and k > 1:
-        model.bayesgmm_axes = (center, spread, *_order_axes(arr))  # type: ignore[attr-defined]
+    if axes is not None:
+        model.bayesgmm_axes = (center, spread, *axes)  # type: ignore[attr-defined]
     return model
 
 
 def _weak_block(
-    p: Priors, arr: np.ndarray, code: str, k: int, d: int, identify: str | None
+    p: Priors,
+    center: np.ndarray,
+    spread: np.ndarray,
+    code: str,
+    k: int,
+    axes: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[Any, Any]:
-    """The default priors' means and Cholesky factors (inside the model's context)."""
+    """The default priors' means and Cholesky factors (inside the model's context); ``axes``
+    (the ordering axis and its complement) for an ordered model."""
     import pymc as pm
     import pytensor.tensor as pt
 
-    center = arr.mean(axis=0)
-    spread = arr.std(axis=0)
-    spread = np.where(spread > 0, spread, 1.0)
+    d = center.size
     chol_t: Any
     loc = np.broadcast_to(center, (k, d))
     scale = np.broadcast_to(p.mean_scale * spread, (k, d))
-    if identify == "ordered" and k > 1:
+    if axes is not None:
         # In standardised units the means' prior N(0, mean_scale² I) is isotropic, so it is
         # unchanged when written along the leading principal axis u and its orthogonal
         # complement B: m_k = a_k u + B r_k, with a_1 < ... < a_K.
-        axis, perp = _order_axes(arr)
+        axis, perp = axes
         first = pm.Normal(
             "means_ordered",
             mu=0.0,
