@@ -3,6 +3,7 @@ from EM and returned as an ArviZ ``xarray.DataTree``."""
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Any
@@ -190,16 +191,17 @@ def fit_bayes(
             tune=tune,
             chains=chains,
             # Unordered models: each chain starts at the EM estimate under its own random
-            # labelling, as chains from arbitrary starts would (label switching shows, and
-            # "relabel" is put to the test).
+            # labelling, distinct across chains while K! allows, as chains from arbitrary
+            # starts would (label switching shows, and "relabel" is put to the test).
             initvals=[
                 _jitter(
-                    values
-                    if model_identify == "ordered"
-                    else model_values(model, _permuted(start, gen)),
-                    gen,
+                    values if order is None else model_values(model, _permuted(start, order)), gen
                 )
-                for _ in range(chains)
+                for order in (
+                    [None] * chains
+                    if model_identify == "ordered"
+                    else _distinct_permutations(start.n_components, chains, gen)
+                )
             ],
             random_seed=seed,
             progressbar=progressbar,
@@ -244,8 +246,21 @@ def fit_bayes(
     return tree
 
 
-def _permuted(mixture: GaussianMixture, gen: np.random.Generator) -> GaussianMixture:
-    order = gen.permutation(mixture.n_components)
+def _distinct_permutations(k: int, n: int, gen: np.random.Generator) -> list[np.ndarray]:
+    """``n`` random permutations of ``k`` labels, all different while k! ≥ n."""
+    out: list[np.ndarray] = []
+    seen: set[tuple[int, ...]] = set()
+    while len(out) < n:
+        order = gen.permutation(k)
+        key = tuple(int(i) for i in order)
+        if key in seen and len(seen) < math.factorial(k):
+            continue
+        seen.add(key)
+        out.append(order)
+    return out
+
+
+def _permuted(mixture: GaussianMixture, order: np.ndarray) -> GaussianMixture:
     return GaussianMixture(
         mixture.weights[order],
         mixture.means[order],

@@ -54,10 +54,12 @@ def _max_rhat(tree, name="means"):
 def test_label_switching_and_its_two_remedies(clusters):
     # Two NUTS chains started under different labellings: without identification the chains
     # disagree about which component is which (r_hat of the means far above 1); relabelling each
-    # draw to the EM estimate, or ordering in the model, removes that. (Short chains here; the
-    # recovery benchmark checks r_hat < 1.01 at full length.)
+    # draw to the EM estimate, or ordering in the model, removes that. (Short chains here:
+    # measured for seeds 3, 4, 5, free 1.83-1.84, relabelled 1.004-1.014, ordered 1.004-1.009;
+    # at 150 draws the relabelled r_hat reached 1.058. The recovery benchmark checks
+    # r_hat < 1.01 at full length.)
     fit = bg.fit_em(clusters, 3)
-    kw = {"method": "nuts", "init": fit, "draws": 150, "tune": 150, "chains": 2, "rng": 3}
+    kw = {"method": "nuts", "init": fit, "draws": 300, "tune": 300, "chains": 2, "rng": 3}
     free = bg.fit_bayes(clusters, 3, identify=None, **kw)
     assert _max_rhat(free) > 1.5
     relabelled = bg.fit_bayes(clusters, 3, identify="relabel", **kw)
