@@ -23,21 +23,32 @@ __all__ = [
     "DegenerateFitWarning",
     "EMResult",
     "GaussianMixture",
+    "KComparison",
     "Priors",
     "SelectionResult",
+    "bootstrap_em",
+    "compare_estimates",
+    "compare_k",
     "datasets",
     "fit_bayes",
     "fit_em",
+    "plots",
     "select_em",
+    "to_datatree",
     "to_pymc",
 ]
 
-_LAZY_MODULES = {"datasets": "bayesgmm.datasets"}
+_LAZY_MODULES = {"datasets": "bayesgmm.datasets", "plots": "bayesgmm.compare.plots"}
 #: Names from the PyMC layer, imported (with pymc) only when first asked for.
 _LAZY_NAMES = {
     "to_pymc": "bayesgmm.bayes",
     "fit_bayes": "bayesgmm.bayes",
     "Priors": "bayesgmm.bayes",
+    "to_datatree": "bayesgmm.compare",
+    "bootstrap_em": "bayesgmm.compare",
+    "compare_estimates": "bayesgmm.compare",
+    "compare_k": "bayesgmm.compare",
+    "KComparison": "bayesgmm.compare",
 }
 
 

@@ -22,6 +22,7 @@ from bayesgmm.core._validation import as_data, as_rng
 from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ConjugatePrior
+from bayesgmm.core.relabel import match_components
 from bayesgmm.core.result import EMResult
 
 __all__ = ["METHODS", "fit_bayes", "recover_z", "z_probabilities"]
@@ -109,7 +110,8 @@ def fit_bayes(
     identify : {"ordered", "relabel", None}, default "ordered"
         "ordered": the model orders the components (:func:`to_pymc`). "relabel": the model
         leaves them free and each draw is relabelled to the EM estimate afterwards (scipy's
-        ``linear_sum_assignment`` on the standardised means). None: free (for demonstrations;
+        ``linear_sum_assignment`` on the symmetrised KL divergence between components,
+        :func:`bayesgmm.core.relabel.match_components`). None: free (for demonstrations;
         NUTS chains then start under different random labellings, so label switching shows).
     explicit_z : bool, default False
         Build the model with the latent labels stated (``to_pymc(explicit_z=True)``),
@@ -233,7 +235,15 @@ def fit_bayes(
         pm.compute_log_likelihood(tree, model=model, progressbar=False)
     order = component_order(model, start)
     if identify == "relabel":
-        perms = _match_permutations(tree["posterior"]["means"].values, start.means, arr)
+        post = tree["posterior"]
+        perms = match_components(
+            post["means"].transpose("chain", "draw", "component", "feature").values,
+            post["covariances"]
+            .transpose("chain", "draw", "component", "feature", "feature_bis")
+            .values,
+            start.means,
+            start.covariances,
+        )
         tree["posterior"] = _permute(tree["posterior"].to_dataset(), perms, "the EM estimate")
     elif identify == "ordered" and model_identify is None:  # SMC: order the draws afterwards
         perms, order = _sort_permutations(tree["posterior"]["means"].values, start.means, arr)
@@ -268,26 +278,6 @@ def _permuted(mixture: GaussianMixture, order: np.ndarray) -> GaussianMixture:
         mixture.covariance_type,
         mixture.feature_names,
     )
-
-
-def _match_permutations(means: np.ndarray, reference: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """perms (chain, draw, K): reference label k takes the draw's component perms[..., k], the
-    assignment (scipy's ``linear_sum_assignment``) that minimises the summed squared distances
-    between the draw's and the reference's means, in units of each feature's sd."""
-    from scipy.optimize import linear_sum_assignment
-
-    spread = X.std(axis=0)
-    spread = np.where(spread > 0, spread, 1.0)
-    c, s, k, _ = means.shape
-    ref = reference / spread
-    perms = np.empty((c, s, k), dtype=np.int64)
-    for i in range(c):
-        for j in range(s):
-            m = means[i, j] / spread
-            cost = ((m[:, None, :] - ref[None, :, :]) ** 2).sum(axis=-1)
-            rows, cols = linear_sum_assignment(cost)
-            perms[i, j, cols] = rows
-    return perms
 
 
 def _sort_permutations(

@@ -1,0 +1,320 @@
+"""Bootstrap of an EM fit (mclust's ``MclustBootstrap``) and the bootstrap likelihood-ratio test
+of K against K + 1 components (mclust's ``mclustBootstrapLRT``), in numpy and scipy.
+
+Each replicate gets its own random stream (``numpy.random.SeedSequence.spawn``), so the
+replicates are the same whether they run in one process or several.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bayesgmm.core._validation import as_data, as_rng
+from bayesgmm.core.fit import fit_em
+from bayesgmm.core.model import GaussianMixture
+from bayesgmm.core.prior import ConjugatePrior
+from bayesgmm.core.relabel import match_components, take_components
+from bayesgmm.core.result import DegenerateFitWarning, EMResult
+
+__all__ = ["BOOTSTRAP_KINDS", "BootstrapReplicates", "LRTResult", "bootstrap_lrt", "replicate_em"]
+
+#: "nonparametric": rows resampled with replacement (as multinomial counts, mclust's way);
+#: "parametric": new data drawn from the fitted mixture; "weighted": the weighted likelihood
+#: bootstrap (Newton & Raftery 1994), each row weighted n·Dirichlet(1, ..., 1).
+BOOTSTRAP_KINDS = ("nonparametric", "parametric", "weighted")
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class BootstrapReplicates:
+    """Refits of an EM estimate on resampled data, relabelled to the estimate.
+
+    ``weights`` (B, K), ``means`` (B, K, D), ``covariances`` (B, K, D, D), ``loglik``, ``n_iter``
+    and ``converged`` (B,) hold the B replicates that gave a proper fit, in the estimate's labels;
+    ``relabelled`` (B,) says which needed their labels permuted; ``failed`` maps the index of each
+    replicate that gave none to the reason.
+    """
+
+    kind: str
+    estimate: GaussianMixture
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    loglik: np.ndarray
+    n_iter: np.ndarray
+    converged: np.ndarray
+    relabelled: np.ndarray
+    replicate: np.ndarray
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LRTResult:
+    """Bootstrap likelihood-ratio test of K (null) against K + 1 components.
+
+    ``statistic`` is 2 (ℓ_{K+1} − ℓ_K) on the data; ``replicates`` the same statistic on each data
+    set drawn from the fitted K-component mixture; ``p_value`` = (1 + #{replicates ≥ statistic})
+    / (1 + B) (Davison & Hinkley 1997, eq. 4.11), never 0.
+    """
+
+    n_components: int
+    statistic: float
+    replicates: np.ndarray
+    p_value: float
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+def _check_kind(kind: Any) -> str:
+    if kind not in BOOTSTRAP_KINDS:
+        raise ValueError(f"kind must be one of {BOOTSTRAP_KINDS}; got {kind!r}.")
+    return str(kind)
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}; got {value!r}.")
+    return int(value)
+
+
+def _check_fit(fit: Any, X: Any) -> np.ndarray:
+    if not isinstance(fit, EMResult):
+        raise TypeError(f"fit must be an EMResult from bayesgmm.fit_em; got {type(fit).__name__}.")
+    arr, _ = as_data(X)
+    n_fit = fit.responsibilities.shape[0]
+    if arr.shape != (n_fit, fit.model.n_features):
+        raise ValueError(
+            f"X has shape {arr.shape} but the fit was made on {n_fit} rows of "
+            f"{fit.model.n_features} features; pass the data the fit was made on."
+        )
+    return arr
+
+
+def _workers(n_jobs: int | None, n_tasks: int) -> int:
+    if n_jobs is None:
+        return 1
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+        raise ValueError(
+            f"n_jobs must be a positive integer, -1 (every core) or None (one process); "
+            f"got {n_jobs!r}."
+        )
+    cores = os.cpu_count() or 1
+    return max(1, min(cores if n_jobs == -1 else n_jobs, n_tasks))
+
+
+def _run_chunk(args: tuple[Callable[..., Any], Any, list[tuple[int, Any]]]) -> list[Any]:
+    func, payload, items = args
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateFitWarning)
+        return [(i, func(payload, np.random.default_rng(seed))) for i, seed in items]
+
+
+def map_replicates(
+    func: Callable[[Any, np.random.Generator], Any],
+    payload: Any,
+    n: int,
+    rng: Any,
+    n_jobs: int | None,
+    progress: Progress | None,
+) -> list[Any]:
+    """``[func(payload, generator_i) for i in range(n)]``, each replicate on its own stream,
+    in worker processes when ``n_jobs`` asks for them (``func`` must be a module-level
+    function). ``progress(m)`` is called as each batch of m replicates finishes."""
+    root = int(as_rng(rng).integers(2**63))
+    seeds = np.random.SeedSequence(root).spawn(n)
+    items = list(enumerate(seeds))
+    workers = _workers(n_jobs, n)
+    results: list[Any] = [None] * n
+    # Fork (as select_em) only while no other Python thread runs: one could hold a lock that
+    # the child would wait on forever. Otherwise the replicates run here, with the same results.
+    if (
+        workers > 1
+        and threading.active_count() == 1
+        and "fork" in multiprocessing.get_all_start_methods()
+    ):
+        from bayesgmm.core._passes import shutdown_pool
+        from bayesgmm.core.select import _single_threaded_blas
+
+        shutdown_pool()
+        size = max(1, n // (workers * 8))
+        chunks = [items[i : i + size] for i in range(0, n, size)]
+        ctx = multiprocessing.get_context("fork")
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message=".*use of fork\\(\\) may lead to deadlocks",
+                category=DeprecationWarning,
+            )
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=_single_threaded_blas
+            ) as pool:
+                futures = [pool.submit(_run_chunk, (func, payload, chunk)) for chunk in chunks]
+                for future in as_completed(futures):
+                    done = future.result()
+                    for i, value in done:
+                        results[i] = value
+                    if progress is not None:
+                        progress(len(done))
+    else:
+        for i, seed in items:
+            [(_, results[i])] = _run_chunk((func, payload, [(i, seed)]))
+            if progress is not None:
+                progress(1)
+    return results
+
+
+def _refit(payload: dict[str, Any], gen: np.random.Generator) -> EMResult | str:
+    """One bootstrap replicate: an EM fit, from the estimate, to resampled data (or the reason
+    there is none)."""
+    X, est, kind = payload["X"], payload["estimate"], payload["kind"]
+    n = X.shape[0]
+    weight = None
+    if kind == "nonparametric":
+        weight = gen.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64)
+        data = X
+    elif kind == "weighted":
+        weight = n * gen.dirichlet(np.ones(n))
+        data = X
+    else:
+        data, _ = est.sample(n, rng=gen)
+    try:
+        fit = fit_em(
+            data,
+            est.n_components,
+            covariance_type=est.covariance_type,
+            init=est,
+            sample_weight=weight,
+            prior=payload["prior"],
+            tol=payload["tol"],
+            max_iter=payload["max_iter"],
+        )
+    except (ValueError, np.linalg.LinAlgError) as err:
+        return str(err)
+    if fit.degenerate:
+        return fit.degenerate_reason or "degenerate fit"
+    return fit
+
+
+def replicate_em(
+    fit: EMResult,
+    X: Any,
+    *,
+    n_boot: int = 999,
+    kind: str = "nonparametric",
+    prior: ConjugatePrior | None = None,
+    tol: float = 1e-8,
+    max_iter: int = 1000,
+    rng: Any = None,
+    n_jobs: int | None = None,
+    progress: Progress | None = None,
+) -> BootstrapReplicates:
+    """Refit ``fit``'s mixture on ``n_boot`` resampled data sets, each EM started from the
+    estimate, and relabel every replicate to the estimate (:func:`match_components`).
+
+    A replicate that collapses (an empty or singular component) is recorded in ``failed`` and
+    left out, as mclust's ``MclustBootstrap`` leaves out its NA replicates.
+    """
+    arr = _check_fit(fit, X)
+    kind = _check_kind(kind)
+    n_boot = _check_count("n_boot", n_boot, 1)
+    if prior is not None and not isinstance(prior, ConjugatePrior):
+        raise TypeError(f"prior must be a ConjugatePrior or None; got {prior!r}.")
+    est = fit.model
+    payload = {
+        "X": arr,
+        "estimate": est,
+        "kind": kind,
+        "prior": prior,
+        "tol": tol,
+        "max_iter": max_iter,
+    }
+    out = map_replicates(_refit, payload, n_boot, rng, n_jobs, progress)
+    good = [i for i, r in enumerate(out) if isinstance(r, EMResult)]
+    failed = {i: r for i, r in enumerate(out) if isinstance(r, str)}
+    k, d = est.n_components, est.n_features
+    w = np.array([out[i].model.weights for i in good]).reshape(-1, k)
+    mu = np.array([out[i].model.means for i in good]).reshape(-1, k, d)
+    cov = np.array([out[i].model.covariances for i in good]).reshape(-1, k, d, d)
+    perms = match_components(mu, cov, est.means, est.covariances)
+    return BootstrapReplicates(
+        kind=kind,
+        estimate=est,
+        weights=take_components(w, perms),
+        means=take_components(mu, perms),
+        covariances=take_components(cov, perms),
+        loglik=np.array([out[i].loglik for i in good], dtype=np.float64),
+        n_iter=np.array([out[i].n_iter for i in good], dtype=np.int64),
+        converged=np.array([out[i].converged for i in good], dtype=bool),
+        relabelled=(perms != np.arange(k)).any(axis=1),
+        replicate=np.array(good, dtype=np.int64),
+        failed=failed,
+    )
+
+
+def _lrt_replicate(payload: dict[str, Any], gen: np.random.Generator) -> float | str:
+    """2 (ℓ_{K+1} − ℓ_K) on one data set drawn from the null mixture."""
+    null, alt, settings = payload["null"], payload["alt"], payload["settings"]
+    data, _ = null.sample(payload["n"], rng=gen)
+    k = null.n_components
+    try:
+        ll0 = fit_em(data, k, covariance_type=null.covariance_type, init=null, **settings).loglik
+        # The larger model from mclust's start, and from the alternative's estimate; the better
+        # of the two (a local optimum below the null's would bias the statistic downwards).
+        ll1 = -np.inf
+        for init in ("hc", alt):
+            f = fit_em(data, k + 1, covariance_type=null.covariance_type, init=init, **settings)
+            if not f.degenerate:
+                ll1 = max(ll1, f.loglik)
+    except (ValueError, np.linalg.LinAlgError) as err:
+        return str(err)
+    if not np.isfinite(ll1):
+        return f"every fit of K={k + 1} collapsed"
+    return 2.0 * (ll1 - ll0)
+
+
+def bootstrap_lrt(
+    X: Any,
+    null: EMResult,
+    alternative: EMResult,
+    *,
+    n_boot: int = 99,
+    rng: Any = None,
+    n_jobs: int | None = None,
+    progress: Progress | None = None,
+    tol: float = 1e-8,
+    max_iter: int = 1000,
+) -> LRTResult:
+    """The parametric bootstrap likelihood-ratio test of ``null`` (K components) against
+    ``alternative`` (K + 1, the same structure), as mclust's ``mclustBootstrapLRT``: the
+    statistic's null distribution is simulated by drawing data sets from the fitted null
+    mixture and fitting both K and K + 1 to each (McLachlan 1987)."""
+    arr = _check_fit(null, X)
+    _check_fit(alternative, arr)
+    k = null.n_components
+    if alternative.n_components != k + 1 or alternative.covariance_type != null.covariance_type:
+        raise ValueError(
+            f"alternative must have K + 1 = {k + 1} components and the null's structure "
+            f"{null.covariance_type}; got {alternative.covariance_type},{alternative.n_components}."
+        )
+    n_boot = _check_count("n_boot", n_boot, 1)
+    payload = {
+        "null": null.model,
+        "alt": alternative.model,
+        "n": arr.shape[0],
+        "settings": {"tol": tol, "max_iter": max_iter},
+    }
+    out = map_replicates(_lrt_replicate, payload, n_boot, rng, n_jobs, progress)
+    stats = np.array([r for r in out if not isinstance(r, str)], dtype=np.float64)
+    failed = {i: r for i, r in enumerate(out) if isinstance(r, str)}
+    observed = 2.0 * (alternative.loglik - null.loglik)
+    p = (1.0 + np.count_nonzero(stats >= observed)) / (1.0 + stats.size)
+    return LRTResult(k, float(observed), stats, float(p), failed)
