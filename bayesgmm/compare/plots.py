@@ -234,7 +234,7 @@ def _ellipse(ax: Any, mean: np.ndarray, cov: np.ndarray, color: Any, scales=(1.0
         width, height = 2 * s * np.sqrt(vals[::-1])
         ax.add_patch(
             Ellipse(
-                mean,
+                (float(mean[0]), float(mean[1])),
                 width,
                 height,
                 angle=angle,
