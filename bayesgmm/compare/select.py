@@ -361,7 +361,7 @@ def _loo_rows(
     if len(out) >= 2:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            table = compare({f"K={k}": res for k, res in out.items()})
+            table = compare({f"K={k}": res for k, res in out.items()}, round_to="none")
         for k in out:
             r = table.loc[f"K={k}"]
             rows[k].update(

@@ -267,11 +267,20 @@ def _lrt_replicate(payload: dict[str, Any], gen: np.random.Generator) -> float |
     k = null.n_components
     try:
         ll0 = fit_em(data, k, covariance_type=null.covariance_type, init=null, **settings).loglik
-        # The larger model from mclust's start, and from the alternative's estimate; the better
-        # of the two (a local optimum below the null's would bias the statistic downwards).
+        # The larger model from mclust's start (plus two random restarts, against collapsed
+        # fits) and from the alternative's estimate; the best proper fit (a local optimum below
+        # the null's would bias the statistic downwards).
         ll1 = -np.inf
-        for init in ("hc", alt):
-            f = fit_em(data, k + 1, covariance_type=null.covariance_type, init=init, **settings)
+        for init, n_init in (("hc", 3), (alt, 1)):
+            f = fit_em(
+                data,
+                k + 1,
+                covariance_type=null.covariance_type,
+                init=init,
+                n_init=n_init,
+                rng=gen,
+                **settings,
+            )
             if not f.degenerate:
                 ll1 = max(ll1, f.loglik)
     except (ValueError, np.linalg.LinAlgError) as err:

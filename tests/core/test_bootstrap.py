@@ -1,0 +1,131 @@
+"""Component matching, the EM bootstrap and the bootstrap likelihood-ratio test (core)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bayesgmm as bg
+from bayesgmm.core.bootstrap import bootstrap_lrt, replicate_em
+from bayesgmm.core.relabel import component_divergence, match_components, take_components
+
+
+def _three_clusters(n: int = 300, seed: int = 0) -> np.ndarray:
+    gm = bg.GaussianMixture(
+        [0.3, 0.3, 0.4], [[0, 0], [5, 0], [0, 5]], np.array([np.eye(2)] * 3), covariance_type="VVV"
+    )
+    return gm.sample(n, rng=seed)[0]
+
+
+def test_divergence_matches_closed_form_in_one_dimension():
+    # Reference: KL(N(a, s²) ‖ N(b, t²)) = log(t/s) + (s² + (a − b)²) / (2t²) − 1/2 (a derivation).
+    def kl(a, s, b, t):
+        return np.log(t / s) + (s**2 + (a - b) ** 2) / (2 * t**2) - 0.5
+
+    means = np.array([[0.0], [3.0]])
+    covs = np.array([[[1.0]], [[4.0]]])
+    ref_means = np.array([[1.0], [-2.0]])
+    ref_covs = np.array([[[0.25]], [[9.0]]])
+    got = component_divergence(means, covs, ref_means, ref_covs)
+    for j in range(2):
+        for k in range(2):
+            a, s = means[j, 0], np.sqrt(covs[j, 0, 0])
+            b, t = ref_means[k, 0], np.sqrt(ref_covs[k, 0, 0])
+            assert got[j, k] == pytest.approx(kl(a, s, b, t) + kl(b, t, a, s), rel=1e-12)
+
+
+def test_matching_undoes_any_permutation_and_tells_equal_means_apart():
+    rng = np.random.default_rng(1)
+    means = np.array([[0.0, 0.0], [0.0, 0.0], [4.0, 1.0]])  # two components share a mean
+    covs = np.array([np.eye(2) * 0.2, np.eye(2) * 5.0, [[1.0, 0.5], [0.5, 1.0]]])
+    perms = np.array([rng.permutation(3) for _ in range(20)])
+    shuffled_mu = means[perms]  # (20, 3, 2): draw s lists component perms[s, j] at j
+    shuffled_cov = covs[perms]
+    found = match_components(shuffled_mu, shuffled_cov, means, covs)
+    np.testing.assert_array_equal(
+        take_components(shuffled_mu, found), np.broadcast_to(means, (20, 3, 2))
+    )
+    np.testing.assert_array_equal(
+        take_components(shuffled_cov, found), np.broadcast_to(covs, (20, 3, 2, 2))
+    )
+
+
+@pytest.mark.parametrize("kind", ["nonparametric", "parametric", "weighted"])
+def test_bootstrap_se_of_a_mean_is_sd_over_root_n(kind):
+    # Reference: with K = 1 the EM mean is the sample mean, whose sampling sd is σ/√n; all three
+    # bootstraps estimate it (the weighted likelihood bootstrap's Dirichlet weights have the
+    # multinomial's variance, to O(1/n)).
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(400, 2)) * [1.0, 3.0]
+    fit = bg.fit_em(X, 1)
+    reps = replicate_em(fit, X, n_boot=400, kind=kind, rng=3)
+    se = reps.means[:, 0, :].std(axis=0, ddof=1)
+    np.testing.assert_allclose(se, X.std(axis=0) / np.sqrt(400), rtol=0.15)
+    assert not reps.failed
+
+
+def test_replicates_are_in_the_estimates_labels_and_do_not_depend_on_n_jobs():
+    X = _three_clusters()
+    fit = bg.fit_em(X, 3)
+    one = replicate_em(fit, X, n_boot=40, rng=5)
+    two = replicate_em(fit, X, n_boot=40, rng=5, n_jobs=2)
+    np.testing.assert_array_equal(one.means, two.means)
+    np.testing.assert_array_equal(one.replicate, np.arange(40))
+    # every replicate's component k sits near the estimate's component k
+    dist = np.abs(one.means - fit.model.means).max()
+    assert dist < 0.6
+    again = replicate_em(fit, X, n_boot=40, rng=5)
+    np.testing.assert_array_equal(one.weights, again.weights)
+
+
+def test_parametric_replicates_relabel_a_permuted_estimate():
+    X = _three_clusters()
+    fit = bg.fit_em(X, 3)
+    reps = replicate_em(fit, X, n_boot=10, kind="parametric", rng=0)
+    assert reps.weights.shape == (10, 3) and reps.covariances.shape == (10, 3, 2, 2)
+    np.testing.assert_allclose(reps.weights.mean(axis=0), fit.model.weights, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "jackknife"}, "kind must be one of"),
+        ({"n_boot": 0}, "n_boot must be an integer"),
+        ({"n_jobs": 0}, "n_jobs must be"),
+    ],
+)
+def test_bad_settings_are_named(kwargs, message):
+    X = _three_clusters(60)
+    fit = bg.fit_em(X, 2)
+    with pytest.raises(ValueError, match=message):
+        replicate_em(fit, X, **kwargs)
+
+
+def test_data_must_be_the_fits():
+    X = _three_clusters(60)
+    fit = bg.fit_em(X, 2)
+    with pytest.raises(ValueError, match="pass the data the fit was made on"):
+        replicate_em(fit, X[:50])
+    with pytest.raises(TypeError, match="fit must be an EMResult"):
+        replicate_em(fit.model, X)
+
+
+def test_lrt_rejects_one_component_for_two_clusters_and_reports_the_statistic():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(80, 1)), rng.normal(size=(80, 1)) + 4])
+    f1, f2 = bg.fit_em(X, 1, covariance_type="V"), bg.fit_em(X, 2, covariance_type="V")
+    res = bootstrap_lrt(X, f1, f2, n_boot=19, rng=1)
+    assert res.statistic == pytest.approx(2 * (f2.loglik - f1.loglik))
+    # Reference: the smallest p-value, (1 + 0) / (1 + B), when none of the B replicates with a
+    # proper fit reaches the statistic. Under the null a two-component V fit can collapse onto
+    # one point (unbounded likelihood); such replicates are left out and counted.
+    assert res.replicates.size + len(res.failed) == 19
+    assert res.replicates.size >= 15
+    assert res.p_value == pytest.approx(1 / (1 + res.replicates.size))
+    assert (res.replicates < res.statistic).all()
+
+
+def test_lrt_needs_k_plus_one():
+    X = _three_clusters(90)
+    with pytest.raises(ValueError, match="K \\+ 1"):
+        bootstrap_lrt(X, bg.fit_em(X, 1), bg.fit_em(X, 3), n_boot=2)
