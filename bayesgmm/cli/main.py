@@ -1,18 +1,205 @@
-"""``bayesgmm`` command: ``bayesgmm demo`` runs the pipeline built so far on Old Faithful.
+"""The ``bayesgmm`` command: demo, fit, sample, compare and report.
 
-The command has no statistics of its own: it calls the library and prints what it returns.
+The command has no statistics of its own: it reads the data, calls the library and writes what
+it returns. A user error (a bad file, a missing or text column, too few rows, K too large) is
+one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from bayesgmm.cli.data import CLIError, load_table, parse_k
+
 __all__ = ["main"]
+
+METHODS = ("laplace", "pathfinder", "nuts", "nutpie", "advi", "fullrank_advi", "smc")
+
+
+def _structures(text: str) -> Any:
+    return "all" if text == "all" else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _check_k(ks: list[int], n_rows: int) -> None:
+    if max(ks) > n_rows:
+        raise CLIError(
+            f"--k asks for up to {max(ks)} components but the data have {n_rows} rows; K cannot "
+            "exceed the number of observations. Use a smaller --k."
+        )
+
+
+def _print_model(best: Any) -> None:
+    model = best.model
+    print(f"Chosen model: {best.covariance_type} with K = {best.n_components} components")
+    print(
+        f"  loglik = {best.loglik:.3f}, {best.n_parameters} parameters, BIC = {best.bic:.2f}, "
+        f"ICL = {best.icl:.2f} (mclust prints −BIC = {-best.bic:.2f})"
+    )
+    names = model.feature_names or tuple(f"x{j}" for j in range(model.n_features))
+    for k in range(model.n_components):
+        sd = np.sqrt(np.diag(model.covariances[k]))
+        print(f"  component {k}: weight {model.weights[k]:.4f}")
+        print(f"    mean  {dict(zip(names, np.round(model.means[k], 4).tolist(), strict=True))}")
+        print(f"    sd    {dict(zip(names, np.round(sd, 4).tolist(), strict=True))}")
+
+
+def _write_tree(tree: Any, path: str) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.suffix == ".zarr":
+        tree.to_zarr(p, mode="w", consolidated=False)
+    elif p.suffix in (".nc", ".netcdf", ".h5"):
+        tree.to_netcdf(p, engine="h5netcdf")
+    else:
+        raise CLIError(f"--output {path!r}: use a .nc (netCDF) or .zarr path.")
+    print(f"wrote {p}")
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import bayesgmm as bg
+
+    X, notices = load_table(args.data, args.columns)
+    for n in notices:
+        print(f"note: {n}")
+    ks = parse_k(args.k)
+    _check_k(ks, X.shape[0])
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.DegenerateFitWarning)
+        sel = bg.select_em(X, ks, _structures(args.structures), args.criterion, rng=args.seed)
+    print(sel)
+    print()
+    _print_model(sel.best)
+    print(f"\nFitted {len(sel.results)} (structure, K) cells in {time.perf_counter() - t0:.1f} s.")
+    if args.output:
+        tree = bg.to_datatree(sel.best, X)
+        tree["em"].attrs["criterion"] = args.criterion
+        _write_tree(tree, args.output)
+    if args.json:
+        best = sel.best
+        out = {
+            "covariance_type": best.covariance_type,
+            "n_components": best.n_components,
+            "loglik": best.loglik,
+            "bic": best.bic,
+            "icl": best.icl,
+            "n_parameters": best.n_parameters,
+            "weights": best.model.weights.tolist(),
+            "means": best.model.means.tolist(),
+            "covariances": best.model.covariances.tolist(),
+            "features": list(X.columns),
+            "table": {
+                str(s): {str(k): (None if np.isnan(v) else float(v)) for k, v in col.items()}
+                for s, col in sel.table.items()
+            },
+            "criterion": args.criterion,
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import bayesgmm as bg
+
+    X, notices = load_table(args.data, args.columns)
+    for n in notices:
+        print(f"note: {n}")
+    [k] = parse_k(args.k) if ":" not in args.k and "," not in args.k else [None]
+    if k is None:
+        raise CLIError(f"--k must be one number of components for sample; got {args.k!r}.")
+    _check_k([k], X.shape[0])
+    t0 = time.perf_counter()
+    post = bg.fit_bayes(
+        X,
+        k,
+        covariance_type=args.structure,
+        method=args.method,
+        draws=args.draws,
+        tune=args.tune,
+        chains=args.chains,
+        rng=args.seed,
+        progressbar=not args.quiet,
+    )
+    from arviz_stats import summary
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        print(summary(post, var_names=["weights", "means"]))
+    print(f"\n{args.method}: {time.perf_counter() - t0:.1f} s")
+    _write_tree(post, args.output)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import bayesgmm as bg
+
+    X, notices = load_table(args.data, args.columns)
+    for n in notices:
+        print(f"note: {n}")
+    ks = parse_k(args.k)
+    _check_k(ks, X.shape[0])
+    methods = [m.strip() for m in args.methods.split(",")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.DegenerateFitWarning)
+        cmp = bg.compare_k(
+            X,
+            ks,
+            covariance_type=args.structure,
+            methods=methods,
+            bayes_method=args.method,
+            draws=args.draws,
+            tune=args.tune,
+            chains=args.chains,
+            n_boot_lrt=args.n_boot_lrt,
+            rng=args.seed,
+            progressbar=not args.quiet,
+        )
+    print(cmp)
+    if args.output:
+        cmp.table.to_csv(args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _run_report(X: Any, notices: list[str], args: argparse.Namespace, title: str) -> Path:
+    from bayesgmm.cli.pipeline import Settings, run_analysis
+
+    ks = parse_k(args.k)
+    _check_k(ks, X.shape[0])
+    settings = Settings(
+        ks=tuple(ks),
+        structures=_structures(args.structures),
+        method=args.method,
+        draws=args.draws,
+        chains=args.chains,
+        n_boot=args.n_boot,
+        compare_ks=tuple(parse_k(args.compare_k)) if args.compare_k else None,
+        loo=not args.no_loo,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    report, _ = run_analysis(X, settings, title, notices)
+    out = Path(args.output)
+    report.write(out)
+    return out
+
+
+def _report(args: argparse.Namespace) -> int:
+    X, notices = load_table(args.data, args.columns)
+    out = _run_report(X, notices, args, f"Gaussian mixture report: {Path(args.data).name}")
+    print(f"wrote {out.resolve()}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -23,70 +210,166 @@ def _demo(args: argparse.Namespace) -> int:
         f"Old Faithful: {X.shape[0]} eruptions × {X.shape[1]} features ({', '.join(X.columns)}).",
         flush=True,
     )
-    start = time.perf_counter()
-    sel = bg.select_em(X, n_components=range(1, args.max_k + 1), rng=args.seed)
-    elapsed = time.perf_counter() - start
-    print()
-    print(sel)
-    if sel.failures:
-        print()
-        for (structure, k), reason in sel.failures.items():
-            print(f"  {structure},{k}: {reason}")
-    best = sel.best
-    model = best.model
-    print()
-    print(f"Chosen model: {best.covariance_type} with K = {best.n_components} components")
-    print(
-        f"  loglik = {best.loglik:.3f}, {best.n_parameters} parameters, BIC = {best.bic:.2f}, "
-        f"ICL = {best.icl:.2f} (mclust prints −BIC = {-best.bic:.2f})"
-    )
-    names = model.feature_names or tuple(f"x{j}" for j in range(model.n_features))
-    with np.printoptions(precision=4, suppress=True):
-        for k in range(model.n_components):
-            sd = np.sqrt(np.diag(model.covariances[k]))
-            corr = model.covariances[k] / np.outer(sd, sd)
-            print(f"  component {k}: weight {model.weights[k]:.4f}")
-            print(
-                f"    mean  {dict(zip(names, np.round(model.means[k], 4).tolist(), strict=True))}"
-            )
-            print(f"    sd    {dict(zip(names, np.round(sd, 4).tolist(), strict=True))}")
-            if model.n_features > 1:
-                print(
-                    f"    corr  {np.round(corr[np.triu_indices(model.n_features, 1)], 4).tolist()}"
-                )
-    print()
-    print(f"Fitted {len(sel.results)} (structure, K) cells in {elapsed:.1f} s.")
+    t0 = time.perf_counter()
+    out = _run_report(X, [], args, "Old Faithful: a Gaussian mixture report (bayesgmm demo)")
+    print(f"\nThe whole pipeline took {time.perf_counter() - t0:.1f} s.")
+    print(f"Report: {out.resolve()}")
     return 0
 
 
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA", help="a CSV, Parquet or netCDF file")
+    p.add_argument("--columns", help="comma-separated columns to use (default: every numeric one)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _add_bayes(p: argparse.ArgumentParser, draws: int, chains: int) -> None:
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="laplace",
+        help="how to draw the posterior (default laplace)",
+    )
+    p.add_argument("--draws", type=int, default=draws, help=f"draws per chain (default {draws})")
+    p.add_argument("--tune", type=int, default=1000, help="NUTS tuning steps (default 1000)")
+    p.add_argument("--chains", type=int, default=chains, help=f"chains (default {chains})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_report(
+    p: argparse.ArgumentParser,
+    k: str,
+    compare_k: str | None,
+    draws: int,
+    chains: int,
+    n_boot: int,
+    output: str,
+) -> None:
+    p.add_argument("--k", default=k, help=f"K for EM selection, e.g. 1:9 (default {k})")
+    p.add_argument("--structures", default="all", help="all, or e.g. VVV,EEE (default all)")
+    p.add_argument(
+        "--compare-k",
+        default=compare_k,
+        help="K compared by BIC, ICL and LOO (default: the --k range)",
+    )
+    p.add_argument("--no-loo", action="store_true", help="compare K by BIC and ICL only")
+    p.add_argument("--n-boot", type=int, default=n_boot, help=f"bootstrap replicates ({n_boot})")
+    p.add_argument("--output", default=output, help=f"the HTML file (default {output})")
+    _add_bayes(p, draws, chains)
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="bayesgmm",
-        description="Gaussian mixture models: EM with mclust's covariance structures.",
+        description="Gaussian mixture models: EM with mclust's covariance structures, the same "
+        "model's posterior in PyMC, and the two compared in ArviZ.",
+        epilog="Run 'bayesgmm COMMAND --help' for each command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
     demo = sub.add_parser(
         "demo",
-        help="select a mixture for the bundled Old Faithful data by BIC",
-        description=(
-            "Fit Old Faithful over K = 1..9 and every covariance structure, print the BIC table "
-            "(rows K, columns structure; smaller is better) and the chosen model.\n\n"
-            "example: bayesgmm demo --max-k 6"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=raw,
+        help="the whole pipeline on the bundled Old Faithful data, written as a report",
+        description="EM selection over K and every structure, the posterior at the chosen "
+        "model, the bootstrap, the comparison over K, and an HTML report, on Old Faithful at "
+        "small settings.\n\nexamples:\n  bayesgmm demo\n  bayesgmm demo --output demo.html "
+        "--method nuts --draws 500",
     )
-    demo.add_argument("--max-k", type=int, default=9, help="largest K to try (default 9)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the random restarts")
+    _add_report(demo, "1:9", "2:4", 500, 2, 99, "bayesgmm-demo/report.html")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(func=_demo)
+
+    fit = sub.add_parser(
+        "fit",
+        formatter_class=raw,
+        help="EM selection over K and covariance structures",
+        description="Fit every (structure, K) by EM and choose by BIC or ICL, as mclust's "
+        "Mclust; print the table and the chosen model.\n\nexamples:\n  bayesgmm fit data.csv "
+        "--k 1:9\n  bayesgmm fit data.csv --k 2:5 --structures VVV,EEE --criterion icl "
+        "--columns x,y --output fit.nc --json fit.json",
+    )
+    _add_data(fit)
+    fit.add_argument("--k", default="1:9", help="K to try: 1:9, 3 or 2,4 (default 1:9)")
+    fit.add_argument("--structures", default="all", help="all, or e.g. VVV,EEE (default all)")
+    fit.add_argument("--criterion", choices=("bic", "icl"), default="bic")
+    fit.add_argument("--output", help="write the chosen fit as a DataTree (.nc or .zarr)")
+    fit.add_argument("--json", help="write the chosen fit and the table as JSON")
+    fit.set_defaults(func=_fit)
+
+    sample = sub.add_parser(
+        "sample",
+        formatter_class=raw,
+        help="the posterior of one mixture (PyMC), to netCDF/zarr",
+        description="Draw the posterior of the K-component mixture, started from EM, and "
+        "write it as an ArviZ DataTree.\n\nexamples:\n  bayesgmm sample data.csv --k 3 "
+        "--method nuts --output posterior.nc\n  bayesgmm sample data.csv --k 2 --structure V "
+        "--method smc --output posterior.zarr",
+    )
+    _add_data(sample)
+    sample.add_argument("--k", required=True, help="the number of components")
+    sample.add_argument("--structure", default="VVV", help="covariance structure (default VVV)")
+    sample.add_argument("--output", default="posterior.nc", help="a .nc or .zarr path")
+    _add_bayes(sample, 1000, 4)
+    sample.set_defaults(func=_sample)
+
+    compare = sub.add_parser(
+        "compare",
+        formatter_class=raw,
+        help="the choice of K by BIC, ICL, LRT, LOO and SMC",
+        description="Compare numbers of components by EM's BIC and ICL, the bootstrap LRT, "
+        "the posterior's PSIS-LOO (with a parsimony rule) and SMC's evidence.\n\nexamples:\n"
+        "  bayesgmm compare data.csv --k 1:5\n  bayesgmm compare data.csv --k 1:7 --structure V "
+        "--methods bic,icl,loo,smc --output criteria.csv",
+    )
+    _add_data(compare)
+    compare.add_argument("--k", default="1:5", help="K to compare (default 1:5)")
+    compare.add_argument("--structure", default="VVV", help="covariance structure (default VVV)")
+    compare.add_argument(
+        "--methods",
+        default="bic,icl,loo",
+        help="criteria among bic,icl,lrt,loo,smc (default bic,icl,loo)",
+    )
+    compare.add_argument("--n-boot-lrt", type=int, default=99, help="LRT replicates (99)")
+    compare.add_argument("--output", help="write the table as CSV")
+    _add_bayes(compare, 1000, 4)
+    compare.set_defaults(func=_compare)
+
+    report = sub.add_parser(
+        "report",
+        formatter_class=raw,
+        help="a self-contained HTML report of the whole analysis",
+        description="EM selection, the posterior at the chosen model, the bootstrap, the "
+        "comparison over K, figures and a reading in words, in one HTML file.\n\nexamples:\n"
+        "  bayesgmm report data.csv --output report.html\n  bayesgmm report data.csv --k 1:6 "
+        "--method nuts --draws 1000 --chains 4",
+    )
+    _add_data(report)
+    _add_report(report, "1:9", None, 1000, 4, 199, "report.html")
+    report.set_defaults(func=_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "max_k", 1) < 1:
-        parser.error(f"--max-k must be at least 1; got {args.max_k}")
-    return int(args.func(args))
+    for name in ("draws", "chains", "n_boot", "tune", "n_boot_lrt"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+    try:
+        return int(args.func(args))
+    except CLIError as err:
+        print(f"bayesgmm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as err:
+        # The library's own errors name the argument and the fix: one line, not a traceback
+        # (BAYESGMM_DEBUG=1 shows the traceback).
+        if os.environ.get("BAYESGMM_DEBUG"):
+            raise
+        print(f"bayesgmm {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

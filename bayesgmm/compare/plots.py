@@ -22,7 +22,14 @@ from bayesgmm.core._validation import as_data
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.result import EMResult
 
-__all__ = ["plot_criteria", "plot_forest", "plot_mixture", "plot_posterior", "readable_dataset"]
+__all__ = [
+    "plot_bic",
+    "plot_criteria",
+    "plot_forest",
+    "plot_mixture",
+    "plot_posterior",
+    "readable_dataset",
+]
 
 #: The variables of :func:`readable_dataset`, in the order the plots show them.
 READABLE = ("weights", "means", "sds")
@@ -221,6 +228,29 @@ def plot_criteria(comparison: Any, *, path: Any = None, show: bool = False) -> A
             ax.plot(picks[panel], table.loc[picks[panel], col], "k*", ms=14)
         ax.set_xlabel("K")
         ax.set_xticks(ks)
+    fig.tight_layout()
+    return _finish(fig, path, show)
+
+
+def plot_bic(selection: Any, *, path: Any = None, show: bool = False) -> Any:
+    """The criterion of every structure against K from :func:`bayesgmm.select_em` (mclust's BIC
+    plot, in the textbook sign: smaller is better), the chosen cell starred."""
+    import matplotlib.pyplot as plt
+
+    table = selection.table
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ks = np.asarray(table.index, dtype=int)
+    markers = "os^vD<>phH8*xP+"
+    for i, structure in enumerate(table.columns):
+        ax.plot(
+            ks, table[structure], marker=markers[i % len(markers)], ms=4, lw=1, label=str(structure)
+        )
+    best = selection.best
+    ax.plot(best.n_components, table.loc[best.n_components, best.covariance_type], "k*", ms=16)
+    ax.set_xlabel("K")
+    ax.set_xticks(ks)
+    ax.set_ylabel(f"{selection.criterion.upper()} (smaller is better)")
+    ax.legend(ncol=2, fontsize=8, loc="best")
     fig.tight_layout()
     return _finish(fig, path, show)
 

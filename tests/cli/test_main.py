@@ -1,28 +1,202 @@
+"""The command line: every subcommand's help, its outputs, and its error paths (exit code 2)."""
+
+from __future__ import annotations
+
+import json
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import bayesgmm as bg
 from bayesgmm.cli.main import main
 
-
-def test_demo_small(capsys):
-    assert main(["demo", "--max-k", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "Old Faithful: 272 eruptions" in out
-    assert "Top models by BIC" in out
-    assert "Chosen model: EEE with K = 3" in out
+COMMANDS = ("demo", "fit", "sample", "compare", "report")
 
 
-def test_help_lists_demo():
+@pytest.fixture(scope="module")
+def faithful_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "faithful.csv"
+    frame = bg.datasets.load_faithful()
+    frame.insert(0, "label", [f"e{i}" for i in range(len(frame))])  # a text column
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_help_lists_every_command():
     out = subprocess.run(
         [sys.executable, "-m", "bayesgmm.cli.main", "--help"], capture_output=True, text=True
     )
-    assert out.returncode == 0 and "demo" in out.stdout
+    assert out.returncode == 0
+    for command in COMMANDS:
+        assert command in out.stdout
 
 
-def test_bad_max_k(capsys):
-    import pytest
-
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as err:
-        main(["demo", "--max-k", "0"])
+        main([command, "--help"])
+    assert err.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"bayesgmm {command}" in out
+
+
+def _error(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err  # one line, no traceback
+    return err
+
+
+def test_error_paths(tmp_path, capsys, faithful_csv):
+    assert "does not exist" in _error(capsys, ["fit", str(tmp_path / "nope.csv")])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert "is empty" in _error(capsys, ["fit", str(empty)])
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("a,b\n")
+    assert "has no rows" in _error(capsys, ["fit", str(header_only)])
+    err = _error(capsys, ["fit", str(faithful_csv), "--columns", "label,waiting"])
+    assert "['label'] are not numeric" in err
+    assert "not in DATA" in _error(capsys, ["fit", str(faithful_csv), "--columns", "nope"])
+    err = _error(capsys, ["fit", str(faithful_csv), "--k", "1:300"])
+    assert "up to 300 components but the data have 272 rows" in err
+    assert "--k must be" in _error(capsys, ["fit", str(faithful_csv), "--k", "two"])
+    wrong = tmp_path / "data.xlsx"
+    wrong.write_text("x")
+    assert "pass a .csv" in _error(capsys, ["fit", str(wrong)])
+    # the library's own errors come through in one line too
+    err = _error(capsys, ["fit", str(faithful_csv), "--k", "2", "--structures", "XYZ"])
+    assert "XYZ" in err
+    missing = tmp_path / "missing.csv"
+    missing.write_text("a,b\n1,2\n,3\n4,5\n")
+    assert "missing values" in _error(capsys, ["fit", str(missing)])
+    err = _error(capsys, ["sample", str(faithful_csv), "--k", "1:3"])
+    assert "one number of components" in err
+
+
+def test_bad_counts_are_usage_errors(capsys, faithful_csv):
+    with pytest.raises(SystemExit) as err:
+        main(["sample", str(faithful_csv), "--k", "2", "--draws", "0"])
     assert err.value.code == 2
-    assert "--max-k must be at least 1" in capsys.readouterr().err
+    assert "--draws must be at least 1" in capsys.readouterr().err
+
+
+def test_fit_writes_a_datatree_and_json(tmp_path, capsys, faithful_csv):
+    nc, js = tmp_path / "fit.nc", tmp_path / "fit.json"
+    argv = ["fit", str(faithful_csv), "--k", "1:4", "--output", str(nc), "--json", str(js)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "non-numeric columns dropped: label" in out
+    assert "Chosen model: EEE with K = 3" in out  # as mclust on faithful (shared/reference)
+    tree = xr.open_datatree(nc, engine="h5netcdf")
+    assert tree["em"].attrs["covariance_type"] == "EEE"
+    assert list(tree["em"].coords["feature"].values) == ["eruptions", "waiting"]
+    data = json.loads(js.read_text())
+    assert data["n_components"] == 3 and len(data["means"]) == 3
+    assert data["table"]["EEE"]["3"] == pytest.approx(data["bic"])
+
+
+def test_parquet_and_netcdf_inputs(tmp_path, capsys):
+    frame = bg.datasets.load_faithful()
+    pq = tmp_path / "f.parquet"
+    frame.to_parquet(pq)
+    nc = tmp_path / "f.nc"
+    xr.Dataset(
+        {"x": (("obs", "feature"), frame.to_numpy())},
+        coords={"feature": list(frame.columns)},
+    ).to_netcdf(nc, engine="h5netcdf")
+    for path in (pq, nc):
+        assert main(["fit", str(path), "--k", "3", "--structures", "EEE"]) == 0
+        out = capsys.readouterr().out
+        assert "Chosen model: EEE with K = 3" in out
+
+
+def test_report_is_self_contained_html(tmp_path, capsys, faithful_csv):
+    out = tmp_path / "r" / "report.html"
+    argv = [
+        "report",
+        str(faithful_csv),
+        "--k",
+        "1:3",
+        "--structures",
+        "EEE,VVV",
+        "--compare-k",
+        "2:3",
+        "--draws",
+        "60",
+        "--chains",
+        "2",
+        "--n-boot",
+        "10",
+        "--output",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    text = out.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    # BIC per structure, the mixture, the forest plot, the criteria against K: all embedded
+    assert text.count('src="data:image/png;base64,') == 4
+    for heading in (
+        "EM: model selection by BIC",
+        "EM against the posterior",
+        "How many components?",
+        "Reading",
+        "Settings and versions",
+    ):
+        assert heading in text
+    assert "pymc" in text  # the versions used
+    assert "http" not in text and "<script" not in text  # nothing fetched, nothing run
+
+
+def test_demo_small(tmp_path, capsys):
+    out = tmp_path / "demo.html"
+    argv = [
+        "demo",
+        "--k",
+        "1:3",
+        "--structures",
+        "EEE",
+        "--compare-k",
+        "3",
+        "--draws",
+        "40",
+        "--chains",
+        "2",
+        "--n-boot",
+        "10",
+        "--output",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Old Faithful: 272 eruptions" in printed
+    assert f"Report: {out.resolve()}" in printed
+    assert "EEE, K = 3" in out.read_text()
+
+
+def test_compare_prints_the_table(tmp_path, capsys, faithful_csv):
+    csv = tmp_path / "criteria.csv"
+    argv = [
+        "compare",
+        str(faithful_csv),
+        "--k",
+        "1:4",
+        "--structure",
+        "EEE",
+        "--methods",
+        "bic,icl",
+        "--output",
+        str(csv),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    assert "BIC: K=3" in capsys.readouterr().out
+    table = pd.read_csv(csv, index_col=0)
+    assert list(table.index) == [1, 2, 3, 4]
+    assert np.isfinite(table["bic"]).all()

@@ -79,7 +79,7 @@ def test_errors(three_fit, pseudo_posterior, three):
     with pytest.raises(ValueError, match="ci_prob"):
         bg.compare_estimates(three_fit, pseudo_posterior, ci_prob=94)
     other = bg.fit_em(three, 2)
-    with pytest.raises(ValueError, match="has 3 components .* EM fit has 2"):
+    with pytest.raises(ValueError, match=r"has 3 components .* EM fit has 2"):
         bg.compare_estimates(other, pseudo_posterior)
     ds = pseudo_posterior["posterior"].to_dataset().drop_vars("covariances")
     with pytest.raises(ValueError, match="lacks \\['covariances'\\]"):

@@ -1,0 +1,132 @@
+"""Reading the command line's DATA argument: CSV, Parquet or netCDF, into a numeric DataFrame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLIError", "load_table", "parse_k"]
+
+
+class CLIError(Exception):
+    """A user error the command reports in one line, with exit code 2."""
+
+
+def _read(path: Path) -> Any:
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".txt", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".nc", ".netcdf", ".h5"):
+            import xarray as xr
+
+            with xr.open_dataset(path, engine="h5netcdf") as ds:
+                return _dataset_to_frame(ds.load())
+    except pd.errors.EmptyDataError:
+        raise CLIError(
+            f"DATA {str(path)!r} is empty; pass a file with a header and rows."
+        ) from None
+    except (ValueError, OSError, ImportError) as err:
+        raise CLIError(f"DATA {str(path)!r} could not be read as {suffix[1:]}: {err}") from None
+    raise CLIError(
+        f"DATA {str(path)!r} has the extension {suffix or '(none)'!r}; pass a .csv, .tsv, "
+        ".parquet or .nc file."
+    )
+
+
+def _dataset_to_frame(ds: Any) -> Any:
+    """A netCDF Dataset as a table: its one 2-D variable (rows, columns), or its 1-D variables
+    along one shared dimension as columns."""
+    import pandas as pd
+
+    two_d = [v for v in ds.data_vars if ds[v].ndim == 2]
+    if len(two_d) == 1:
+        var = ds[two_d[0]]
+        cols = var.dims[1]
+        names = [str(c) for c in var.coords[cols].values] if cols in var.coords else None
+        return pd.DataFrame(var.values, columns=names)
+    one_d = [v for v in ds.data_vars if ds[v].ndim == 1]
+    dims = {ds[v].dims for v in one_d}
+    if one_d and len(dims) == 1:
+        return pd.DataFrame({str(v): ds[v].values for v in one_d})
+    raise CLIError(
+        "the netCDF file must hold one 2-D variable (rows × features) or 1-D variables along one "
+        f"dimension; it has {sorted(map(str, ds.data_vars))}."
+    )
+
+
+def load_table(path: str, columns: str | None = None) -> tuple[Any, list[str]]:
+    """The numeric data of ``path`` as a DataFrame, and notices for the user.
+
+    With ``columns`` ("a,b,c"), exactly those columns, each of which must be numeric; without,
+    every numeric column, the others dropped with a notice.
+    """
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(
+            f"DATA {path!r} does not exist; pass the path of a CSV, Parquet or netCDF file."
+        )
+    if p.is_dir():
+        raise CLIError(f"DATA {path!r} is a directory; pass a file.")
+    frame = _read(p)
+    notices: list[str] = []
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise CLIError(f"DATA {path!r} has no rows; pass a file with data.")
+    numeric = [
+        c for c in frame.columns if is_numeric_dtype(frame[c]) and not is_bool_dtype(frame[c])
+    ]
+    if columns:
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        missing = [c for c in wanted if c not in frame.columns]
+        if missing:
+            have = [str(c) for c in frame.columns]
+            raise CLIError(f"--columns: {missing} not in DATA; its columns are {have}.")
+        text = [c for c in wanted if c not in numeric]
+        if text:
+            raise CLIError(
+                f"--columns: {text} are not numeric (e.g. {frame[text[0]].iloc[0]!r}); a Gaussian "
+                "mixture needs numbers. Select numeric columns."
+            )
+        frame = frame[wanted]
+    else:
+        dropped = [str(c) for c in frame.columns if c not in numeric]
+        if dropped:
+            notices.append(
+                f"non-numeric columns dropped: {', '.join(dropped)} (select with --columns)"
+            )
+        if not numeric:
+            raise CLIError(
+                f"DATA {path!r} has no numeric columns; a Gaussian mixture needs numbers."
+            )
+        frame = frame[numeric]
+    n_missing = int(frame.isna().any(axis=1).sum())
+    if n_missing:
+        raise CLIError(
+            f"DATA {path!r} has {n_missing} rows with missing values in the selected columns; "
+            "remove or impute them first."
+        )
+    frame.columns = [str(c) for c in frame.columns]
+    return frame, notices
+
+
+def parse_k(text: str) -> list[int]:
+    """ "3" → [3]; "1:5" → [1, 2, 3, 4, 5] (inclusive, as mclust's G = 1:5); "2,4,6" → [2, 4, 6]."""
+    try:
+        if ":" in text:
+            lo, hi = (int(t) for t in text.split(":"))
+            ks = list(range(lo, hi + 1))
+        else:
+            ks = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise CLIError(
+            f"--k must be an integer, a range such as 1:9, or a list such as 2,3,5; got {text!r}."
+        ) from None
+    if not ks or min(ks) < 1:
+        raise CLIError(f"--k must name positive numbers of components; got {text!r}.")
+    return ks

@@ -1,0 +1,132 @@
+"""The HTML report: one self-contained file (figures embedded as PNG), tables, the settings and
+versions used, and a short reading of the results in words.
+
+Nothing here computes statistics: it lays out what the library returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+__all__ = ["Report", "package_versions"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
+h2 { margin-top: 1.8em; border-bottom: 1px solid #bbb; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .88em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
+th { background: #f0f0f0; }
+td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: .9em; color: #555; }
+.reading { background: #f6f8fa; border-left: 4px solid #4a7; padding: .6em 1em; }
+.notes { color: #a40; }
+code { background: #f3f3f3; padding: 0 .2em; }
+"""
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages behind the results."""
+    out = {"python": platform.python_version()}
+    for name in (
+        "bayesgmm",
+        "numpy",
+        "scipy",
+        "pandas",
+        "xarray",
+        "pymc",
+        "pytensor",
+        "arviz-base",
+        "arviz-stats",
+        "arviz-plots",
+        "matplotlib",
+    ):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _figure_html(fig: Any, caption: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _table_html(frame: Any, digits: int = 4) -> str:
+    return str(frame.to_html(float_format=lambda v: f"{v:.{digits}g}", na_rep="", border=0))
+
+
+@dataclass
+class Report:
+    """An HTML report built section by section."""
+
+    title: str
+    sections: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def heading(self, text: str) -> None:
+        self.sections.append(f"<h2>{html.escape(text)}</h2>")
+
+    def paragraph(self, text: str, css: str | None = None) -> None:
+        cls = f' class="{css}"' if css else ""
+        self.sections.append(f"<p{cls}>{html.escape(text)}</p>")
+
+    def items(self, lines: list[str], css: str | None = None) -> None:
+        cls = f' class="{css}"' if css else ""
+        body = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+        self.sections.append(f"<ul{cls}>{body}</ul>")
+
+    def reading(self, lines: list[str]) -> None:
+        body = "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+        self.sections.append(f'<div class="reading">{body}</div>')
+
+    def table(self, frame: Any, digits: int = 4) -> None:
+        self.sections.append(_table_html(frame, digits))
+
+    def figure(self, fig: Any, caption: str) -> None:
+        self.sections.append(_figure_html(fig, caption))
+
+    def settings(self, settings: dict[str, Any]) -> None:
+        import pandas as pd
+
+        self.heading("Settings and versions")
+        rows = [(k, str(v)) for k, v in settings.items()]
+        rows += [(f"version: {k}", v) for k, v in package_versions().items()]
+        rows.append(("seconds to build", f"{time.time() - self.started:.1f}"))
+        self.table(pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting"))
+
+    def html(self) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>{html.escape(self.title)}</h1><p>Written by bayesgmm on {stamp}.</p>"
+            + "\n".join(self.sections)
+            + "</body></html>\n"
+        )
+
+    def write(self, path: Any) -> None:
+        from pathlib import Path
+
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(self.html(), encoding="utf-8")
