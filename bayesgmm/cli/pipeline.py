@@ -209,7 +209,8 @@ def _reading(
     picks = cmp.choices
     agree = [c.upper() for c, kk in picks.items() if kk == k]
     differ = [f"{c.upper()} picks K = {kk}" for c, kk in picks.items() if kk != k]
-    text = f"Over K for {structure}: " + (f"{', '.join(agree)} agree on K = {k}" if agree else "")
+    verb = "agrees" if len(agree) == 1 else "agree"
+    text = f"Over K for {structure}: " + (f"{', '.join(agree)} {verb} on K = {k}" if agree else "")
     if differ:
         text += ("; " if agree else "") + "; ".join(differ)
     lines.append(text + ".")

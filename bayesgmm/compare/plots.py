@@ -247,6 +247,12 @@ def plot_bic(selection: Any, *, path: Any = None, show: bool = False) -> Any:
         )
     best = selection.best
     ax.plot(best.n_components, table.loc[best.n_components, best.covariance_type], "k*", ms=16)
+    # The worst structures can sit far above the rest; the view keeps the best three quarters.
+    values = table.to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size > 4:
+        low, high = values.min(), np.percentile(values, 75)
+        ax.set_ylim(low - 0.05 * (high - low), high)
     ax.set_xlabel("K")
     ax.set_xticks(ks)
     ax.set_ylabel(f"{selection.criterion.upper()} (smaller is better)")
