@@ -12,6 +12,7 @@ from bayesgmm.core import (
     EMResult,
     GaussianMixture,
     SelectionResult,
+    adjusted_rand_index,
     fit_em,
     select_em,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "KComparison",
     "Priors",
     "SelectionResult",
+    "adjusted_rand_index",
     "bootstrap_em",
     "compare_estimates",
     "compare_k",

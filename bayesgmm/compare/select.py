@@ -339,22 +339,25 @@ def _loo_rows(
             # Our own note below says it in words, with the share of bad observations.
             warnings.simplefilter("ignore")
             res = loo(tree, pointwise=True)
-        kvals = np.asarray(res.pareto_k).ravel()
-        n_bad = int(np.count_nonzero(kvals > PARETO_K_BAD))
+        kvals = np.asarray(res.pareto_k, dtype=np.float64).ravel()
+        # A k that could not be estimated (NaN) is no more trustworthy than a large one.
+        n_nan = int(np.count_nonzero(np.isnan(kvals)))
+        n_bad = int(np.count_nonzero(kvals > PARETO_K_BAD)) + n_nan
         rows[k].update(
             elpd_loo=float(res.elpd),
             se=float(res.se),
             p_loo=float(res.p),
-            pareto_k_max=float(np.max(kvals)),
+            pareto_k_max=float(np.nanmax(kvals)) if n_nan < kvals.size else np.nan,
             share_k_bad=n_bad / kvals.size,
         )
         if n_bad:
+            nan_text = f", {n_nan} of them with a k that could not be estimated" if n_nan else ""
             notes.append(
                 f"K={k}: LOO is unreliable — {n_bad} of {kvals.size} observations "
-                f"({100 * n_bad / kvals.size:.1f}%) have Pareto k > {PARETO_K_BAD}, so their "
-                "leave-one-out densities rest on importance weights with infinite variance; "
-                "the ELPD there is likely too optimistic. Longer chains rarely help; K-fold "
-                "cross-validation or moment matching would."
+                f"({100 * n_bad / kvals.size:.1f}%) have Pareto k > {PARETO_K_BAD}{nan_text}, "
+                "so their leave-one-out densities rest on importance weights with infinite "
+                "variance; the ELPD there is likely too optimistic. Longer chains rarely help; "
+                "K-fold cross-validation or moment matching would."
             )
         out[k] = res
     table = None

@@ -3,7 +3,7 @@
 Importing this package loads no pymc, pytensor or arviz.
 """
 
-from bayesgmm.core.criteria import aic, bic, icl
+from bayesgmm.core.criteria import adjusted_rand_index, aic, bic, icl
 from bayesgmm.core.em import e_step, m_step, step
 from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
@@ -20,6 +20,7 @@ __all__ = [
     "EMResult",
     "GaussianMixture",
     "SelectionResult",
+    "adjusted_rand_index",
     "aic",
     "bic",
     "e_step",

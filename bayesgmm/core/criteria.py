@@ -6,9 +6,11 @@ numbers are the same up to that sign.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-__all__ = ["aic", "bic", "icl"]
+__all__ = ["adjusted_rand_index", "aic", "bic", "icl"]
 
 
 def bic(loglik: float, n_parameters: int, n_obs: float) -> float:
@@ -34,3 +36,34 @@ def icl(
     logs = np.log(np.maximum(top, np.finfo(float).tiny))
     ent = float(logs.sum() if sample_weight is None else sample_weight @ logs)
     return bic(loglik, n_parameters, n_obs) - 2.0 * ent
+
+
+def adjusted_rand_index(labels_a: Any, labels_b: Any) -> float:
+    """Adjusted Rand index of two partitions of the same rows (Hubert & Arabie 1985; mclust's
+    ``adjustedRandIndex``): 1 for the same partition up to renaming, about 0 for independent
+    ones. Labels may be any hashable values (species names, component numbers)."""
+    a = np.asarray(labels_a)
+    b = np.asarray(labels_b)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(
+            f"labels_a and labels_b must be 1-D and of the same length; got shapes {a.shape} "
+            f"and {b.shape}."
+        )
+    if a.size < 2:
+        raise ValueError(f"the adjusted Rand index needs at least 2 rows; got {a.size}.")
+    _, ia = np.unique(a, return_inverse=True)
+    _, ib = np.unique(b, return_inverse=True)
+    table = np.zeros((ia.max() + 1, ib.max() + 1))
+    np.add.at(table, (ia, ib), 1.0)
+
+    def pairs(x: np.ndarray) -> float:
+        return float((x * (x - 1) / 2).sum())
+
+    index = pairs(table)
+    rows, cols = pairs(table.sum(axis=1)), pairs(table.sum(axis=0))
+    total = a.size * (a.size - 1) / 2
+    expected = rows * cols / total
+    maximum = (rows + cols) / 2
+    if maximum == expected:  # both partitions trivial (one class each, or all singletons)
+        return 1.0
+    return (index - expected) / (maximum - expected)

@@ -129,3 +129,18 @@ def test_lrt_needs_k_plus_one():
     X = _three_clusters(90)
     with pytest.raises(ValueError, match="K \\+ 1"):
         bootstrap_lrt(X, bg.fit_em(X, 1), bg.fit_em(X, 3), n_boot=2)
+
+
+def test_adjusted_rand_index_equals_scikit_learn():
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.integers(0, 4, size=50)
+        b = np.where(rng.random(50) < 0.7, a, rng.integers(0, 3, size=50))
+        # Reference: scikit-learn's adjusted_rand_score on the same labels.
+        assert bg.adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    names = np.array(["x", "y", "y", "z"])
+    assert bg.adjusted_rand_index(names, [2, 0, 0, 1]) == 1.0
+    with pytest.raises(ValueError, match="same length"):
+        bg.adjusted_rand_index([0, 1], [0, 1, 1])

@@ -26,3 +26,19 @@ def test_bundled_copies_equal_reference():
     pd.testing.assert_frame_equal(
         bg.datasets.load_faithful(), pd.read_csv(REFERENCE / "faithful.csv").astype(float)
     )
+
+
+def test_iris():
+    df = bg.datasets.load_iris()
+    assert df.shape == (150, 5)
+    assert df["species"].value_counts().to_dict() == {
+        "setosa": 50,
+        "versicolor": 50,
+        "virginica": 50,
+    }
+    # Reference: R's colMeans(iris[, 1:4]) = 5.843333 3.057333 3.758000 1.199333
+    np.testing.assert_allclose(
+        df.drop(columns="species").mean().to_numpy(),
+        [5.843333, 3.057333, 3.758, 1.199333],
+        atol=1e-6,
+    )
