@@ -22,7 +22,6 @@
 import time
 import warnings
 
-
 import bayesgmm as bg
 from bayesgmm.cli.report import Report
 from bayesgmm.compare import plots
