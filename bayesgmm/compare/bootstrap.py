@@ -84,18 +84,19 @@ def bootstrap_em(
 
     Returns
     -------
-    DataTree with groups
+    DataTree
+        With groups
 
-    * ``posterior``: ``weights``, ``means``, ``covariances`` with ``chain`` = 1 and ``draw`` =
-      replicate, in the estimate's labels, so that ``arviz_stats.summary`` and arviz-plots read
-      them as they read a posterior (R-hat and ESS are meaningless here: replicates are
-      independent);
-    * ``sample_stats``: each replicate's ``loglik``, ``n_iter``, ``converged`` and whether it was
-      ``relabelled``;
-    * ``em``: the estimate (as :func:`to_datatree`).
+        * ``posterior``: ``weights``, ``means``, ``covariances`` with ``chain`` = 1 and ``draw`` =
+          replicate, in the estimate's labels, so that ``arviz_stats.summary`` and arviz-plots read
+          them as they read a posterior (R-hat and ESS are meaningless here: replicates are
+          independent);
+        * ``sample_stats``: each replicate's ``loglik``, ``n_iter``, ``converged`` and whether it was
+          ``relabelled``;
+        * ``em``: the estimate (as :func:`to_datatree`).
 
-    Replicates whose fit collapsed are left out (``attrs["n_failed"]``, with reasons in
-    ``attrs["failures"]``), as mclust leaves out its NA replicates.
+        Replicates whose fit collapsed are left out (``attrs["n_failed"]``, with reasons in
+        ``attrs["failures"]``), as mclust leaves out its NA replicates.
     """
     with progress_bar(n_boot, f"bootstrap ({kind})", progressbar) as advance:
         reps = replicate_em(

@@ -92,17 +92,18 @@ def to_datatree(fit: EMResult | GaussianMixture, X: Any = None) -> Any:
 
     Returns
     -------
-    DataTree with groups
+    DataTree
+        With groups
 
-    * ``em``: ``weights``, ``means``, ``covariances`` as one chain of one draw (the names, dims
-      and coords of a :func:`bayesgmm.fit_bayes` posterior), the ``responsibilities`` (obs,
-      component), and the fit's facts (log-likelihood, BIC, AIC, ICL, parameters, iterations,
-      convergence, start) as attrs;
-    * ``em_trace``: ``loglik`` (iteration), the log-likelihood before each M-step;
-    * ``observed_data``: ``x`` (obs, feature) and ``log_likelihood``: ``x`` (chain, draw, obs),
-      when ``X`` is given — so ArviZ's ``loo`` and plots read it as they read a posterior's.
+        * ``em``: ``weights``, ``means``, ``covariances`` as one chain of one draw (the names, dims
+          and coords of a :func:`bayesgmm.fit_bayes` posterior), the ``responsibilities`` (obs,
+          component), and the fit's facts (log-likelihood, BIC, AIC, ICL, parameters, iterations,
+          convergence, start) as attrs;
+        * ``em_trace``: ``loglik`` (iteration), the log-likelihood before each M-step;
+        * ``observed_data``: ``x`` (obs, feature) and ``log_likelihood``: ``x`` (chain, draw, obs),
+          when ``X`` is given — so ArviZ's ``loo`` and plots read it as they read a posterior's.
 
-    It round-trips through ``to_netcdf`` (h5netcdf) and ``to_zarr`` unchanged.
+        It round-trips through ``to_netcdf`` (h5netcdf) and ``to_zarr`` unchanged.
     """
     import xarray as xr
 

@@ -74,16 +74,6 @@ def test_forest_and_posterior_with_references(
         assert isinstance(plots.plot_posterior(fit, boot, var_names=["sds"]), Figure)
 
 
-def test_criteria(comparison, tmp_path):
-    fig = plots.plot_criteria(comparison, path=tmp_path / "criteria.png")
-    assert [a.get_title() for a in fig.axes] == [
-        "EM: BIC and ICL",
-        "bootstrap LRT",
-        "posterior: PSIS-LOO",
-    ]
-    _nonblank(tmp_path / "criteria.png")
-
-
 def test_nothing_is_shown_or_saved_unless_asked(three, three_fit, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shown = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from arviz_stats import loo
@@ -11,6 +12,7 @@ from arviz_stats import loo
 import bayesgmm as bg
 from bayesgmm.compare import loo_choice
 from bayesgmm.compare import select as select_mod
+from bayesgmm.compare.plots import plot_criteria
 
 
 def test_three_clusters_every_criterion_picks_three(comparison):
@@ -69,3 +71,16 @@ def test_bad_methods():
     X = np.random.default_rng(0).normal(size=(30, 2))
     with pytest.raises(ValueError, match="methods must be"):
         bg.compare_k(X, range(1, 3), methods=("aic",))
+
+
+def test_criteria_plot(comparison, tmp_path):
+    # here rather than in test_plots.py: the comparison fixture is costly, and CI's workers
+    # share fixtures only within a file
+    fig = plot_criteria(comparison, path=tmp_path / "criteria.png")
+    assert [a.get_title() for a in fig.axes] == [
+        "EM: BIC and ICL",
+        "bootstrap LRT",
+        "posterior: PSIS-LOO",
+    ]
+    assert (tmp_path / "criteria.png").stat().st_size > 5_000
+    plt.close(fig)
