@@ -91,8 +91,8 @@ def bootstrap_em(
           replicate, in the estimate's labels, so that ``arviz_stats.summary`` and arviz-plots read
           them as they read a posterior (R-hat and ESS are meaningless here: replicates are
           independent);
-        * ``sample_stats``: each replicate's ``loglik``, ``n_iter``, ``converged`` and whether it was
-          ``relabelled``;
+        * ``sample_stats``: each replicate's ``loglik``, ``n_iter``, ``converged`` and whether it
+          was ``relabelled``;
         * ``em``: the estimate (as :func:`to_datatree`).
 
         Replicates whose fit collapsed are left out (``attrs["n_failed"]``, with reasons in
