@@ -7,17 +7,16 @@ replicates are the same whether they run in one process or several.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from bayesgmm.core._parallel import can_fork, forked_pool
 from bayesgmm.core._validation import as_data, as_rng
 from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
@@ -134,36 +133,17 @@ def map_replicates(
     items = list(enumerate(seeds))
     workers = _workers(n_jobs, n)
     results: list[Any] = [None] * n
-    # Fork (as select_em) only while no other Python thread runs: one could hold a lock that
-    # the child would wait on forever. Otherwise the replicates run here, with the same results.
-    if (
-        workers > 1
-        and threading.active_count() == 1
-        and "fork" in multiprocessing.get_all_start_methods()
-    ):
-        from bayesgmm.core._passes import shutdown_pool
-        from bayesgmm.core.select import _single_threaded_blas
-
-        shutdown_pool()
+    if can_fork(workers):
         size = max(1, n // (workers * 8))
         chunks = [items[i : i + size] for i in range(0, n, size)]
-        ctx = multiprocessing.get_context("fork")
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore",
-                message=".*use of fork\\(\\) may lead to deadlocks",
-                category=DeprecationWarning,
-            )
-            with ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=_single_threaded_blas
-            ) as pool:
-                futures = [pool.submit(_run_chunk, (func, payload, chunk)) for chunk in chunks]
-                for future in as_completed(futures):
-                    done = future.result()
-                    for i, value in done:
-                        results[i] = value
-                    if progress is not None:
-                        progress(len(done))
+        with forked_pool(workers) as pool:
+            futures = [pool.submit(_run_chunk, (func, payload, chunk)) for chunk in chunks]
+            for future in as_completed(futures):
+                done = future.result()
+                for i, value in done:
+                    results[i] = value
+                if progress is not None:
+                    progress(len(done))
     else:
         for i, seed in items:
             [(_, results[i])] = _run_chunk((func, payload, [(i, seed)]))

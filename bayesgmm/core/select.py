@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
-import warnings
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._passes import shutdown_pool
+from bayesgmm.core._parallel import can_fork, forked_pool
 from bayesgmm.core._validation import as_rng, count_distinct_rows
 from bayesgmm.core.em import Degenerate
 from bayesgmm.core.fit import (
@@ -168,13 +165,6 @@ def _run_group(
 #: Cross-starts are screened harder than restarts: a few iterations from each other structure's
 #: partition, and only the best one goes on (beside the cell's own fit).
 CROSS_SCREEN = {"short_iter": 5, "keep": 1}
-
-
-def _single_threaded_blas() -> None:
-    """Worker processes already use every core: BLAS inside each runs on one thread."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
 
 
 def _n_workers(n_jobs: int | None, n_obs: int, n_structures: int) -> int:
@@ -333,26 +323,9 @@ def select_em(
         for i, (s, cells) in enumerate(cells_by_structure.items()):
             shares[i % n_tasks][s] = cells
         tasks = [(job, share, screen or {}) for share in shares]
-        if len(tasks) > 1:
-            shutdown_pool()  # no idle pass threads across the fork
-        # Fork only when no other Python thread runs (one could hold a lock the child then waits
-        # on forever); otherwise run in this process, with the same results. Fork, not a fork
-        # server or spawn: those re-import the caller's script, and a user's unguarded analysis
-        # script would then run again. The only other threads are OpenBLAS's, which re-creates
-        # its pool in the child (pthread_atfork), so Python's generic warning about forking a
-        # multi-threaded process is silenced here.
-        if len(tasks) > 1 and threading.active_count() == 1:
-            ctx = multiprocessing.get_context("fork")
-            with warnings.catch_warnings():
-                warnings.filterwarnings(
-                    "ignore",
-                    message=".*use of fork\\(\\) may lead to deadlocks",
-                    category=DeprecationWarning,
-                )
-                with ProcessPoolExecutor(
-                    max_workers=len(tasks), mp_context=ctx, initializer=_single_threaded_blas
-                ) as pool:
-                    outputs = list(pool.map(_run_group, tasks))
+        if can_fork(len(tasks)):
+            with forked_pool(len(tasks)) as pool:
+                outputs = list(pool.map(_run_group, tasks))
         else:
             merged = {s: c for share in shares for s, c in share.items()}
             outputs = [_run_group((job, merged, screen or {}))]
