@@ -27,7 +27,7 @@ import bayesgmm as bg
 from bayesgmm.cli.report import Report
 from bayesgmm.compare import plots
 
-from _settings import REPORTS, TINY, sizes
+from _settings import comparison_section, finish, sizes
 
 S = sizes(
     full={
@@ -81,11 +81,7 @@ report.paragraph(
     f"K = {sel.best.n_components} (mclust 6.0.0: V,3 on these data)."
 )
 report.table(sel.top(5), digits=6)
-report.heading("Every criterion for V, K = 1..7")
-report.table(cmp.table, digits=5)
-report.figure(plots.plot_criteria(cmp), "Each criterion against K; the chosen K starred.")
-if cmp.notes:
-    report.items(cmp.notes, css="notes")
+comparison_section(report, cmp, f"Every criterion for V, K = {min(S['ks'])}..{max(S['ks'])}")
 for k in sorted({cmp.choices.get("bic", 1), max(cmp.choices.values())}):
     if k in cmp.fits:
         report.figure(plots.plot_mixture(cmp.fits[k], x, bins=20), f"EM's V,{k} over the data.")
@@ -125,10 +121,4 @@ reading = [
     "the parsimony rule (the smallest K within max(4, 2·dse) of the best) picks "
     f"K = {picks.get('loo', '?')}: beyond that the gains are within the noise.",
 ]
-report.heading("Reading")
-report.reading(reading)
-report.settings({**{k_: str(v) for k_, v in S.items()}, "tiny": TINY})
-out = REPORTS / "galaxies.html"
-report.write(out)
-print("\n".join(reading))
-print(f"wrote {out} in {time.time() - t0:.0f} s")
+finish(report, reading, S, "galaxies", t0)

@@ -26,7 +26,7 @@ import bayesgmm as bg
 from bayesgmm.cli.report import Report
 from bayesgmm.compare import plots
 
-from _settings import REPORTS, TINY, sizes
+from _settings import comparison_section, finish, sizes
 
 S = sizes(
     full={
@@ -87,11 +87,7 @@ cmp = bg.compare_k(
     rng=1,
 )
 print(cmp)
-report.heading("How many clusters of the EEE shape?")
-report.table(cmp.table, digits=5)
-report.figure(plots.plot_criteria(cmp), "BIC and ICL (smaller is better), ELPD-LOO ± SE.")
-if cmp.notes:
-    report.items(cmp.notes, css="notes")
+comparison_section(report, cmp, "How many clusters of the EEE shape?")
 
 # %% [markdown]
 # ## EM against the posterior at EEE, K = 3
@@ -131,10 +127,4 @@ reading = [
     f"run from {ratio.min():.2f} to {ratio.max():.2f} times the posterior sds: largest where the "
     "two overlapping clusters trade points between replicates.",
 ]
-report.heading("Reading")
-report.reading(reading)
-report.settings({**{k_: str(v) for k_, v in S.items()}, "tiny": TINY})
-out = REPORTS / "old_faithful.html"
-report.write(out)
-print("\n".join(reading))
-print(f"wrote {out} in {time.time() - t0:.0f} s")
+finish(report, reading, S, "old_faithful", t0)

@@ -29,7 +29,7 @@ from bayesgmm.cli.report import Report
 from bayesgmm.compare import plots
 from bayesgmm.core.relabel import match_components
 
-from _settings import REPORTS, TINY, sizes
+from _settings import finish, sizes
 
 S = sizes(
     full={
@@ -120,10 +120,4 @@ reading = [
         "(Bernstein–von Mises) have not set in, or the bootstrap is too short."
     ),
 ]
-report.heading("Reading")
-report.reading(reading)
-report.settings({**{k_: str(v) for k_, v in S.items()}, "tiny": TINY})
-out = REPORTS / "simulated_recovery.html"
-report.write(out)
-print("\n".join(reading))
-print(f"wrote {out} in {time.time() - t0:.0f} s")
+finish(report, reading, S, "simulated_recovery", t0)

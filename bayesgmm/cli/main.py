@@ -65,12 +65,18 @@ def _write_tree(tree: Any, path: str) -> None:
     print(f"wrote {p}")
 
 
-def _fit(args: argparse.Namespace) -> int:
-    import bayesgmm as bg
-
+def _load(args: argparse.Namespace) -> Any:
+    """DATA as a numeric DataFrame, its notices printed."""
     X, notices = load_table(args.data, args.columns)
     for n in notices:
         print(f"note: {n}")
+    return X
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import bayesgmm as bg
+
+    X = _load(args)
     ks = parse_k(args.k)
     _check_k(ks, X.shape[0])
     t0 = time.perf_counter()
@@ -112,9 +118,7 @@ def _fit(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import bayesgmm as bg
 
-    X, notices = load_table(args.data, args.columns)
-    for n in notices:
-        print(f"note: {n}")
+    X = _load(args)
     [k] = parse_k(args.k) if ":" not in args.k and "," not in args.k else [None]
     if k is None:
         raise CLIError(f"--k must be one number of components for sample; got {args.k!r}.")
@@ -144,9 +148,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import bayesgmm as bg
 
-    X, notices = load_table(args.data, args.columns)
-    for n in notices:
-        print(f"note: {n}")
+    X = _load(args)
     ks = parse_k(args.k)
     _check_k(ks, X.shape[0])
     methods = [m.strip() for m in args.methods.split(",")]

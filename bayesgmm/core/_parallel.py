@@ -1,0 +1,58 @@
+"""Forked worker processes for independent fits (select_em's cells, bootstrap replicates)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+
+from bayesgmm.core._passes import shutdown_pool
+
+__all__ = ["can_fork", "forked_pool", "single_threaded_blas"]
+
+
+def single_threaded_blas() -> None:
+    """Worker processes already use every core: BLAS inside each runs on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def can_fork(workers: int) -> bool:
+    """Whether ``workers`` > 1 processes may be forked now.
+
+    Fork only when no other Python thread runs (one could hold a lock the child then waits on
+    forever); callers otherwise run in this process, with the same results. Fork, not a fork
+    server or spawn: those re-import the caller's script, and a user's unguarded analysis
+    script would then run again.
+    """
+    return (
+        workers > 1
+        and threading.active_count() == 1
+        and "fork" in multiprocessing.get_all_start_methods()
+    )
+
+
+@contextmanager
+def forked_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of ``workers`` forked processes with single-threaded BLAS.
+
+    Our own pass threads are shut down first. The only other threads are OpenBLAS's, which
+    re-creates its pool in the child (pthread_atfork), so Python's generic warning about
+    forking a multi-threaded process is silenced here.
+    """
+    shutdown_pool()
+    ctx = multiprocessing.get_context("fork")
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=".*use of fork\\(\\) may lead to deadlocks",
+            category=DeprecationWarning,
+        )
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=single_threaded_blas
+        ) as pool:
+            yield pool
