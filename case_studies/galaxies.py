@@ -92,6 +92,11 @@ for k in sorted({cmp.choices.get("bic", 1), max(cmp.choices.values())}):
 # %%
 picks = cmp.choices
 bad_k = [int(k) for k in cmp.table.index if cmp.table.loc[k].get("share_k_bad", 0) > 0]
+close = []
+if "smc" in picks:
+    best_ml = cmp.table.loc[picks["smc"], "log_ml"]
+    spread = 2 * cmp.table["log_ml_sd"].max()
+    close = [int(k) for k in cmp.table.index if best_ml - cmp.table.loc[k, "log_ml"] <= spread]
 reading = [
     "The K each criterion picks: " + ", ".join(f"{c.upper()} {k}" for c, k in picks.items()) + ".",
     "BIC approximates the evidence with a penalty of log n per parameter, which for 82 points and "
@@ -115,6 +120,15 @@ reading = [
         + ": LOO's estimate there is unreliable (see the notes)."
         if bad_k
         else "Here no observation reached it at any K, so LOO's estimates stand."
+    ),
+    (
+        f"SMC's evidence is largest at K = {picks['smc']} "
+        f"({cmp.table.loc[picks['smc'], 'log_ml']:.1f}); the spread of each estimate over "
+        f"{S['smc_chains']} independent runs is up to {cmp.table['log_ml_sd'].max():.1f}, and "
+        f"{len(close)} K lie within two of those spreads of the best: "
+        f"{', '.join(str(k) for k in close)}. The evidence ranks them only loosely."
+        if "smc" in picks
+        else "SMC's evidence could not be computed."
     ),
     "Raw ELPD-LOO is largest at K = "
     f"{int(cmp.table['elpd_loo'].idxmax()) if 'elpd_loo' in cmp.table else '?'}; "
