@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from bayesgmm.cli.data import CLIError, load_table, parse_k
+from bayesgmm.cli.pipeline import select_quietly
 
 __all__ = ["main"]
 
@@ -80,9 +81,7 @@ def _fit(args: argparse.Namespace) -> int:
     ks = parse_k(args.k)
     _check_k(ks, X.shape[0])
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bg.DegenerateFitWarning)
-        sel = bg.select_em(X, ks, _structures(args.structures), args.criterion, rng=args.seed)
+    sel = select_quietly(X, ks, _structures(args.structures), args.criterion, args.seed, False)
     print(sel)
     print()
     _print_model(sel.best)

@@ -34,6 +34,28 @@ class Settings:
     progress: bool = True
 
 
+def select_quietly(
+    X: Any, ks: list[int], structures: Any, criterion: str, seed: int, show: bool
+) -> Any:
+    """``select_em`` without the per-cell degeneracy warnings (the table reports them), with a
+    line saying what runs. No spinner: a display thread would stop select_em from forking its
+    workers."""
+    import time
+
+    import bayesgmm as bg
+
+    if show:
+        n = len(ks) * (14 if structures == "all" else len(structures))
+        print(f"EM over {n} (structure, K) cells ...", end=" ", flush=True)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.DegenerateFitWarning)
+        sel = bg.select_em(X, ks, structures, criterion, rng=seed)
+    if show:
+        print(f"done in {time.perf_counter() - t0:.1f} s", flush=True)
+    return sel
+
+
 def _bic_strength(diff: float) -> str:
     """Kass & Raftery's (1995) reading of a BIC difference."""
     if diff > 10:
@@ -76,11 +98,14 @@ def run_analysis(
         report.items(notices, css="notes")
 
     # 1. EM over K and structures
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bg.DegenerateFitWarning)
-        sel = bg.select_em(
-            X, list(settings.ks), settings.structures, settings.criterion, rng=settings.seed
-        )
+    sel = select_quietly(
+        X,
+        list(settings.ks),
+        settings.structures,
+        settings.criterion,
+        settings.seed,
+        settings.progress,
+    )
     chosen = sel.best
     crit = settings.criterion.upper()
     top = sel.top(5)

@@ -200,3 +200,30 @@ def test_compare_prints_the_table(tmp_path, capsys, faithful_csv):
     table = pd.read_csv(csv, index_col=0)
     assert list(table.index) == [1, 2, 3, 4]
     assert np.isfinite(table["bic"]).all()
+
+
+def test_sample_writes_the_posterior(tmp_path, capsys, faithful_csv):
+    out = tmp_path / "post.zarr"
+    argv = [
+        "sample",
+        str(faithful_csv),
+        "--k",
+        "3",
+        "--structure",
+        "EEE",
+        "--draws",
+        "30",
+        "--chains",
+        "2",
+        "--output",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "laplace:" in printed and "means[" in printed  # ArviZ's summary
+    tree = xr.open_datatree(out, engine="zarr", consolidated=False)
+    assert tree["posterior"]["means"].shape == (2, 30, 3, 2)
+    assert "log_likelihood" in tree.children and "em" in tree.children
+    with pytest.raises(SystemExit):
+        main(["sample", str(faithful_csv), "--k", "3", "--method", "gibbs"])
