@@ -214,14 +214,20 @@ def em_reference(fit: Any, posterior: Any) -> Any:
     est = align_to(
         (model.weights[None], model.means[None], model.covariances[None]), mean_mu, mean_cov
     )[0]
-    c, s = post.sizes["chain"], post.sizes["draw"]
-    w, mu, cov = (np.broadcast_to(a[0], (c, s, *a.shape[1:])) for a in est)
-    ds = mixture_dataset(w, mu, cov, [str(f) for f in post.coords["feature"].values])
-    return ds.assign_coords(
-        component=post.coords["component"].values,
-        chain=post.coords["chain"].values,
-        draw=post.coords["draw"].values,
-    )
+    features = [str(f) for f in post.coords["feature"].values]
+    ds = broadcast_estimate(est[0][0], est[1][0], est[2][0], post, features)
+    return ds.assign_coords(component=post.coords["component"].values)
+
+
+def broadcast_estimate(
+    weights: np.ndarray, means: np.ndarray, covariances: np.ndarray, like: Any, features: list[str]
+) -> Any:
+    """One mixture repeated over ``like``'s (chain, draw) dims and coords, as a mixture Dataset
+    (arviz-plots' forest plot draws nothing for a one-chain, one-draw group)."""
+    c, s = like.sizes["chain"], like.sizes["draw"]
+    w, mu, cov = (np.broadcast_to(a, (c, s, *np.shape(a))) for a in (weights, means, covariances))
+    ds = mixture_dataset(w, mu, cov, features)
+    return ds.assign_coords(chain=like.coords["chain"].values, draw=like.coords["draw"].values)
 
 
 def posterior_dataset(posterior: Any, group: str = "posterior") -> Any:

@@ -13,6 +13,7 @@ import numpy as np
 
 from bayesgmm.compare.align import align_to
 from bayesgmm.compare.datatree import (
+    broadcast_estimate,
     feature_names,
     mixture_arrays,
     mixture_dataset,
@@ -74,15 +75,10 @@ def _aligned(source: Any, model: GaussianMixture) -> Any:
 
 
 def _em_dataset(model: GaussianMixture, like: Any) -> Any:
-    """The estimate broadcast to ``like``'s (chain, draw) shape (arviz-plots' forest plot draws
-    nothing for a one-chain, one-draw group)."""
-    c, s = like.sizes["chain"], like.sizes["draw"]
-    arrays = (
-        np.broadcast_to(model.weights, (c, s, *model.weights.shape)),
-        np.broadcast_to(model.means, (c, s, *model.means.shape)),
-        np.broadcast_to(model.covariances, (c, s, *model.covariances.shape)),
+    """The estimate broadcast to ``like``'s (chain, draw) shape, in EM's labels."""
+    return broadcast_estimate(
+        model.weights, model.means, model.covariances, like, feature_names(model)
     )
-    return mixture_dataset(*arrays, feature_names(model))
 
 
 def _var_names(var_names: Any) -> list[str]:
