@@ -71,7 +71,6 @@ def evaluate(
     ``means``, ``covariances``) and the pointwise log-likelihood (``rows``)."""
     blocks = param.split(theta, k)
     d = param.d
-    n = X.shape[0]
     # weights: Dirichlet(α) through the additive log-ratios, with their Jacobian Π π_k.
     alpha = float(c["alpha"])
     logw = log_softmax(np.concatenate([blocks["weights_free"], [0.0]]))
@@ -179,7 +178,6 @@ def _eigen_covariances(
         logr = np.log(np.einsum("kii->ki", r_blk))
         lp += float(logr.sum() + _log_orientation_const(d) * g.shape[0] - 0.5 * (g**2).sum())
         q = np.broadcast_to(q_blk, (k, d, d))
-    inv_var = np.exp(-log_scale)
     inv_sd = np.exp(-0.5 * log_scale)
 
     def whiten(resid: np.ndarray) -> np.ndarray:
@@ -204,9 +202,9 @@ def _eigen_covariances(
         out["log_volume"] = _reduce(g_scale.sum(axis=1), lv.size) - (lv - loc) / vs**2
         if h is not None:
             g_s = _reduce(g_scale @ h, blocks["log_shape"].shape[0])
-            out["log_shape"] = g_s - (blocks["log_shape"] - c["shape_loc"]) / float(
-                c["shape_scale"]
-            ) ** 2
+            out["log_shape"] = (
+                g_s - (blocks["log_shape"] - c["shape_loc"]) / float(c["shape_scale"]) ** 2
+            )
         if q is not None:
             # ∂L/∂Q_k = −Σ_n γ_kn r_kn (y_kn ∘ a^{-1/2} λ^{-1/2})ᵀ
             gq = -np.einsum("kn,kni,knj->kij", gamma, resid, y) * inv_sd[:, None, :]

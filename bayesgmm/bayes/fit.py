@@ -10,15 +10,17 @@ from typing import Any
 
 import numpy as np
 
+from bayesgmm.bayes.density import evaluate
 from bayesgmm.bayes.model import (
     Priors,
-    _order_axes,
-    component_order,
     marginalize,
+    mixture_theta,
     model_values,
+    param_order,
     to_pymc,
 )
-from bayesgmm.core._validation import as_data, as_rng
+from bayesgmm.bayes.structures import Parametrisation, parametrisation
+from bayesgmm.core._validation import as_data, as_rng, check_n_components
 from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ConjugatePrior
@@ -165,75 +167,84 @@ def fit_bayes(
             f"{', '.join(ours[c] for c in clash)} to fit_bayes instead."
         )
     gen = as_rng(rng)
-    arr, _ = as_data(X)
+    arr, names = as_data(X)
+    k = check_n_components(n_components, arr)
     # SMC needs the free-label model: its prior is normalised (the ordered one integrates to
     # 1/K!), and SMC starts from prior draws, which the ordered transform would reject.
     model_identify = "ordered" if identify == "ordered" and method != "smc" else None
-    spec = {
-        "covariance_type": covariance_type,
-        "priors": priors,
-        "identify": model_identify,
-    }
-    model = to_pymc(X, n_components, explicit_z=explicit_z, **spec)  # type: ignore[arg-type]
-    if explicit_z:
-        model = marginalize(model)
-    start = _em_start(arr, int(n_components), covariance_type, init, gen, priors)
-    values = model_values(model, start)
+    # Every structure, K and prior is checked here, before any fitting or compiling.
+    param = parametrisation(covariance_type, arr.shape[1], priors=priors, identify=model_identify)
+    consts = param.constants(arr, k, priors)
+    if method == "laplace" and sampler_kwargs:
+        raise TypeError(f"method='laplace' takes no options; got {sorted(sampler_kwargs)}.")
+    start = _em_start(arr, k, covariance_type, init, gen, priors)
     seed = int(gen.integers(2**31 - 1))
+    coords = {
+        "component": np.arange(k),
+        "feature": _feature_names(names, arr.shape[1]),
+        "feature_bis": _feature_names(names, arr.shape[1]),
+    }
     t0 = time.perf_counter()
-    if method == "nuts":
-        # Our own small jitter only: PyMC's default "jitter+adapt_diag" moves every start by up
-        # to ±1 in the unconstrained space (a factor e on every scale), away from EM's mode.
-        sampler_kwargs.setdefault("init", "adapt_diag")
-        # PyMC picks nutpie by itself when it is installed and the settings allow; "nuts" is
-        # PyMC's own sampler ("nutpie" is a method of its own).
-        sampler_kwargs.setdefault("nuts_sampler", "pymc")
-        tree = pm.sample(
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            # Unordered models: each chain starts at the EM estimate under its own random
-            # labelling, distinct across chains while K! allows, as chains from arbitrary
-            # starts would (label switching shows, and "relabel" is put to the test).
-            initvals=[
-                _jitter(
-                    values if order is None else model_values(model, _permuted(start, order)), gen
-                )
-                for order in (
-                    [None] * chains
-                    if model_identify == "ordered"
-                    else _distinct_permutations(start.n_components, chains, gen)
-                )
-            ],
-            random_seed=seed,
-            progressbar=progressbar,
-            model=model,
-            **sampler_kwargs,
-        )
-    elif method == "nutpie":
-        tree = _nutpie(model, values, draws, tune, chains, seed, progressbar, sampler_kwargs)
-    elif method in ("advi", "fullrank_advi"):
-        tree = _advi(model, values, method, draws, chains, seed, progressbar, sampler_kwargs)
-    elif method == "smc":
-        tree = _smc(model, draws, chains, seed, progressbar, sampler_kwargs)
-    else:
-        if sampler_kwargs and method == "laplace":
-            raise TypeError(f"method='laplace' takes no options; got {sorted(sampler_kwargs)}.")
-        flat = _Flat(model, values)
+    if method in ("laplace", "pathfinder"):
+        # Our own approximations: the numpy log density and gradient, nothing to compile.
+        flat = _Flat(param, consts, arr, k, start, coords)
         rng_m = np.random.default_rng(seed)
         if method == "laplace":
             tree = _laplace(flat, draws, chains, rng_m)
         else:
             tree = _pathfinder(flat, draws, chains, rng_m, dict(sampler_kwargs))
+    else:
+        spec = {"covariance_type": covariance_type, "priors": priors, "identify": model_identify}
+        model = to_pymc(X, k, explicit_z=explicit_z, **spec)  # type: ignore[arg-type]
+        if explicit_z:
+            model = marginalize(model)
+        values = model_values(model, start)
+        if method == "nuts":
+            # Our own small jitter only: PyMC's default "jitter+adapt_diag" moves every start
+            # by up to ±1 in the unconstrained space (a factor e on every scale).
+            sampler_kwargs.setdefault("init", "adapt_diag")
+            # PyMC picks nutpie by itself when it is installed and the settings allow; "nuts"
+            # is PyMC's own sampler ("nutpie" is a method of its own).
+            sampler_kwargs.setdefault("nuts_sampler", "pymc")
+            tree = pm.sample(
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                # Unordered models: each chain starts at the EM estimate under its own random
+                # labelling, distinct across chains while K! allows, as chains from arbitrary
+                # starts would (label switching shows, and "relabel" is put to the test).
+                initvals=[
+                    _jitter(
+                        values if order is None else model_values(model, _permuted(start, order)),
+                        gen,
+                    )
+                    for order in (
+                        [None] * chains
+                        if model_identify == "ordered"
+                        else _distinct_permutations(k, chains, gen)
+                    )
+                ],
+                random_seed=seed,
+                progressbar=progressbar,
+                model=model,
+                **sampler_kwargs,
+            )
+        elif method == "nutpie":
+            tree = _nutpie(model, values, draws, tune, chains, seed, progressbar, sampler_kwargs)
+        elif method in ("advi", "fullrank_advi"):
+            tree = _advi(model, values, method, draws, chains, seed, progressbar, sampler_kwargs)
+        else:
+            tree = _smc(model, draws, chains, seed, progressbar, sampler_kwargs)
+        tree["posterior"] = _drop_theta(tree["posterior"].to_dataset())
     seconds = time.perf_counter() - t0
     # The same observed_data group whatever the method (nutpie's lacks the coordinates).
     tree["observed_data"] = _group(
         {"x": (("obs", "feature"), arr)},
-        coords={c: np.asarray(model.coords[c]) for c in ("obs", "feature")},
+        coords={"obs": np.arange(arr.shape[0]), "feature": coords["feature"]},
     )
     if log_likelihood:
         tree["log_likelihood"] = _pointwise_log_likelihood(tree, arr)
-    order = component_order(model, start)
+    order = param_order(param, consts, start) if model_identify == "ordered" else None
     if identify == "relabel":
         post = tree["posterior"]
         perms = match_components(
@@ -246,7 +257,7 @@ def fit_bayes(
         )
         tree["posterior"] = _permute(tree["posterior"].to_dataset(), perms, "the EM estimate")
     elif identify == "ordered" and model_identify is None:  # SMC: order the draws afterwards
-        perms, order = _sort_permutations(tree["posterior"]["means"].values, start.means, arr)
+        perms, order = _sort_permutations(tree["posterior"]["means"].values, start, consts)
         tree["posterior"] = _permute(tree["posterior"].to_dataset(), perms, "the ordering axis")
     tree["em"] = _em_group(start, tree, order)
     if explicit_z:
@@ -281,17 +292,28 @@ def _permuted(mixture: GaussianMixture, order: np.ndarray) -> GaussianMixture:
 
 
 def _sort_permutations(
-    means: np.ndarray, reference: np.ndarray, X: np.ndarray
+    means: np.ndarray, reference: GaussianMixture, c: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """perms (chain, draw, K) putting each draw's components in increasing order along the
     ordered model's axis (the leading principal axis of the standardised data), and the same
-    order for the ``reference`` means."""
-    axis, _ = _order_axes(X)
-    spread = X.std(axis=0)
-    spread = np.where(spread > 0, spread, 1.0)
-    a = ((means - X.mean(axis=0)) / spread) @ axis
-    ref = ((reference - X.mean(axis=0)) / spread) @ axis
+    order for the ``reference`` mixture."""
+    a = ((means - c["center"]) / c["spread"]) @ c["axis"]
+    ref = ((reference.means - c["center"]) / c["spread"]) @ c["axis"]
     return np.argsort(a, axis=-1, kind="stable"), np.argsort(ref, kind="stable")
+
+
+def _drop_theta(post: Any) -> Any:
+    """The posterior without the unconstrained ``theta`` (the model's coordinates, not its
+    parameters: weights, means and covariances are there)."""
+    import xarray as xr
+
+    ds = post.drop_vars(["theta"], errors="ignore")
+    ds = ds.drop_dims(["parameter"], errors="ignore")
+    return xr.DataTree(ds)
+
+
+def _feature_names(names: tuple[str, ...] | None, d: int) -> list[str]:
+    return list(names) if names is not None else [f"x{j}" for j in range(d)]
 
 
 def _permute(post: Any, perms: np.ndarray, target: str) -> Any:
@@ -351,64 +373,46 @@ def _nutpie(
 
 
 def _jitter(values: dict[str, np.ndarray], gen: np.random.Generator) -> dict[str, np.ndarray]:
-    """The EM start, moved by a little (1% relative) so that chains do not start together; the
-    weights stay on the simplex, the ordered means in order and the variances positive."""
-    out = {}
-    for name, value in values.items():
-        v = np.asarray(value, dtype=float)
-        if name in ("weights", "variances"):
-            v = v * np.exp(0.01 * gen.normal(size=v.shape))
-            if name == "weights":
-                v = v / v.sum()
-        elif name == "means_ordered":
-            v = np.sort(v + 0.001 * np.abs(v).max() * gen.normal(size=v.shape))
-        elif name.startswith("chol") or name == "sd":
-            pass  # scales and Cholesky factors: kept, so that they stay valid
-        else:  # each entry by 1% of itself: features can differ in scale by orders of magnitude
-            v = v + 0.01 * np.abs(v) * gen.normal(size=v.shape)
-        out[name] = v
-    return out
+    """The EM start moved by a little in the unconstrained space (0.01: 1% on every scale, a
+    hundredth of a standard deviation on the means), so that chains do not start together;
+    every point of that space is a valid model."""
+    return {name: v + 0.01 * gen.normal(size=np.shape(v)) for name, v in values.items()}
 
 
 class _Flat:
-    """The model's free variables as one vector in PyMC's unconstrained space, with the log
-    density (Jacobians included) and its gradient, and the way back to the model's variables."""
+    """theta (the unconstrained parameters) with the numpy log density (Jacobians included) and
+    its gradient (:func:`bayesgmm.bayes.density.evaluate`), and the way back to the mixture."""
 
-    def __init__(self, model: Any, values: dict[str, np.ndarray]) -> None:
-        from pymc.initial_point import make_initial_point_fn
-
-        point = make_initial_point_fn(
-            model=model, overrides=values, jitter_rvs=set(), return_transformed=True
-        )(0)
-        self.model = model
-        self.value_vars = model.value_vars
-        self.shapes = [np.shape(point[v.name]) for v in self.value_vars]
-        self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.x0 = np.concatenate([np.ravel(point[v.name]) for v in self.value_vars])
-        self._logp_dlogp = model.compile_fn([model.logp(), model.dlogp()], inputs=self.value_vars)
-        self._logp: Any = None
+    def __init__(
+        self,
+        param: Parametrisation,
+        consts: dict[str, np.ndarray],
+        X: np.ndarray,
+        k: int,
+        start: GaussianMixture,
+        coords: dict[str, Any],
+    ) -> None:
+        self.param, self.consts, self.X, self.k, self.coords = param, consts, X, k, coords
+        self.x0 = mixture_theta(param, consts, start)
         self._cache: dict[bytes, tuple[float, np.ndarray]] = {}
-
-    def unravel(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        out, pos = {}, 0
-        for v, shape, size in zip(self.value_vars, self.shapes, self.sizes, strict=True):
-            out[v.name] = flat[pos : pos + size].reshape(shape)
-            pos += size
-        return out
 
     def logp_dlogp(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
         """log density and gradient, remembered (an optimiser asks for the same point twice)."""
         key = flat.tobytes()
         if key not in self._cache:
-            lp, grad = self._logp_dlogp(self.unravel(flat))
-            lp = float(lp) if np.isfinite(lp) else -np.inf
-            self._cache[key] = (lp, np.asarray(grad, dtype=float))
+            with np.errstate(all="ignore"):
+                out = evaluate(self.param, flat, self.k, self.X, self.consts)
+            lp, grad = out["logp"], out["grad"]
+            if not (np.isfinite(lp) and np.all(np.isfinite(grad))):
+                lp, grad = -np.inf, np.zeros_like(flat)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (lp, grad)
         return self._cache[key]
 
     def logp(self, flat: np.ndarray) -> float:
-        if self._logp is None:
-            self._logp = self.model.compile_fn(self.model.logp(), inputs=self.value_vars)
-        lp = float(self._logp(self.unravel(flat)))
+        with np.errstate(all="ignore"):
+            lp = evaluate(self.param, flat, self.k, self.X, self.consts, grad=False)["logp"]
         return lp if np.isfinite(lp) else -np.inf
 
     def negative(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
@@ -421,33 +425,37 @@ class _Flat:
         sample_stats: dict[str, np.ndarray],
         library: str,
     ) -> Any:
-        """A DataTree of unconstrained ``draws`` (chains, draws, n) mapped to the model's
-        variables, with the given ``sample_stats``."""
-        model = self.model
+        """A DataTree of unconstrained ``draws`` (chains, draws, n) mapped to the mixture's
+        weights, means and covariances, with the given ``sample_stats``."""
         chains, n_draws = draws.shape[:2]
-        outputs = model.unobserved_value_vars
-        to_constrained = model.compile_fn(outputs, inputs=self.value_vars, on_unused_input="ignore")
-        names = [o.name for o in outputs]
-        collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        parts: dict[str, list[np.ndarray]] = {"weights": [], "means": [], "covariances": []}
+        empty = self.X[:0]
         for row in draws.reshape(chains * n_draws, -1):
-            for name, value in zip(names, to_constrained(self.unravel(row)), strict=True):
-                collected[name].append(value)
+            out = evaluate(self.param, row, self.k, empty, self.consts, grad=False)
+            for name, vals in parts.items():
+                vals.append(out[name])
         posterior = {
             name: np.asarray(vals).reshape(chains, n_draws, *np.shape(vals[0]))
-            for name, vals in collected.items()
-            if not name.endswith("__")
+            for name, vals in parts.items()
         }
-        return _posterior_tree(model, posterior, library, sample_stats)
+        return _posterior_tree(posterior, library, self.coords, sample_stats)
+
+
+_DIMS = {
+    "weights": ["component"],
+    "means": ["component", "feature"],
+    "covariances": ["component", "feature", "feature_bis"],
+}
 
 
 def _posterior_tree(
-    model: Any,
     posterior: dict[str, np.ndarray],
     library: str,
+    coords: dict[str, Any],
     sample_stats: dict[str, np.ndarray] | None = None,
 ) -> Any:
-    """A DataTree of (chain, draw, ...) arrays with the model's dims and coords (fit_bayes adds
-    observed_data and log_likelihood)."""
+    """A DataTree of (chain, draw, ...) arrays with the mixture's dims and coords (fit_bayes
+    adds observed_data and log_likelihood)."""
     from arviz_base import from_dict
 
     groups = {"posterior": posterior}
@@ -455,8 +463,8 @@ def _posterior_tree(
         groups["sample_stats"] = sample_stats
     tree = from_dict(
         groups,
-        dims={name: list(d) for name, d in model.named_vars_to_dims.items() if name in posterior},
-        coords={name: np.asarray(c) for name, c in model.coords.items()},
+        dims={name: d for name, d in _DIMS.items() if name in posterior},
+        coords={name: np.asarray(c) for name, c in coords.items()},
     )
     tree["posterior"].attrs["inference_library"] = library
     return tree
@@ -658,7 +666,7 @@ def _advi(
             model=model,
             random_seed=seed,
             start=values,
-            start_sigma={v.name: 0.1 for v in model.value_vars},
+            start_sigma={"theta": 0.1},
         )
     else:
         inference = pm.FullRankADVI(model=model, random_seed=seed, start=values)
@@ -674,7 +682,9 @@ def _advi(
         name: var.values.reshape(chains, draws, *var.shape[2:])
         for name, var in sampled.data_vars.items()
     }
-    tree = _posterior_tree(model, posterior, f"pymc ({method})")
+    posterior = {name: v for name, v in posterior.items() if name in _DIMS}
+    coords = {c: np.asarray(model.coords[c]) for c in ("component", "feature", "feature_bis")}
+    tree = _posterior_tree(posterior, f"pymc ({method})", coords)
     loss = np.asarray(approx.hist, dtype=float)
     tree["optimization"] = _group(
         {"elbo": (("iteration",), -loss)}, {"method": method, "iterations": loss.size}

@@ -256,7 +256,9 @@ class Parametrisation:
             t = z[:, 0]
             a = pt.cumsum(pt.concatenate([t[:1], pt.exp(t[1:])]))
             std = a[:, None] * c["axis"][None, :]
-            lp = _normal_logp(a, 0.0, sd).sum() + t[1:].sum() + pt.gammaln(pt.cast(k, "float64") + 1)
+            lp = (
+                _normal_logp(a, 0.0, sd).sum() + t[1:].sum() + pt.gammaln(pt.cast(k, "float64") + 1)
+            )
             if self.d > 1:
                 r = z[:, 1:]
                 std = std + r @ c["perp"].T
@@ -272,19 +274,22 @@ class Parametrisation:
         whitened residuals) and ``log_det`` (K,) of Σ_k, and ``covariances`` (K, D, D)."""
         raise NotImplementedError
 
-    def log_likelihood_rows(self, X: Any, parts: dict[str, Any]) -> Any:
-        """log p(x_n | θ) for every row (PyTensor), a log-sum-exp over the components."""
-        import pytensor.tensor as pt
-
+    def log_component_rows(self, X: Any, parts: dict[str, Any]) -> Any:
+        """log π_k N(x_n | μ_k, Σ_k) (K, N) (PyTensor): one batched product for all K."""
         resid = X[None, :, :] - parts["means"][:, None, :]
         y = parts["whiten"](resid)
-        comp = (
+        return (
             parts["log_weights"][:, None]
             - 0.5 * (y**2).sum(axis=-1)
             - 0.5 * parts["log_det"][:, None]
             - 0.5 * self.d * _LOG_2PI
         )
-        return pt.logsumexp(comp, axis=0)
+
+    def log_likelihood_rows(self, X: Any, parts: dict[str, Any]) -> Any:
+        """log p(x_n | θ) for every row (PyTensor), a log-sum-exp over the components."""
+        import pytensor.tensor as pt
+
+        return pt.logsumexp(self.log_component_rows(X, parts), axis=0)
 
     # -- numpy side --------------------------------------------------------------------------
     def values(self, mixture: GaussianMixture, c: dict[str, np.ndarray]) -> np.ndarray:
@@ -416,7 +421,7 @@ class Eigen(Parametrisation):
         }
 
     def covariance_values(self, covs: np.ndarray, c: dict[str, np.ndarray]) -> dict[str, Any]:
-        k, d = covs.shape[0], self.d
+        d = self.d
         if self.orient == "I":
             eig = np.einsum("kii->ki", covs)
             q = np.broadcast_to(np.eye(d), covs.shape)
@@ -506,7 +511,9 @@ class Conjugate(Parametrisation):
             prior_mean=np.asarray(resolved.mean, dtype=float),
             dof=np.asarray(float(resolved.terms.dof)),
             scale_chol=np.linalg.cholesky(lam),
-            scale_diag=(np.diag(lam) if self._layout(1)[1][1] == d else np.full(1, np.trace(lam) / d)),
+            scale_diag=(
+                np.diag(lam) if self._layout(1)[1][1] == d else np.full(1, np.trace(lam) / d)
+            ),
         )
         return c
 
@@ -532,20 +539,24 @@ class Conjugate(Parametrisation):
             # − νD/2 log 2 − log Γ_D(ν/2), plus the Jacobian of (log diag, off-diagonal) → P.
             cu = pt.matmul(c["scale_chol"].T, _unpack_lower(packed, d))
             log_lam = 2.0 * pt.log(pt.diagonal(c["scale_chol"])).sum()
-            lp = lp + (
-                (nu - d - 1) * logdiag.sum(axis=-1)
-                - 0.5 * (cu**2).sum(axis=(-2, -1))
-                + 0.5 * nu * log_lam
-                - 0.5 * nu * d * math.log(2.0)
-                - _multigammaln(nu / 2.0, d)
-                + d * math.log(2.0)
-                + (logdiag * (d + 2 - np.arange(1, d + 1))).sum(axis=-1)
-            ).sum()
+            lp = (
+                lp
+                + (
+                    (nu - d - 1) * logdiag.sum(axis=-1)
+                    - 0.5 * (cu**2).sum(axis=(-2, -1))
+                    + 0.5 * nu * log_lam
+                    - 0.5 * nu * d * math.log(2.0)
+                    - _multigammaln(nu / 2.0, d)
+                    + d * math.log(2.0)
+                    + (logdiag * (d + 2 - np.arange(1, d + 1))).sum(axis=-1)
+                ).sum()
+            )
             log_det = -2.0 * logdiag.sum(axis=-1) * ones
             # μ_k | Σ_k ~ N(μ_p, Σ_k / κ): −κ/2 ‖U_kᵀ (μ_k − μ_p)‖² + log|U_k| + D/2 log κ − ...
             dm = pt.matmul((mu - mu_p)[:, None, :], u)[:, 0, :]
             lp = lp + (
-                -0.5 * kappa * (dm**2).sum() + (0.5 * d * pt.log(kappa) - 0.5 * d * _LOG_2PI) * k
+                -0.5 * kappa * (dm**2).sum()
+                + (0.5 * d * pt.log(kappa) - 0.5 * d * _LOG_2PI) * k
                 - 0.5 * log_det.sum()
             )
 
@@ -559,9 +570,12 @@ class Conjugate(Parametrisation):
             beta = 0.5 * c["scale_diag"]
             alpha = 0.5 * nu
             # inverse-gamma on σ² and the Jacobian σ² of the log.
-            lp = lp + (
-                alpha * pt.log(beta) - pt.gammaln(alpha) - alpha * logv - beta * pt.exp(-logv)
-            ).sum()
+            lp = (
+                lp
+                + (
+                    alpha * pt.log(beta) - pt.gammaln(alpha) - alpha * logv - beta * pt.exp(-logv)
+                ).sum()
+            )
             logv_full = logv * pt.ones((k, d))  # (K, D)
             log_det = logv_full.sum(axis=-1)
             sd = pt.exp(0.5 * logv_full)
