@@ -26,6 +26,7 @@ import numpy as np
 from scipy.special import gammaln, log_softmax, logsumexp, multigammaln
 
 from bayesgmm.bayes.structures import (
+    ORIENTATION_EXCESS,
     Conjugate,
     Eigen,
     Parametrisation,
@@ -176,7 +177,11 @@ def _eigen_covariances(
         g = blocks["orientation"]
         q_blk, r_blk = _gram_schmidt(g)
         logr = np.log(np.einsum("kii->ki", r_blk))
-        lp += float(logr.sum() + _log_orientation_const(d) * g.shape[0] - 0.5 * (g**2).sum())
+        lp += float(
+            ORIENTATION_EXCESS * logr.sum()
+            + _log_orientation_const(d) * g.shape[0]
+            - 0.5 * (g**2).sum()
+        )
         q = np.broadcast_to(q_blk, (k, d, d))
     inv_sd = np.exp(-0.5 * log_scale)
 
@@ -211,7 +216,7 @@ def _eigen_covariances(
             gq = _reduce(gq, q_blk.shape[0])
             gr = np.zeros_like(r_blk)
             idx = np.arange(d)
-            gr[:, idx, idx] = 1.0 / np.einsum("kii->ki", r_blk)
+            gr[:, idx, idx] = ORIENTATION_EXCESS / np.einsum("kii->ki", r_blk)
             out["orientation"] = _qr_backward(q_blk, r_blk, gq, gr) - blocks["orientation"]
         return g_means, out
 

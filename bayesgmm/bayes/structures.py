@@ -23,10 +23,11 @@ component) or Identity (no block), as mclust's three-letter code says:
     scales a priori) and c = 0 for the rotated ones.
 ``orientation`` (K or 1, D, D)
     an unconstrained matrix G whose Gram–Schmidt factor Q (G = QR, diag R > 0) is the
-    orientation D_k. G has the density c_D |det G| exp(−‖G‖²/2) (normalised in closed form,
-    below), which depends on G only through GᵀG: it is invariant under rotations G → OG, so Q is
-    exactly uniform (Haar) on the orthogonal group, whatever R does. Its mode is at the
-    orthogonal matrices (R = I), so optimisers and normal approximations meet no boundary.
+    orientation D_k. G has the density c_D |det G|^{ν−D} exp(−‖G‖²/2) (normalised in closed
+    form, below; ν − D = 25), which depends on G only through GᵀG: it is invariant under
+    rotations G → OG, so Q is exactly uniform (Haar) on the orthogonal group, whatever R does.
+    Its mode is at G = 5 Q (R = 5 I), far from the singular matrices, so optimisers, normal
+    approximations and NUTS meet no boundary.
     Chosen over the Cayley transform (whose uniform prior has Cauchy tails in its coordinates,
     where NUTS takes the longest trees) and Givens angles (which wrap around at ±π).
 
@@ -125,11 +126,17 @@ def order_axes(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return basis[:, 0], basis[:, 1:]
 
 
+#: ν − D of the orientation's density |det G|^{ν−D} exp(−‖G‖²/2): its mode is at G = √(ν−D) Q,
+#: where R's diagonal has relative sd 1/√(2(ν−D)) = 0.14, seven sds from a singular G (near
+#: which a small move of G turns Q by 90°: with ν − D = 1, Laplace draws crossed it).
+ORIENTATION_EXCESS = 25
+
+
 def _log_orientation_const(d: int) -> float:
-    """log c_D for the density c_D |det G|^{ν−D} exp(−‖G‖²/2) with ν = D + 1: with S = GᵀG,
-    dG = π^{D²/2} / Γ_D(D/2) |S|^{−1/2} dS, and the Wishart integral gives
+    """log c_D for the density c_D |det G|^{ν−D} exp(−‖G‖²/2), ν = D + ``ORIENTATION_EXCESS``:
+    with S = GᵀG, dG = π^{D²/2} / Γ_D(D/2) |S|^{−1/2} dS, and the Wishart integral gives
     c_D = Γ_D(D/2) / (π^{D²/2} 2^{νD/2} Γ_D(ν/2))."""
-    nu = d + 1
+    nu = d + ORIENTATION_EXCESS
     return float(
         multigammaln(d / 2.0, d)
         - 0.5 * d * d * math.log(math.pi)
@@ -295,7 +302,7 @@ class Parametrisation:
     def values(self, mixture: GaussianMixture, c: dict[str, np.ndarray]) -> np.ndarray:
         """theta for ``mixture`` (whose components are already in the model's order)."""
         w, mu = mixture.weights, mixture.means
-        k, d = mu.shape
+        k, _d = mu.shape
         logw = np.log(np.maximum(w, 1e-300))
         blocks: dict[str, np.ndarray] = {"weights_free": logw[:-1] - logw[-1]}
         z = (mu - c["center"]) / c["spread"]
@@ -397,7 +404,11 @@ class Eigen(Parametrisation):
         if self.orient != "I":
             g = blocks["orientation"]
             q, logr = _gram_schmidt(g, d)
-            lp = lp + (logr.sum() + _log_orientation_const(d) * g.shape[0] - 0.5 * (g**2).sum())
+            lp = lp + (
+                ORIENTATION_EXCESS * logr.sum()
+                + _log_orientation_const(d) * g.shape[0]
+                - 0.5 * (g**2).sum()
+            )
             q = q * ones[:, None, None]  # (K, D, D)
         log_scale = log_vol[:, None] + (log_a if log_a is not None else pt.zeros((1, d)))
         inv_sd = pt.exp(-0.5 * log_scale)  # (K, D)
@@ -440,7 +451,8 @@ class Eigen(Parametrisation):
             s = log_a @ sum_to_zero_basis(d)
             out["log_shape"] = s if self.shape == "V" else s.mean(axis=0, keepdims=True)
         if self.orient != "I":
-            out["orientation"] = np.array(q if self.orient == "V" else q[:1])
+            g = math.sqrt(ORIENTATION_EXCESS) * np.array(q if self.orient == "V" else q[:1])
+            out["orientation"] = g
         return out
 
     def sample_means_and_covariances(
@@ -466,11 +478,13 @@ class Eigen(Parametrisation):
         if self.orient != "I":
             no = k if self.orient == "V" else 1
             q = _haar(rng, size * no, d)
-            # Bartlett: with density ∝ |det G| e^{−‖G‖²/2}, R_ii² ~ χ²(D + 2 − i) (i from 1)
-            # and R_ij ~ N(0, 1) above the diagonal.
+            # Bartlett: with density ∝ |det G|^{ν−D} e^{−‖G‖²/2}, R_ii² ~ χ²(ν + 1 − i) (i
+            # from 1) and R_ij ~ N(0, 1) above the diagonal.
             r = np.triu(rng.normal(size=(size * no, d, d)), 1)
             idx = np.arange(d)
-            r[:, idx, idx] = np.sqrt(rng.chisquare(d + 1 - idx, size=(size * no, d)))
+            r[:, idx, idx] = np.sqrt(
+                rng.chisquare(d + ORIENTATION_EXCESS - idx, size=(size * no, d))
+            )
             out["orientation"] = (q @ r).reshape(size, no, d, d)
         return z, out
 
@@ -673,6 +687,11 @@ def parametrisation(
                 f"covariance_type={structure.name!r} has no conjugate prior in PyMC (it exists "
                 f"for {', '.join(CONJUGATE_STRUCTURES)}); use priors=None (the default priors, "
                 "every structure) or one of those structures."
+            )
+        if priors.shrinkage <= 0:
+            raise ValueError(
+                "a ConjugatePrior with shrinkage=0 puts a flat, improper prior on the means; the "
+                "PyMC model needs shrinkage > 0 (mclust's default is 0.01)."
             )
         if identify == "ordered":
             raise ValueError(

@@ -15,10 +15,6 @@ from bayesgmm.cli.report import Report
 
 __all__ = ["Settings", "run_analysis"]
 
-#: The structures the PyMC model has (bayesgmm.bayes.SUPPORTED_STRUCTURES), without importing it.
-POSTERIOR_STRUCTURES = ("VVV", "EEE", "VVI", "EEI", "VII", "EII", "E", "V")
-
-
 @dataclass(frozen=True)
 class Settings:
     ks: tuple[int, ...] = tuple(range(1, 10))
@@ -67,21 +63,6 @@ def _bic_strength(diff: float) -> str:
     return "weak"
 
 
-def _posterior_structure(sel: Any, chosen: Any) -> tuple[str, int, str | None]:
-    """The (structure, K) for the posterior: the chosen cell when PyMC has its structure, else
-    the best cell among those it has, with a note."""
-    if chosen.covariance_type in POSTERIOR_STRUCTURES:
-        return chosen.covariance_type, chosen.n_components, None
-    cols = [c for c in sel.table.columns if c in POSTERIOR_STRUCTURES]
-    stacked = sel.table[cols].stack().dropna()
-    (k, structure) = stacked.idxmin()
-    note = (
-        f"The PyMC model has no {chosen.covariance_type} structure; the posterior is drawn for "
-        f"the best cell among {', '.join(cols)}: {structure} with K = {k}."
-    )
-    return str(structure), int(k), note
-
-
 def run_analysis(
     X: Any, settings: Settings, title: str, notices: list[str] | None = None
 ) -> tuple[Report, dict[str, Any]]:
@@ -122,8 +103,9 @@ def run_analysis(
     report.figure(plots.plot_mixture(chosen, X), "The fitted mixture over the data.")
 
     # 2. the posterior at the chosen model, and the bootstrap
-    structure, k, note = _posterior_structure(sel, chosen)
-    fit = sel.results[(structure, k)]
+    # The PyMC model has every structure: the posterior is always that of the model EM chose.
+    structure, k = chosen.covariance_type, chosen.n_components
+    fit = chosen
     compare_ks = settings.compare_ks or tuple(settings.ks)
     methods = ("bic", "icl", "loo") if settings.loo else ("bic", "icl")
     cmp = bg.compare_k(
@@ -157,8 +139,6 @@ def run_analysis(
     table = bg.compare_estimates(fit, post, bootstrap=boot)
 
     report.heading(f"EM against the posterior ({structure}, K = {k})")
-    if note:
-        report.paragraph(note, css="notes")
     report.paragraph(
         f"Posterior by {settings.method} ({settings.chains} × {settings.draws} draws), started "
         f"from EM; bootstrap: {boot['posterior'].sizes['draw']} nonparametric replicates "
@@ -239,7 +219,7 @@ def _reading(
     if differ:
         text += ("; " if agree else "") + "; ".join(differ)
     lines.append(text + ".")
-    if "loo" in picks:
+    if "loo" in picks and cmp.table["elpd_loo"].notna().any():
         raw = int(cmp.table["elpd_loo"].idxmax())
         if raw != picks["loo"]:
             lines.append(

@@ -7,6 +7,7 @@ import pytest
 
 import bayesgmm as bg
 from bayesgmm.bayes import marginalize, model_values, recover_z, to_pymc, z_probabilities
+from bayesgmm.bayes.model import component_order
 from tests.bayes.conftest import check_tree
 
 pm = pytest.importorskip("pymc")
@@ -84,6 +85,7 @@ def test_explicit_z_model_marginalises_to_the_mixture(clusters, em_fit):
     marginal = marginalize(explicit)
     assert "z" not in marginal.named_vars
     values = model_values(marginal, em_fit.model)
+    order = component_order(marginal, em_fit.model)
     # log p(x_n, z_n = k) of the explicit model, for every k, log-sum-exp'd over k, equals the
     # marginal model's log p(x_n) (and the core's).
     joint = []
@@ -92,7 +94,7 @@ def test_explicit_z_model_marginalises_to_the_mixture(clusters, em_fit):
         fn = fixed.compile_fn(
             fixed.logp(vars=[fixed["x"]], sum=False)[0], inputs=[], mode="FAST_COMPILE"
         )
-        joint.append(np.asarray(fn({})) + np.log(values["weights"][k]))
+        joint.append(np.asarray(fn({})) + np.log(em_fit.model.weights[order][k]))
     from scipy.special import logsumexp
 
     np.testing.assert_allclose(
@@ -132,8 +134,10 @@ def test_bad_method_arguments(clusters):
         bg.fit_bayes(clusters, 3, method="smc", chains=1)
     with pytest.raises(TypeError, match="unknown options for method='pathfinder'"):
         bg.fit_bayes(clusters, 3, method="pathfinder", draws=10, tune=10, chains=1, steps=3)
-    with pytest.raises(ValueError, match="covariance_type='VEV' has no PyMC model yet; supported"):
-        bg.fit_bayes(clusters, 3, covariance_type="VEV", method="nuts")
+    with pytest.raises(ValueError, match="covariance_type='VEV' has no conjugate prior in PyMC"):
+        bg.fit_bayes(clusters, 3, covariance_type="VEV", priors=bg.ConjugatePrior())
+    with pytest.raises(ValueError, match="covariance_type='XYZ' is not a known covariance"):
+        bg.fit_bayes(clusters, 3, covariance_type="XYZ", method="nuts")
 
 
 def test_without_the_pointwise_log_likelihood(clusters, em_fit):

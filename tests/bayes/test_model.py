@@ -1,4 +1,5 @@
-"""The PyMC model is the core's model: same log-likelihood at the same parameters."""
+"""The PyMC model is the core's model, for every structure: same log-likelihood at the same
+parameters, the same density in numpy and PyTensor, and theta ↔ mixture round trips."""
 
 from __future__ import annotations
 
@@ -7,34 +8,81 @@ import pytest
 
 import bayesgmm as bg
 from bayesgmm.bayes import SUPPORTED_STRUCTURES, model_values, to_pymc
+from bayesgmm.bayes.density import evaluate
+from bayesgmm.bayes.model import component_order
+from bayesgmm.bayes.structures import CONJUGATE_STRUCTURES, _log_orientation_const
 from tests.conftest import random_mixture
 
 pm = pytest.importorskip("pymc")
 
-
-def _observed_logp(model, values):
-    """log p(x_n) of the observed ``x`` with the free variables fixed at ``values``."""
-    fixed = pm.do(model, values)
-    # FAST_COMPILE: no C compilation for a one-off evaluation (cold caches made these slow).
-    fn = fixed.compile_fn(
-        fixed.logp(vars=[fixed["x"]], sum=False)[0], inputs=[], mode="FAST_COMPILE"
-    )
-    return np.asarray(fn({}))
+CASES = [(s, "ordered", None) for s in SUPPORTED_STRUCTURES] + [
+    ("VVV", None, None),
+    ("VEV", None, None),
+    ("V", None, None),
+] + [(s, None, "conjugate") for s in CONJUGATE_STRUCTURES]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("structure", "identify"),
-    [(s, "ordered") for s in SUPPORTED_STRUCTURES] + [("VVV", None), ("V", None)],
-)
-def test_log_likelihood_equals_the_core(structure, identify):
+def _case(structure, identify, family, seed=4):
     d = 1 if structure in ("E", "V") else 3
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     gm = random_mixture(rng, 3, d, structure)
     X, _ = gm.sample(60, rng=rng)
-    model = to_pymc(X, 3, covariance_type=structure, identify=identify)
-    pointwise = _observed_logp(model, model_values(model, gm))
+    priors = bg.ConjugatePrior(shrinkage=0.05) if family else None
+    model = to_pymc(X, 3, covariance_type=structure, identify=identify, priors=priors)
+    return gm, X, model
+
+
+def _py_fn(model, outputs):
+    # The Python linker: no compilation for a few evaluations (numba's cold compile is slow).
+    from pytensor.compile.mode import Mode
+
+    return model.compile_fn(
+        outputs, inputs=model.value_vars, mode=Mode(linker="py", optimizer="fast_compile")
+    )
+
+
+@pytest.mark.parametrize(("structure", "identify", "family"), CASES)
+def test_log_likelihood_and_density_equal_the_core_and_numpy(structure, identify, family):
+    gm, X, model = _case(structure, identify, family)
+    values = model_values(model, gm)
+    theta = model.rvs_to_values[model["theta"]]
+    fn = _py_fn(model, [model.logp(vars=[model["x"]], sum=False)[0], model.logp(), model.dlogp()])
+    rows, lp, grad = fn(values)
     # Reference: the core's log p(x_n) (itself tested against scipy) at the same parameters.
-    np.testing.assert_allclose(pointwise, gm.log_prob(X), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(rows, gm.log_prob(X), rtol=1e-10, atol=1e-10)
+    # The numpy density (Laplace, Pathfinder) is PyMC's, in value and gradient, here and at a
+    # point away from the mixture.
+    param, c = model.bayesgmm_param, model.bayesgmm_constants
+    moved = values["theta"] + 0.1 * np.random.default_rng(1).normal(size=values["theta"].size)
+    for point in (values["theta"], moved):
+        lp, grad = fn({theta.name: point})[1:]
+        ours = evaluate(param, point, 3, X, c)
+        np.testing.assert_allclose(ours["logp"], lp, rtol=1e-10)
+        np.testing.assert_allclose(ours["grad"], grad, rtol=1e-8, atol=1e-8)
+    # Reference for the gradient: central differences of the numpy log density.
+    h = 1e-6
+    fd = [
+        (evaluate(param, moved + h * e, 3, X, c, grad=False)["logp"]
+         - evaluate(param, moved - h * e, 3, X, c, grad=False)["logp"]) / (2 * h)
+        for e in np.eye(moved.size)
+    ]  # fmt: skip
+    np.testing.assert_allclose(evaluate(param, moved, 3, X, c)["grad"], fd, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("structure", ["EEV", "VEE", "EVI", "VVE"])
+def test_theta_round_trips_the_mixture(structure):
+    gm, X, model = _case(structure, "ordered", None, seed=7)
+    theta = model_values(model, gm)["theta"]
+    assert theta.size == model.bayesgmm_param.size(3)
+    out = evaluate(model.bayesgmm_param, theta, 3, X, model.bayesgmm_constants, grad=False)
+    order = component_order(model, gm)
+    np.testing.assert_allclose(out["weights"], gm.weights[order], rtol=1e-10)
+    np.testing.assert_allclose(out["means"], gm.means[order], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out["covariances"], gm.covariances[order], rtol=1e-10, atol=1e-12)
+    # The structure's constraint holds at any theta, not only at the round trip's.
+    moved = theta + 0.3 * np.random.default_rng(2).normal(size=theta.size)
+    covs = evaluate(model.bayesgmm_param, moved, 3, X, model.bayesgmm_constants)["covariances"]
+    assert bg.core.structures.get_structure(structure).constraint_violation(covs) is None
 
 
 def test_coords_and_names():
@@ -42,15 +90,9 @@ def test_coords_and_names():
     model = to_pymc(X, 2)
     assert list(model.coords["feature"]) == ["eruptions", "waiting"]
     assert len(model.coords["obs"]) == 272
-    for name in ("weights", "means", "covariances", "x"):
+    for name in ("weights", "means", "covariances", "x", "theta"):
         assert name in model.named_vars
     assert model.named_vars_to_dims["covariances"] == ("component", "feature", "feature_bis")
-
-
-def test_unsupported_structure_says_what_is():
-    X = bg.datasets.load_faithful()
-    with pytest.raises(ValueError, match=r"'EVE' has no PyMC model yet; supported: VVV, EEE"):
-        to_pymc(X, 2, covariance_type="EVE")
 
 
 def test_bad_input_is_the_cores_error():
@@ -58,23 +100,36 @@ def test_bad_input_is_the_cores_error():
         to_pymc(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]), 2)
     with pytest.raises(ValueError, match="identify"):
         to_pymc(np.random.default_rng(0).normal(size=(20, 2)), 2, identify="sorted")
+    with pytest.raises(ValueError, match="'EVE' has no conjugate prior in PyMC"):
+        to_pymc(bg.datasets.load_faithful(), 2, covariance_type="EVE", priors=bg.ConjugatePrior())
 
 
-def test_lkj_prior_correlations_follow_their_marginal():
-    # LKJ(η) in d dimensions: each correlation r has (r + 1)/2 ~ Beta(η − 1 + d/2, η − 1 + d/2)
-    # (Lewandowski, Kurowicka & Joe 2009). PyMC 6.3's LKJCorr broke this for d ≥ 3; the prior we
-    # ship (LKJCholeskyCov) must follow it.
+@pytest.mark.parametrize("d", [2, 3])
+def test_orientation_density_is_normalised(d):
+    # ∫ c_D |det G|^{ν−D} e^{−‖G‖²/2} dG = 1 (ν − D = 25), by Monte Carlo over standard normal
+    # G: E[c_D |det G|^{ν−D} (2π)^{D²/2}]. Reference: exact E|det G|^m for a standard normal
+    # square G is Π_i 2^{m/2} Γ((D − i + 1 + m)/2) / Γ((D − i + 1)/2) (Bartlett), so the check
+    # is done in closed form on the log scale rather than by a noisy average.
+    from scipy.special import gammaln
+
+    from bayesgmm.bayes.structures import ORIENTATION_EXCESS
+
+    m = ORIENTATION_EXCESS
+    i = np.arange(1, d + 1)
+    log_moment = float(np.sum(0.5 * m * np.log(2) + gammaln((d - i + 1 + m) / 2)
+                              - gammaln((d - i + 1) / 2)))  # fmt: skip
+    total = _log_orientation_const(d) + 0.5 * d * d * np.log(2 * np.pi) + log_moment
+    assert abs(total) < 1e-10
+
+
+def test_orientations_from_the_prior_are_uniform():
+    # In 2-D a uniform rotation has a uniform angle: Kolmogorov–Smirnov on prior draws.
     from scipy import stats
 
-    rng = np.random.default_rng(8)
-    X = rng.normal(size=(30, 3))
-    eta = 2.0
-    model = to_pymc(X, 2, priors=bg.Priors(lkj_eta=eta))
-    prior = pm.sample_prior_predictive(draws=4000, model=model, var_names=["chol_0_corr"])
-    corr = prior["prior"]["chol_0_corr"].values.reshape(-1, 3, 3)
-    a = eta - 1 + 3 / 2
-    for i, j in [(0, 1), (0, 2), (1, 2)]:
-        r = corr[:, i, j]
-        assert stats.kstest((r + 1) / 2, stats.beta(a, a).cdf).pvalue > 1e-3, (i, j)
-    # A wrong η would be caught: the same draws against LKJ(1)'s marginal are rejected.
-    assert stats.kstest((corr[:, 0, 1] + 1) / 2, stats.beta(1.5, 1.5).cdf).pvalue < 1e-3
+    X = np.random.default_rng(3).normal(size=(40, 2))
+    model = to_pymc(X, 2, covariance_type="VVV", identify=None)
+    draws = pm.draw(model["covariances"], draws=2000, random_seed=5)
+    _, vecs = np.linalg.eigh(draws.reshape(-1, 2, 2))
+    v = vecs[:, :, 1] * np.sign(vecs[:, 1:, 1])  # leading axis, upper half-plane
+    angle = np.arctan2(v[:, 1], v[:, 0])
+    assert stats.kstest(angle, stats.uniform(0, np.pi).cdf).pvalue > 1e-3
