@@ -149,7 +149,8 @@ def _gram_schmidt(g: Any, d: int) -> tuple[Any, Any]:
     """Q (..., d, d) with orthonormal columns and log diag R (..., d), for G = QR (PyTensor)."""
     import pytensor.tensor as pt
 
-    cols, logr = [], []
+    cols: list[Any] = []
+    logr: list[Any] = []
     for j in range(d):
         v = g[..., :, j]
         for q in cols:
@@ -343,7 +344,7 @@ class Eigen(Parametrisation):
 
     def __init__(self, structure: CovarianceStructure, d: int, identify: str | None) -> None:
         super().__init__(structure, d, identify)
-        volume, shape, orient = self.code
+        volume, shape, orient = self.code[0], self.code[1], self.code[2]
         self.volume = volume
         self.shape = shape if d > 1 else "I"
         self.orient = orient if d > 1 else "I"
@@ -419,7 +420,7 @@ class Eigen(Parametrisation):
 
         var = pt.exp(log_scale)
         if q is not None:
-            covs = pt.matmul(q * var[:, None, :], pt.swapaxes(q, -1, -2))
+            covs = pt.matmul(q * var[:, None, :], q.swapaxes(-1, -2))
         else:
             covs = var[:, :, None] * np.eye(d)
         return {
@@ -577,7 +578,7 @@ class Conjugate(Parametrisation):
             def whiten(resid: Any) -> Any:
                 return pt.matmul(resid, u)
 
-            prec = pt.matmul(u, pt.swapaxes(u, -1, -2))
+            prec = pt.matmul(u, u.swapaxes(-1, -2))
             covs = pt.linalg.inv(prec)
         else:
             logv = blocks[name]  # (m, 1 or D)

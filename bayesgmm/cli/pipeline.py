@@ -15,6 +15,7 @@ from bayesgmm.cli.report import Report
 
 __all__ = ["Settings", "run_analysis"]
 
+
 @dataclass(frozen=True)
 class Settings:
     ks: tuple[int, ...] = tuple(range(1, 10))

@@ -27,7 +27,7 @@ def _data(structure, n=80, seed=11):
 def _unique(structure, w, mu, cov):
     """(π_1..π_{K−1}, μ, the structure's free covariance entries): the coordinates in which
     scipy's densities of the prior are written."""
-    k, d = mu.shape
+    d = mu.shape[1]
     rows, cols = np.tril_indices(d)
     var = np.einsum("kii->ki", cov)
     covs = {
