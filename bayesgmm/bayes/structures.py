@@ -46,6 +46,7 @@ carry log K!), so that SMC's log marginal likelihood is the model's evidence.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +133,7 @@ def order_axes(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 ORIENTATION_EXCESS = 25
 
 
+@functools.cache
 def _log_orientation_const(d: int) -> float:
     """log c_D for the density c_D |det G|^{ν−D} exp(−‖G‖²/2), ν = D + ``ORIENTATION_EXCESS``:
     with S = GᵀG, dG = π^{D²/2} / Γ_D(D/2) |S|^{−1/2} dS, and the Wishart integral gives
