@@ -32,11 +32,38 @@ from bayesgmm.bayes.structures import (
     Parametrisation,
     _log_orientation_const,
     sum_to_zero_basis,
+    unpack_lower,
 )
 
 __all__ = ["evaluate"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _sum(x: np.ndarray, n: int) -> np.ndarray:
+    """``x`` summed over its last ``n`` axes (the batch axes in front are kept)."""
+    return x.sum(axis=tuple(range(-n, 0))) if n else x
+
+
+def _normal(x: np.ndarray, loc: Any, sd: float, n: int) -> np.ndarray:
+    """Σ log N(x | loc, sd²) over the last ``n`` axes."""
+    size = int(np.prod(x.shape[x.ndim - n :]))
+    return _sum(-0.5 * ((x - loc) / sd) ** 2, n) - size * (math.log(sd) + 0.5 * _LOG_2PI)
+
+
+def _diagonal(x: np.ndarray) -> np.ndarray:
+    return np.diagonal(x, axis1=-2, axis2=-1)
+
+
+def split(param: Parametrisation, theta: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """theta (..., P) → its blocks, each (..., *block shape)."""
+    batch = theta.shape[:-1]
+    out, pos = {}, 0
+    for b in param.blocks(k):
+        n = int(np.prod(b.shape))
+        out[b.name] = theta[..., pos : pos + n].reshape(*batch, *b.shape)
+        pos += n
+    return out
 
 
 def _reduce(grad: np.ndarray, n: int) -> np.ndarray:
@@ -46,9 +73,9 @@ def _reduce(grad: np.ndarray, n: int) -> np.ndarray:
 
 def _gram_schmidt(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q, r = np.linalg.qr(g)
-    sign = np.sign(np.einsum("kii->ki", r))
+    sign = np.sign(_diagonal(r))
     sign = np.where(sign == 0, 1.0, sign)
-    return q * sign[:, None, :], r * sign[:, :, None]
+    return q * sign[..., None, :], r * sign[..., :, None]
 
 
 def _qr_backward(q: np.ndarray, r: np.ndarray, gq: np.ndarray, gr: np.ndarray) -> np.ndarray:
@@ -69,17 +96,24 @@ def evaluate(
     grad: bool = True,
 ) -> dict[str, Any]:
     """log p(theta, X) (``logp``), its gradient (``grad``), the mixture at theta (``weights``,
-    ``means``, ``covariances``) and the pointwise log-likelihood (``rows``)."""
-    blocks = param.split(theta, k)
+    ``means``, ``covariances``) and the pointwise log-likelihood (``rows``).
+
+    With ``grad=False``, theta may carry leading batch dims (..., P): every output then has
+    them too (many draws at once, one set of numpy calls). The gradient is for one point.
+    """
+    theta = np.asarray(theta, dtype=float)
+    if grad and theta.ndim != 1:
+        raise ValueError(f"the gradient is for one point: theta (P,); got shape {theta.shape}.")
+    blocks = split(param, theta, k)
+    batch = theta.shape[:-1]
     d = param.d
     # weights: Dirichlet(α) through the additive log-ratios, with their Jacobian Π π_k.
     alpha = float(c["alpha"])
-    u = np.concatenate([blocks["weights_free"], [0.0]])
-    u = u - u.max()
-    logw = u - math.log(np.exp(u).sum())
+    u = np.concatenate([blocks["weights_free"], np.zeros((*batch, 1))], axis=-1)
+    u = u - u.max(axis=-1, keepdims=True)
+    logw = u - np.log(np.exp(u).sum(axis=-1, keepdims=True))
     w = np.exp(logw)
-    lp = gammaln(k * alpha) - k * gammaln(alpha) + alpha * logw.sum()
-    g_logw = np.full(k, alpha)
+    lp = gammaln(k * alpha) - k * gammaln(alpha) + alpha * logw.sum(axis=-1)
 
     if isinstance(param, Eigen):
         means, lp_m, back_means = _eigen_means(param, blocks, c, k)
@@ -90,20 +124,21 @@ def evaluate(
         covs_fwd = _conjugate_covariances(param, blocks, c, k, means)
     else:  # pragma: no cover - the two families are the only ones
         raise TypeError(type(param))
-    lp += lp_m + covs_fwd["log_prior"]
+    lp = lp + lp_m + covs_fwd["log_prior"]
 
     # the likelihood: one batched product for all components.
-    resid = X[None, :, :] - means[:, None, :]  # (K, N, D)
+    resid = X - means[..., :, None, :]  # (..., K, N, D)
     y = covs_fwd["whiten"](resid)
-    comp = logw[:, None] - 0.5 * (y**2).sum(axis=-1) - 0.5 * covs_fwd["log_det"][:, None]
+    comp = logw[..., None] - 0.5 * (y**2).sum(axis=-1) - 0.5 * covs_fwd["log_det"][..., None]
     comp = comp - 0.5 * d * _LOG_2PI
-    top = comp.max(axis=0)
-    shifted = np.exp(comp - top)
-    total = shifted.sum(axis=0)
+    top = comp.max(axis=-2)
+    shifted = np.exp(comp - top[..., None, :])
+    total = shifted.sum(axis=-2)
     rows = top + np.log(total)
-    lp += float(rows.sum())
+    lp = lp + rows.sum(axis=-1)
+    lp = np.where(np.isfinite(lp), lp, -np.inf)
     out: dict[str, Any] = {
-        "logp": float(lp) if np.isfinite(lp) else -np.inf,
+        "logp": float(lp) if not batch else lp,
         "rows": rows,
         "weights": w,
         "means": means,
@@ -113,7 +148,7 @@ def evaluate(
         return out
     gamma = shifted / total  # (K, N)
     counts = gamma.sum(axis=1)
-    g_logw = g_logw + counts
+    g_logw = alpha + counts
     # back through log_softmax: ∂/∂u_j = ḡ_j − π_j Σ ḡ
     g_v = (g_logw - w * g_logw.sum())[:-1]
     g_means, g_blocks = covs_fwd["backward"](gamma, counts, resid, y)
@@ -129,26 +164,23 @@ def evaluate(
 
 def _eigen_means(
     param: Eigen, blocks: dict[str, np.ndarray], c: dict[str, np.ndarray], k: int
-) -> tuple[np.ndarray, float, Any]:
+) -> tuple[np.ndarray, Any, Any]:
     z = blocks["means_free"]
     sd = float(c["mean_scale"])
-
-    def normal(x: np.ndarray) -> float:
-        return float((-0.5 * (x / sd) ** 2).sum() - x.size * (math.log(sd) + 0.5 * _LOG_2PI))
-
     spread = c["spread"]
     if param.identify != "ordered":
 
         def back_free(g_mu: np.ndarray) -> np.ndarray:
             return g_mu * spread - z / sd**2
 
-        return c["center"] + spread * z, normal(z), back_free
-    t = z[:, 0]
-    e = np.concatenate([t[:1], np.exp(t[1:])])
-    a = np.cumsum(e)
-    r = z[:, 1:]
-    std = a[:, None] * c["axis"][None, :] + r @ c["perp"].T
-    lp = normal(a) + normal(r) + float(t[1:].sum()) + float(gammaln(k + 1))
+        return c["center"] + spread * z, _normal(z, 0.0, sd, 2), back_free
+    t = z[..., 0]
+    e = np.concatenate([t[..., :1], np.exp(t[..., 1:])], axis=-1)
+    a = np.cumsum(e, axis=-1)
+    r = z[..., 1:]
+    std = a[..., None] * c["axis"] + r @ c["perp"].T
+    lp = _normal(a, 0.0, sd, 1) + _normal(r, 0.0, sd, 2) + t[..., 1:].sum(axis=-1)
+    lp = lp + float(gammaln(k + 1))
 
     def back_ordered(g_mu: np.ndarray) -> np.ndarray:
         g_std = g_mu * spread
@@ -156,7 +188,7 @@ def _eigen_means(
         g_r = g_std @ c["perp"] - r / sd**2
         g_e = np.cumsum(g_a[::-1])[::-1]
         g_t = np.concatenate([g_e[:1], g_e[1:] * e[1:] + 1.0])
-        return np.column_stack([g_t, g_r])
+        return np.concatenate([g_t[:, None], g_r], axis=1)
 
     return c["center"] + spread * std, lp, back_ordered
 
@@ -166,39 +198,38 @@ def _eigen_covariances(
 ) -> dict[str, Any]:
     d = param.d
     lv = blocks["log_volume"]
+    batch = lv.shape[:-1]
     loc, vs = float(c["volume_loc"]), float(c["volume_scale"])
-    lp = float((-0.5 * ((lv - loc) / vs) ** 2).sum() - lv.size * (math.log(vs) + 0.5 * _LOG_2PI))
-    lv_full = np.broadcast_to(lv, (k,))
-    log_scale = np.repeat(lv_full[:, None], d, axis=1)
+    lp = _normal(lv, loc, vs, 1)
+    lv_full = np.broadcast_to(lv, (*batch, k))
+    log_scale = np.broadcast_to(lv_full[..., None], (*batch, k, d))
     h = sum_to_zero_basis(d) if param.shape != "I" else None
     if h is not None:
         s = blocks["log_shape"]
-        ss = float(c["shape_scale"])
-        diff = s - c["shape_loc"]
-        lp += float((-0.5 * (diff / ss) ** 2).sum() - s.size * (math.log(ss) + 0.5 * _LOG_2PI))
-        log_scale = log_scale + np.broadcast_to(s @ h.T, (k, d))
+        lp = lp + _normal(s, c["shape_loc"], float(c["shape_scale"]), 2)
+        log_scale = log_scale + s @ h.T
     q: np.ndarray | None = None
     if param.orient != "I":
         g = blocks["orientation"]
         q_blk, r_blk = _gram_schmidt(g)
-        logr = np.log(np.einsum("kii->ki", r_blk))
-        lp += float(
-            ORIENTATION_EXCESS * logr.sum()
-            + _log_orientation_const(d) * g.shape[0]
-            - 0.5 * (g**2).sum()
+        logr = np.log(_diagonal(r_blk))
+        lp = lp + (
+            ORIENTATION_EXCESS * _sum(logr, 2)
+            + _log_orientation_const(d) * g.shape[-3]
+            - 0.5 * _sum(g**2, 3)
         )
-        q = np.broadcast_to(q_blk, (k, d, d))
+        q = np.broadcast_to(q_blk, (*batch, k, d, d))
     inv_sd = np.exp(-0.5 * log_scale)
 
     def whiten(resid: np.ndarray) -> np.ndarray:
         rot = resid @ q if q is not None else resid
-        return rot * inv_sd[:, None, :]
+        return rot * inv_sd[..., None, :]
 
     def covariances() -> np.ndarray:
         var = np.exp(log_scale)
         if q is None:
-            return var[:, :, None] * np.eye(d)
-        return (q * var[:, None, :]) @ np.swapaxes(q, -1, -2)
+            return var[..., None] * np.eye(d)
+        return (q * var[..., None, :]) @ np.swapaxes(q, -1, -2)
 
     def backward(
         gamma: np.ndarray, counts: np.ndarray, resid: np.ndarray, y: np.ndarray
@@ -221,7 +252,7 @@ def _eigen_covariances(
             gq = _reduce(gq, q_blk.shape[0])
             gr = np.zeros_like(r_blk)
             idx = np.arange(d)
-            gr[:, idx, idx] = ORIENTATION_EXCESS / np.einsum("kii->ki", r_blk)
+            gr[:, idx, idx] = ORIENTATION_EXCESS / _diagonal(r_blk)
             out["orientation"] = _qr_backward(q_blk, r_blk, gq, gr) - blocks["orientation"]
         return g_means, out
 
@@ -245,38 +276,35 @@ def _conjugate_covariances(
     name, _ = param._layout(k)
     kappa, nu = float(c["kappa"]), float(c["dof"])
     dm = means - c["prior_mean"]
+    batch = means.shape[:-2]
     if name == "precision_chol":
         packed = blocks[name]
-        m = packed.shape[0]
-        logdiag = packed[:, :d]
+        m = packed.shape[-2]
+        logdiag = packed[..., :d]
+        u_blk = unpack_lower(packed, d)
+        u = np.broadcast_to(u_blk, (*batch, k, d, d))
         rows, cols = np.tril_indices(d, -1)
-        u_blk = np.zeros((m, d, d))
-        idx = np.arange(d)
-        u_blk[:, idx, idx] = np.exp(logdiag)
-        u_blk[:, rows, cols] = packed[:, d:]
-        u = np.broadcast_to(u_blk, (k, d, d))
         lam_chol = c["scale_chol"]
         lam = lam_chol @ lam_chol.T
         cu = lam_chol.T @ u_blk
         log_lam = 2.0 * np.log(np.diag(lam_chol)).sum()
         weights_j = d + 2 - np.arange(1, d + 1)
-        lp = float(
-            (
-                (nu - d - 1) * logdiag.sum(axis=-1)
-                - 0.5 * (cu**2).sum(axis=(-2, -1))
-                + 0.5 * nu * log_lam
-                - 0.5 * nu * d * math.log(2.0)
-                - multigammaln(nu / 2.0, d)
-                + d * math.log(2.0)
-                + (logdiag * weights_j).sum(axis=-1)
-            ).sum()
+        lp = _sum(
+            (nu - d - 1) * logdiag.sum(axis=-1)
+            - 0.5 * _sum(cu**2, 2)
+            + 0.5 * nu * log_lam
+            - 0.5 * nu * d * math.log(2.0)
+            - multigammaln(nu / 2.0, d)
+            + d * math.log(2.0)
+            + (logdiag * weights_j).sum(axis=-1),
+            1,
         )
-        logdiag_full = np.broadcast_to(logdiag, (k, d))
-        um = np.einsum("kij,ki->kj", u, dm)  # Uᵀ (μ − μ_p)
-        lp += float(
-            -0.5 * kappa * (um**2).sum()
+        logdiag_full = np.broadcast_to(logdiag, (*batch, k, d))
+        um = (dm[..., None, :] @ u)[..., 0, :]  # Uᵀ (μ − μ_p)
+        lp = lp + (
+            -0.5 * kappa * _sum(um**2, 2)
             + k * (0.5 * d * math.log(kappa) - 0.5 * d * _LOG_2PI)
-            + logdiag_full.sum()
+            + _sum(logdiag_full, 2)
         )
 
         def whiten(resid: np.ndarray) -> np.ndarray:
@@ -295,7 +323,7 @@ def _conjugate_covariances(
             g_u = _reduce(g_u, m) - lam @ u_blk
             g_logdiag = _reduce(counts[:, None] + 1.0, m) * np.ones((1, d))
             g_logdiag = g_logdiag + (nu - d - 1) + weights_j
-            g_logdiag = g_logdiag + np.einsum("kii->ki", g_u) * np.exp(logdiag)
+            g_logdiag = g_logdiag + _diagonal(g_u) * np.exp(logdiag)
             return g_means, {name: np.concatenate([g_logdiag, g_u[:, rows, cols]], axis=1)}
 
         return {
@@ -308,20 +336,20 @@ def _conjugate_covariances(
     logv = blocks[name]
     beta = 0.5 * c["scale_diag"]
     a = 0.5 * nu
-    lp = float((a * np.log(beta) - gammaln(a) - a * logv - beta * np.exp(-logv)).sum())
-    logv_full = np.broadcast_to(logv, (k, d))
+    lp = _sum(a * np.log(beta) - gammaln(a) - a * logv - beta * np.exp(-logv), 2)
+    logv_full = np.broadcast_to(logv, (*batch, k, d))
     inv_var = np.exp(-logv_full)
-    lp += float(
-        (-0.5 * kappa * dm**2 * inv_var - 0.5 * logv_full + 0.5 * math.log(kappa)).sum()
+    lp = lp + (
+        _sum(-0.5 * kappa * dm**2 * inv_var - 0.5 * logv_full + 0.5 * math.log(kappa), 2)
         - k * d * 0.5 * _LOG_2PI
     )
     inv_sd = np.exp(-0.5 * logv_full)
 
     def whiten_diag(resid: np.ndarray) -> np.ndarray:
-        return resid * inv_sd[:, None, :]
+        return resid * inv_sd[..., None, :]
 
     def covariances_diag() -> np.ndarray:
-        return np.exp(logv_full)[:, :, None] * np.eye(d)
+        return np.exp(logv_full)[..., None] * np.eye(d)
 
     def backward_diag(
         gamma: np.ndarray, counts: np.ndarray, resid: np.ndarray, y: np.ndarray
@@ -330,7 +358,7 @@ def _conjugate_covariances(
         g_full = 0.5 * (t - counts[:, None]) + 0.5 * kappa * dm**2 * inv_var - 0.5
         g_means = np.einsum("kn,knj->kj", gamma, y) * inv_sd - kappa * dm * inv_var
         g = g_full.sum(axis=0, keepdims=True) if logv.shape[0] == 1 else g_full
-        g = g.sum(axis=1, keepdims=True) if logv.shape[1] == 1 else g
+        g = g.sum(axis=1, keepdims=True) if logv.shape[1] == 1 else g  # spherical
         g = g - a + beta * np.exp(-logv)
         return g_means, {name: g}
 

@@ -13,6 +13,7 @@ import numpy as np
 from bayesgmm.bayes.density import evaluate
 from bayesgmm.bayes.model import (
     Priors,
+    _feature_names,
     marginalize,
     mixture_theta,
     model_values,
@@ -22,7 +23,7 @@ from bayesgmm.bayes.model import (
 from bayesgmm.bayes.structures import Parametrisation, parametrisation
 from bayesgmm.core._validation import as_data, as_rng, check_n_components
 from bayesgmm.core.fit import fit_em
-from bayesgmm.core.model import GaussianMixture
+from bayesgmm.core.model import GaussianMixture, log_prob_many
 from bayesgmm.core.prior import ConjugatePrior
 from bayesgmm.core.relabel import match_components
 from bayesgmm.core.result import EMResult
@@ -312,10 +313,6 @@ def _drop_theta(post: Any) -> Any:
     return xr.DataTree(ds)
 
 
-def _feature_names(names: tuple[str, ...] | None, d: int) -> list[str]:
-    return list(names) if names is not None else [f"x{j}" for j in range(d)]
-
-
 def _permute(post: Any, perms: np.ndarray, target: str) -> Any:
     """The posterior with each draw's components permuted by ``perms``. Variables indexed by
     component without a ``component`` dim (a VVV model's ``chol_j``) are dropped, since they
@@ -410,10 +407,16 @@ class _Flat:
             self._cache[key] = (lp, grad)
         return self._cache[key]
 
-    def logp(self, flat: np.ndarray) -> float:
+    def logp(self, flat: np.ndarray) -> np.ndarray:
+        """log density of each row of ``flat`` (S, P), a few hundred rows per call so that the
+        (rows, K, N, D) residuals stay small."""
+        step = max(1, 2**22 // max(1, self.k * self.X.size))
+        out = []
         with np.errstate(all="ignore"):
-            lp = evaluate(self.param, flat, self.k, self.X, self.consts, grad=False)["logp"]
-        return lp if np.isfinite(lp) else -np.inf
+            for lo in range(0, flat.shape[0], step):
+                part = flat[lo : lo + step]
+                out.append(evaluate(self.param, part, self.k, self.X, self.consts, grad=False))
+        return np.concatenate([o["logp"] for o in out])
 
     def negative(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
         lp, grad = self.logp_dlogp(flat)
@@ -427,17 +430,9 @@ class _Flat:
     ) -> Any:
         """A DataTree of unconstrained ``draws`` (chains, draws, n) mapped to the mixture's
         weights, means and covariances, with the given ``sample_stats``."""
-        chains, n_draws = draws.shape[:2]
-        parts: dict[str, list[np.ndarray]] = {"weights": [], "means": [], "covariances": []}
-        empty = self.X[:0]
-        for row in draws.reshape(chains * n_draws, -1):
-            out = evaluate(self.param, row, self.k, empty, self.consts, grad=False)
-            for name, vals in parts.items():
-                vals.append(out[name])
-        posterior = {
-            name: np.asarray(vals).reshape(chains, n_draws, *np.shape(vals[0]))
-            for name, vals in parts.items()
-        }
+        # All draws in one call (no rows: only the map to the mixture is wanted).
+        out = evaluate(self.param, draws, self.k, self.X[:0], self.consts, grad=False)
+        posterior = {name: out[name] for name in _DIMS}
         return _posterior_tree(posterior, library, self.coords, sample_stats)
 
 
@@ -556,7 +551,7 @@ def _pathfinder_path(
             continue
         mean = path[ell] + h @ grads[ell]
         z = gen.normal(size=(elbo_draws, n))
-        lp = np.array([flat.logp(mean + chol @ zi) for zi in z])
+        lp = flat.logp(mean + z @ chol.T)
         logq = _normal_logq(z, chol)
         elbos[ell] = float(np.mean(lp - logq)) if np.isfinite(lp).all() else -np.inf
         if best is None or elbos[ell] > best[0]:
@@ -570,7 +565,7 @@ def _pathfinder_path(
     _, mean, chol = best
     z = gen.normal(size=(draws, n))
     x = mean + z @ chol.T
-    lp = np.array([flat.logp(row) for row in x])
+    lp = flat.logp(x)
     return x, lp, _normal_logq(z, chol), elbos
 
 
@@ -765,9 +760,7 @@ def _pointwise_log_likelihood(tree: Any, X: np.ndarray) -> Any:
     w, mu, cov = _draw_mixtures(tree)
     post = tree["posterior"]
     c, s = post.sizes["chain"], post.sizes["draw"]
-    out = np.empty((w.shape[0], X.shape[0]))
-    for i in range(w.shape[0]):
-        out[i] = GaussianMixture(w[i], mu[i], cov[i]).log_prob(X)
+    out = log_prob_many(X, w, mu, cov)  # one pass over X for all draws
     return _group(
         {"x": (("chain", "draw", "obs"), out.reshape(c, s, -1))},
         attrs={"inference_library": "bayesgmm (core log-likelihood at each draw)"},

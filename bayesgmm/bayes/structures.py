@@ -619,9 +619,7 @@ class Conjugate(Parametrisation):
         name, (m, width) = self._layout(covs.shape[0])
         d = self.d
         if name == "precision_chol":
-            u = np.linalg.cholesky(np.linalg.inv(covs[:m]))
-            rows, cols = np.tril_indices(d, -1)
-            return {name: np.concatenate([np.log(np.einsum("kii->ki", u)), u[:, rows, cols]], 1)}
+            return {name: pack_lower(np.linalg.cholesky(np.linalg.inv(covs[:m])))}
         var = np.einsum("kii->ki", covs)[:m]
         return {name: np.log(var if width == d else var[:, :1])}
 
@@ -636,10 +634,7 @@ class Conjugate(Parametrisation):
         if name == "precision_chol":
             lam = c["scale_chol"] @ c["scale_chol"].T
             prec = wishart.rvs(df=nu, scale=np.linalg.inv(lam), size=size * m, random_state=rng)
-            u = np.linalg.cholesky(np.reshape(prec, (size * m, d, d)))
-            rows, cols = np.tril_indices(d, -1)
-            packed = np.concatenate([np.log(np.einsum("kii->ki", u)), u[:, rows, cols]], 1)
-            block = packed.reshape(size, m, -1)
+            block = pack_lower(np.linalg.cholesky(np.reshape(prec, (size, m, d, d))))
             covs = np.linalg.inv(np.reshape(prec, (size, m, d, d)))
         else:
             var = 0.5 * c["scale_diag"] / rng.gamma(0.5 * nu, size=(size, m, width))
@@ -655,6 +650,24 @@ def _multigammaln(a: Any, d: int) -> Any:
     import pytensor.tensor as pt
 
     return 0.25 * d * (d - 1) * math.log(math.pi) + sum(pt.gammaln(a - 0.5 * j) for j in range(d))
+
+
+def pack_lower(u: np.ndarray) -> np.ndarray:
+    """(..., d + d(d−1)/2) from lower-triangular U (..., d, d) with a positive diagonal: the
+    logs of the diagonal, then the entries below it, row by row (the inverse of
+    :func:`unpack_lower`)."""
+    d = u.shape[-1]
+    rows, cols = np.tril_indices(d, -1)
+    return np.concatenate([np.log(np.diagonal(u, axis1=-2, axis2=-1)), u[..., rows, cols]], -1)
+
+
+def unpack_lower(packed: np.ndarray, d: int) -> np.ndarray:
+    """U (..., d, d) from its packed form (numpy; :func:`_unpack_lower` is the PyTensor one)."""
+    rows, cols = np.tril_indices(d, -1)
+    u = np.zeros((*packed.shape[:-1], d, d))
+    u[..., np.arange(d), np.arange(d)] = np.exp(packed[..., :d])
+    u[..., rows, cols] = packed[..., d:]
+    return u
 
 
 def _unpack_lower(packed: Any, d: int) -> Any:

@@ -304,3 +304,21 @@ def _cholesky_or_raise(covs: np.ndarray) -> np.ndarray:
                 "diagonal or drop the component."
             )
     return chol
+
+
+def log_prob_many(
+    X: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray
+) -> np.ndarray:
+    """log p(x_n) under each of S mixtures at once, shape (S, N): one pass over ``X`` for all of
+    them (the draws of a posterior), with the same log-sum-exp over Cholesky factors as
+    :meth:`GaussianMixture.log_prob`. ``weights`` (S, K), ``means`` (S, K, D) and
+    ``covariances`` (S, K, D, D) are taken as valid (no per-mixture validation).
+    """
+    d = covariances.shape[-1]
+    off = ~np.eye(d, dtype=bool)
+    diagonal = not np.any(covariances[..., off])
+    center = np.asarray(X).mean(axis=0) if len(X) else np.zeros(d)
+    params = mixture_density(weights, means, np.linalg.cholesky(covariances), diagonal, center)
+    out = np.empty((X.shape[0], weights.shape[0]))
+    run_pass(X, params, logp_out=out)
+    return out.T

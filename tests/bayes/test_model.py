@@ -59,6 +59,12 @@ def test_log_likelihood_and_density_equal_the_core_and_numpy(structure, identify
         ours = evaluate(param, point, 3, X, c)
         np.testing.assert_allclose(ours["logp"], lp, rtol=1e-10)
         np.testing.assert_allclose(ours["grad"], grad, rtol=1e-8, atol=1e-8)
+    # Many points at once (the draws of an approximation) give each point's values.
+    many = evaluate(param, np.stack([values["theta"], moved]), 3, X, c, grad=False)
+    for i, point in enumerate((values["theta"], moved)):
+        one = evaluate(param, point, 3, X, c, grad=False)
+        for name in ("logp", "rows", "weights", "means", "covariances"):
+            np.testing.assert_allclose(many[name][i], one[name], rtol=1e-12, atol=1e-12)
     # Reference for the gradient: central differences of the numpy log density.
     h = 1e-6
     fd = [

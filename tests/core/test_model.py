@@ -199,3 +199,23 @@ def test_parameter_counts(structure, d, g, expected):
 def test_covariances_must_have_the_structure(structure, covs, match):
     with pytest.raises(ValueError, match=match):
         bg.GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], covs, structure)
+
+
+def test_log_prob_many_is_log_prob_of_each():
+    # One pass for S mixtures equals S calls of GaussianMixture.log_prob (itself tested against
+    # scipy), for full and diagonal covariances.
+    from bayesgmm.core.model import log_prob_many
+    from tests.conftest import random_mixture
+
+    rng = np.random.default_rng(21)
+    X = rng.normal(scale=3.0, size=(150, 3))
+    for structure in ("VVV", "VVI"):
+        mixtures = [random_mixture(rng, 4, 3, structure) for _ in range(5)]
+        out = log_prob_many(
+            X,
+            np.stack([m.weights for m in mixtures]),
+            np.stack([m.means for m in mixtures]),
+            np.stack([m.covariances for m in mixtures]),
+        )
+        expected = np.stack([m.log_prob(X) for m in mixtures])
+        np.testing.assert_allclose(out, expected, rtol=1e-10)
