@@ -9,7 +9,8 @@ structure, data set and K.
 Why not a compiled PyTensor function: compiling the batched graph of a VVV model with PyTensor's
 default (numba) backend took 25 s on a cold cache, the C backend 77 s, and the Python linker
 needs 14 ms per evaluation at N = 300 (a Laplace fit evaluates the gradient hundreds of times);
-this module needs about 1 ms there, nothing to compile (benchmarks/posterior_speed.py).
+this module needs about 1 ms there, nothing to compile (benchmarks/posterior_speed.py). With
+``grad=False`` it takes many points at once (the draws of an approximation).
 
 The likelihood's gradients are the classic ones, with responsibilities γ_kn and whitened
 residuals y_kn = W_k (x_n − μ_k): ∂/∂μ_k = W_kᵀ Σ_n γ_kn y_kn, ∂/∂W_k = −Σ_n γ_kn y_kn r_knᵀ;
@@ -64,6 +65,16 @@ def split(param: Parametrisation, theta: np.ndarray, k: int) -> dict[str, np.nda
         out[b.name] = theta[..., pos : pos + n].reshape(*batch, *b.shape)
         pos += n
     return out
+
+
+def _weighted_sums(gamma: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Σ_n γ_kn y_kn (K, D) for γ (K, N) and y (K, N, D), as K matrix products."""
+    return (gamma[:, None, :] @ y)[:, 0, :]
+
+
+def _weighted_outer(gamma: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ_n γ_kn a_kn b_knᵀ (K, D, D), as K matrix products."""
+    return np.swapaxes(a * gamma[:, :, None], -1, -2) @ b
 
 
 def _reduce(grad: np.ndarray, n: int) -> np.ndarray:
@@ -235,10 +246,11 @@ def _eigen_covariances(
         gamma: np.ndarray, counts: np.ndarray, resid: np.ndarray, y: np.ndarray
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         # t_kj = Σ_n γ_kn y_knj² (whitened): ∂L/∂log scale_kj = (t_kj − n_k) / 2
-        t = np.einsum("kn,knj->kj", gamma, y**2)
+        gy_all = _weighted_sums(gamma, y)
+        t = _weighted_sums(gamma, y**2)
         g_scale = 0.5 * (t - counts[:, None])
-        gy = np.einsum("kn,knj->kj", gamma, y) * inv_sd  # Σ_n γ y ∘ a^{-1/2} λ^{-1/2}
-        g_means = np.einsum("kij,kj->ki", q, gy) if q is not None else gy
+        gy = gy_all * inv_sd  # Σ_n γ y ∘ a^{-1/2} λ^{-1/2}
+        g_means = (q @ gy[:, :, None])[:, :, 0] if q is not None else gy
         out: dict[str, np.ndarray] = {}
         out["log_volume"] = _reduce(g_scale.sum(axis=1), lv.size) - (lv - loc) / vs**2
         if h is not None:
@@ -248,7 +260,7 @@ def _eigen_covariances(
             )
         if q is not None:
             # ∂L/∂Q_k = −Σ_n γ_kn r_kn (y_kn ∘ a^{-1/2} λ^{-1/2})ᵀ
-            gq = -np.einsum("kn,kni,knj->kij", gamma, resid, y) * inv_sd[:, None, :]
+            gq = -_weighted_outer(gamma, resid, y) * inv_sd[:, None, :]
             gq = _reduce(gq, q_blk.shape[0])
             gr = np.zeros_like(r_blk)
             idx = np.arange(d)
@@ -316,9 +328,9 @@ def _conjugate_covariances(
         def backward(
             gamma: np.ndarray, counts: np.ndarray, resid: np.ndarray, y: np.ndarray
         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-            gy = np.einsum("kn,knj->kj", gamma, y)
-            g_means = np.einsum("kij,kj->ki", u, gy) - kappa * np.einsum("kij,kj->ki", u, um)
-            g_u = -np.einsum("kn,kni,knj->kij", gamma, resid, y)
+            gy = _weighted_sums(gamma, y)
+            g_means = (u @ (gy - kappa * um)[:, :, None])[:, :, 0]
+            g_u = -_weighted_outer(gamma, resid, y)
             g_u = g_u - kappa * dm[:, :, None] * um[:, None, :]
             g_u = _reduce(g_u, m) - lam @ u_blk
             g_logdiag = _reduce(counts[:, None] + 1.0, m) * np.ones((1, d))
@@ -354,9 +366,9 @@ def _conjugate_covariances(
     def backward_diag(
         gamma: np.ndarray, counts: np.ndarray, resid: np.ndarray, y: np.ndarray
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        t = np.einsum("kn,knj->kj", gamma, y**2)
+        t = _weighted_sums(gamma, y**2)
         g_full = 0.5 * (t - counts[:, None]) + 0.5 * kappa * dm**2 * inv_var - 0.5
-        g_means = np.einsum("kn,knj->kj", gamma, y) * inv_sd - kappa * dm * inv_var
+        g_means = _weighted_sums(gamma, y) * inv_sd - kappa * dm * inv_var
         g = g_full.sum(axis=0, keepdims=True) if logv.shape[0] == 1 else g_full
         g = g.sum(axis=1, keepdims=True) if logv.shape[1] == 1 else g  # spherical
         g = g - a + beta * np.exp(-logv)

@@ -145,8 +145,6 @@ def fit_bayes(
         :func:`z_probabilities` gives the posterior of z. The attrs say the method and the
         seconds it took.
     """
-    import pymc as pm
-
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not available; choose one of {', '.join(METHODS)}.")
     for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
@@ -201,6 +199,8 @@ def fit_bayes(
             model = marginalize(model)
         values = model_values(model, start)
         if method == "nuts":
+            import pymc as pm  # only the PyMC methods need it (Laplace, Pathfinder: numpy)
+
             # Our own small jitter only: PyMC's default "jitter+adapt_diag" moves every start
             # by up to ±1 in the unconstrained space (a factor e on every scale).
             sampler_kwargs.setdefault("init", "adapt_diag")
