@@ -139,10 +139,6 @@ def to_pymc(
         draws = param.sample_prior(c, k, rng, many)
         return draws.reshape(*(size or ()), -1) if size not in (None, ()) else draws[0]
 
-    def likelihood_logp(value: Any, theta: Any, *args: Any) -> Any:
-        parts = param.graph(_core(theta, 1), k, unpack(args))
-        return param.log_likelihood_rows(value, parts)
-
     # Core dims of each constant in the signatures; the data mean's is the feature dim "d".
     core = ",".join(
         "(d)"
@@ -164,40 +160,33 @@ def to_pymc(
         )
         parts = param.graph(theta, k, unpack(tuple(const_vars)))
         weights = pm.Deterministic("weights", pt.exp(parts["log_weights"]), dims="component")
-        means = pm.Deterministic("means", parts["means"], dims=("component", "feature"))
+        pm.Deterministic("means", parts["means"], dims=("component", "feature"))
         pm.Deterministic(
             "covariances", parts["covariances"], dims=("component", "feature", "feature_bis")
         )
-        if explicit_z:
-            # p(x, z) as stated: z_n ~ Categorical(π), x_n | z_n ~ N(μ_{z_n}, Σ_{z_n}).
-            z = pm.Categorical("z", p=weights, dims="obs")
+        # p(x, z) as stated, z_n ~ Categorical(π) and x_n | z_n ~ N(μ_{z_n}, Σ_{z_n}); or its
+        # marginal p(x), the mixture.
+        given = (pm.Categorical("z", p=weights, dims="obs"),) if explicit_z else ()
 
-            def joint_logp(value: Any, z: Any, theta: Any, *args: Any) -> Any:
-                parts = param.graph(_core(theta, 1), k, unpack(args))
-                comp = param.log_component_rows(value, parts)
-                return comp[z, pt.arange(value.shape[0])] - parts["log_weights"][z]
+        def likelihood_logp(value: Any, *args: Any) -> Any:
+            theta, rest = args[len(given)], args[len(given) + 1 :]
+            parts = param.graph(_core(theta, 1), k, unpack(rest))
+            if not given:
+                return param.log_likelihood_rows(value, parts)
+            z = args[0]
+            comp = param.log_component_rows(value, parts)
+            return comp[z, pt.arange(value.shape[0])] - parts["log_weights"][z]
 
-            pm.CustomDist(
-                "x",
-                z,
-                theta,
-                *const_vars,
-                logp=joint_logp,
-                signature=f"(),(p),{core}->(d)",
-                observed=data,
-                dims=("obs", "feature"),
-            )
-        else:
-            pm.CustomDist(
-                "x",
-                theta,
-                *const_vars,
-                logp=likelihood_logp,
-                signature=f"(p),{core}->(d)",
-                observed=data,
-                dims=("obs", "feature"),
-            )
-        del means
+        pm.CustomDist(
+            "x",
+            *given,
+            theta,
+            *const_vars,
+            logp=likelihood_logp,
+            signature=f"{'(),' * len(given)}(p),{core}->(d)",
+            observed=data,
+            dims=("obs", "feature"),
+        )
     model.bayesgmm_param = param  # type: ignore[attr-defined]
     model.bayesgmm_constants = consts  # type: ignore[attr-defined]
     model.bayesgmm_structure = param.name  # type: ignore[attr-defined]
