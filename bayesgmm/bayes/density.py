@@ -56,17 +56,6 @@ def _diagonal(x: np.ndarray) -> np.ndarray:
     return np.diagonal(x, axis1=-2, axis2=-1)
 
 
-def split(param: Parametrisation, theta: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """theta (..., P) → its blocks, each (..., *block shape)."""
-    batch = theta.shape[:-1]
-    out, pos = {}, 0
-    for b in param.blocks(k):
-        n = int(np.prod(b.shape))
-        out[b.name] = theta[..., pos : pos + n].reshape(*batch, *b.shape)
-        pos += n
-    return out
-
-
 def _weighted_sums(gamma: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Σ_n γ_kn y_kn (K, D) for γ (K, N) and y (K, N, D), as K matrix products."""
     return (gamma[:, None, :] @ y)[:, 0, :]
@@ -115,7 +104,7 @@ def evaluate(
     theta = np.asarray(theta, dtype=float)
     if grad and theta.ndim != 1:
         raise ValueError(f"the gradient is for one point: theta (P,); got shape {theta.shape}.")
-    blocks = split(param, theta, k)
+    blocks = param.split(theta, k)
     batch = theta.shape[:-1]
     d = param.d
     # weights: Dirichlet(α) through the additive log-ratios, with their Jacobian Π π_k.

@@ -204,11 +204,6 @@ class Parametrisation:
         code = {"E": "EII", "V": "VII"}.get(structure.name, structure.name)
         self.code = code
 
-    @property
-    def key(self) -> tuple[Any, ...]:
-        """What changes the graph: the compile-once cache's key."""
-        return (self.name, self.d, self.identify, self.family)
-
     # -- blocks ------------------------------------------------------------------------------
     def blocks(self, k: Any) -> list[Block]:
         d = self.d
@@ -218,13 +213,14 @@ class Parametrisation:
         return int(sum(int(np.prod(b.shape)) for b in self.blocks(k)))
 
     def split(self, theta: Any, k: Any) -> dict[str, Any]:
-        """theta → its blocks (numpy or PyTensor)."""
+        """theta (..., P) → its blocks, each (..., *block shape) (numpy or PyTensor)."""
+        batch = tuple(theta.shape)[:-1]
         out, pos = {}, 0
         for b in self.blocks(k):
             n = 1
             for s in b.shape:
                 n = n * s
-            out[b.name] = theta[pos : pos + n].reshape(b.shape)
+            out[b.name] = theta[..., pos : pos + n].reshape((*batch, *b.shape))
             pos = pos + n
         return out
 
