@@ -314,9 +314,8 @@ def _drop_theta(post: Any) -> Any:
 
 
 def _permute(post: Any, perms: np.ndarray, target: str) -> Any:
-    """The posterior with each draw's components permuted by ``perms``. Variables indexed by
-    component without a ``component`` dim (a VVV model's ``chol_j``) are dropped, since they
-    cannot follow the permutation."""
+    """The posterior with each draw's components permuted by ``perms``; variables without a
+    ``component`` dim are dropped, since they cannot follow the permutation."""
     import xarray as xr
 
     keep = {name: v for name, v in post.data_vars.items() if "component" in v.dims}

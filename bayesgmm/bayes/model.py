@@ -1,10 +1,11 @@
 """The core's Gaussian mixture as a PyMC model: the same p(x) = Σ_k π_k N(x | μ_k, Σ_k).
 
-The likelihood is PyMC's ``Mixture`` of K ``MvNormal`` components (one each), observed on all
-rows, so that ``pm.compute_log_likelihood`` gives the pointwise log p(x_n) the core's
-``GaussianMixture.log_prob`` gives. Variables carry the core's names: ``weights`` (component),
-``means`` (component, feature) and the Deterministic ``covariances`` (component, feature,
-feature_bis); the Cholesky or scale parametrisation underneath depends on the structure.
+The model is written on one unconstrained ``theta`` laid out by the structure's parametrisation
+(:mod:`bayesgmm.bayes.structures`); the observed ``x`` has the mixture's log-likelihood per row,
+one batched log-sum-exp over components, so that ``pm.compute_log_likelihood`` gives the
+pointwise log p(x_n) the core's ``GaussianMixture.log_prob`` gives. The Deterministics carry the
+core's names: ``weights`` (component), ``means`` (component, feature) and ``covariances``
+(component, feature, feature_bis).
 """
 
 from __future__ import annotations
@@ -214,9 +215,9 @@ def marginalize(model: Any) -> Any:
     the mixture likelihood the gradient-based samplers need; the free variables and their
     priors are unchanged. (A model without z is returned as it is.)
 
-    The sum over z is the log-sum-exp of PyMC's ``Mixture``, built from the same specification;
-    tests check, observation by observation, that it equals log Σ_k exp log p(x_n, z_n = k)
-    of the explicit model.
+    The sum over z is the batched log-sum-exp of :func:`to_pymc`'s marginal model, built from
+    the same specification; tests check, observation by observation, that it equals
+    log Σ_k exp log p(x_n, z_n = k) of the explicit model.
     """
     spec = getattr(model, "bayesgmm_spec", None)
     if spec is None:
