@@ -112,9 +112,13 @@ def test_explicit_z_recovers_the_labels(clusters, em_fit):
     np.testing.assert_allclose(np.exp(post["lp_z"]).sum("component"), 1.0, rtol=1e-12)
     prob = z_probabilities(tree)
     # The posterior mean of z's probabilities against EM's responsibilities (issue 4: within
-    # 0.05 at full size; measured here 0.07 on these 180 rows, 200 draws, under the λDADᵀ
-    # priors (0.03 under the former HalfNormal/LKJ ones): the rows on cluster boundaries).
-    assert np.abs(prob.values - tree["em"]["responsibilities"].values).max() < 0.1
+    # 0.05 at full size). On these 180 rows the posterior itself differs from EM by up to 0.11
+    # on the worst boundary row (NUTS, 2 × 500 draws; 0.0024 on average) and this Laplace run
+    # by 0.07 (0.03 under the former HalfNormal/LKJ priors): the bound is on the worst row,
+    # the average is held close.
+    diff = np.abs(prob.values - tree["em"]["responsibilities"].values)
+    assert diff.max() < 0.1
+    assert diff.mean() < 0.005
     # The drawn labels follow their probabilities: the share of draws with z_n = k matches.
     share = np.stack([(post["z"].values == k).mean(axis=(0, 1)) for k in range(3)], axis=1)
     assert np.abs(share - prob.values).max() < 0.15
