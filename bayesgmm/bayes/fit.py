@@ -3,22 +3,23 @@ from EM and returned as an ArviZ ``xarray.DataTree``."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
+import threading
 import time
 import warnings
 from typing import Any
 
 import numpy as np
 
+from bayesgmm.bayes import _compiled
 from bayesgmm.bayes.density import evaluate
 from bayesgmm.bayes.model import (
     Priors,
     _feature_names,
-    marginalize,
     mixture_theta,
-    model_values,
     param_order,
-    to_pymc,
 )
 from bayesgmm.bayes.structures import Parametrisation, parametrisation
 from bayesgmm.core._validation import as_data, as_rng, check_n_components
@@ -193,50 +194,44 @@ def fit_bayes(
         else:
             tree = _pathfinder(flat, draws, chains, rng_m, dict(sampler_kwargs))
     else:
-        spec = {"covariance_type": covariance_type, "priors": priors, "identify": model_identify}
-        model = to_pymc(X, k, explicit_z=explicit_z, **spec)  # type: ignore[arg-type]
-        if explicit_z:
-            model = marginalize(model)
-        values = model_values(model, start)
+        # PyMC's methods: the model of this (structure, D, identify, K) is built and compiled
+        # once per process, the data and prior constants set anew (:mod:`._compiled`). The
+        # samplers keep theta only; the mixture comes from it as for Laplace. With
+        # explicit_z the sampled model is the marginal one either way (:func:`marginalize`).
+        entry = _compiled.model_for(param, consts, arr, k, covariance_type, priors)
+        flat = _Flat(param, consts, arr, k, start, coords)
+        starts = [
+            _jitter(
+                {"theta": mixture_theta(param, consts, _permuted(start, order))}
+                if order is not None
+                else {"theta": flat.x0},
+                gen,
+            )
+            for order in (
+                [None] * chains
+                if model_identify == "ordered"
+                else _distinct_permutations(k, chains, gen)
+            )
+        ]
         if method == "nuts":
-            import pymc as pm  # only the PyMC methods need it (Laplace, Pathfinder: numpy)
-
-            # Our own small jitter only: PyMC's default "jitter+adapt_diag" moves every start
-            # by up to ±1 in the unconstrained space (a factor e on every scale).
-            sampler_kwargs.setdefault("init", "adapt_diag")
-            # PyMC picks nutpie by itself when it is installed and the settings allow; "nuts"
-            # is PyMC's own sampler ("nutpie" is a method of its own).
-            sampler_kwargs.setdefault("nuts_sampler", "pymc")
-            tree = pm.sample(
-                draws=draws,
-                tune=tune,
-                chains=chains,
-                # Unordered models: each chain starts at the EM estimate under its own random
-                # labelling, distinct across chains while K! allows, as chains from arbitrary
-                # starts would (label switching shows, and "relabel" is put to the test).
-                initvals=[
-                    _jitter(
-                        values if order is None else model_values(model, _permuted(start, order)),
-                        gen,
-                    )
-                    for order in (
-                        [None] * chains
-                        if model_identify == "ordered"
-                        else _distinct_permutations(k, chains, gen)
-                    )
-                ],
-                random_seed=seed,
-                progressbar=progressbar,
-                model=model,
-                **sampler_kwargs,
+            sampled = _pymc_nuts(
+                entry, starts, draws, tune, chains, seed, progressbar, sampler_kwargs
             )
         elif method == "nutpie":
-            tree = _nutpie(model, values, draws, tune, chains, seed, progressbar, sampler_kwargs)
+            sampled = _nutpie(entry, starts, draws, tune, chains, seed, progressbar, sampler_kwargs)
         elif method in ("advi", "fullrank_advi"):
-            tree = _advi(model, values, method, draws, chains, seed, progressbar, sampler_kwargs)
+            values = {"theta": flat.x0}
+            sampled = _advi(
+                entry.model, values, method, draws, chains, seed, progressbar, sampler_kwargs
+            )
         else:
-            tree = _smc(model, draws, chains, seed, progressbar, sampler_kwargs)
-        tree["posterior"] = _drop_theta(tree["posterior"].to_dataset())
+            sampled = _smc(entry.model, draws, chains, seed, progressbar, sampler_kwargs)
+        theta = sampled["posterior"]["theta"].transpose("chain", "draw", ...).values
+        library = sampled["posterior"].attrs.get("inference_library", "pymc")
+        tree = flat.tree(theta, None, f"{library} ({method})")
+        for name in sampled.children:
+            if name not in ("posterior", "observed_data", "log_likelihood", "constant_data"):
+                tree[name] = sampled[name]
     seconds = time.perf_counter() - t0
     # The same observed_data group whatever the method (nutpie's lacks the coordinates).
     tree["observed_data"] = _group(
@@ -303,16 +298,6 @@ def _sort_permutations(
     return np.argsort(a, axis=-1, kind="stable"), np.argsort(ref, kind="stable")
 
 
-def _drop_theta(post: Any) -> Any:
-    """The posterior without the unconstrained ``theta`` (the model's coordinates, not its
-    parameters: weights, means and covariances are there)."""
-    import xarray as xr
-
-    ds = post.drop_vars(["theta"], errors="ignore")
-    ds = ds.drop_dims(["parameter"], errors="ignore")
-    return xr.DataTree(ds)
-
-
 def _permute(post: Any, perms: np.ndarray, target: str) -> Any:
     """The posterior with each draw's components permuted by ``perms``; variables without a
     ``component`` dim are dropped, since they cannot follow the permutation."""
@@ -329,9 +314,9 @@ def _permute(post: Any, perms: np.ndarray, target: str) -> Any:
     return xr.DataTree(ds)
 
 
-def _nutpie(
-    model: Any,
-    values: dict[str, np.ndarray],
+def _pymc_nuts(
+    entry: _compiled.Entry,
+    starts: list[dict[str, np.ndarray]],
     draws: int,
     tune: int,
     chains: int,
@@ -339,8 +324,60 @@ def _nutpie(
     progressbar: bool,
     options: dict[str, Any],
 ) -> Any:
-    """nutpie's NUTS (numba backend unless ``backend=`` says otherwise), every chain started at
-    the EM point: nutpie takes one initial-point function for all chains."""
+    """PyMC's NUTS on the cached model, its log density and gradient compiled once per model
+    (and kept); a fresh step each call, its diagonal mass matrix adapted from ones at the
+    starts' mean as PyMC's ``init="adapt_diag"`` does (PyMC's default "jitter+adapt_diag"
+    would also move every start by up to ±1 in the unconstrained space: a factor e on every
+    scale)."""
+    import pymc as pm
+    from pymc.step_methods.hmc.quadpotential import QuadPotentialDiagAdapt
+
+    model = entry.model
+    if "step" in options or "nuts_sampler" in options:
+        raise TypeError(
+            "method='nuts' sets PyMC's step and nuts_sampler itself (method='nutpie' is "
+            "nutpie); pass NUTS settings such as target_accept or max_treedepth instead."
+        )
+    func = entry.compiled.get("nuts")
+    if func is None:
+        func = model.logp_dlogp_function(ravel_inputs=True)
+        func.trust_input = True
+        entry.compiled["nuts"] = func
+    step_options = {
+        name: options.pop(name)
+        for name in ("target_accept", "max_treedepth", "step_scale", "early_max_treedepth")
+        if name in options
+    }
+    mean = np.mean([s["theta"] for s in starts], axis=0)
+    potential = QuadPotentialDiagAdapt(mean.size, mean, np.ones_like(mean), 10, rng=seed)
+    step = pm.NUTS(model=model, potential=potential, logp_dlogp_func=func, **step_options)
+    return pm.sample(
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        step=step,
+        initvals=starts,
+        var_names=["theta"],
+        random_seed=seed,
+        progressbar=progressbar,
+        model=model,
+        **options,
+    )
+
+
+def _nutpie(
+    entry: _compiled.Entry,
+    starts: list[dict[str, np.ndarray]],
+    draws: int,
+    tune: int,
+    chains: int,
+    seed: int,
+    progressbar: bool,
+    options: dict[str, Any],
+) -> Any:
+    """nutpie's NUTS (numba backend unless ``backend=`` says otherwise) on the cached model,
+    compiled once per model and compile options; the data set through ``with_data``; chain i
+    started at ``starts[i]``."""
     try:
         import nutpie
     except ImportError:
@@ -349,11 +386,31 @@ def _nutpie(
             "(or pip install 'bayesgmm[nutpie]'); method='nuts' needs nothing more."
         ) from None
     compile_options = {k: options.pop(k) for k in ("backend", "gradient_backend") if k in options}
+    tag = ("nutpie", tuple(sorted(compile_options.items())))
     t0 = time.perf_counter()
-    compiled = nutpie.compile_pymc_model(
-        model, initial_points=values, jitter_rvs=set(), **compile_options
-    )
+    compiled = entry.compiled.get(tag)
+    if compiled is None:
+        compiled = nutpie.compile_pymc_model(
+            entry.model, var_names=["theta"], freeze_model=False, **compile_options
+        )
+        entry.compiled[tag] = compiled
+    # The data and those prior constants the compiled density reads (a structure's graph may
+    # not use every constant).
+    known = {var.name for var in compiled.shared_var_keys}
+    updates = _compiled.data_updates(entry)
+    compiled = compiled.with_data(**{name: v for name, v in updates.items() if name in known})
     compile_seconds = time.perf_counter() - t0
+    # nutpie asks one function for every chain's start (and again after a failed start):
+    # hand out the starts in turn.
+    lock = threading.Lock()
+    counter = itertools.count()
+
+    def initial_point(_seed: Any) -> np.ndarray:
+        with lock:
+            i = next(counter)
+        return np.array(starts[i % len(starts)]["theta"], dtype=float)
+
+    compiled = dataclasses.replace(compiled, initial_point_func=initial_point)
     tree = nutpie.sample(
         compiled,
         draws=draws,
@@ -424,7 +481,7 @@ class _Flat:
     def tree(
         self,
         draws: np.ndarray,
-        sample_stats: dict[str, np.ndarray],
+        sample_stats: dict[str, np.ndarray] | None,
         library: str,
     ) -> Any:
         """A DataTree of unconstrained ``draws`` (chains, draws, n) mapped to the mixture's
@@ -651,8 +708,9 @@ def _advi(
 ) -> Any:
     """PyMC's (mean-field or full-rank) ADVI, its mean started at the EM point and its scales at
     0.1 in the unconstrained space (PyMC's defaults are 0.69 and 1);
-    ``chains × draws`` independent draws from the fitted approximation."""
+    ``chains × draws`` independent draws of theta from the fitted approximation."""
     import pymc as pm
+    import xarray as xr
 
     n_iter = int(options.pop("n", 10_000))
     if method == "advi":
@@ -671,14 +729,11 @@ def _advi(
         diag = np.log(np.expm1(0.1))
         inference.approx.shared_params["L_tril"].set_value(diag * (rows == cols).astype(float))
     approx = inference.fit(n=n_iter, progressbar=progressbar, **options)
-    sampled = approx.sample(chains * draws, random_seed=seed + 1)["posterior"]
-    posterior = {
-        name: var.values.reshape(chains, draws, *var.shape[2:])
-        for name, var in sampled.data_vars.items()
-    }
-    posterior = {name: v for name, v in posterior.items() if name in _DIMS}
-    coords = {c: np.asarray(model.coords[c]) for c in ("component", "feature", "feature_bis")}
-    tree = _posterior_tree(posterior, f"pymc ({method})", coords)
+    theta = approx.sample(chains * draws, random_seed=seed + 1)["posterior"]["theta"].values
+    tree = xr.DataTree()
+    tree["posterior"] = _group(
+        {"theta": (("chain", "draw", "parameter"), theta.reshape(chains, draws, -1))}
+    )
     loss = np.asarray(approx.hist, dtype=float)
     tree["optimization"] = _group(
         {"elbo": (("iteration",), -loss)}, {"method": method, "iterations": loss.size}

@@ -53,6 +53,33 @@ def _feature_names(names: tuple[str, ...] | None, d: int) -> list[str]:
     return list(names) if names is not None else [f"x{j}" for j in range(d)]
 
 
+def _quiet_blas() -> None:
+    """Keep PyTensor from warning that it "could not link to a BLAS installation".
+
+    The warning concerns PyTensor's C backend, which looks for a system BLAS the first time
+    its setting ``blas__ldflags`` is read, and warns when it finds none (as with a pip or uv
+    install). PyTensor's default backend is Numba, which calls BLAS and LAPACK through scipy's
+    own bindings and never reads that setting's value: there the warning is noise. So when the
+    default backend is Numba, the user has not set ``blas__ldflags`` (``PYTENSOR_FLAGS`` or
+    ``.pytensorrc``) and PyTensor has not looked yet, set it to "" (no C BLAS), which is what
+    the search concludes when it warns. A user on the C backend still gets PyTensor's search
+    and its warning.
+    """
+    import pytensor
+    from pytensor.compile.mode import get_default_mode
+    from pytensor.link.numba.linker import NumbaLinker
+
+    setting = pytensor.config._config_var_dict.get("blas__ldflags")
+    if setting is None or hasattr(setting, "val"):  # already read (or set)
+        return
+    if not isinstance(get_default_mode().linker, NumbaLinker):
+        return
+    try:
+        pytensor.config.fetch_val_for_key("blas__ldflags")
+    except KeyError:
+        pytensor.config.blas__ldflags = ""
+
+
 def to_pymc(
     X: Any,
     n_components: int,
@@ -101,6 +128,7 @@ def to_pymc(
         free ``theta``, Deterministic ``weights``, ``means`` and ``covariances``, and the
         observed ``x`` (with ``explicit_z``, also the free ``z``).
     """
+    _quiet_blas()
     import pymc as pm
     import pytensor.tensor as pt
 

@@ -1,0 +1,81 @@
+"""Compile once: the PyMC model of each (parametrisation, structure, D, identify, K), built on
+first use and kept for the process, with what each sampler compiled from it.
+
+The model's graph depends on those five things only: the observed data and the data-scaled
+prior constants are ``pm.Data`` (shared variables), so a new data set, or new prior settings,
+go in through ``pm.set_data`` (and nutpie's ``with_data``) without rebuilding or recompiling
+anything. ``fit_bayes`` is the only user; :func:`clear` empties the cache.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bayesgmm.bayes.model import to_pymc
+from bayesgmm.bayes.structures import Parametrisation
+
+#: Models kept at once (each holds its compiled functions; the oldest goes first).
+CACHE_SIZE = 16
+
+
+@dataclass
+class Entry:
+    """One cached model and what the samplers compiled from it (keyed by the sampler and its
+    compile options)."""
+
+    model: Any
+    compiled: dict[Any, Any] = field(default_factory=dict)
+
+
+_ENTRIES: OrderedDict[tuple[Any, ...], Entry] = OrderedDict()
+
+
+def key(param: Parametrisation, k: int) -> tuple[Any, ...]:
+    """What changes the model's graph: the parametrisation (default or conjugate priors), the
+    structure, the number of features, the identification, and K."""
+    return (type(param).__name__, param.name, param.d, param.identify, k)
+
+
+def model_for(
+    param: Parametrisation,
+    consts: dict[str, np.ndarray],
+    X: np.ndarray,
+    k: int,
+    covariance_type: str,
+    priors: Any,
+) -> Entry:
+    """The cached marginal model (``to_pymc(..., explicit_z=False)``) for ``param`` and ``k``,
+    its data and prior constants set to ``X`` and ``consts``."""
+    import pymc as pm
+
+    tag = key(param, k)
+    entry = _ENTRIES.pop(tag, None)
+    if entry is None:
+        model = to_pymc(
+            X, k, covariance_type=covariance_type, priors=priors, identify=param.identify
+        )
+        entry = Entry(model)
+    else:
+        model = entry.model
+        updates = {"x_data": X, **{f"prior_{name}": np.asarray(v) for name, v in consts.items()}}
+        pm.set_data(updates, model=model, coords={"obs": np.arange(X.shape[0])})
+        model.bayesgmm_constants = consts
+        model.bayesgmm_spec = {**model.bayesgmm_spec, "X": X, "priors": priors}
+    _ENTRIES[tag] = entry
+    while len(_ENTRIES) > CACHE_SIZE:
+        _ENTRIES.popitem(last=False)
+    return entry
+
+
+def data_updates(entry: Entry) -> dict[str, np.ndarray]:
+    """The model's data and prior constants as they are now (for nutpie's ``with_data``)."""
+    return {var.name: np.asarray(var.get_value()) for var in entry.model.data_vars if var.name}
+
+
+def clear() -> None:
+    """Forget every cached model and compiled function."""
+    _ENTRIES.clear()
