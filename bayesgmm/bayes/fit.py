@@ -221,9 +221,7 @@ def fit_bayes(
             sampled = _nutpie(entry, starts, draws, tune, chains, seed, progressbar, sampler_kwargs)
         elif method in ("advi", "fullrank_advi"):
             values = {"theta": flat.x0}
-            sampled = _advi(
-                entry.model, values, method, draws, chains, seed, progressbar, sampler_kwargs
-            )
+            sampled = _advi(entry, values, method, draws, chains, seed, progressbar, sampler_kwargs)
         else:
             sampled = _smc(entry.model, draws, chains, seed, progressbar, sampler_kwargs)
         theta = sampled["posterior"]["theta"].transpose("chain", "draw", ...).values
@@ -697,7 +695,7 @@ def _group(data: dict[str, Any], attrs: dict[str, Any] | None = None, coords: An
 
 
 def _advi(
-    model: Any,
+    entry: _compiled.Entry,
     values: dict[str, np.ndarray],
     method: str,
     draws: int,
@@ -708,37 +706,63 @@ def _advi(
 ) -> Any:
     """PyMC's (mean-field or full-rank) ADVI, its mean started at the EM point and its scales at
     0.1 in the unconstrained space (PyMC's defaults are 0.69 and 1);
-    ``chains × draws`` independent draws of theta from the fitted approximation."""
-    import pymc as pm
+    ``chains × draws`` independent draws of theta from the fitted approximation.
+
+    The optimiser's step is compiled once per model, method and options: a later call puts
+    the approximation and the optimiser's state back where the first call started them
+    (its mean at the new EM point, its random stream seeded anew) and runs the same step.
+    """
     import xarray as xr
 
     n_iter = int(options.pop("n", 10_000))
+    tag = (method, tuple(sorted((name, repr(v)) for name, v in options.items())))
+    if tag not in entry.compiled:
+        entry.compiled[tag] = _advi_compile(entry.model, values, method, options)
+    inference, initial, streams = entry.compiled[tag]
+    for var, value in initial.items():
+        var.set_value(np.array(value, copy=True))
+    inference.approx.shared_params["mu"].set_value(np.asarray(values["theta"], dtype=float))
+    for i, var in enumerate(streams):
+        var.set_value(np.random.default_rng([seed, i]))
+    inference.hist = np.asarray(())
+    inference.refine(n_iter, progressbar=progressbar)
+    approx = inference.approx
+    theta = approx.sample(chains * draws, random_seed=seed + 1)["posterior"]["theta"].values
+    tree = xr.DataTree()
+    tree["posterior"] = _group(
+        {"theta": (("chain", "draw", "parameter"), theta.reshape(chains, draws, -1))}
+    )
+    loss = np.asarray(inference.hist, dtype=float)
+    tree["optimization"] = _group(
+        {"elbo": (("iteration",), -loss)}, {"method": method, "iterations": loss.size}
+    )
+    return tree
+
+
+def _advi_compile(
+    model: Any, values: dict[str, np.ndarray], method: str, options: dict[str, Any]
+) -> tuple[Any, dict[Any, np.ndarray], list[Any]]:
+    """ADVI's inference object with its step compiled (no iteration yet), and the starting
+    values of every shared variable the step updates (the approximation's parameters, the
+    optimiser's accumulators, the random streams), the model's data excepted."""
+    import pymc as pm
+
     if method == "advi":
-        inference = pm.ADVI(
-            model=model,
-            random_seed=seed,
-            start=values,
-            start_sigma={"theta": 0.1},
-        )
+        inference = pm.ADVI(model=model, start=values, start_sigma={"theta": 0.1})
     else:
-        inference = pm.FullRankADVI(model=model, random_seed=seed, start=values)
+        inference = pm.FullRankADVI(model=model, start=values)
         # PyMC starts the Cholesky factor's diagonal at softplus(1) (sd 0.74 in every
         # unconstrained direction, its diagonal is stored through softplus); 0.1 keeps the
         # first iterations near the EM point.
         rows, cols = np.tril_indices(inference.approx.ddim)
         diag = np.log(np.expm1(0.1))
         inference.approx.shared_params["L_tril"].set_value(diag * (rows == cols).astype(float))
-    approx = inference.fit(n=n_iter, progressbar=progressbar, **options)
-    theta = approx.sample(chains * draws, random_seed=seed + 1)["posterior"]["theta"].values
-    tree = xr.DataTree()
-    tree["posterior"] = _group(
-        {"theta": (("chain", "draw", "parameter"), theta.reshape(chains, draws, -1))}
-    )
-    loss = np.asarray(approx.hist, dtype=float)
-    tree["optimization"] = _group(
-        {"elbo": (("iteration",), -loss)}, {"method": method, "iterations": loss.size}
-    )
-    return tree
+    inference.fit(n=0, progressbar=False, **options)
+    data = set(model.data_vars)
+    shared = [var for var in inference.state.step.get_shared() if var not in data]
+    streams = [v for v in shared if isinstance(v.get_value(borrow=True), np.random.Generator)]
+    initial = {var: np.array(var.get_value(), copy=True) for var in shared if var not in streams}
+    return inference, initial, streams
 
 
 def _smc(
