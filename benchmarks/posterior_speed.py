@@ -7,7 +7,10 @@ a user meets them.
 2. ``compare_k`` over K = 1..9 (BIC, ICL and LOO from the Laplace posterior) on a 215 × 5
    simulated data set with every structure of a few;
 3. the log density and gradient: our numpy evaluation against PyMC's compiled ``logp_dlogp``
-   of the same model (the PyTensor graph), per call.
+   of the same model (the PyTensor graph), per call;
+4. the BLAS warning: the compiled log density per call when PyTensor searches for a C BLAS
+   (and warns: before) and when ``to_pymc`` tells it there is none (after), each in a fresh
+   process, and PyTensor's C backend for comparison (the backend the warning is about).
 
     uv run python benchmarks/posterior_speed.py
 
@@ -101,7 +104,46 @@ def density_call() -> None:
     )
 
 
+BLAS = """
+import sys, time, warnings
+warnings.simplefilter("always")
+import bayesgmm as bg
+if sys.argv[1] == "before":
+    import pytensor
+    pytensor.config.blas__ldflags  # PyTensor's own search, as before to_pymc set it
+X = bg.datasets.load_faithful().to_numpy()
+model = bg.to_pymc(X, 3)
+theta = bg.bayes.model_values(model, bg.fit_em(X, 3).model)["theta"]
+mode = "FAST_RUN" if sys.argv[1] == "c" else None
+fn = model.logp_dlogp_function(ravel_inputs=True, **({"mode": mode} if mode else {}))
+fn.set_extra_values({})
+fn(theta)
+t0 = time.perf_counter()
+for _ in range(5000):
+    fn(theta)
+print(f"{(time.perf_counter() - t0) / 5000 * 1e6:.1f}")
+"""
+
+
+def blas_warning() -> None:
+    for case, label in (
+        ("before", "Numba backend, PyTensor searched for a C BLAS (before)"),
+        ("after", "Numba backend, to_pymc says there is none (after)"),
+        ("c", "C backend, no BLAS found"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-c", BLAS, case], capture_output=True, text=True, check=True
+        )
+        warned = "could not link to a BLAS" in run.stderr
+        print(
+            f"  {label:58} {run.stdout.strip():>6} µs per logp + gradient; "
+            f"warning {'shown' if warned else 'not shown'}"
+        )
+
+
 if __name__ == "__main__":
     fresh_process()
     compare_k_grid()
     density_call()
+    print("logp + gradient, faithful VVV K = 3, compiled, each in a fresh process:")
+    blas_warning()

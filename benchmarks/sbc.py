@@ -28,8 +28,9 @@ script prints a table per structure and method and writes ECDF-difference plots.
     uv run --extra nutpie python benchmarks/sbc.py --sims 50 --methods laplace
     uv run --extra nutpie python benchmarks/sbc.py --plots docs/images    # the docs' figures
 
-About 1.5 s per simulation for NUTS (2 × 1000 draws after 1000 tuning steps, compiled once),
-0.2 s for Laplace, 4 s for ADVI on the 2-core machine.
+NUTS is nutpie (2 chains × 5L draws after 500 tuning steps, thinned to L; compiled once);
+Laplace and ADVI give L independent draws. Per simulation on the 2-core machine: see the
+figures the script prints (docs/bayes.md has a run's).
 """
 
 from __future__ import annotations
@@ -110,14 +111,22 @@ def simulate(param: Parametrisation, c: dict, k: int, n: int, rng: np.random.Gen
 
 
 def run(
-    structure: str, methods: list[str], sims: int, k: int, n: int, ndraws: int, seed: int
+    structure: str,
+    methods: list[str],
+    sims: int,
+    k: int,
+    n: int,
+    ndraws: int,
+    tune: int,
+    seed: int,
 ) -> dict[str, np.ndarray]:
     """Ranks (sims, Q) per method, in 0..ndraws."""
     d = 2
     param = parametrisation(structure, d, identify="ordered")
     c = reference_constants(param, k, seed)
     rng = np.random.default_rng(seed)
-    ranks = {m: np.zeros((sims, len(QUANTITIES)), dtype=int) for m in methods}
+    ranks = {m: np.full((sims, len(QUANTITIES)), -1) for m in methods}
+    failed = dict.fromkeys(methods, 0)
     seconds = dict.fromkeys(methods, 0.0)
     fallbacks = 0
     divergent = 0
@@ -133,14 +142,18 @@ def run(
                 entry = _compiled.model_for(param, c, X, k, structure, None)
                 x0 = mixture_theta(param, c, start)
                 starts = [{"theta": x0 + 0.01 * rng.normal(size=x0.size)} for _ in range(2)]
-                tree = _nutpie(entry, starts, 5 * ndraws, 1000, 2, seed + i, False, {})
+                tree = _nutpie(entry, starts, 5 * ndraws, tune, 2, seed + i, False, {})
                 theta = tree["posterior"]["theta"].values.reshape(-1, x0.size)
                 divergent += int(tree["sample_stats"]["diverging"].sum() > 0)
                 post = mixtures(param, c, k, theta[:: len(theta) // ndraws][:ndraws])
             else:
                 flat = _Flat(param, c, X, k, start, coords)
                 if method == "laplace":
-                    tree = _laplace(flat, ndraws, 1, np.random.default_rng(seed + i))
+                    try:
+                        tree = _laplace(flat, ndraws, 1, np.random.default_rng(seed + i))
+                    except ValueError:  # no positive definite Hessian at the mode
+                        failed[method] += 1
+                        continue
                     p = tree["posterior"]
                 else:
                     entry = _compiled.model_for(param, c, X, k, structure, None)
@@ -156,7 +169,10 @@ def run(
         if (i + 1) % 25 == 0:
             print(f"  {structure}: {i + 1}/{sims} simulations", flush=True)
     for method in methods:
-        print(f"  {structure} {method}: {seconds[method] / sims:.2f} s per simulation")
+        print(
+            f"  {structure} {method}: {seconds[method] / sims:.2f} s per simulation; "
+            f"failed on {failed[method]} data sets (left out of its ranks)"
+        )
     print(
         f"  {structure}: EM fell back to MAP-EM on {fallbacks} of {sims} data sets; NUTS had "
         f"a divergence in {divergent} of {sims} fits"
@@ -186,7 +202,7 @@ def uniformity(r: np.ndarray, ndraws: int, band: np.ndarray) -> tuple[float, boo
     return float(p), bool(np.all(np.abs(ecdf - grid) <= band + 1e-12))
 
 
-def plot(all_ranks: dict, ndraws: int, band: np.ndarray, out: Path) -> None:
+def plot(all_ranks: dict, ndraws: int, bands: dict[int, np.ndarray], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,11 +210,13 @@ def plot(all_ranks: dict, ndraws: int, band: np.ndarray, out: Path) -> None:
 
     grid = (np.arange(ndraws + 1) + 1) / (ndraws + 1)
     for (structure, method), ranks in all_ranks.items():
+        band = bands[len(ranks)]
         fig, axes = plt.subplots(2, 4, figsize=(12, 5), sharex=True, sharey=True)
         for j, ax in enumerate(axes.ravel()):
             ecdf = (ranks[:, j, None] < np.arange(1, ndraws + 2)[None, :]).mean(axis=0)
-            ax.fill_between(grid, -band, band, color="0.85", step="post")
-            ax.step(grid, ecdf - grid, where="post", color="C0")
+            # (the last point, rank ≤ L, is 1 for every ECDF: left out)
+            ax.fill_between(grid[:-1], -band[:-1], band[:-1], color="0.85", step="post")
+            ax.step(grid[:-1], (ecdf - grid)[:-1], where="post", color="C0")
             ax.axhline(0, color="0.5", lw=0.5)
             ax.set_title(QUANTITIES[j], fontsize=9)
         fig.suptitle(
@@ -219,27 +237,41 @@ def main() -> None:
     parser.add_argument("--sims", type=int, default=200)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--draws", type=int, default=99, help="L: posterior draws per rank")
+    parser.add_argument("--tune", type=int, default=500, help="NUTS tuning steps per chain")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--plots", type=Path, default=None)
+    parser.add_argument("--save", type=Path, default=None, help="write the ranks (.npz)")
+    parser.add_argument("--load", type=Path, default=None, help="read ranks saved before")
     args = parser.parse_args()
     methods = args.methods.split(",")
-    band = ecdf_band(args.sims, args.draws, 0.99, np.random.default_rng(1))
     all_ranks = {}
-    for structure in args.structures.split(","):
-        ranks = run(structure, methods, args.sims, 2, args.n, args.draws, args.seed)
-        for method in methods:
-            all_ranks[structure, method] = ranks[method]
-    print(f"\n== SBC, K = 2, D = 2, N = {args.n}, {args.sims} simulations, L = {args.draws}")
+    if args.load is not None:
+        with np.load(args.load) as saved:
+            all_ranks = {tuple(name.split("_")): saved[name] for name in saved.files}
+    else:
+        for structure in args.structures.split(","):
+            ranks = run(structure, methods, args.sims, 2, args.n, args.draws, args.tune, args.seed)
+            for method in methods:
+                all_ranks[structure, method] = ranks[method]
+    if args.save is not None:
+        np.savez(args.save, **{f"{s}_{m}": r for (s, m), r in all_ranks.items()})
+    sims = max(len(r) for r in all_ranks.values())
+    print(f"\n== SBC, K = 2, D = 2, N = {args.n}, {sims} simulations, L = {args.draws}")
     print(f"{'structure':9} {'method':8} " + " ".join(f"{q:>9}" for q in QUANTITIES))
+    bands = {}
+    for key, ranks in list(all_ranks.items()):
+        all_ranks[key] = ranks = ranks[ranks[:, 0] >= 0]
+        if len(ranks) not in bands:
+            bands[len(ranks)] = ecdf_band(len(ranks), args.draws, 0.99, np.random.default_rng(1))
     for (structure, method), ranks in all_ranks.items():
         cells = []
         for j in range(len(QUANTITIES)):
-            p, inside = uniformity(ranks[:, j], args.draws, band)
+            p, inside = uniformity(ranks[:, j], args.draws, bands[len(ranks)])
             cells.append(f"{p:8.3f}{'' if inside else '*'}")
         print(f"{structure:9} {method:8} " + " ".join(f"{c:>9}" for c in cells))
     print("χ² p-values on 10 bins; * the ECDF leaves the simultaneous 99% band (rejects).")
     if args.plots is not None:
-        plot(all_ranks, args.draws, band, args.plots)
+        plot(all_ranks, args.draws, bands, args.plots)
         print(f"plots in {args.plots}")
 
 

@@ -72,3 +72,34 @@ def test_a_second_call_samples_the_new_data(clusters, shifted, method, options):
 def test_sampler_options_that_fit_bayes_sets(clusters):
     with pytest.raises(TypeError, match="method='nuts' sets PyMC's step and nuts_sampler"):
         bg.fit_bayes(clusters, 3, method="nuts", nuts_sampler="numpyro")
+
+
+def test_no_blas_warning(clusters):
+    """PyTensor's "could not link to a BLAS installation" concerns its C backend; on the
+    default Numba backend to_pymc tells it there is none, so a fresh process building and
+    compiling a model shows no such warning (the search itself would have shown it here,
+    where no system BLAS is installed, and on every pip or uv install)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; warnings.simplefilter('always')\n"
+        "import numpy as np, bayesgmm as bg\n"
+        "X = np.random.default_rng(0).normal(size=(30, 2))\n"
+        "model = bg.to_pymc(X, 2, covariance_type='EII')\n"
+        "model.compile_logp()(model.initial_point())\n"
+        "import pytensor; print(repr(pytensor.config.blas__ldflags))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTENSOR_FLAGS"}
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert "BLAS" not in run.stderr, run.stderr
+    # A user's own setting is left alone.
+    env["PYTENSOR_FLAGS"] = "blas__ldflags=-lmyblas"
+    run = subprocess.run(
+        [sys.executable, "-c", code.replace("model.compile_logp()(model.initial_point())\n", "")],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    assert run.stdout.strip() == "'-lmyblas'"
