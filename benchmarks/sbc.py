@@ -36,6 +36,7 @@ figures the script prints (docs/bayes.md has a run's).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ def run(
     ndraws: int,
     tune: int,
     seed: int,
+    nuts_options: dict[str, Any],
 ) -> dict[str, np.ndarray]:
     """Ranks (sims, Q) per method, in 0..ndraws."""
     d = 2
@@ -142,7 +144,9 @@ def run(
                 entry = _compiled.model_for(param, c, X, k, structure, None)
                 x0 = mixture_theta(param, c, start)
                 starts = [{"theta": x0 + 0.01 * rng.normal(size=x0.size)} for _ in range(2)]
-                tree = _nutpie(entry, starts, 5 * ndraws, tune, 2, seed + i, False, {})
+                tree = _nutpie(
+                    entry, starts, 5 * ndraws, tune, 2, seed + i, False, dict(nuts_options)
+                )
                 theta = tree["posterior"]["theta"].values.reshape(-1, x0.size)
                 divergent += int(tree["sample_stats"]["diverging"].sum() > 0)
                 post = mixtures(param, c, k, theta[:: len(theta) // ndraws][:ndraws])
@@ -239,6 +243,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=99, help="L: posterior draws per rank")
     parser.add_argument("--tune", type=int, default=500, help="NUTS tuning steps per chain")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--nuts-options", default="{}", help="nutpie.sample options, JSON")
     parser.add_argument("--plots", type=Path, default=None)
     parser.add_argument("--save", type=Path, default=None, help="write the ranks (.npz)")
     parser.add_argument("--load", type=Path, default=None, help="read ranks saved before")
@@ -250,7 +255,17 @@ def main() -> None:
             all_ranks = {tuple(name.split("_")): saved[name] for name in saved.files}
     else:
         for structure in args.structures.split(","):
-            ranks = run(structure, methods, args.sims, 2, args.n, args.draws, args.tune, args.seed)
+            ranks = run(
+                structure,
+                methods,
+                args.sims,
+                2,
+                args.n,
+                args.draws,
+                args.tune,
+                args.seed,
+                json.loads(args.nuts_options),
+            )
             for method in methods:
                 all_ranks[structure, method] = ranks[method]
     if args.save is not None:

@@ -9,6 +9,7 @@ anything. ``fit_bayes`` is the only user; :func:`clear` empties the cache.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,9 @@ from bayesgmm.bayes.structures import Parametrisation
 
 #: Models kept at once (each holds its compiled functions; the oldest goes first).
 CACHE_SIZE = 16
+
+#: Held while a model's data are set and it is sampled: a cached model's data are shared state.
+LOCK = threading.RLock()
 
 
 @dataclass

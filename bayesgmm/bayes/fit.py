@@ -96,9 +96,13 @@ def fit_bayes(
           ``pathfinder`` group). Options: ``history`` (20), ``elbo_draws`` (25), ``maxiter``
           (1000), ``jitter`` (0.5: the paths start at the EM point plus normal noise of this
           sd in the unconstrained space, so that each path gathers curvature on its way).
-        * "nuts": PyMC's NUTS, each chain started at the EM estimate (1% jitter).
-        * "nutpie": nutpie's NUTS (optional dependency ``bayesgmm[nutpie]``), started at the EM
-          estimate; ``sampler_kwargs`` go to ``nutpie.sample``.
+        * "nuts": PyMC's NUTS, each chain started at the EM estimate (1% jitter), the mass
+          matrix adapted from ones as PyMC's ``init="adapt_diag"``; ``sampler_kwargs`` go to
+          ``pymc.sample``, except the NUTS settings ``target_accept``, ``max_treedepth``,
+          ``step_scale`` and ``early_max_treedepth``, which go to ``pymc.NUTS``.
+        * "nutpie": nutpie's NUTS (optional dependency ``bayesgmm[nutpie]``), the same
+          starts; ``sampler_kwargs`` go to ``nutpie.sample`` (``backend`` and
+          ``gradient_backend`` to ``nutpie.compile_pymc_model``).
         * "advi", "fullrank_advi": PyMC's ADVI, the approximation's mean started at the EM
           estimate; ``n`` iterations (default 10000) and other ``pymc.fit`` options in
           ``sampler_kwargs``; the ELBO per iteration in the ``optimization`` group.
@@ -198,7 +202,6 @@ def fit_bayes(
         # once per process, the data and prior constants set anew (:mod:`._compiled`). The
         # samplers keep theta only; the mixture comes from it as for Laplace. With
         # explicit_z the sampled model is the marginal one either way (:func:`marginalize`).
-        entry = _compiled.model_for(param, consts, arr, k, covariance_type, priors)
         flat = _Flat(param, consts, arr, k, start, coords)
         starts = [
             _jitter(
@@ -213,17 +216,24 @@ def fit_bayes(
                 else _distinct_permutations(k, chains, gen)
             )
         ]
-        if method == "nuts":
-            sampled = _pymc_nuts(
-                entry, starts, draws, tune, chains, seed, progressbar, sampler_kwargs
-            )
-        elif method == "nutpie":
-            sampled = _nutpie(entry, starts, draws, tune, chains, seed, progressbar, sampler_kwargs)
-        elif method in ("advi", "fullrank_advi"):
-            values = {"theta": flat.x0}
-            sampled = _advi(entry, values, method, draws, chains, seed, progressbar, sampler_kwargs)
-        else:
-            sampled = _smc(entry.model, draws, chains, seed, progressbar, sampler_kwargs)
+        # One fit at a time on a cached model (its data are shared state).
+        with _compiled.LOCK:
+            entry = _compiled.model_for(param, consts, arr, k, covariance_type, priors)
+            if method == "nuts":
+                sampled = _pymc_nuts(
+                    entry, starts, draws, tune, chains, seed, progressbar, sampler_kwargs
+                )
+            elif method == "nutpie":
+                sampled = _nutpie(
+                    entry, starts, draws, tune, chains, seed, progressbar, sampler_kwargs
+                )
+            elif method in ("advi", "fullrank_advi"):
+                values = {"theta": flat.x0}
+                sampled = _advi(
+                    entry, values, method, draws, chains, seed, progressbar, sampler_kwargs
+                )
+            else:
+                sampled = _smc(entry.model, draws, chains, seed, progressbar, sampler_kwargs)
         theta = sampled["posterior"]["theta"].transpose("chain", "draw", ...).values
         library = sampled["posterior"].attrs.get("inference_library", "pymc")
         tree = flat.tree(theta, None, f"{library} ({method})")
