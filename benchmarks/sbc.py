@@ -47,7 +47,7 @@ from scipy import stats
 import bayesgmm as bg
 from bayesgmm.bayes import _compiled
 from bayesgmm.bayes.density import evaluate
-from bayesgmm.bayes.fit import _advi, _Flat, _laplace, _nutpie
+from bayesgmm.bayes.fit import _advi, _Flat, _laplace, _nutpie, _Run
 from bayesgmm.bayes.model import mixture_theta
 from bayesgmm.bayes.structures import Parametrisation, parametrisation
 from bayesgmm.core.model import GaussianMixture
@@ -144,9 +144,8 @@ def run(
                 entry = _compiled.model_for(param, c, X, k, structure, None)
                 x0 = mixture_theta(param, c, start)
                 starts = [{"theta": x0 + 0.01 * rng.normal(size=x0.size)} for _ in range(2)]
-                tree = _nutpie(
-                    entry, starts, 5 * ndraws, tune, 2, seed + i, False, dict(nuts_options)
-                )
+                run_ = _Run(5 * ndraws, tune, 2, seed + i, False, dict(nuts_options))
+                tree = _nutpie(entry, starts, run_)
                 theta = tree["posterior"]["theta"].values.reshape(-1, x0.size)
                 divergent += int(tree["sample_stats"]["diverging"].sum() > 0)
                 post = mixtures(param, c, k, theta[:: len(theta) // ndraws][:ndraws])
@@ -161,7 +160,8 @@ def run(
                     p = tree["posterior"]
                 else:
                     entry = _compiled.model_for(param, c, X, k, structure, None)
-                    tree = _advi(entry, {"theta": flat.x0}, "advi", ndraws, 1, seed + i, False, {})
+                    run_ = _Run(ndraws, 0, 1, seed + i, False, {})
+                    tree = _advi(entry, {"theta": flat.x0}, "advi", run_)
                     p = flat.tree(tree["posterior"]["theta"].values, None, "advi")["posterior"]
                 post = {
                     name: p[name].values.reshape(ndraws, *p[name].shape[2:])

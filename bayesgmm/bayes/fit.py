@@ -219,21 +219,15 @@ def fit_bayes(
         # One fit at a time on a cached model (its data are shared state).
         with _compiled.LOCK:
             entry = _compiled.model_for(param, consts, arr, k, covariance_type, priors)
+            run = _Run(draws, tune, chains, seed, progressbar, sampler_kwargs)
             if method == "nuts":
-                sampled = _pymc_nuts(
-                    entry, starts, draws, tune, chains, seed, progressbar, sampler_kwargs
-                )
+                sampled = _pymc_nuts(entry, starts, run)
             elif method == "nutpie":
-                sampled = _nutpie(
-                    entry, starts, draws, tune, chains, seed, progressbar, sampler_kwargs
-                )
+                sampled = _nutpie(entry, starts, run)
             elif method in ("advi", "fullrank_advi"):
-                values = {"theta": flat.x0}
-                sampled = _advi(
-                    entry, values, method, draws, chains, seed, progressbar, sampler_kwargs
-                )
+                sampled = _advi(entry, {"theta": flat.x0}, method, run)
             else:
-                sampled = _smc(entry.model, draws, chains, seed, progressbar, sampler_kwargs)
+                sampled = _smc(entry.model, run)
         theta = sampled["posterior"]["theta"].transpose("chain", "draw", ...).values
         library = sampled["posterior"].attrs.get("inference_library", "pymc")
         tree = flat.tree(theta, None, f"{library} ({method})")
@@ -322,16 +316,20 @@ def _permute(post: Any, perms: np.ndarray, target: str) -> Any:
     return xr.DataTree(ds)
 
 
-def _pymc_nuts(
-    entry: _compiled.Entry,
-    starts: list[dict[str, np.ndarray]],
-    draws: int,
-    tune: int,
-    chains: int,
-    seed: int,
-    progressbar: bool,
-    options: dict[str, Any],
-) -> Any:
+@dataclasses.dataclass
+class _Run:
+    """What every PyMC method is asked for: draws (and tuning steps) per chain, chains, the
+    seed, the progress bar, and the method's own options (consumed as they are read)."""
+
+    draws: int
+    tune: int
+    chains: int
+    seed: int
+    progressbar: bool
+    options: dict[str, Any]
+
+
+def _pymc_nuts(entry: _compiled.Entry, starts: list[dict[str, np.ndarray]], run: _Run) -> Any:
     """PyMC's NUTS on the cached model, its log density and gradient compiled once per model
     (and kept); a fresh step each call, its diagonal mass matrix adapted from ones at the
     starts' mean as PyMC's ``init="adapt_diag"`` does (PyMC's default "jitter+adapt_diag"
@@ -341,7 +339,7 @@ def _pymc_nuts(
     from pymc.step_methods.hmc.quadpotential import QuadPotentialDiagAdapt
 
     model = entry.model
-    if "step" in options or "nuts_sampler" in options:
+    if "step" in run.options or "nuts_sampler" in run.options:
         raise TypeError(
             "method='nuts' sets PyMC's step and nuts_sampler itself (method='nutpie' is "
             "nutpie); pass NUTS settings such as target_accept or max_treedepth instead."
@@ -352,37 +350,28 @@ def _pymc_nuts(
         func.trust_input = True
         entry.compiled["nuts"] = func
     step_options = {
-        name: options.pop(name)
+        name: run.options.pop(name)
         for name in ("target_accept", "max_treedepth", "step_scale", "early_max_treedepth")
-        if name in options
+        if name in run.options
     }
     mean = np.mean([s["theta"] for s in starts], axis=0)
-    potential = QuadPotentialDiagAdapt(mean.size, mean, np.ones_like(mean), 10, rng=seed)
+    potential = QuadPotentialDiagAdapt(mean.size, mean, np.ones_like(mean), 10, rng=run.seed)
     step = pm.NUTS(model=model, potential=potential, logp_dlogp_func=func, **step_options)
     return pm.sample(
-        draws=draws,
-        tune=tune,
-        chains=chains,
+        draws=run.draws,
+        tune=run.tune,
+        chains=run.chains,
         step=step,
         initvals=starts,
         var_names=["theta"],
-        random_seed=seed,
-        progressbar=progressbar,
+        random_seed=run.seed,
+        progressbar=run.progressbar,
         model=model,
-        **options,
+        **run.options,
     )
 
 
-def _nutpie(
-    entry: _compiled.Entry,
-    starts: list[dict[str, np.ndarray]],
-    draws: int,
-    tune: int,
-    chains: int,
-    seed: int,
-    progressbar: bool,
-    options: dict[str, Any],
-) -> Any:
+def _nutpie(entry: _compiled.Entry, starts: list[dict[str, np.ndarray]], run: _Run) -> Any:
     """nutpie's NUTS (numba backend unless ``backend=`` says otherwise) on the cached model,
     compiled once per model and compile options; the data set through ``with_data``; chain i
     started at ``starts[i]``."""
@@ -393,7 +382,9 @@ def _nutpie(
             "method='nutpie' needs the optional dependency nutpie: `uv sync --extra nutpie` "
             "(or pip install 'bayesgmm[nutpie]'); method='nuts' needs nothing more."
         ) from None
-    compile_options = {k: options.pop(k) for k in ("backend", "gradient_backend") if k in options}
+    compile_options = {
+        k: run.options.pop(k) for k in ("backend", "gradient_backend") if k in run.options
+    }
     tag = ("nutpie", tuple(sorted(compile_options.items())))
     t0 = time.perf_counter()
     compiled = entry.compiled.get(tag)
@@ -421,13 +412,13 @@ def _nutpie(
     compiled = dataclasses.replace(compiled, initial_point_func=initial_point)
     tree = nutpie.sample(
         compiled,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        progress_bar=progressbar,
+        draws=run.draws,
+        tune=run.tune,
+        chains=run.chains,
+        seed=run.seed,
+        progress_bar=run.progressbar,
         save_warmup=False,
-        **options,
+        **run.options,
     )
     tree["sample_stats"].attrs["compile_seconds"] = compile_seconds
     return tree
@@ -704,16 +695,7 @@ def _group(data: dict[str, Any], attrs: dict[str, Any] | None = None, coords: An
     return xr.DataTree(xr.Dataset(data, coords=coords, attrs=attrs or {}))
 
 
-def _advi(
-    entry: _compiled.Entry,
-    values: dict[str, np.ndarray],
-    method: str,
-    draws: int,
-    chains: int,
-    seed: int,
-    progressbar: bool,
-    options: dict[str, Any],
-) -> Any:
+def _advi(entry: _compiled.Entry, values: dict[str, np.ndarray], method: str, run: _Run) -> Any:
     """PyMC's (mean-field or full-rank) ADVI, its mean started at the EM point and its scales at
     0.1 in the unconstrained space (PyMC's defaults are 0.69 and 1);
     ``chains × draws`` independent draws of theta from the fitted approximation.
@@ -724,23 +706,25 @@ def _advi(
     """
     import xarray as xr
 
-    n_iter = int(options.pop("n", 10_000))
-    tag = (method, tuple(sorted((name, repr(v)) for name, v in options.items())))
+    n_iter = int(run.options.pop("n", 10_000))
+    tag = (method, tuple(sorted((name, repr(v)) for name, v in run.options.items())))
     if tag not in entry.compiled:
-        entry.compiled[tag] = _advi_compile(entry.model, values, method, options)
+        entry.compiled[tag] = _advi_compile(entry.model, values, method, run.options)
     inference, initial, streams = entry.compiled[tag]
     for var, value in initial.items():
         var.set_value(np.array(value, copy=True))
     inference.approx.shared_params["mu"].set_value(np.asarray(values["theta"], dtype=float))
     for i, var in enumerate(streams):
-        var.set_value(np.random.default_rng([seed, i]))
+        var.set_value(np.random.default_rng([run.seed, i]))
     inference.hist = np.asarray(())
-    inference.refine(n_iter, progressbar=progressbar)
+    inference.refine(n_iter, progressbar=run.progressbar)
     approx = inference.approx
-    theta = approx.sample(chains * draws, random_seed=seed + 1)["posterior"]["theta"].values
+    theta = approx.sample(run.chains * run.draws, random_seed=run.seed + 1)["posterior"][
+        "theta"
+    ].values
     tree = xr.DataTree()
     tree["posterior"] = _group(
-        {"theta": (("chain", "draw", "parameter"), theta.reshape(chains, draws, -1))}
+        {"theta": (("chain", "draw", "parameter"), theta.reshape(run.chains, run.draws, -1))}
     )
     loss = np.asarray(inference.hist, dtype=float)
     tree["optimization"] = _group(
@@ -775,28 +759,26 @@ def _advi_compile(
     return inference, initial, streams
 
 
-def _smc(
-    model: Any, draws: int, chains: int, seed: int, progressbar: bool, options: dict[str, Any]
-) -> Any:
+def _smc(model: Any, run: _Run) -> Any:
     """PyMC's SMC (from the prior to the posterior through tempered stages); the log marginal
     likelihood per chain in ``sample_stats``, with the per-stage β and acceptance rates."""
     import pymc as pm
 
     tree = pm.sample_smc(
-        draws=draws,
-        chains=chains,
+        draws=run.draws,
+        chains=run.chains,
         model=model,
-        random_seed=seed,
-        progressbar=progressbar,
+        random_seed=run.seed,
+        progressbar=run.progressbar,
         compute_convergence_checks=False,
-        **options,
+        **run.options,
     )
     stats = tree["sample_stats"].to_dataset()
     staged = {}
     for name in ("log_marginal_likelihood", "beta", "accept_rate"):
         rows = [np.asarray(list(np.atleast_1d(r)), dtype=float) for r in stats[name].values]
         width = max(len(r) for r in rows)
-        arr = np.full((chains, width), np.nan)
+        arr = np.full((run.chains, width), np.nan)
         for c, r in enumerate(rows):
             arr[c, : len(r)] = r
         staged[name] = arr
