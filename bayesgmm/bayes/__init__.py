@@ -1,6 +1,12 @@
 """The core's mixture as a PyMC model (the only package that imports pymc, on first use)."""
 
-from bayesgmm.bayes.fit import METHODS, fit_bayes, recover_z, z_probabilities
+from bayesgmm.bayes.fit import (
+    METHODS,
+    PosteriorWarning,
+    fit_bayes,
+    recover_z,
+    z_probabilities,
+)
 from bayesgmm.bayes.model import (
     SUPPORTED_STRUCTURES,
     Priors,
@@ -12,6 +18,7 @@ from bayesgmm.bayes.model import (
 __all__ = [
     "METHODS",
     "SUPPORTED_STRUCTURES",
+    "PosteriorWarning",
     "Priors",
     "fit_bayes",
     "marginalize",

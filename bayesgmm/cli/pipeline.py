@@ -123,17 +123,20 @@ def run_analysis(
     )
     post = cmp.posteriors.get(k)
     if post is None:  # LOO not asked, or K outside the compared range
-        post = bg.fit_bayes(
-            X,
-            k,
-            covariance_type=structure,
-            method=settings.method,
-            init=fit,
-            draws=settings.draws,
-            tune=settings.draws,
-            chains=settings.chains,
-            rng=settings.seed,
-        )
+        with warnings.catch_warnings():
+            # A failed diagnostic is said in the report, below.
+            warnings.simplefilter("ignore", bg.PosteriorWarning)
+            post = bg.fit_bayes(
+                X,
+                k,
+                covariance_type=structure,
+                method=settings.method,
+                init=fit,
+                draws=settings.draws,
+                tune=settings.draws,
+                chains=settings.chains,
+                rng=settings.seed,
+            )
     boot = bg.bootstrap_em(
         fit, X, n_boot=settings.n_boot, rng=settings.seed, progressbar=settings.progress
     )
@@ -145,6 +148,14 @@ def run_analysis(
         f"from EM; bootstrap: {boot['posterior'].sizes['draw']} nonparametric replicates "
         f"({boot.attrs['n_failed']} failed). Intervals are equal-tailed 94%."
     )
+    k_post = post["sample_stats"].attrs.get("pareto_k") if "sample_stats" in post else None
+    if k_post is not None and k_post > 0.7:
+        report.paragraph(
+            f"Warning: this posterior approximation failed its own diagnostic. The Pareto k of "
+            f"its importance ratios p(θ | x) / q(θ) is {k_post:.2f} (above 0.7 its draws cannot "
+            "be trusted for tails and intervals), so the posterior columns below are rough. "
+            "Rerun with --method nutpie or --method nuts for draws to trust."
+        )
     report.table(table.drop(columns=["parameter", "component", "feature", "feature_bis"]), 3)
     report.figure(
         plots.plot_forest(fit, post, bootstrap=boot),

@@ -242,10 +242,15 @@ def compare_k(
     need_smc = "smc" in wanted
     need_loo = "loo" in wanted
     if need_smc or (need_loo and any(k not in trees for k in good)):
-        from bayesgmm.bayes import fit_bayes
+        from bayesgmm.bayes import PosteriorWarning, fit_bayes
 
         todo = [k for k in good if (need_loo and k not in trees) or need_smc]
-        with progress_bar(len(todo), f"posterior per K ({bayes_method})", progressbar) as advance:
+        with (
+            progress_bar(len(todo), f"posterior per K ({bayes_method})", progressbar) as advance,
+            warnings.catch_warnings(),
+        ):
+            # A failed diagnostic becomes a note per K below, in words.
+            warnings.simplefilter("ignore", PosteriorWarning)
             for k in todo:
                 try:
                     if need_smc:
@@ -331,6 +336,15 @@ def _loo_rows(
     out: dict[int, Any] = {}
     for k in ks:
         tree = trees[k]
+        k_post = tree["sample_stats"].attrs.get("pareto_k") if "sample_stats" in tree else None
+        if k_post is not None and k_post > PARETO_K_BAD:
+            method = tree.attrs.get("bayesgmm_method", "the approximate")
+            notes.append(
+                f"K={k}: the {method} posterior failed its own diagnostic — the Pareto k of its "
+                f"importance ratios p(θ | x) / q(θ) is {k_post:.2f} > {PARETO_K_BAD}, so its "
+                "draws (and the LOO computed from them) are rough; method='nutpie' or 'nuts' "
+                "gives draws to trust."
+            )
         if "log_likelihood" not in tree.children:
             failures[("loo", k)] = "the posterior has no log_likelihood group"
             notes.append(f"K={k}: no LOO, the posterior was drawn with log_likelihood=False.")
