@@ -75,6 +75,18 @@ def model_for(
     return entry
 
 
+def release(entry: Entry) -> None:
+    """Drop the data from a cached model after its fit (a zero-row array in their place), so
+    that the cache keeps compiled code, not up to CACHE_SIZE copies of users' data sets.
+    (nutpie's compiled model keeps a copy of its own: the cache stores it without data.)"""
+    import pymc as pm
+
+    model = entry.model
+    empty = np.zeros((0, model.bayesgmm_param.d))
+    pm.set_data({"x_data": empty}, model=model, coords={"obs": np.arange(0)})
+    model.bayesgmm_spec = {**model.bayesgmm_spec, "X": empty}
+
+
 def data_updates(entry: Entry) -> dict[str, np.ndarray]:
     """The model's data and prior constants as they are now (for nutpie's ``with_data``)."""
     return {var.name: np.asarray(var.get_value()) for var in entry.model.data_vars if var.name}

@@ -226,14 +226,17 @@ def fit_bayes(
         with _compiled.LOCK:
             entry = _compiled.model_for(param, consts, arr, k, covariance_type, priors)
             run = _Run(draws, tune, chains, seed, progressbar, sampler_kwargs)
-            if method == "nuts":
-                sampled = _pymc_nuts(entry, starts, run)
-            elif method == "nutpie":
-                sampled = _nutpie(entry, starts, run)
-            elif method in ("advi", "fullrank_advi"):
-                sampled = _advi(entry, {"theta": flat.x0}, method, run)
-            else:
-                sampled = _smc(entry.model, run)
+            try:
+                if method == "nuts":
+                    sampled = _pymc_nuts(entry, starts, run)
+                elif method == "nutpie":
+                    sampled = _nutpie(entry, starts, run)
+                elif method in ("advi", "fullrank_advi"):
+                    sampled = _advi(entry, {"theta": flat.x0}, method, run)
+                else:
+                    sampled = _smc(entry.model, run)
+            finally:
+                _compiled.release(entry)
         theta = sampled["posterior"]["theta"].transpose("chain", "draw", ...).values
         library = sampled["posterior"].attrs.get("inference_library", "pymc")
         tree = flat.tree(theta, None, f"{library} ({method})")
@@ -398,7 +401,9 @@ def _nutpie(entry: _compiled.Entry, starts: list[dict[str, np.ndarray]], run: _R
         compiled = nutpie.compile_pymc_model(
             entry.model, var_names=["theta"], freeze_model=False, **compile_options
         )
-        entry.compiled[tag] = compiled
+        # Kept without a copy of the data (each call gives its own through with_data).
+        empty = np.zeros((0, entry.model.bayesgmm_param.d))
+        entry.compiled[tag] = compiled.with_data(x_data=empty)
     # The data and those prior constants the compiled density reads (a structure's graph may
     # not use every constant).
     known = {var.name for var in compiled.shared_var_keys}
@@ -561,21 +566,21 @@ def _laplace(flat: _Flat, draws: int, chains: int, gen: np.random.Generator) -> 
     m = min(chains * draws, 1000)
     flat_z = z.reshape(-1, n)[:m]
     logq = _normal_logq(flat_z, chol)
-    k_hat = _pareto_k(flat.logp(draws_theta.reshape(-1, n)[:m]) - logq)
+    _, k_hat = _psis(flat.logp(draws_theta.reshape(-1, n)[:m]) - logq)
     tree["sample_stats"].attrs["pareto_k"] = k_hat
     _warn_pareto_k("The Laplace approximation", k_hat)
     return tree
 
 
-def _pareto_k(log_ratio: np.ndarray) -> float:
-    """PSIS's Pareto k of importance ratios given on the log scale (non-finite ratios, draws
-    outside the posterior's support, count as zero weight)."""
+def _psis(log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
+    """PSIS of importance ratios given on the log scale: (smoothed log weights, Pareto k).
+    Non-finite ratios (draws outside the posterior's support) count as zero weight."""
     from arviz_stats.base.array import array_stats
 
     r = np.where(np.isfinite(log_ratio), log_ratio, -np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
-        _, k_hat = array_stats.psislw(r - r[np.isfinite(r)].max())
-    return float(k_hat)
+        log_w, k_hat = array_stats.psislw(r - r[np.isfinite(r)].max())
+    return log_w, float(k_hat)
 
 
 def _warn_pareto_k(what: str, k_hat: float) -> None:
@@ -680,7 +685,6 @@ def _pathfinder(
     (PSIS) so that they follow the posterior as closely as the paths' normals allow; the Pareto
     k of the weights says how closely (above 0.7 the draws are a rough approximation, and a
     warning says so)."""
-    from arviz_stats.base.array import array_stats
 
     history = int(options.pop("history", 20))
     elbo_draws = int(options.pop("elbo_draws", 25))
@@ -697,11 +701,8 @@ def _pathfinder(
         logqs.append(logq)
         elbo_paths.append(elbos)
     x_all, lp_all = np.concatenate(xs), np.concatenate(lps)
-    ratio = lp_all - np.concatenate(logqs)
-    ratio = np.where(np.isfinite(ratio), ratio, -np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_w, k_hat = array_stats.psislw(ratio - ratio[np.isfinite(ratio)].max())
-    _warn_pareto_k("Pathfinder", float(k_hat))
+    log_w, k_hat = _psis(lp_all - np.concatenate(logqs))
+    _warn_pareto_k("Pathfinder", k_hat)
     w = np.exp(log_w - log_w.max())
     idx = gen.choice(x_all.shape[0], size=chains * draws, replace=True, p=w / w.sum())
     length = max(len(e) for e in elbo_paths)

@@ -103,3 +103,14 @@ def test_no_blas_warning(clusters):
         capture_output=True, text=True, env=env, check=True,
     )  # fmt: skip
     assert run.stdout.strip() == "'-lmyblas'"
+
+
+def test_the_cache_keeps_no_data_after_a_fit(clusters):
+    _compiled.clear()
+    param = parametrisation("EII", 2, identify="ordered")
+    entry = _compiled.model_for(param, param.constants(clusters, 2, None), clusters, 2, "EII", None)
+    assert entry.model["x_data"].get_value().shape == clusters.shape
+    _compiled.release(entry)
+    # Up to CACHE_SIZE models stay in memory: with their compiled code, not users' data.
+    assert entry.model["x_data"].get_value().shape == (0, 2)
+    assert entry.model.bayesgmm_spec["X"].shape == (0, 2)
