@@ -1,5 +1,6 @@
 """The core's mixture as a PyMC model (the only package that imports pymc, on first use)."""
 
+from bayesgmm.bayes.diagnostics import Diagnosis, diagnose, reweight
 from bayesgmm.bayes.fit import (
     METHODS,
     PosteriorWarning,
@@ -18,12 +19,15 @@ from bayesgmm.bayes.model import (
 __all__ = [
     "METHODS",
     "SUPPORTED_STRUCTURES",
+    "Diagnosis",
     "PosteriorWarning",
     "Priors",
+    "diagnose",
     "fit_bayes",
     "marginalize",
     "model_values",
     "recover_z",
+    "reweight",
     "to_pymc",
     "z_probabilities",
 ]

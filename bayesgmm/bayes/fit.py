@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import threading
 import time
 import warnings
@@ -15,6 +16,7 @@ import numpy as np
 
 from bayesgmm.bayes import _compiled
 from bayesgmm.bayes.density import evaluate
+from bayesgmm.bayes.diagnostics import diagnose
 from bayesgmm.bayes.model import (
     Priors,
     _feature_names,
@@ -92,8 +94,12 @@ def fit_bayes(
     X, n_components, covariance_type, priors
         As :func:`to_pymc`.
     method : str, default "laplace"
-        One of :data:`METHODS`:
+        "auto", or one of :data:`METHODS`:
 
+        * "auto": the cheapest method whose diagnostics pass (:func:`bayesgmm.bayes.diagnose`):
+          the Laplace approximation, and PyMC's NUTS when Laplace fails its check
+          (``sampler_kwargs`` then go to NUTS); ``attrs["bayesgmm_method"]`` is the method
+          used and ``attrs["bayesgmm_method_reason"]`` says why.
         * "laplace": a normal approximation in PyMC's unconstrained space at the posterior
           mode, found from the EM estimate (ours; seconds, not minutes).
         * "pathfinder": multi-path Pathfinder (ours, numpy/scipy): one L-BFGS path per chain
@@ -153,11 +159,19 @@ def fit_bayes(
         ``sample_stats`` (the method's), and ``em`` (the EM estimate, one chain of one draw,
         with the posterior's names and dims, and its responsibilities (obs, component), in the
         posterior's component order).
-        :func:`z_probabilities` gives the posterior of z. The attrs say the method and the
-        seconds it took.
+        :func:`z_probabilities` gives the posterior of z. The attrs say the method, the
+        seconds it took, and its diagnostics (``bayesgmm_diagnostics``, one line, and
+        ``bayesgmm_diagnostics_passed``; the table: :func:`bayesgmm.bayes.diagnose`).
+
+    Warns
+    -----
+    PosteriorWarning
+        When a diagnostic of the method fails (one line: which, and the remedy).
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not available; choose one of {', '.join(METHODS)}.")
+    if method not in (*METHODS, "auto"):
+        raise ValueError(
+            f"method={method!r} is not available; choose 'auto' or one of {', '.join(METHODS)}."
+        )
     for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (name != "tune"):
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
@@ -179,15 +193,97 @@ def fit_bayes(
     gen = as_rng(rng)
     arr, names = as_data(X)
     k = check_n_components(n_components, arr)
-    # SMC needs the free-label model: its prior is normalised (the ordered one integrates to
-    # 1/K!), and SMC starts from prior draws, which the ordered transform would reject.
-    model_identify = "ordered" if identify == "ordered" and method != "smc" else None
     # Every structure, K and prior is checked here, before any fitting or compiling.
-    param = parametrisation(covariance_type, arr.shape[1], priors=priors, identify=model_identify)
-    consts = param.constants(arr, k, priors)
+    parametrisation(
+        covariance_type,
+        arr.shape[1],
+        priors=priors,
+        identify="ordered" if identify == "ordered" and method != "smc" else None,
+    )
     if method == "laplace" and sampler_kwargs:
         raise TypeError(f"method='laplace' takes no options; got {sorted(sampler_kwargs)}.")
     start = _em_start(arr, k, covariance_type, init, gen, priors)
+    job = _Job(arr, names, k, covariance_type, priors, identify, explicit_z, log_likelihood, start)
+    run = _Run(draws, tune, chains, 0, progressbar, sampler_kwargs)
+    if method != "auto":
+        tree = _draw(job, method, run, gen)
+        return _checked(tree, warn=True)
+    # The cheapest method whose diagnostics pass: Laplace, then PyMC's NUTS.
+    t0 = time.perf_counter()
+    try:
+        tree = _draw(job, "laplace", dataclasses.replace(run, options={}), gen)
+    except ValueError as err:  # no positive definite Hessian at the mode
+        why = str(err).removeprefix("the Laplace approximation failed: ").split(";")[0]
+    else:
+        tree = _checked(tree, warn=False)
+        if tree.attrs["bayesgmm_diagnostics_passed"]:
+            tree.attrs["bayesgmm_method_reason"] = (
+                "auto: the Laplace approximation passed its checks"
+            )
+            return tree
+        why = "; ".join(diagnose(tree).failures)
+    seconds = time.perf_counter() - t0
+    tree = _checked(_draw(job, "nuts", run, gen), warn=True)
+    tree.attrs["bayesgmm_method_reason"] = (
+        f"auto: the Laplace approximation failed its checks ({why}), so NUTS drew the posterior"
+        + ("" if tree.attrs["bayesgmm_diagnostics_passed"] else ", and NUTS failed its own too")
+    )
+    tree.attrs["bayesgmm_seconds"] += seconds
+    return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What fit_bayes was asked to draw, checked: the data, K, the model and the EM start."""
+
+    arr: np.ndarray
+    names: Any
+    k: int
+    covariance_type: str
+    priors: Any
+    identify: str | None
+    explicit_z: bool
+    log_likelihood: bool
+    start: GaussianMixture
+
+
+def _checked(tree: Any, warn: bool) -> Any:
+    """The tree with its diagnostics' summary in the attrs, and a PosteriorWarning (one line,
+    the reasons and the remedy) when one failed and ``warn``."""
+    diagnosis = diagnose(tree)
+    tree.attrs["bayesgmm_diagnostics"] = diagnosis.summary()
+    tree.attrs["bayesgmm_diagnostics_passed"] = int(diagnosis.passed)
+    if warn and not diagnosis.passed:
+        method = diagnosis.method
+        if method in ("nuts", "nutpie"):
+            remedy = (
+                "draw longer chains (tune, draws), raise target_accept, or look for several modes"
+            )
+        elif method == "smc":
+            remedy = "use more draws"
+        else:
+            remedy = "use method='nuts' (method='auto' escalates to it)"
+        warnings.warn(
+            f"The {method} posterior failed its diagnostics: "
+            + "; ".join(diagnosis.failures)
+            + f". {remedy[0].upper()}{remedy[1:]}; bayesgmm.bayes.diagnose(tree) has the table.",
+            PosteriorWarning,
+            stacklevel=3,
+        )
+    return tree
+
+
+def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
+    """The posterior of ``job`` by ``method`` (fit_bayes's work once its arguments are
+    checked)."""
+    arr, names, k, start = job.arr, job.names, job.k, job.start
+    covariance_type, priors, identify = job.covariance_type, job.priors, job.identify
+    model_identify = "ordered" if identify == "ordered" and method != "smc" else None
+    param = parametrisation(covariance_type, arr.shape[1], priors=priors, identify=model_identify)
+    consts = param.constants(arr, k, priors)
+    draws, chains, sampler_kwargs = run.draws, run.chains, dict(run.options)
+    # SMC needs the free-label model: its prior is normalised (the ordered one integrates to
+    # 1/K!), and SMC starts from prior draws, which the ordered transform would reject.
     seed = int(gen.integers(2**31 - 1))
     coords = {
         "component": np.arange(k),
@@ -225,7 +321,7 @@ def fit_bayes(
         # One fit at a time on a cached model (its data are shared state).
         with _compiled.LOCK:
             entry = _compiled.model_for(param, consts, arr, k, covariance_type, priors)
-            run = _Run(draws, tune, chains, seed, progressbar, sampler_kwargs)
+            run = dataclasses.replace(run, seed=seed, options=sampler_kwargs)
             try:
                 if method == "nuts":
                     sampled = _pymc_nuts(entry, starts, run)
@@ -243,13 +339,16 @@ def fit_bayes(
         for name in sampled.children:
             if name not in ("posterior", "observed_data", "log_likelihood", "constant_data"):
                 tree[name] = sampled[name]
+        if method in ("advi", "fullrank_advi"):
+            opt = sampled["optimization"]
+            _check_normal(tree, flat, theta, opt["q_mean"].values, opt["q_chol"].values)
     seconds = time.perf_counter() - t0
     # The same observed_data group whatever the method (nutpie's lacks the coordinates).
     tree["observed_data"] = _group(
         {"x": (("obs", "feature"), arr)},
         coords={"obs": np.arange(arr.shape[0]), "feature": coords["feature"]},
     )
-    if log_likelihood:
+    if job.log_likelihood:
         tree["log_likelihood"] = _pointwise_log_likelihood(tree, arr)
     order = param_order(param, consts, start) if model_identify == "ordered" else None
     if identify == "relabel":
@@ -267,7 +366,7 @@ def fit_bayes(
         perms, order = _sort_permutations(tree["posterior"]["means"].values, start, consts)
         tree["posterior"] = _permute(tree["posterior"].to_dataset(), perms, "the ordering axis")
     tree["em"] = _em_group(start, tree, order)
-    if explicit_z:
+    if job.explicit_z:
         recover_z(tree, rng=gen)
     tree.attrs["bayesgmm_method"] = method
     tree.attrs["bayesgmm_seconds"] = seconds
@@ -366,6 +465,12 @@ def _pymc_nuts(entry: _compiled.Entry, starts: list[dict[str, np.ndarray]], run:
     mean = np.mean([s["theta"] for s in starts], axis=0)
     potential = QuadPotentialDiagAdapt(mean.size, mean, np.ones_like(mean), 10, rng=run.seed)
     step = pm.NUTS(model=model, potential=potential, logp_dlogp_func=func, **step_options)
+    # bayesgmm.bayes.diagnose checks the draws (PyMC's own checks cost 2.5 s on faithful).
+    run.options.setdefault("compute_convergence_checks", False)
+    run.options.setdefault("quiet", not run.progressbar)
+    # One process per chain up to the machine's CPUs (PyMC's default takes half of them, as
+    # hyperthreads: one on a 2-CPU machine, where two processes measured 1.4× faster).
+    run.options.setdefault("cores", max(1, min(run.chains, os.cpu_count() or 1)))
     return pm.sample(
         draws=run.draws,
         tune=run.tune,
@@ -532,66 +637,50 @@ def _posterior_tree(
 
 
 def _laplace(flat: _Flat, draws: int, chains: int, gen: np.random.Generator) -> Any:
-    """Normal approximation at the mode of the unconstrained log density (Jacobian included),
-    its covariance the inverse of the negative Hessian (central differences of the gradient);
-    draws mapped back through the transforms."""
-    from scipy.optimize import minimize
+    """Normal approximation at the posterior mode, its covariance the inverse of the negative
+    Hessian (central differences of the gradient), in the coordinates of
+    :mod:`bayesgmm.bayes.laplace` (the orientations' triangular factors drawn from their exact
+    posterior, which is their prior); draws mapped back through the transforms. Checked by
+    PSIS over (at most) 4000 draws: ``sample_stats.attrs["pareto_k"]``, and the smoothed log
+    importance weights ``sample_stats["log_weight"]`` (NaN beyond the checked draws) for
+    :func:`bayesgmm.bayes.reweight`."""
+    from bayesgmm.bayes.laplace import laplace_draws
 
-    res = minimize(flat.negative, flat.x0, jac=True, method="L-BFGS-B", options={"maxiter": 5000})
-    mode = res.x
-    n = mode.size
-    hess = np.empty((n, n))
-    for i in range(n):
-        step = 1e-5 * max(1.0, abs(mode[i]))
-        e = np.zeros(n)
-        e[i] = step
-        hess[i] = (flat.negative(mode + e)[1] - flat.negative(mode - e)[1]) / (2 * step)
-    hess = 0.5 * (hess + hess.T)
-    try:
-        chol = np.linalg.cholesky(np.linalg.inv(hess))
-    except np.linalg.LinAlgError:
-        raise ValueError(
-            "the Laplace approximation failed: the posterior's Hessian at the mode is not "
-            "positive definite (a flat or unidentified direction); use method='nuts'."
-        ) from None
-    z = gen.normal(size=(chains, draws, n))
-    draws_theta = mode + z @ chol.T
+    out = laplace_draws(flat, chains * draws, gen, n_check=N_CHECK)
+    theta = out["theta"].reshape(chains, draws, -1)
+    log_w = np.full(chains * draws, np.nan)
+    log_w[: out["log_weight"].size] = out["log_weight"]
     tree = flat.tree(
-        draws_theta,
-        {"mode_lp": np.full((chains, draws), -res.fun)},
+        theta,
+        {
+            "mode_lp": np.full((chains, draws), out["mode_lp"]),
+            "log_weight": log_w.reshape(chains, draws),
+        },
         "bayesgmm (Laplace at the posterior mode)",
     )
-    # How far the normal is from the posterior: PSIS's Pareto k of the importance ratios
-    # p(θ | x) / q(θ) over (at most) 1000 of the draws.
-    m = min(chains * draws, 1000)
-    flat_z = z.reshape(-1, n)[:m]
-    logq = _normal_logq(flat_z, chol)
-    _, k_hat = _psis(flat.logp(draws_theta.reshape(-1, n)[:m]) - logq)
-    tree["sample_stats"].attrs["pareto_k"] = k_hat
-    _warn_pareto_k("The Laplace approximation", k_hat)
+    tree["sample_stats"].attrs["pareto_k"] = out["pareto_k"]
+    tree["sample_stats"].attrs["pareto_k_draws"] = int(out["log_weight"].size)
     return tree
+
+
+#: Draws of an approximation checked by PSIS (the log density of each is computed).
+N_CHECK = 4000
 
 
 def _psis(log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
     """PSIS of importance ratios given on the log scale: (smoothed log weights, Pareto k).
-    Non-finite ratios (draws outside the posterior's support) count as zero weight."""
+    Non-finite ratios (draws outside the posterior's support) count as zero weight.
+
+    arviz-stats' ``psislw`` takes log-likelihoods, as PSIS-LOO's ratios are 1 / p(y_i | θ): it
+    smooths the ratios exp(−input), so it is given the negated log ratios (given the ratios
+    themselves, it measured q/p instead of p/q: tests/bayes/test_diagnostics.py checks the
+    weights against a closed-form posterior)."""
     from arviz_stats.base.array import array_stats
 
     r = np.where(np.isfinite(log_ratio), log_ratio, -np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_w, k_hat = array_stats.psislw(r - r[np.isfinite(r)].max())
+        log_w, k_hat = array_stats.psislw(-(r - r[np.isfinite(r)].max()))
     return log_w, float(k_hat)
-
-
-def _warn_pareto_k(what: str, k_hat: float) -> None:
-    if k_hat > 0.7:
-        warnings.warn(
-            f"{what}'s importance ratios p(θ | x) / q(θ) have Pareto k = {k_hat:.2f} > 0.7: "
-            "its draws cannot be trusted for tails and intervals; use method='nutpie' or "
-            "'nuts' where they matter (sample_stats.attrs['pareto_k'] holds the value).",
-            PosteriorWarning,
-            stacklevel=4,
-        )
 
 
 def _pathfinder_path(
@@ -702,7 +791,6 @@ def _pathfinder(
         elbo_paths.append(elbos)
     x_all, lp_all = np.concatenate(xs), np.concatenate(lps)
     log_w, k_hat = _psis(lp_all - np.concatenate(logqs))
-    _warn_pareto_k("Pathfinder", k_hat)
     w = np.exp(log_w - log_w.max())
     idx = gen.choice(x_all.shape[0], size=chains * draws, replace=True, p=w / w.sum())
     length = max(len(e) for e in elbo_paths)
@@ -760,10 +848,42 @@ def _advi(entry: _compiled.Entry, values: dict[str, np.ndarray], method: str, ru
         {"theta": (("chain", "draw", "parameter"), theta.reshape(run.chains, run.draws, -1))}
     )
     loss = np.asarray(inference.hist, dtype=float)
+    mean = np.asarray(approx.mean.eval(), dtype=float)
+    chol = (
+        np.diag(np.asarray(approx.std.eval(), dtype=float))
+        if method == "advi"
+        else np.asarray(approx.L.eval(), dtype=float)
+    )
     tree["optimization"] = _group(
-        {"elbo": (("iteration",), -loss)}, {"method": method, "iterations": loss.size}
+        {
+            "elbo": (("iteration",), -loss),
+            "q_mean": (("parameter",), mean),
+            "q_chol": (("parameter", "parameter_bis"), chol),
+        },
+        {"method": method, "iterations": loss.size},
     )
     return tree
+
+
+def _check_normal(
+    tree: Any, flat: _Flat, theta: np.ndarray, mean: np.ndarray, chol: np.ndarray
+) -> None:
+    """PSIS's check of a normal approximation N(mean, chol cholᵀ) of theta from its draws
+    (the first N_CHECK): ``sample_stats.attrs["pareto_k"]`` and ``sample_stats.log_weight``
+    (NaN beyond the checked draws), as the Laplace approximation stores them."""
+    from scipy.linalg import solve_triangular
+
+    shape = theta.shape[:2]
+    draws = theta.reshape(-1, theta.shape[-1])
+    m = min(draws.shape[0], N_CHECK)
+    z = solve_triangular(chol, (draws[:m] - mean).T, lower=True).T
+    log_w, k_hat = _psis(flat.logp(draws[:m]) - _normal_logq(z, chol))
+    full = np.full(draws.shape[0], np.nan)
+    full[:m] = log_w
+    tree["sample_stats"] = _group(
+        {"log_weight": (("chain", "draw"), full.reshape(shape))},
+        {"pareto_k": k_hat, "pareto_k_draws": m},
+    )
 
 
 def _advi_compile(

@@ -168,6 +168,16 @@ def _haar(rng: np.random.Generator, size: int, d: int) -> np.ndarray:
     return q * np.sign(np.einsum("kii->ki", r))[:, None, :]
 
 
+def bartlett_r(rng: np.random.Generator, size: int, d: int) -> np.ndarray:
+    """``size`` draws of the triangular factor R of the orientation block (G = QR): under the
+    density ∝ |det G|^{ν−D} e^{−‖G‖²/2}, R is independent of Q, R_ii² ~ χ²(ν + 1 − i) (i from
+    1) and R_ij ~ N(0, 1) above the diagonal (Bartlett's decomposition)."""
+    r = np.triu(rng.normal(size=(size, d, d)), 1)
+    idx = np.arange(d)
+    r[:, idx, idx] = np.sqrt(rng.chisquare(d + ORIENTATION_EXCESS - idx, size=(size, d)))
+    return r
+
+
 def _normal_logp(x: Any, loc: Any, scale: Any) -> Any:
     import pytensor.tensor as pt
 
@@ -477,14 +487,7 @@ class Eigen(Parametrisation):
         if self.orient != "I":
             no = k if self.orient == "V" else 1
             q = _haar(rng, size * no, d)
-            # Bartlett: with density ∝ |det G|^{ν−D} e^{−‖G‖²/2}, R_ii² ~ χ²(ν + 1 − i) (i
-            # from 1) and R_ij ~ N(0, 1) above the diagonal.
-            r = np.triu(rng.normal(size=(size * no, d, d)), 1)
-            idx = np.arange(d)
-            r[:, idx, idx] = np.sqrt(
-                rng.chisquare(d + ORIENTATION_EXCESS - idx, size=(size * no, d))
-            )
-            out["orientation"] = (q @ r).reshape(size, no, d, d)
+            out["orientation"] = (q @ bartlett_r(rng, size * no, d)).reshape(size, no, d, d)
         return z, out
 
 

@@ -139,7 +139,12 @@ def _sample(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         print(summary(post, var_names=["weights", "means"]))
-    print(f"\n{args.method}: {time.perf_counter() - t0:.1f} s")
+    from bayesgmm.bayes import diagnose
+
+    print(f"\n{post.attrs['bayesgmm_method']}: {time.perf_counter() - t0:.1f} s")
+    if "bayesgmm_method_reason" in post.attrs:
+        print(post.attrs["bayesgmm_method_reason"])
+    print(diagnose(post))
     _write_tree(post, args.output)
     return 0
 
@@ -227,9 +232,10 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 def _add_bayes(p: argparse.ArgumentParser, draws: int, chains: int) -> None:
     p.add_argument(
         "--method",
-        choices=METHODS,
-        default="laplace",
-        help="how to draw the posterior (default laplace)",
+        choices=("auto", *METHODS),
+        default="auto",
+        help="how to draw the posterior (default auto: the Laplace approximation, or NUTS "
+        "where Laplace fails its own check)",
     )
     p.add_argument("--draws", type=int, default=draws, help=f"draws per chain (default {draws})")
     p.add_argument("--tune", type=int, default=1000, help="NUTS tuning steps (default 1000)")

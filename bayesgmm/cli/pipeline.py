@@ -21,7 +21,7 @@ class Settings:
     ks: tuple[int, ...] = tuple(range(1, 10))
     structures: Any = "all"
     criterion: str = "bic"
-    method: str = "laplace"
+    method: str = "auto"
     draws: int = 1000
     chains: int = 4
     n_boot: int = 199
@@ -69,6 +69,7 @@ def run_analysis(
 ) -> tuple[Report, dict[str, Any]]:
     """Run the pipeline on the DataFrame ``X``; return the report and the objects behind it."""
     import bayesgmm as bg
+    from bayesgmm.bayes import diagnose
     from bayesgmm.compare import plots
 
     report = Report(title)
@@ -109,52 +110,67 @@ def run_analysis(
     fit = chosen
     compare_ks = settings.compare_ks or tuple(settings.ks)
     methods = ("bic", "icl", "loo") if settings.loo else ("bic", "icl")
+    # The chosen model's posterior by the cheapest method whose diagnostics pass ("auto");
+    # the comparison over K reuses it at K and, under "auto", draws the other K's by Laplace
+    # (NUTS at every K would cost minutes), saying where Laplace failed its check.
+    if settings.progress:
+        print(f"posterior at {structure}, K = {k} ({settings.method}) ...", end=" ", flush=True)
+    with warnings.catch_warnings():
+        # A failed diagnostic is said in the report, below.
+        warnings.simplefilter("ignore", bg.PosteriorWarning)
+        post = bg.fit_bayes(
+            X,
+            k,
+            covariance_type=structure,
+            method=settings.method,
+            init=fit,
+            draws=settings.draws,
+            tune=settings.draws,
+            chains=settings.chains,
+            rng=settings.seed,
+        )
+    if settings.progress:
+        print(
+            f"{post.attrs['bayesgmm_method']}, {post.attrs['bayesgmm_seconds']:.1f} s", flush=True
+        )
     cmp = bg.compare_k(
         X,
         compare_ks,
         covariance_type=structure,
         methods=methods,
-        bayes_method=settings.method,
+        bayes_method="laplace" if settings.method == "auto" else settings.method,
+        posteriors={k: post},
         draws=settings.draws,
         tune=settings.draws,
         chains=settings.chains,
         rng=settings.seed,
         progressbar=settings.progress,
     )
-    post = cmp.posteriors.get(k)
-    if post is None:  # LOO not asked, or K outside the compared range
-        with warnings.catch_warnings():
-            # A failed diagnostic is said in the report, below.
-            warnings.simplefilter("ignore", bg.PosteriorWarning)
-            post = bg.fit_bayes(
-                X,
-                k,
-                covariance_type=structure,
-                method=settings.method,
-                init=fit,
-                draws=settings.draws,
-                tune=settings.draws,
-                chains=settings.chains,
-                rng=settings.seed,
-            )
     boot = bg.bootstrap_em(
         fit, X, n_boot=settings.n_boot, rng=settings.seed, progressbar=settings.progress
     )
     table = bg.compare_estimates(fit, post, bootstrap=boot)
 
+    diagnosis = diagnose(post)
+    used = diagnosis.method
     report.heading(f"EM against the posterior ({structure}, K = {k})")
     report.paragraph(
-        f"Posterior by {settings.method} ({settings.chains} × {settings.draws} draws), started "
-        f"from EM; bootstrap: {boot['posterior'].sizes['draw']} nonparametric replicates "
-        f"({boot.attrs['n_failed']} failed). Intervals are equal-tailed 94%."
+        f"Posterior by {_METHOD_NAMES.get(used, used)} ({settings.chains} × {settings.draws} "
+        f"draws), started from EM; bootstrap: {boot['posterior'].sizes['draw']} nonparametric "
+        f"replicates ({boot.attrs['n_failed']} failed). Intervals are equal-tailed 94%."
     )
-    k_post = post["sample_stats"].attrs.get("pareto_k") if "sample_stats" in post else None
-    if k_post is not None and k_post > 0.7:
+    report.paragraph(_method_account(post, diagnosis, settings.method))
+    report.table(diagnosis.table, digits=3)
+    if not diagnosis.passed:
         report.paragraph(
-            f"Warning: this posterior approximation failed its own diagnostic. The Pareto k of "
-            f"its importance ratios p(θ | x) / q(θ) is {k_post:.2f} (above 0.7 its draws cannot "
-            "be trusted for tails and intervals), so the posterior columns below are rough. "
-            "Rerun with --method nutpie or --method nuts for draws to trust."
+            "Warning: this posterior failed its own diagnostics (the rows marked False above), "
+            "so the posterior columns below are rough."
+            + (
+                " Rerun with --method nuts (or nutpie) for draws to trust."
+                if used in ("laplace", "pathfinder", "advi", "fullrank_advi")
+                else " Longer chains (--draws, --tune) would tell whether the sampler or the "
+                "posterior is at fault."
+            )
         )
     report.table(table.drop(columns=["parameter", "component", "feature", "feature_bis"]), 3)
     report.figure(
@@ -169,13 +185,14 @@ def run_analysis(
         report.items(cmp.notes, css="notes")
 
     report.heading("Reading")
-    report.reading(_reading(sel, chosen, structure, k, cmp, table, settings))
+    report.reading(_reading(sel, chosen, structure, k, cmp, table, settings, diagnosis))
     report.settings(
         {
             "K": list(settings.ks),
             "structures": settings.structures,
             "criterion": settings.criterion,
-            "posterior method": settings.method,
+            "posterior method": settings.method
+            + ("" if settings.method == used else f" (used: {used})"),
             "draws × chains": f"{settings.draws} × {settings.chains}",
             "bootstrap replicates": settings.n_boot,
             "K compared": list(compare_ks),
@@ -208,8 +225,64 @@ def _parameter_table(model: Any) -> Any:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+_METHOD_NAMES = {
+    "laplace": "the Laplace approximation",
+    "pathfinder": "Pathfinder",
+    "nuts": "NUTS (PyMC)",
+    "nutpie": "NUTS (nutpie)",
+    "advi": "mean-field ADVI",
+    "fullrank_advi": "full-rank ADVI",
+    "smc": "SMC",
+}
+
+
+def _method_account(post: Any, diagnosis: Any, requested: str) -> str:
+    """Which method drew the posterior, why, and what its diagnostics say, in words."""
+    used = _METHOD_NAMES.get(diagnosis.method, diagnosis.method)
+    if requested == "auto":
+        reason = post.attrs.get("bayesgmm_method_reason", "")
+        if diagnosis.method == "laplace":
+            text = f"Method: {used}, the cheapest, because it passed its own check."
+        else:
+            why = reason.split("(", 1)[1].rsplit(")", 1)[0] if "(" in reason else reason
+            text = f"Method: {used}, because the Laplace approximation failed its check ({why})."
+    else:
+        text = f"Method: {used}, as asked (--method {requested})."
+    if diagnosis.passed:
+        return text + " Its diagnostics all passed (table below)."
+    return text + " Its diagnostics did not all pass: " + "; ".join(diagnosis.failures) + "."
+
+
+def _same_mode(diagnosis: Any) -> str:
+    """Whether EM's estimate and the posterior describe the same mode, from the em_gap and
+    labels_match checks."""
+    table = diagnosis.table
+    if "em_gap" not in table.index:
+        return ""
+    gap = float(table.loc["em_gap", "value"])
+    match = "labels_match" not in table.index or bool(table.loc["labels_match", "passed"])
+    if table.loc["em_gap", "passed"] and match:
+        return (
+            f"EM's estimate and the posterior describe the same mode: the posterior's chains "
+            f"sit within {gap:.1f} posterior sds of it, with the components in EM's order."
+        )
+    return (
+        f"EM's estimate and the posterior do not describe the same mode: the posterior sits up "
+        f"to {gap:.1f} posterior sds from EM's estimate"
+        + ("" if match else ", and its components no longer match EM's")
+        + "; the table compares two different solutions."
+    )
+
+
 def _reading(
-    sel: Any, chosen: Any, structure: str, k: int, cmp: Any, table: Any, settings: Settings
+    sel: Any,
+    chosen: Any,
+    structure: str,
+    k: int,
+    cmp: Any,
+    table: Any,
+    settings: Settings,
+    diagnosis: Any,
 ) -> list[str]:
     """A short account in words of what the numbers say."""
     lines = []
@@ -241,6 +314,33 @@ def _reading(
             )
     if cmp.notes:
         lines.append(f"Caution: {len(cmp.notes)} note(s) on the comparison, listed above.")
+    used = _METHOD_NAMES.get(diagnosis.method, diagnosis.method)
+    if diagnosis.passed:
+        lines.append(
+            f"The posterior at {structure}, K = {k} was drawn by {used}, and every one of its "
+            f"diagnostics passed ({', '.join(diagnosis.table.index)})."
+        )
+    else:
+        failed = [str(i) for i, r in diagnosis.table.iterrows() if not r["passed"]]
+        tried = (
+            "neither the Laplace approximation nor NUTS passed its diagnostics: "
+            if settings.method == "auto" and diagnosis.method != "laplace"
+            else "its diagnostics did not all pass: "
+        )
+        lines.append(
+            f"The posterior at {structure}, K = {k} was drawn by {used}, and {tried}{used} "
+            f"failed {', '.join(failed)}. Read its intervals as rough."
+        )
+    same = _same_mode(diagnosis)
+    if same:
+        lines.append(same)
+    oks = cmp.table["posterior_ok"] if "posterior_ok" in cmp.table else {}
+    rough = [int(kk) for kk, ok in oks.items() if isinstance(ok, bool | np.bool_) and not ok]
+    if rough:
+        lines.append(
+            f"Over K, the posterior failed its diagnostics at K = {', '.join(map(str, rough))}: "
+            "LOO there rests on rough draws (notes above)."
+        )
     inside = table["em_in_interval"]
     worst = table["std_diff"].abs().idxmax()
     lines.append(

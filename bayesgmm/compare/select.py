@@ -42,7 +42,8 @@ class KComparison:
         One row per K: EM's ``loglik``, ``n_parameters``, ``bic``, ``icl`` (smaller is better);
         ``lrt_stat`` and ``lrt_p`` for K against K + 1; ``elpd_loo``, ``se``, ``p_loo``,
         ``elpd_diff`` and ``dse`` (from the best K), ``weight`` (stacking), ``pareto_k_max`` and
-        ``share_k_bad`` (share of observations with Pareto k > 0.7); ``log_ml`` and ``log_ml_sd``
+        ``share_k_bad`` (share of observations with Pareto k > 0.7), ``posterior`` (the method
+        that drew it) and ``posterior_ok`` (its diagnostics passed); ``log_ml`` and ``log_ml_sd``
         (SMC); ``chosen_by``, the criteria that pick this K. Columns of criteria not run are left
         out.
     choices : dict[str, int]
@@ -128,7 +129,7 @@ def compare_k(
     *,
     covariance_type: str = "VVV",
     methods: Iterable[str] = ("bic", "icl", "loo"),
-    bayes_method: str = "nuts",
+    bayes_method: str = "auto",
     posteriors: Mapping[int, Any] | None = None,
     draws: int = 1000,
     tune: int = 1000,
@@ -167,8 +168,12 @@ def compare_k(
           the table and a note says so in words;
         * "smc": the largest log marginal likelihood (mean over ``smc_chains`` independent SMC
           runs of ``smc_draws`` particles).
-    bayes_method : str, default "nuts"
+    bayes_method : str, default "auto"
         How :func:`bayesgmm.fit_bayes` draws the posterior for LOO ("smc" reuses the SMC run).
+        "auto": at each K the cheapest method whose diagnostics pass (the Laplace
+        approximation, else NUTS); the table's ``posterior`` column says which was used and
+        ``posterior_ok`` whether its diagnostics passed (:func:`bayesgmm.bayes.diagnose`); a
+        note says in words where they failed.
     posteriors : mapping K → DataTree, optional
         Posteriors already drawn (with a ``log_likelihood`` group); they are used for LOO
         instead of new fits.
@@ -333,17 +338,27 @@ def _loo_rows(
     """PSIS-LOO of each posterior into ``rows``; arviz_stats.compare of them all."""
     from arviz_stats import compare, loo
 
+    from bayesgmm.bayes import diagnose
+
     out: dict[int, Any] = {}
     for k in ks:
         tree = trees[k]
-        k_post = tree["sample_stats"].attrs.get("pareto_k") if "sample_stats" in tree else None
-        if k_post is not None and k_post > PARETO_K_BAD:
-            method = tree.attrs.get("bayesgmm_method", "the approximate")
+        diagnosis = diagnose(tree)
+        checked = not diagnosis.table.empty  # a tree from elsewhere may carry no diagnostics
+        rows[k].update(
+            posterior=diagnosis.method or "given",
+            posterior_ok=diagnosis.passed if checked else np.nan,
+        )
+        if checked and not diagnosis.passed:
+            remedy = (
+                "bayes_method='auto' or 'nuts' gives draws to trust"
+                if diagnosis.method in ("laplace", "pathfinder", "advi", "fullrank_advi")
+                else "longer chains would tell"
+            )
             notes.append(
-                f"K={k}: the {method} posterior failed its own diagnostic — the Pareto k of its "
-                f"importance ratios p(θ | x) / q(θ) is {k_post:.2f} > {PARETO_K_BAD}, so its "
-                "draws (and the LOO computed from them) are rough; method='nutpie' or 'nuts' "
-                "gives draws to trust."
+                f"K={k}: the {diagnosis.method} posterior failed its own diagnostics — "
+                + "; ".join(diagnosis.failures)
+                + f" — so its draws (and the LOO computed from them) are rough; {remedy}."
             )
         if "log_likelihood" not in tree.children:
             failures[("loo", k)] = "the posterior has no log_likelihood group"

@@ -131,7 +131,9 @@ def test_explicit_z_recovers_the_labels(clusters, em_fit):
 
 
 def test_bad_method_arguments(clusters):
-    with pytest.raises(ValueError, match="method='gibbs' is not available; choose one of laplace"):
+    with pytest.raises(
+        ValueError, match="method='gibbs' is not available; choose 'auto' or one of laplace"
+    ):
         bg.fit_bayes(clusters, 3, method="gibbs")
     with pytest.raises(TypeError, match="sets random_seed itself; pass rng to fit_bayes"):
         bg.fit_bayes(clusters, 3, method="nuts", random_seed=1)

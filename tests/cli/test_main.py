@@ -215,6 +215,8 @@ def test_sample_writes_the_posterior(tmp_path, capsys, faithful_csv):
         "30",
         "--chains",
         "2",
+        "--method",
+        "laplace",
         "--output",
         str(out),
         "--quiet",
@@ -222,6 +224,7 @@ def test_sample_writes_the_posterior(tmp_path, capsys, faithful_csv):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "laplace:" in printed and "means[" in printed  # ArviZ's summary
+    assert "Diagnosis(laplace" in printed and "pareto_k" in printed
     tree = xr.open_datatree(out, engine="zarr", consolidated=False)
     assert tree["posterior"]["means"].shape == (2, 30, 3, 2)
     assert "log_likelihood" in tree.children and "em" in tree.children

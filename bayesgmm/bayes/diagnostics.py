@@ -1,0 +1,324 @@
+"""Every posterior checked, in one place: :func:`diagnose` reads a :func:`fit_bayes` tree and
+says which of its method's diagnostics pass; :func:`reweight` turns a borderline
+approximation (0.5 < k̂ ≤ 0.7) into importance-resampled draws.
+
+The checks, by method (limits in :data:`LIMITS`):
+
+* approximations (``laplace``, ``pathfinder``, ``advi``, ``fullrank_advi``): PSIS's Pareto k̂
+  of the importance ratios p(θ | x) / q(θ) (Vehtari et al. 2024): ≤ 0.5 the draws are good,
+  0.5–0.7 usable after :func:`reweight`, above 0.7 not to be trusted for tails or intervals;
+* NUTS (``nuts``, ``nutpie``): rank-normalised split r̂ (≤ 1.01), bulk and tail ESS (at least
+  100 per chain), divergent transitions (none), E-BFMI per chain (≥ 0.3), and the share of
+  transitions that hit the maximum tree depth (under 1%), over the weights, means and
+  covariances;
+* SMC: the spread (sd) of the log marginal likelihood across chains (≤ 1 nat);
+* every method: how far the posterior sits from the EM estimate it started from: the largest
+  distance between a chain's mean of a component's mean and EM's, in the Mahalanobis metric
+  of EM's component (its own standard deviations; ≤ 1: a posterior around EM's solution moves
+  a mean by about σ_k/√n_k), and whether the components still match EM's in order (the
+  posterior means' matching to EM's components,
+  :func:`bayesgmm.core.relabel.match_components`, is the identity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LIMITS", "Diagnosis", "diagnose", "reweight"]
+
+#: The limit of each check (pass: at most, except ess_* and ebfmi: at least).
+LIMITS = {
+    "pareto_k": 0.7,
+    "rhat": 1.01,
+    "ess_bulk": 100.0,  # per chain
+    "ess_tail": 100.0,  # per chain
+    "divergences": 0.0,
+    "ebfmi": 0.3,
+    "max_treedepth": 0.01,
+    "log_ml_sd": 1.0,
+    "em_gap": 1.0,
+    "labels_match": 1.0,
+}
+_AT_LEAST = {"ess_bulk", "ess_tail", "ebfmi", "labels_match"}
+
+APPROXIMATIONS = ("laplace", "pathfinder", "advi", "fullrank_advi")
+SAMPLERS = ("nuts", "nutpie")
+
+
+@dataclass(frozen=True, repr=False)
+class Diagnosis:
+    """What :func:`diagnose` found.
+
+    Attributes
+    ----------
+    method : str
+        The method that drew the posterior.
+    table : pandas.DataFrame
+        One row per check (index): ``value``, ``limit``, ``passed`` and ``meaning`` (in words).
+    """
+
+    method: str
+    table: Any
+
+    @property
+    def passed(self) -> bool:
+        """Whether every check passed."""
+        return bool(self.table["passed"].all())
+
+    @property
+    def failures(self) -> list[str]:
+        """One line in words per failed check."""
+        return [str(r.meaning) for r in self.table.itertuples() if not r.passed]
+
+    def summary(self) -> str:
+        """One line: the method, and what passed or failed."""
+        ok = [str(i) for i, r in self.table.iterrows() if r["passed"]]
+        if self.passed:
+            return f"{self.method}: every diagnostic passed ({', '.join(ok)})."
+        return f"{self.method}: failed — " + "; ".join(self.failures) + "."
+
+    def __repr__(self) -> str:
+        import pandas as pd
+
+        with pd.option_context("display.width", 140, "display.max_colwidth", 90):
+            body = self.table.to_string(float_format=lambda v: f"{v:.4g}")
+        state = "passed" if self.passed else "FAILED"
+        return f"Diagnosis({self.method}: {state})\n{body}"
+
+
+def diagnose(tree: Any) -> Diagnosis:
+    """The diagnostics of a :func:`bayesgmm.fit_bayes` posterior (module docstring): a
+    :class:`Diagnosis` with one row per check, whether it passed, and what it means."""
+    import pandas as pd
+
+    method = str(tree.attrs.get("bayesgmm_method", ""))
+    rows: dict[str, dict[str, Any]] = {}
+    stats = tree["sample_stats"] if "sample_stats" in tree.children else None
+    if method in APPROXIMATIONS:
+        k_hat = stats.attrs.get("pareto_k") if stats is not None else None
+        if k_hat is not None:
+            _row(rows, "pareto_k", float(k_hat), _pareto_meaning(float(k_hat)))
+    elif method in SAMPLERS:
+        _sampler_rows(tree, rows)
+    elif method == "smc" and stats is not None and "log_marginal_likelihood_sd" in stats.attrs:
+        sd = float(stats.attrs["log_marginal_likelihood_sd"])
+        _row(
+            rows,
+            "log_ml_sd",
+            sd,
+            f"the log marginal likelihood varies by {sd:.2f} (sd) across SMC's chains"
+            + (" > 1 nat: too few draws for the evidence to be read" if sd > 1 else ""),
+        )
+    if "em" in tree.children:
+        _em_rows(tree, rows)
+    table = pd.DataFrame.from_dict(
+        rows, orient="index", columns=["value", "limit", "passed", "meaning"]
+    )
+    table.index.name = "check"
+    return Diagnosis(method, table)
+
+
+def _row(rows: dict[str, dict[str, Any]], name: str, value: float, meaning: str) -> None:
+    limit = LIMITS[name]
+    passed = bool(np.isfinite(value)) and (value >= limit if name in _AT_LEAST else value <= limit)
+    rows[name] = {"value": value, "limit": limit, "passed": passed, "meaning": meaning}
+
+
+def _pareto_meaning(k_hat: float) -> str:
+    if k_hat <= 0.5:
+        return f"Pareto k̂ {k_hat:.2f} ≤ 0.5: the approximation's draws are good"
+    if k_hat <= 0.7:
+        return (
+            f"Pareto k̂ {k_hat:.2f} in (0.5, 0.7]: usable after importance reweighting "
+            "(bayesgmm.bayes.reweight)"
+        )
+    return (
+        f"the Pareto k̂ of its importance ratios p(θ | x) / q(θ) is {k_hat:.2f} > 0.7: its "
+        "draws cannot be trusted for tails and intervals"
+    )
+
+
+def _sampler_rows(tree: Any, rows: dict[str, dict[str, Any]]) -> None:
+    import warnings
+
+    from arviz_stats import ess, rhat
+
+    post = tree["posterior"]
+    names = [n for n in ("weights", "means", "covariances") if n in post.data_vars]
+    chains = int(post.sizes["chain"])
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        r = rhat(tree, var_names=names)
+        bulk = ess(tree, var_names=names, method="bulk")
+        tail = ess(tree, var_names=names, method="tail")
+
+    def extreme(ds: Any, fn: Any) -> float:
+        vals = np.concatenate([np.ravel(ds[n].values) for n in names])
+        vals = vals[np.isfinite(vals)]
+        return float(fn(vals)) if vals.size else np.nan
+
+    # Constant entries (a diagonal structure's zero covariances) have no r̂ or ESS.
+    r_max = extreme(r, np.max) if chains > 1 else np.nan
+    if chains > 1:
+        _row(
+            rows,
+            "rhat",
+            r_max,
+            f"r̂ reaches {r_max:.3f}"
+            + (
+                " > 1.01: the chains disagree (too short, or several modes)" if r_max > 1.01 else ""
+            ),
+        )
+    for name, ds in (("ess_bulk", bulk), ("ess_tail", tail)):
+        v = extreme(ds, np.min) / chains
+        what = "bulk" if name == "ess_bulk" else "tail"
+        _row(
+            rows,
+            name,
+            v,
+            f"the smallest {what} ESS is {v:.0f} per chain"
+            + (" < 100: too few effective draws (draw more)" if v < 100 else ""),
+        )
+    stats = tree["sample_stats"]
+    if "diverging" in stats.data_vars:
+        n_div = float(np.asarray(stats["diverging"].values, dtype=bool).sum())
+        _row(
+            rows,
+            "divergences",
+            n_div,
+            f"{n_div:.0f} divergent transitions"
+            + (
+                ": the sampler missed part of the posterior (raise target_accept, or the "
+                "posterior has regions it cannot reach)"
+                if n_div
+                else ""
+            ),
+        )
+    if "energy" in stats.data_vars:
+        energy = stats["energy"].transpose("chain", "draw").values
+        ebfmi = float(
+            np.min(np.mean(np.diff(energy, axis=1) ** 2, axis=1) / np.var(energy, axis=1))
+        )
+        _row(
+            rows,
+            "ebfmi",
+            ebfmi,
+            f"the lowest E-BFMI over chains is {ebfmi:.2f}"
+            + (" < 0.3: the momentum resampling explores the energy poorly" if ebfmi < 0.3 else ""),
+        )
+    depth = next(
+        (stats[n] for n in ("reached_max_treedepth", "maxdepth_reached") if n in stats.data_vars),
+        None,
+    )
+    if depth is not None:
+        share = float(np.asarray(depth.values, dtype=bool).mean())
+        _row(
+            rows,
+            "max_treedepth",
+            share,
+            f"{100 * share:.1f}% of transitions hit the maximum tree depth"
+            + (
+                " (over 1%: slow exploration, often a badly scaled posterior)"
+                if share > 0.01
+                else ""
+            ),
+        )
+
+
+def _em_rows(tree: Any, rows: dict[str, dict[str, Any]]) -> None:
+    from bayesgmm.core.relabel import match_components
+
+    post, em = tree["posterior"], tree["em"]
+    if "means" in post.data_vars and "covariances" in em.data_vars:
+        # Each chain's mean of each component's mean, in the Mahalanobis metric of EM's own
+        # component: how far the posterior moved it, in that component's standard deviations.
+        chain_means = post["means"].transpose("chain", "draw", "component", "feature").values
+        chain_means = chain_means.mean(axis=1)  # (chain, K, D)
+        ref = em["means"].values[0, 0]
+        chol = np.linalg.cholesky(em["covariances"].values[0, 0])
+        diff = chain_means - ref
+        z = np.linalg.solve(chol[None], diff[..., None])[..., 0]
+        g = float(np.sqrt((z**2).sum(axis=-1)).max())
+        _row(
+            rows,
+            "em_gap",
+            g,
+            f"the posterior's component means sit up to {g:.2f} of EM's component standard "
+            "deviations from the EM estimate it started from"
+            + (
+                " (> 1: it describes another mode, a solution EM's estimate is not)"
+                if g > LIMITS["em_gap"]
+                else ""
+            ),
+        )
+    if (
+        "means" in post.data_vars
+        and "covariances" in post.data_vars
+        and post.sizes.get("component", 1) > 1
+    ):
+        means = post["means"].mean(("chain", "draw")).values
+        covs = post["covariances"].mean(("chain", "draw")).values
+        perm = match_components(
+            means[None], covs[None], em["means"].values[0, 0], em["covariances"].values[0, 0]
+        )[0]
+        same = bool(np.array_equal(perm, np.arange(perm.size)))
+        _row(
+            rows,
+            "labels_match",
+            float(same),
+            "the posterior's components match EM's in order"
+            if same
+            else "the posterior's components no longer match EM's in order (label switching, "
+            "or another mode)",
+        )
+
+
+def reweight(tree: Any, *, rng: Any = None) -> Any:
+    """Importance-resampled draws of an approximation whose check is borderline
+    (0.5 < k̂ ≤ 0.7): the draws that were checked, resampled with their Pareto-smoothed
+    weights (``sample_stats.log_weight``), as one chain; the log-likelihood group follows.
+
+    Raises
+    ------
+    ValueError
+        When the tree has no importance weights (not a Laplace, ADVI or full-rank ADVI
+        posterior; Pathfinder's draws are resampled already), or when k̂ > 0.7: then no
+        reweighting makes the draws trustworthy (use method='nuts').
+    """
+    import xarray as xr
+
+    from bayesgmm.core._validation import as_rng
+
+    stats = tree["sample_stats"] if "sample_stats" in tree.children else None
+    if stats is None or "log_weight" not in stats.data_vars:
+        raise ValueError(
+            "tree has no importance weights (sample_stats.log_weight): reweight takes a "
+            "posterior from method='laplace', 'advi' or 'fullrank_advi'."
+        )
+    k_hat = float(stats.attrs.get("pareto_k", np.inf))
+    if k_hat > LIMITS["pareto_k"]:
+        raise ValueError(
+            f"the approximation's Pareto k̂ is {k_hat:.2f} > 0.7: importance weights with "
+            "(nearly) infinite variance, which no reweighting rescues; use method='nuts'."
+        )
+    log_w = stats["log_weight"].transpose("chain", "draw").values.ravel()
+    checked = np.flatnonzero(np.isfinite(log_w))
+    w = np.exp(log_w[checked] - log_w[checked].max())
+    gen = as_rng(rng)
+    idx = checked[gen.choice(checked.size, size=checked.size, replace=True, p=w / w.sum())]
+    out = tree.copy()
+    for group in ("posterior", "log_likelihood"):
+        if group not in tree.children:
+            continue
+        ds = tree[group].to_dataset()
+        flat = ds.stack(sample=("chain", "draw")).isel(sample=idx)
+        flat = flat.drop_vars(["sample", "chain", "draw"], errors="ignore")
+        new = flat.rename_dims(sample="draw").expand_dims(chain=1).transpose("chain", "draw", ...)
+        new = new.assign_coords(chain=[0], draw=np.arange(idx.size))
+        new.attrs = {**ds.attrs, "bayesgmm_reweighted": f"PSIS resampling, k̂ = {k_hat:.2f}"}
+        out[group] = xr.DataTree(new)
+    out.attrs = {**tree.attrs, "bayesgmm_reweighted": 1}
+    return out
