@@ -320,5 +320,8 @@ def reweight(tree: Any, *, rng: Any = None) -> Any:
         new = new.assign_coords(chain=[0], draw=np.arange(idx.size))
         new.attrs = {**ds.attrs, "bayesgmm_reweighted": f"PSIS resampling, k̂ = {k_hat:.2f}"}
         out[group] = xr.DataTree(new)
+    # The per-draw statistics belong to the draws before resampling: only their attrs (the
+    # Pareto k̂ among them) stay.
+    out["sample_stats"] = xr.DataTree(xr.Dataset(attrs=dict(stats.attrs)))
     out.attrs = {**tree.attrs, "bayesgmm_reweighted": 1}
     return out

@@ -16,7 +16,7 @@ import numpy as np
 
 from bayesgmm.bayes import _compiled
 from bayesgmm.bayes.density import evaluate
-from bayesgmm.bayes.diagnostics import diagnose
+from bayesgmm.bayes.diagnostics import diagnose, reweight
 from bayesgmm.bayes.model import (
     Priors,
     _feature_names,
@@ -97,9 +97,11 @@ def fit_bayes(
         "auto", or one of :data:`METHODS`:
 
         * "auto": the cheapest method whose diagnostics pass (:func:`bayesgmm.bayes.diagnose`):
-          the Laplace approximation, and PyMC's NUTS when Laplace fails its check
-          (``sampler_kwargs`` then go to NUTS); ``attrs["bayesgmm_method"]`` is the method
-          used and ``attrs["bayesgmm_method_reason"]`` says why.
+          the Laplace approximation (its draws importance-resampled by
+          :func:`bayesgmm.bayes.reweight`, one chain, when its Pareto k̂ lies in (0.5, 0.7]),
+          and PyMC's NUTS when Laplace fails its check (``sampler_kwargs`` then go to NUTS);
+          ``attrs["bayesgmm_method"]`` is the method used and
+          ``attrs["bayesgmm_method_reason"]`` says why.
         * "laplace": a normal approximation in PyMC's unconstrained space at the posterior
           mode, found from the EM estimate (ours; seconds, not minutes).
         * "pathfinder": multi-path Pathfinder (ours, numpy/scipy): one L-BFGS path per chain
@@ -217,8 +219,17 @@ def fit_bayes(
     else:
         tree = _checked(tree, warn=False)
         if tree.attrs["bayesgmm_diagnostics_passed"]:
+            k_hat = float(tree["sample_stats"].attrs["pareto_k"])
+            if k_hat <= 0.5:
+                tree.attrs["bayesgmm_method_reason"] = (
+                    "auto: the Laplace approximation passed its checks"
+                )
+                return tree
+            # 0.5 < k̂ ≤ 0.7: usable once importance-resampled.
+            tree = reweight(tree, rng=gen)
             tree.attrs["bayesgmm_method_reason"] = (
-                "auto: the Laplace approximation passed its checks"
+                f"auto: the Laplace approximation passed its checks, its draws "
+                f"importance-resampled (Pareto k̂ {k_hat:.2f} in (0.5, 0.7])"
             )
             return tree
         why = "; ".join(diagnose(tree).failures)

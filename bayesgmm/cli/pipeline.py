@@ -242,7 +242,12 @@ def _method_account(post: Any, diagnosis: Any, requested: str) -> str:
     if requested == "auto":
         reason = post.attrs.get("bayesgmm_method_reason", "")
         if diagnosis.method == "laplace":
-            text = f"Method: {used}, the cheapest, because it passed its own check."
+            text = f"Method: {used}, the cheapest, because it passed its own check"
+            text += (
+                " (its draws importance-resampled, as its Pareto k̂ lies in (0.5, 0.7])."
+                if post.attrs.get("bayesgmm_reweighted")
+                else "."
+            )
         else:
             why = reason.split("(", 1)[1].rsplit(")", 1)[0] if "(" in reason else reason
             text = f"Method: {used}, because the Laplace approximation failed its check ({why})."
@@ -263,12 +268,13 @@ def _same_mode(diagnosis: Any) -> str:
     match = "labels_match" not in table.index or bool(table.loc["labels_match", "passed"])
     if table.loc["em_gap", "passed"] and match:
         return (
-            f"EM's estimate and the posterior describe the same mode: the posterior's chains "
-            f"sit within {gap:.1f} posterior sds of it, with the components in EM's order."
+            f"EM's estimate and the posterior describe the same mode: each chain's component "
+            f"means sit within {gap:.2f} of EM's component standard deviations of EM's, with "
+            "the components in EM's order."
         )
     return (
-        f"EM's estimate and the posterior do not describe the same mode: the posterior sits up "
-        f"to {gap:.1f} posterior sds from EM's estimate"
+        f"EM's estimate and the posterior do not describe the same mode: the posterior's "
+        f"component means sit up to {gap:.2f} of EM's component standard deviations from EM's"
         + ("" if match else ", and its components no longer match EM's")
         + "; the table compares two different solutions."
     )
