@@ -1,6 +1,6 @@
 """The core's mixture as a PyMC model (the only package that imports pymc, on first use)."""
 
-from bayesgmm.bayes.diagnostics import Diagnosis, diagnose, reweight
+from bayesgmm.bayes.diagnostics import Diagnosis, diagnose, find_modes, reweight, select_mode
 from bayesgmm.bayes.fit import (
     METHODS,
     PosteriorWarning,
@@ -23,11 +23,13 @@ __all__ = [
     "PosteriorWarning",
     "Priors",
     "diagnose",
+    "find_modes",
     "fit_bayes",
     "marginalize",
     "model_values",
     "recover_z",
     "reweight",
+    "select_mode",
     "to_pymc",
     "z_probabilities",
 ]

@@ -12,6 +12,8 @@ The checks, by method (limits in :data:`LIMITS`):
   transitions that hit the maximum tree depth (under 1%), over the weights, means and
   covariances;
 * SMC: the spread (sd) of the log marginal likelihood across chains (≤ 1 nat);
+* NUTS with several chains: the modes the chains settled in (:func:`find_modes`; one passes),
+  with each mode's share by stacking;
 * every method: how far the posterior sits from the EM estimate it started from: the largest
   distance between a chain's mean of a component's mean and EM's, in the Mahalanobis metric
   of EM's component (its own standard deviations; ≤ 1: a posterior around EM's solution moves
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LIMITS", "Diagnosis", "diagnose", "reweight"]
+__all__ = ["LIMITS", "Diagnosis", "diagnose", "find_modes", "reweight", "select_mode"]
 
 #: The limit of each check (pass: at most, except ess_* and ebfmi: at least).
 LIMITS = {
@@ -41,6 +43,7 @@ LIMITS = {
     "log_ml_sd": 1.0,
     "em_gap": 1.0,
     "labels_match": 1.0,
+    "modes": 1.0,
 }
 _AT_LEAST = {"ess_bulk", "ess_tail", "ebfmi", "labels_match"}
 
@@ -103,6 +106,19 @@ def diagnose(tree: Any) -> Diagnosis:
             _row(rows, "pareto_k", float(k_hat), _pareto_meaning(float(k_hat)))
     elif method in SAMPLERS:
         _sampler_rows(tree, rows)
+        if stats is not None and "n_modes" in stats.attrs:
+            n = int(stats.attrs["n_modes"])
+            shares = ", ".join(f"{v:.2f}" for v in np.ravel(stats.attrs["mode_shares"]))
+            _row(
+                rows,
+                "modes",
+                float(n),
+                "the chains agree on one mode"
+                if n == 1
+                else f"the chains settled in {n} modes (shares by stacking: {shares}): the "
+                "posterior is multimodal, and summaries pooled over chains average across "
+                "modes (bayesgmm.bayes.select_mode takes one)",
+            )
     elif method == "smc" and stats is not None and "log_marginal_likelihood_sd" in stats.attrs:
         sd = float(stats.attrs["log_marginal_likelihood_sd"])
         _row(
@@ -226,6 +242,102 @@ def _sampler_rows(tree: Any, rows: dict[str, dict[str, Any]]) -> None:
                 else ""
             ),
         )
+
+
+def mixture_distance(means_a: np.ndarray, means_b: np.ndarray, covs_a: np.ndarray) -> float:
+    """The largest distance between matched component means of two mixtures (K, D), in the
+    Mahalanobis metric of ``covs_a`` (the first mixture's components' own sds), after
+    matching b's components to a's (:func:`bayesgmm.core.relabel.match_components`)."""
+    from bayesgmm.core.relabel import match_components
+
+    covs_b = np.broadcast_to(covs_a, covs_a.shape)
+    perm = match_components(means_b[None], covs_b[None], means_a, covs_a)[0]
+    diff = means_b[perm] - means_a
+    z = np.linalg.solve(np.linalg.cholesky(covs_a), diff[..., None])[..., 0]
+    return float(np.sqrt((z**2).sum(axis=-1)).max())
+
+
+def find_modes(tree: Any) -> list[list[int]]:
+    """The chains grouped by the mode they settled in: two chains share a mode when their
+    means of the component means lie within one of EM's component standard deviations of each
+    other (the ``em_gap`` metric; components matched), joined transitively. One group when
+    every chain agrees."""
+    post = tree["posterior"]
+    means = post["means"].transpose("chain", "draw", "component", "feature").values.mean(axis=1)
+    covs = tree["em"]["covariances"].values[0, 0]
+    n = means.shape[0]
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if mixture_distance(means[i], means[j], covs) <= LIMITS["em_gap"]:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values())
+
+
+def select_mode(tree: Any, mode: int) -> Any:
+    """The posterior restricted to the chains of one mode (``sample_stats.mode``), every group
+    with a chain dimension cut the same way: a mode's own summaries, never averaged with
+    another's."""
+    stats = tree["sample_stats"]
+    if "mode" not in stats.data_vars:
+        raise ValueError(
+            "tree has no modes (sample_stats.mode): fit_bayes finds them for method='nuts' or "
+            "'nutpie' with chains ≥ 2."
+        )
+    chains = np.flatnonzero(stats["mode"].values == mode)
+    if chains.size == 0:
+        n = int(stats["mode"].values.max()) + 1
+        raise ValueError(f"mode must be one of 0..{n - 1}; got {mode!r}.")
+    out = tree.copy()
+    for name, child in tree.children.items():
+        if "chain" in child.dims and name != "em":
+            out[name] = child.isel(chain=chains)
+    out.attrs = {**tree.attrs, "bayesgmm_mode": int(mode)}
+    return out
+
+
+def label_modes(tree: Any) -> None:
+    """Find the chains' modes (:func:`find_modes`) and write them into ``sample_stats``:
+    ``mode`` (chain), and in the attrs ``n_modes`` and ``mode_shares`` (stacking weights of
+    the modes on their pointwise log-likelihood, Yao et al. 2022; equal to the modes' shares
+    of chains without a ``log_likelihood`` group)."""
+    import warnings
+
+    import xarray as xr
+
+    groups = find_modes(tree)
+    n_chains = int(tree["posterior"].sizes["chain"])
+    mode = np.empty(n_chains, dtype=np.int64)
+    for m, chains in enumerate(groups):
+        mode[chains] = m
+    shares = [len(g) / n_chains for g in groups]
+    if len(groups) > 1 and "log_likelihood" in tree.children:
+        from arviz_stats import compare, loo
+
+        sub = {}
+        for m, chains in enumerate(groups):
+            part = xr.DataTree()
+            for name in ("posterior", "log_likelihood"):
+                part[name] = tree[name].isel(chain=chains)
+            sub[f"mode {m}"] = part
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = compare({name: loo(part) for name, part in sub.items()}, round_to="none")
+        shares = [float(table.loc[f"mode {m}", "weight"]) for m in range(len(groups))]
+    stats = tree["sample_stats"].to_dataset()
+    stats["mode"] = (("chain",), mode)
+    stats.attrs["n_modes"] = len(groups)
+    stats.attrs["mode_shares"] = shares
+    tree["sample_stats"] = xr.DataTree(stats)
 
 
 def _em_rows(tree: Any, rows: dict[str, dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from bayesgmm.bayes import _compiled
 from bayesgmm.bayes.density import evaluate
-from bayesgmm.bayes.diagnostics import diagnose, reweight
+from bayesgmm.bayes.diagnostics import diagnose, label_modes, reweight
 from bayesgmm.bayes.model import (
     Priors,
     _feature_names,
@@ -85,6 +85,7 @@ def fit_bayes(
     chains: int = 4,
     rng: Any = None,
     progressbar: bool = False,
+    starts: int = 1,
     **sampler_kwargs: Any,
 ) -> Any:
     """The posterior of the Gaussian mixture on ``X`` (the model of :func:`to_pymc`).
@@ -129,6 +130,16 @@ def fit_bayes(
         The EM estimate the chains (or the mode search) start from; by default ``fit_em`` with
         5 starts (MAP-EM under ``priors`` when it is a :class:`bayesgmm.ConjugatePrior`).
         Starting elsewhere lets chains settle in merged-cluster modes.
+    starts : int, default 1
+        For "nuts" and "nutpie" ("auto" then goes straight to NUTS): start the chains, in turn,
+        from this many distinct EM optima: ``init`` (or EM's best) and the best others that
+        single EM runs from k-means++ and random starts converge to (distinct: a component
+        mean moved by more than one of its standard deviations). Needs ``chains ≥ starts``.
+        With several chains the modes they settle in are found whatever ``starts`` is
+        (:func:`bayesgmm.bayes.find_modes`): ``sample_stats.mode`` (chain), the attrs
+        ``n_modes`` and ``mode_shares`` (stacking weights), a ``modes`` row in
+        :func:`bayesgmm.bayes.diagnose`, and :func:`bayesgmm.bayes.select_mode` for one mode's
+        chains; ``attrs["bayesgmm_starts"]`` is the number of optima found.
     identify : {"ordered", "relabel", None}, default "ordered"
         "ordered": the model orders the components (:func:`to_pymc`). "relabel": the model
         leaves them free and each draw is relabelled to the EM estimate afterwards (scipy's
@@ -204,8 +215,25 @@ def fit_bayes(
     )
     if method == "laplace" and sampler_kwargs:
         raise TypeError(f"method='laplace' takes no options; got {sorted(sampler_kwargs)}.")
+    if isinstance(starts, bool) or not isinstance(starts, int) or starts < 1:
+        raise ValueError(f"starts must be a positive integer; got {starts!r}.")
+    if starts > 1:
+        if method not in ("nuts", "nutpie", "auto"):
+            raise ValueError(
+                f"starts={starts} starts chains from several EM optima, for method='nuts', "
+                f"'nutpie' or 'auto'; got method={method!r}."
+            )
+        if chains < starts:
+            raise ValueError(
+                f"starts={starts} needs at least as many chains; got chains={chains}. Pass "
+                f"chains={starts} or more."
+            )
+        method = "nuts" if method == "auto" else method
     start = _em_start(arr, k, covariance_type, init, gen, priors)
-    job = _Job(arr, names, k, covariance_type, priors, identify, explicit_z, log_likelihood, start)
+    optima = _em_optima(arr, k, covariance_type, start, starts, gen, priors)
+    job = _Job(
+        arr, names, k, covariance_type, priors, identify, explicit_z, log_likelihood, start, optima
+    )
     run = _Run(draws, tune, chains, 0, progressbar, sampler_kwargs)
     if method != "auto":
         tree = _draw(job, method, run, gen)
@@ -256,6 +284,50 @@ class _Job:
     explicit_z: bool
     log_likelihood: bool
     start: GaussianMixture
+    optima: tuple[GaussianMixture, ...]
+
+
+def _em_optima(
+    arr: np.ndarray,
+    k: int,
+    covariance_type: str,
+    best: GaussianMixture,
+    n: int,
+    gen: np.random.Generator,
+    priors: Any,
+) -> tuple[GaussianMixture, ...]:
+    """``best`` and up to n − 1 other distinct EM optima, the highest log-likelihoods first:
+    single EM runs from k-means++ and random starts (4 per optimum wanted), kept when they
+    converge without degenerating and every component mean of the matched mixtures is more
+    than one component sd away from those already kept."""
+    from bayesgmm.bayes.diagnostics import mixture_distance
+
+    if n == 1:
+        return (best,)
+    prior = priors if isinstance(priors, ConjugatePrior) else None
+    found = []
+    for i in range(4 * n):
+        res = fit_em(
+            arr,
+            k,
+            covariance_type=covariance_type,
+            init="kmeans++" if i % 2 == 0 else "random",
+            rng=gen,
+            prior=prior,
+        )
+        if res.converged and not res.degenerate:
+            found.append(res)
+    kept = [best]
+    for res in sorted(found, key=lambda r: -r.loglik):
+        if len(kept) == n:
+            break
+        if all(
+            mixture_distance(m.means, res.model.means, m.covariances) > 1.0
+            and mixture_distance(res.model.means, m.means, res.model.covariances) > 1.0
+            for m in kept
+        ):
+            kept.append(res.model)
+    return tuple(kept)
 
 
 def _checked(tree: Any, warn: bool) -> Any:
@@ -316,19 +388,18 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
         # samplers keep theta only; the mixture comes from it as for Laplace. With
         # explicit_z the sampled model is the marginal one either way (:func:`marginalize`).
         flat = _Flat(param, consts, arr, k, start, coords)
-        starts = [
-            _jitter(
-                {"theta": mixture_theta(param, consts, _permuted(start, order))}
-                if order is not None
-                else {"theta": flat.x0},
-                gen,
-            )
-            for order in (
-                [None] * chains
-                if model_identify == "ordered"
-                else _distinct_permutations(k, chains, gen)
-            )
-        ]
+        orders = (
+            [None] * chains
+            if model_identify == "ordered"
+            else _distinct_permutations(k, chains, gen)
+        )
+        starts = []
+        for c, order in enumerate(orders):
+            # Chain c from EM optimum c mod (number of optima); the first is the best.
+            optimum = job.optima[c % len(job.optima)]
+            if order is not None:
+                optimum = _permuted(optimum, order)
+            starts.append(_jitter({"theta": mixture_theta(param, consts, optimum)}, gen))
         # One fit at a time on a cached model (its data are shared state).
         with _compiled.LOCK:
             entry = _compiled.model_for(param, consts, arr, k, covariance_type, priors)
@@ -377,6 +448,9 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
         perms, order = _sort_permutations(tree["posterior"]["means"].values, start, consts)
         tree["posterior"] = _permute(tree["posterior"].to_dataset(), perms, "the ordering axis")
     tree["em"] = _em_group(start, tree, order)
+    if method in ("nuts", "nutpie") and chains > 1:
+        label_modes(tree)
+    tree.attrs["bayesgmm_starts"] = len(job.optima)
     if job.explicit_z:
         recover_z(tree, rng=gen)
     tree.attrs["bayesgmm_method"] = method

@@ -69,7 +69,7 @@ def run_analysis(
 ) -> tuple[Report, dict[str, Any]]:
     """Run the pipeline on the DataFrame ``X``; return the report and the objects behind it."""
     import bayesgmm as bg
-    from bayesgmm.bayes import diagnose
+    from bayesgmm.bayes import diagnose, select_mode
     from bayesgmm.compare import plots
 
     report = Report(title)
@@ -153,6 +153,20 @@ def run_analysis(
 
     diagnosis = diagnose(post)
     used = diagnosis.method
+    modes_note = ""
+    stats = post["sample_stats"] if "sample_stats" in post.children else None
+    if stats is not None and int(stats.attrs.get("n_modes", 1)) > 1:
+        # Never average across modes: the table below is the mode of the chains started at
+        # EM's estimate (chain 0's), and the report says what the others hold.
+        shares = np.ravel(stats.attrs["mode_shares"])
+        first = int(stats["mode"].values[0])
+        modes_note = (
+            f"The chains settled in {len(shares)} modes (shares by stacking: "
+            + ", ".join(f"{v:.2f}" for v in shares)
+            + f"); the table and the forest plot show mode {first}, the one of the chain "
+            f"started at EM's estimate (share {shares[first]:.2f}), not an average over modes."
+        )
+        post = select_mode(post, first)
     report.heading(f"EM against the posterior ({structure}, K = {k})")
     report.paragraph(
         f"Posterior by {_METHOD_NAMES.get(used, used)} ({settings.chains} × {settings.draws} "
@@ -161,6 +175,8 @@ def run_analysis(
     )
     report.paragraph(_method_account(post, diagnosis, settings.method))
     report.table(diagnosis.table, digits=3)
+    if modes_note:
+        report.paragraph(modes_note)
     if not diagnosis.passed:
         report.paragraph(
             "Warning: this posterior failed its own diagnostics (the rows marked False above), "
@@ -340,6 +356,11 @@ def _reading(
     same = _same_mode(diagnosis)
     if same:
         lines.append(same)
+    if "modes" in diagnosis.table.index and not diagnosis.table.loc["modes", "passed"]:
+        lines.append(
+            "The posterior has several modes (its chains disagree; see above): the intervals "
+            "describe one of them, and the others are solutions the data also support."
+        )
     oks = cmp.table["posterior_ok"] if "posterior_ok" in cmp.table else {}
     rough = [int(kk) for kk, ok in oks.items() if isinstance(ok, bool | np.bool_) and not ok]
     if rough:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bayesgmm as bg
-from bayesgmm.bayes import diagnose, reweight
+from bayesgmm.bayes import diagnose, reweight, select_mode
 from bayesgmm.core.model import GaussianMixture
 
 
@@ -173,3 +173,39 @@ def test_auto_importance_resamples_a_borderline_laplace():
     assert "importance-resampled" in tree.attrs["bayesgmm_method_reason"]
     assert tree["posterior"].sizes["chain"] == 1
     assert diagnose(tree).passed
+
+
+def test_chains_from_two_em_optima_are_reported_as_two_modes():
+    # Three equal, separated clusters (−6, 0, 6) fitted with K = 2: merging the left pair or
+    # the right pair are two EM optima of about the same likelihood, far apart, between which
+    # NUTS cannot move. Chains started from both must be reported as two modes, never pooled
+    # silently.
+    rng = np.random.default_rng(1)
+    X = np.concatenate([c + rng.normal(size=60) for c in (-6.0, 0.0, 6.0)])[:, None]
+    with pytest.warns(bg.PosteriorWarning, match="settled in 2 modes"):
+        tree = bg.fit_bayes(X, 2, covariance_type="V", method="nuts", starts=2, chains=4,
+                            draws=200, tune=200, rng=0)  # fmt: skip
+    assert tree.attrs["bayesgmm_starts"] == 2
+    stats = tree["sample_stats"]
+    assert stats.attrs["n_modes"] == 2
+    np.testing.assert_array_equal(stats["mode"].values, [0, 1, 0, 1])
+    shares = np.asarray(stats.attrs["mode_shares"])
+    assert shares.shape == (2,) and abs(shares.sum() - 1) < 1e-9
+    table = diagnose(tree).table
+    assert not table.loc["modes", "passed"] and not table.loc["rhat", "passed"]
+    one = select_mode(tree, 1)
+    assert one["posterior"].sizes["chain"] == 2
+    assert one["log_likelihood"]["x"].sizes["chain"] == 2
+    # Within one mode the chains agree.
+    means = one["posterior"]["means"].mean("draw").values
+    assert np.abs(means[0] - means[1]).max() < 1.0
+
+
+def test_starts_is_checked_before_any_fitting():
+    X = np.random.default_rng(0).normal(size=(30, 1))
+    with pytest.raises(ValueError, match="starts=2 needs at least as many chains"):
+        bg.fit_bayes(X, 2, covariance_type="V", method="nuts", starts=2, chains=1)
+    with pytest.raises(ValueError, match="for method='nuts', 'nutpie' or 'auto'"):
+        bg.fit_bayes(X, 2, covariance_type="V", method="laplace", starts=2)
+    with pytest.raises(ValueError, match="starts must be a positive integer"):
+        bg.fit_bayes(X, 2, covariance_type="V", starts=0)
