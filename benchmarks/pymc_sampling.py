@@ -32,6 +32,7 @@ runs reuse it); run twice and read the second.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -123,6 +124,9 @@ def run_pymc(model: Any, draws: int, tune: int, chains: int, seed: int, **kw: An
         progressbar=False,
         compute_convergence_checks=False,
         nuts_sampler="pymc",  # PyMC would pick nutpie by itself when it is installed
+        # One process per chain up to the CPUs, as fit_bayes runs its chains (PyMC's own
+        # default counts half the CPUs: one process on a 2-CPU machine).
+        cores=max(1, min(chains, os.cpu_count() or 1)),
         **kw,
     )
     total = time.perf_counter() - t0

@@ -1,6 +1,13 @@
 """The core's mixture as a PyMC model (the only package that imports pymc, on first use)."""
 
-from bayesgmm.bayes.diagnostics import Diagnosis, diagnose, find_modes, reweight, select_mode
+from bayesgmm.bayes.diagnostics import (
+    Diagnosis,
+    diagnose,
+    find_modes,
+    prior_sensitivity,
+    reweight,
+    select_mode,
+)
 from bayesgmm.bayes.fit import (
     METHODS,
     PosteriorWarning,
@@ -27,6 +34,7 @@ __all__ = [
     "fit_bayes",
     "marginalize",
     "model_values",
+    "prior_sensitivity",
     "recover_z",
     "reweight",
     "select_mode",

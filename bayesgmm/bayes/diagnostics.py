@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LIMITS", "Diagnosis", "diagnose", "find_modes", "reweight", "select_mode"]
+__all__ = [
+    "LIMITS",
+    "Diagnosis",
+    "diagnose",
+    "find_modes",
+    "prior_sensitivity",
+    "reweight",
+    "select_mode",
+]
 
 #: The limit of each check (pass: at most, except ess_* and ebfmi: at least).
 LIMITS = {
@@ -422,7 +430,7 @@ def reweight(tree: Any, *, rng: Any = None) -> Any:
     gen = as_rng(rng)
     idx = checked[gen.choice(checked.size, size=checked.size, replace=True, p=w / w.sum())]
     out = tree.copy()
-    for group in ("posterior", "log_likelihood"):
+    for group in ("posterior", "log_likelihood", "log_prior"):
         if group not in tree.children:
             continue
         ds = tree[group].to_dataset()
@@ -436,4 +444,65 @@ def reweight(tree: Any, *, rng: Any = None) -> Any:
     # Pareto k̂ among them) stay.
     out["sample_stats"] = xr.DataTree(xr.Dataset(attrs=dict(stats.attrs)))
     out.attrs = {**tree.attrs, "bayesgmm_reweighted": 1}
+    return out
+
+
+def prior_sensitivity(tree: Any) -> Any:
+    """Power-scaling sensitivity of the posterior to the prior and to the likelihood
+    (Kallioinen et al. 2023; ``arviz_stats.psense_summary``), one row per parameter family
+    (weights, means, covariances): the largest sensitivity over the family's entries, and
+    the diagnosis ("prior-data conflict", "strong prior / weak likelihood", or "✓") of its
+    worst entry. The prior scaled is the one stated on theta, Jacobians included (the
+    ``log_prior`` group that :func:`bayesgmm.fit_bayes` writes with the log-likelihood).
+    Sensitivities above 0.05 are flagged, as arviz-stats does."""
+    import warnings
+
+    import pandas as pd
+    from arviz_stats import psense_summary
+
+    if "log_prior" not in tree.children or "log_likelihood" not in tree.children:
+        raise ValueError(
+            "tree has no log_prior or log_likelihood group: draw the posterior with "
+            "fit_bayes(..., log_likelihood=True) (the default)."
+        )
+    import xarray as xr
+
+    names = [n for n in ("weights", "means", "covariances") if n in tree["posterior"].data_vars]
+    # psense_summary stacks its two results along a dimension it calls "component": ours is
+    # renamed in a light copy of the three groups it reads.
+    light = xr.DataTree()
+    light["posterior"] = xr.DataTree(
+        tree["posterior"].to_dataset()[names].rename({"component": "k"})
+    )
+    light["log_prior"] = tree["log_prior"]
+    light["log_likelihood"] = tree["log_likelihood"]
+    import logging
+
+    log = logging.getLogger("arviz_stats.psense")  # it logs a pointer to its docs
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            table = psense_summary(light, var_names=names, round_to=6)
+    finally:
+        log.setLevel(level)
+    rows = {}
+    for name in names:
+        part = table[[str(i).split("[")[0] == name for i in table.index]]
+        # Constant entries (one component's weight, a diagonal's zero covariances) have none.
+        part = part[np.isfinite(part["prior"].astype(float))]
+        if part.empty:
+            continue
+        worst = part["prior"].astype(float).idxmax()
+        flagged = part[part["diagnosis"] != "✓"]
+        rows[name] = {
+            "prior": float(part["prior"].astype(float).max()),
+            "likelihood": float(part["likelihood"].astype(float).max()),
+            "diagnosis": str(flagged["diagnosis"].iloc[0]) if len(flagged) else "✓",
+            "most_sensitive": str(worst),
+            "n_flagged": len(flagged),
+        }
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "family"
     return out

@@ -111,10 +111,12 @@ def fit_bayes(
           ``pathfinder`` group). Options: ``history`` (20), ``elbo_draws`` (25), ``maxiter``
           (1000), ``jitter`` (0.5: the paths start at the EM point plus normal noise of this
           sd in the unconstrained space, so that each path gathers curvature on its way).
-        * "nuts": PyMC's NUTS, each chain started at the EM estimate (1% jitter), the mass
-          matrix adapted from ones as PyMC's ``init="adapt_diag"``; ``sampler_kwargs`` go to
-          ``pymc.sample``, except the NUTS settings ``target_accept``, ``max_treedepth``,
-          ``step_scale`` and ``early_max_treedepth``, which go to ``pymc.NUTS``.
+        * "nuts": PyMC's NUTS, each chain started at the EM estimate (1% jitter), the
+          diagonal mass matrix adapted from the inverse Hessian's diagonal at that estimate
+          (PyMC's ``init="adapt_diag"`` starts from ones), the chains in parallel processes,
+          one per CPU (``cores``); ``sampler_kwargs`` go to ``pymc.sample``, except the NUTS
+          settings ``target_accept``, ``max_treedepth``, ``step_scale`` and
+          ``early_max_treedepth``, which go to ``pymc.NUTS``.
         * "nutpie": nutpie's NUTS (optional dependency ``bayesgmm[nutpie]``), the same
           starts; ``sampler_kwargs`` go to ``nutpie.sample`` (``backend`` and
           ``gradient_backend`` to ``nutpie.compile_pymc_model``).
@@ -153,7 +155,8 @@ def fit_bayes(
         p(z | x, θ) at every draw) and ``lp_z`` (log p(z_n = k | x_n, θ) per draw).
     log_likelihood : bool, default True
         Store the pointwise log-likelihood (for LOO): chains × draws × n_obs floats, 640 MB for
-        4 × 1000 draws of 20,000 rows. False leaves the group out.
+        4 × 1000 draws of 20,000 rows, and the log prior of each draw (``log_prior``, for
+        :func:`bayesgmm.bayes.prior_sensitivity`). False leaves both groups out.
     draws, tune, chains : int
         Draws per chain (and, for the NUTS samplers, tuning steps); the approximations give
         ``chains × draws`` draws arranged the same way.
@@ -168,7 +171,8 @@ def fit_bayes(
     xarray.DataTree
         Groups ``posterior`` (weights, means, covariances and the parametrisation's variables,
         dims chain, draw, component, feature, feature_bis), ``log_likelihood`` (``x`` per
-        observation, for LOO; unless ``log_likelihood=False``), ``observed_data``,
+        observation, for LOO) and ``log_prior`` (``theta`` per draw) unless
+        ``log_likelihood=False``, ``observed_data``,
         ``sample_stats`` (the method's), and ``em`` (the EM estimate, one chain of one draw,
         with the posterior's names and dims, and its responsibilities (obs, component), in the
         posterior's component order).
@@ -406,7 +410,7 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
             run = dataclasses.replace(run, seed=seed, options=sampler_kwargs)
             try:
                 if method == "nuts":
-                    sampled = _pymc_nuts(entry, starts, run)
+                    sampled = _pymc_nuts(entry, starts, run, _start_variances(flat))
                 elif method == "nutpie":
                     sampled = _nutpie(entry, starts, run)
                 elif method in ("advi", "fullrank_advi"):
@@ -432,6 +436,13 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
     )
     if job.log_likelihood:
         tree["log_likelihood"] = _pointwise_log_likelihood(tree, arr)
+        # The log prior of each draw (Jacobians included: the prior as stated on theta), for
+        # the power-scaling sensitivity of bayesgmm.bayes.prior_sensitivity: the log density
+        # less the log-likelihood.
+        theta = flat.draws.reshape(-1, flat.draws.shape[-1])
+        loglik = tree["log_likelihood"]["x"].transpose("chain", "draw", "obs").values.sum(-1)
+        log_prior = flat.logp(theta).reshape(loglik.shape) - loglik
+        tree["log_prior"] = _group({"theta": (("chain", "draw"), log_prior)})
     order = param_order(param, consts, start) if model_identify == "ordered" else None
     if identify == "relabel":
         post = tree["posterior"]
@@ -522,12 +533,41 @@ class _Run:
     options: dict[str, Any]
 
 
-def _pymc_nuts(entry: _compiled.Entry, starts: list[dict[str, np.ndarray]], run: _Run) -> Any:
+def _start_variances(flat: _Flat) -> np.ndarray:
+    """The diagonal of the inverse negative Hessian at the EM start (central differences of
+    the numpy gradient, 2P evaluations): NUTS's first mass matrix, so that its short first
+    adaptation windows do not start from unit scales (measured on Old Faithful, EEE, K = 2,
+    100 tuning steps: from ones, 136 leapfrog steps per draw). Ones where the Hessian there is
+    not positive definite."""
+    x0 = flat.x0
+    n = x0.size
+    hess = np.empty((n, n))
+    for i in range(n):
+        step = 1e-5 * max(1.0, abs(x0[i]))
+        e = np.zeros(n)
+        e[i] = step
+        hess[i] = (flat.negative(x0 + e)[1] - flat.negative(x0 - e)[1]) / (2 * step)
+    hess = 0.5 * (hess + hess.T)
+    try:
+        np.linalg.cholesky(hess)
+        var = np.diag(np.linalg.inv(hess)).copy()
+    except np.linalg.LinAlgError:
+        return np.ones(n)
+    ok = np.isfinite(var) & (var > 0)
+    return np.where(ok, var, 1.0)
+
+
+def _pymc_nuts(
+    entry: _compiled.Entry,
+    starts: list[dict[str, np.ndarray]],
+    run: _Run,
+    variances: np.ndarray | None = None,
+) -> Any:
     """PyMC's NUTS on the cached model, its log density and gradient compiled once per model
-    (and kept); a fresh step each call, its diagonal mass matrix adapted from ones at the
-    starts' mean as PyMC's ``init="adapt_diag"`` does (PyMC's default "jitter+adapt_diag"
-    would also move every start by up to ±1 in the unconstrained space: a factor e on every
-    scale)."""
+    (and kept); a fresh step each call, its diagonal mass matrix adapted from ``variances``
+    (:func:`_start_variances`; ones without them, as PyMC's ``init="adapt_diag"``) at the
+    starts' mean (PyMC's default "jitter+adapt_diag" would also move every start by up to ±1
+    in the unconstrained space: a factor e on every scale)."""
     import pymc as pm
     from pymc.step_methods.hmc.quadpotential import QuadPotentialDiagAdapt
 
@@ -548,7 +588,8 @@ def _pymc_nuts(entry: _compiled.Entry, starts: list[dict[str, np.ndarray]], run:
         if name in run.options
     }
     mean = np.mean([s["theta"] for s in starts], axis=0)
-    potential = QuadPotentialDiagAdapt(mean.size, mean, np.ones_like(mean), 10, rng=run.seed)
+    var = np.ones_like(mean) if variances is None else variances
+    potential = QuadPotentialDiagAdapt(mean.size, mean, var, 10, rng=run.seed)
     step = pm.NUTS(model=model, potential=potential, logp_dlogp_func=func, **step_options)
     # bayesgmm.bayes.diagnose checks the draws (PyMC's own checks cost 2.5 s on faithful).
     run.options.setdefault("compute_convergence_checks", False)
@@ -687,6 +728,7 @@ class _Flat:
         """A DataTree of unconstrained ``draws`` (chains, draws, n) mapped to the mixture's
         weights, means and covariances, with the given ``sample_stats``."""
         # All draws in one call (no rows: only the map to the mixture is wanted).
+        self.draws = draws  # kept for the log prior of each draw (fit_bayes)
         out = evaluate(self.param, draws, self.k, self.X[:0], self.consts, grad=False)
         posterior = {name: out[name] for name in _DIMS}
         return _posterior_tree(posterior, library, self.coords, sample_stats)

@@ -177,6 +177,13 @@ def run_analysis(
     report.table(diagnosis.table, digits=3)
     if modes_note:
         report.paragraph(modes_note)
+    sensitivity = _prior_sensitivity(post)
+    if sensitivity is not None:
+        report.paragraph(
+            "Prior sensitivity: power-scaling the prior and the likelihood (Kallioinen et al. "
+            "2023), the largest sensitivity per parameter family; above 0.05 is flagged."
+        )
+        report.table(sensitivity, digits=3)
     if not diagnosis.passed:
         report.paragraph(
             "Warning: this posterior failed its own diagnostics (the rows marked False above), "
@@ -201,7 +208,9 @@ def run_analysis(
         report.items(cmp.notes, css="notes")
 
     report.heading("Reading")
-    report.reading(_reading(sel, chosen, structure, k, cmp, table, settings, diagnosis))
+    report.reading(
+        _reading(sel, chosen, structure, k, cmp, table, settings, diagnosis, sensitivity)
+    )
     report.settings(
         {
             "K": list(settings.ks),
@@ -274,6 +283,17 @@ def _method_account(post: Any, diagnosis: Any, requested: str) -> str:
     return text + " Its diagnostics did not all pass: " + "; ".join(diagnosis.failures) + "."
 
 
+def _prior_sensitivity(post: Any) -> Any:
+    """``bayesgmm.bayes.prior_sensitivity`` of the posterior, or None where it cannot be
+    computed (no log-likelihood group)."""
+    from bayesgmm.bayes import prior_sensitivity
+
+    try:
+        return prior_sensitivity(post)
+    except ValueError:
+        return None
+
+
 def _same_mode(diagnosis: Any) -> str:
     """Whether EM's estimate and the posterior describe the same mode, from the em_gap and
     labels_match checks."""
@@ -305,6 +325,7 @@ def _reading(
     table: Any,
     settings: Settings,
     diagnosis: Any,
+    sensitivity: Any = None,
 ) -> list[str]:
     """A short account in words of what the numbers say."""
     lines = []
@@ -361,6 +382,23 @@ def _reading(
             "The posterior has several modes (its chains disagree; see above): the intervals "
             "describe one of them, and the others are solutions the data also support."
         )
+    if sensitivity is not None and len(sensitivity):
+        flagged = sensitivity[sensitivity["diagnosis"] != "✓"]
+        if flagged.empty:
+            lines.append(
+                "No parameter family is sensitive to the prior (power-scaling sensitivity at "
+                f"most {sensitivity['prior'].max():.3f}): the data, not the prior, decide."
+            )
+        else:
+            lines.append(
+                "Prior sensitivity: "
+                + "; ".join(
+                    f"{name}: {row['diagnosis']} (prior sensitivity {row['prior']:.3f}, "
+                    f"most at {row['most_sensitive']})"
+                    for name, row in flagged.iterrows()
+                )
+                + ". There the prior shapes the posterior, and a different prior would move it."
+            )
     oks = cmp.table["posterior_ok"] if "posterior_ok" in cmp.table else {}
     rough = [int(kk) for kk, ok in oks.items() if isinstance(ok, bool | np.bool_) and not ok]
     if rough:
