@@ -398,8 +398,9 @@ def _em_rows(tree: Any, rows: dict[str, dict[str, Any]]) -> None:
 
 def reweight(tree: Any, *, rng: Any = None) -> Any:
     """Importance-resampled draws of an approximation whose check is borderline
-    (0.5 < k̂ ≤ 0.7): the draws that were checked, resampled with their Pareto-smoothed
-    weights (``sample_stats.log_weight``), as one chain; the log-likelihood group follows.
+    (0.5 < k̂ ≤ 0.7): its draws, resampled with their Pareto-smoothed weights
+    (``sample_stats.log_weight``), as one chain; the log-likelihood and log-prior groups
+    follow.
 
     Raises
     ------

@@ -427,22 +427,24 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
                 tree[name] = sampled[name]
         if method in ("advi", "fullrank_advi"):
             opt = sampled["optimization"]
-            _check_normal(tree, flat, theta, opt["q_mean"].values, opt["q_chol"].values)
+            flat.log_correction = _normal_correction(
+                theta, opt["q_mean"].values, opt["q_chol"].values
+            )
     seconds = time.perf_counter() - t0
     # The same observed_data group whatever the method (nutpie's lacks the coordinates).
     tree["observed_data"] = _group(
         {"x": (("obs", "feature"), arr)},
         coords={"obs": np.arange(arr.shape[0]), "feature": coords["feature"]},
     )
+    loglik = None
     if job.log_likelihood:
         tree["log_likelihood"] = _pointwise_log_likelihood(tree, arr)
-        # The log prior of each draw (Jacobians included: the prior as stated on theta), for
-        # the power-scaling sensitivity of bayesgmm.bayes.prior_sensitivity: the log density
-        # less the log-likelihood.
-        theta = flat.draws.reshape(-1, flat.draws.shape[-1])
         loglik = tree["log_likelihood"]["x"].transpose("chain", "draw", "obs").values.sum(-1)
-        log_prior = flat.logp(theta).reshape(loglik.shape) - loglik
-        tree["log_prior"] = _group({"theta": (("chain", "draw"), log_prior)})
+        # The log prior of each draw (Jacobians included: the prior as stated on theta), for
+        # the power-scaling sensitivity of bayesgmm.bayes.prior_sensitivity.
+        tree["log_prior"] = _group({"theta": (("chain", "draw"), flat.log_prior)})
+    if flat.log_correction is not None:  # an approximation: its PSIS check
+        _check(tree, flat, loglik)
     order = param_order(param, consts, start) if model_identify == "ordered" else None
     if identify == "relabel":
         post = tree["posterior"]
@@ -539,15 +541,10 @@ def _start_variances(flat: _Flat) -> np.ndarray:
     adaptation windows do not start from unit scales (measured on Old Faithful, EEE, K = 2,
     100 tuning steps: from ones, 136 leapfrog steps per draw). Ones where the Hessian there is
     not positive definite."""
-    x0 = flat.x0
-    n = x0.size
-    hess = np.empty((n, n))
-    for i in range(n):
-        step = 1e-5 * max(1.0, abs(x0[i]))
-        e = np.zeros(n)
-        e[i] = step
-        hess[i] = (flat.negative(x0 + e)[1] - flat.negative(x0 - e)[1]) / (2 * step)
-    hess = 0.5 * (hess + hess.T)
+    from bayesgmm.bayes.laplace import negative_hessian
+
+    n = flat.x0.size
+    hess = negative_hessian(flat.negative, flat.x0)
     try:
         np.linalg.cholesky(hess)
         var = np.diag(np.linalg.inv(hess)).copy()
@@ -689,6 +686,11 @@ class _Flat:
         self.param, self.consts, self.X, self.k, self.coords = param, consts, X, k, coords
         self.x0 = mixture_theta(param, consts, start)
         self._cache: dict[bytes, tuple[float, np.ndarray]] = {}
+        # Set by tree(): the draws and their log prior; by a normal approximation: the terms
+        # its PSIS check adds to the log density of each draw.
+        self.draws: np.ndarray = np.zeros((0, 0, self.x0.size))
+        self.log_prior: np.ndarray = np.zeros((0, 0))
+        self.log_correction: np.ndarray | None = None
 
     def logp_dlogp(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
         """log density and gradient, remembered (an optimiser asks for the same point twice)."""
@@ -727,9 +729,11 @@ class _Flat:
     ) -> Any:
         """A DataTree of unconstrained ``draws`` (chains, draws, n) mapped to the mixture's
         weights, means and covariances, with the given ``sample_stats``."""
-        # All draws in one call (no rows: only the map to the mixture is wanted).
-        self.draws = draws  # kept for the log prior of each draw (fit_bayes)
+        # All draws in one call (no rows: only the map to the mixture is wanted, and the log
+        # density of no rows is the log prior, kept with the draws for fit_bayes).
+        self.draws = draws
         out = evaluate(self.param, draws, self.k, self.X[:0], self.consts, grad=False)
+        self.log_prior = np.asarray(out["logp"]).reshape(draws.shape[:-1])
         posterior = {name: out[name] for name in _DIMS}
         return _posterior_tree(posterior, library, self.coords, sample_stats)
 
@@ -767,31 +771,42 @@ def _laplace(flat: _Flat, draws: int, chains: int, gen: np.random.Generator) -> 
     """Normal approximation at the posterior mode, its covariance the inverse of the negative
     Hessian (central differences of the gradient), in the coordinates of
     :mod:`bayesgmm.bayes.laplace` (the orientations' triangular factors drawn from their exact
-    posterior, which is their prior); draws mapped back through the transforms. Checked by
-    PSIS over (at most) 4000 draws: ``sample_stats.attrs["pareto_k"]``, and the smoothed log
-    importance weights ``sample_stats["log_weight"]`` (NaN beyond the checked draws) for
-    :func:`bayesgmm.bayes.reweight`."""
+    posterior, which is their prior); draws mapped back through the transforms. Its PSIS
+    check (:func:`_check`) runs in fit_bayes once the log-likelihood of the draws is known."""
     from bayesgmm.bayes.laplace import laplace_draws
 
-    out = laplace_draws(flat, chains * draws, gen, n_check=N_CHECK)
+    out = laplace_draws(flat, chains * draws, gen)
     theta = out["theta"].reshape(chains, draws, -1)
-    log_w = np.full(chains * draws, np.nan)
-    log_w[: out["log_weight"].size] = out["log_weight"]
     tree = flat.tree(
         theta,
-        {
-            "mode_lp": np.full((chains, draws), out["mode_lp"]),
-            "log_weight": log_w.reshape(chains, draws),
-        },
+        {"mode_lp": np.full((chains, draws), out["mode_lp"])},
         "bayesgmm (Laplace at the posterior mode)",
     )
-    tree["sample_stats"].attrs["pareto_k"] = out["pareto_k"]
-    tree["sample_stats"].attrs["pareto_k_draws"] = int(out["log_weight"].size)
+    flat.log_correction = out["log_correction"].reshape(chains, draws)
     return tree
 
 
-#: Draws of an approximation checked by PSIS (the log density of each is computed).
-N_CHECK = 4000
+def _check(tree: Any, flat: _Flat, loglik: np.ndarray | None) -> None:
+    """PSIS's check of a normal approximation from its draws: the log importance ratios are
+    the log density of each draw (its log prior from :meth:`_Flat.tree` plus ``loglik``, the
+    summed log-likelihood (chain, draw), or computed afresh without it) plus the
+    approximation's ``flat.log_correction`` (−log q, and the chart's terms). Writes
+    ``sample_stats.attrs["pareto_k"]`` and the smoothed log weights ``sample_stats.log_weight``
+    (for :func:`bayesgmm.bayes.reweight`)."""
+    import xarray as xr
+
+    correction = flat.log_correction
+    assert correction is not None  # set by the approximation
+    if loglik is None:
+        logp = flat.logp(flat.draws.reshape(-1, flat.draws.shape[-1])).reshape(correction.shape)
+    else:
+        logp = flat.log_prior + loglik
+    log_w, k_hat = _psis((logp + correction).ravel())
+    stats = tree["sample_stats"].to_dataset() if "sample_stats" in tree.children else None
+    stats = xr.Dataset() if stats is None else stats
+    stats["log_weight"] = (("chain", "draw"), log_w.reshape(correction.shape))
+    stats.attrs["pareto_k"] = k_hat
+    tree["sample_stats"] = xr.DataTree(stats)
 
 
 def _psis(log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
@@ -992,25 +1007,14 @@ def _advi(entry: _compiled.Entry, values: dict[str, np.ndarray], method: str, ru
     return tree
 
 
-def _check_normal(
-    tree: Any, flat: _Flat, theta: np.ndarray, mean: np.ndarray, chol: np.ndarray
-) -> None:
-    """PSIS's check of a normal approximation N(mean, chol cholᵀ) of theta from its draws
-    (the first N_CHECK): ``sample_stats.attrs["pareto_k"]`` and ``sample_stats.log_weight``
-    (NaN beyond the checked draws), as the Laplace approximation stores them."""
+def _normal_correction(theta: np.ndarray, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    """−log q of each draw (chain, draw) of the normal N(mean, chol cholᵀ): what
+    :func:`_check` adds to the log density."""
     from scipy.linalg import solve_triangular
 
-    shape = theta.shape[:2]
     draws = theta.reshape(-1, theta.shape[-1])
-    m = min(draws.shape[0], N_CHECK)
-    z = solve_triangular(chol, (draws[:m] - mean).T, lower=True).T
-    log_w, k_hat = _psis(flat.logp(draws[:m]) - _normal_logq(z, chol))
-    full = np.full(draws.shape[0], np.nan)
-    full[:m] = log_w
-    tree["sample_stats"] = _group(
-        {"log_weight": (("chain", "draw"), full.reshape(shape))},
-        {"pareto_k": k_hat, "pareto_k_draws": m},
-    )
+    z = solve_triangular(chol, (draws - mean).T, lower=True).T
+    return -_normal_logq(z, chol).reshape(theta.shape[:2])
 
 
 def _advi_compile(

@@ -26,7 +26,7 @@ import numpy as np
 
 from bayesgmm.bayes.structures import ORIENTATION_EXCESS, Parametrisation, bartlett_r
 
-__all__ = ["Chart", "laplace_draws"]
+__all__ = ["Chart", "laplace_draws", "negative_hessian"]
 
 
 class Chart:
@@ -143,14 +143,26 @@ def _qr(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q * sign[..., None, :], r * sign[..., :, None]
 
 
-def laplace_draws(
-    flat: Any, n_draws: int, gen: np.random.Generator, n_check: int
-) -> dict[str, Any]:
-    """The mode, the normal in the chart's coordinates, ``n_draws`` draws of theta, and the
-    PSIS check over the first ``n_check`` of them (log ratios, smoothed log weights, k̂)."""
-    from scipy.optimize import minimize
+def negative_hessian(negative: Any, x: np.ndarray) -> np.ndarray:
+    """The Hessian of ``negative`` (a function returning the negative log density and its
+    gradient) at ``x``, by central differences of the gradient (2P evaluations; no symbolic
+    second derivatives, which took about a minute to compile), symmetrised."""
+    n = x.size
+    hess = np.empty((n, n))
+    for i in range(n):
+        step = 1e-5 * max(1.0, abs(x[i]))
+        e = np.zeros(n)
+        e[i] = step
+        hess[i] = (negative(x + e)[1] - negative(x - e)[1]) / (2 * step)
+    return 0.5 * (hess + hess.T)
 
-    from bayesgmm.bayes.fit import _psis
+
+def laplace_draws(flat: Any, n_draws: int, gen: np.random.Generator) -> dict[str, Any]:
+    """The mode, the normal in the chart's coordinates and ``n_draws`` draws of theta, with
+    what PSIS's check needs besides the log density of each draw: ``log_correction``, the
+    chart's terms less log q (log p(θ | x) + log_correction is the log importance ratio, up to
+    a constant)."""
+    from scipy.optimize import minimize
 
     # The mode in theta's own coordinates first (there the orientation prior's mode fixes R),
     # then in the chart's, centred on the orientations found.
@@ -170,13 +182,7 @@ def laplace_draws(
     else:
         mode = chart.u_of(res.x)
     n = mode.size
-    hess = np.empty((n, n))
-    for i in range(n):
-        step = 1e-5 * max(1.0, abs(mode[i]))
-        e = np.zeros(n)
-        e[i] = step
-        hess[i] = (negative(mode + e)[1] - negative(mode - e)[1]) / (2 * step)
-    hess = 0.5 * (hess + hess.T)
+    hess = negative_hessian(negative, mode)
     try:
         chol = np.linalg.cholesky(np.linalg.inv(hess))
     except np.linalg.LinAlgError:
@@ -188,21 +194,17 @@ def laplace_draws(
     u = mode + z @ chol.T
     r = chart.sample_r(gen, n_draws)
     theta = chart.theta(u, r)
-    m = min(n_draws, n_check)
-    logq = (
-        -0.5 * (z[:m] ** 2).sum(axis=1)
-        - np.log(np.diag(chol)).sum()
-        - 0.5 * n * math.log(2 * math.pi)
+    log_correction = (
+        chart.log_haar(u)
+        + 0.5 * (z**2).sum(axis=1)
+        + np.log(np.diag(chol)).sum()
+        + 0.5 * n * math.log(2 * math.pi)
     )
-    log_target = flat.logp(theta[:m]) + chart.log_haar(u[:m])
     if r is not None:
-        log_target = log_target - chart.log_r_prior(r[:m])
-    log_ratio = log_target - logq
-    log_w, k_hat = _psis(log_ratio)
+        log_correction = log_correction - chart.log_r_prior(r)
     return {
         "theta": theta,
         "mode_lp": -min(res.fun, res_u.fun) if np.isfinite(res_u.fun) else -res.fun,
-        "log_weight": log_w,
-        "pareto_k": k_hat,
+        "log_correction": log_correction,
         "n_u": n,
     }
