@@ -132,6 +132,8 @@ def test_report_is_self_contained_html(tmp_path, capsys, faithful_csv):
         "2",
         "--n-boot",
         "10",
+        "--method",
+        "laplace",  # the default, auto, is test_demo_small's
         "--output",
         str(out),
         "--quiet",
@@ -177,7 +179,11 @@ def test_demo_small(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Old Faithful: 272 eruptions" in printed
     assert f"Report: {out.resolve()}" in printed
-    assert "EEE, K = 3" in out.read_text()
+    text = out.read_text()
+    assert "EEE, K = 3" in text
+    # The method that drew the posterior, why, and its diagnostics (method auto).
+    assert "Method: " in text and ("pareto_k" in text or "rhat" in text)
+    assert "The posterior at EEE, K = 3 was drawn by" in text
 
 
 def test_compare_prints_the_table(tmp_path, capsys, faithful_csv):
