@@ -52,9 +52,14 @@ def _em_start(
     priors: Any,
 ) -> GaussianMixture:
     if init is None:
-        # Under the core's conjugate prior, MAP-EM: the posterior mode itself.
+        # Under the core's conjugate prior, MAP-EM: the posterior mode itself. A start, so EM
+        # stops at a relative change of 1e-6 (the core's default, 1e-8, took twice as long on
+        # noisy Old Faithful data for a log-likelihood 3e-4 higher; the Laplace mode search
+        # goes on from here anyway).
         prior = priors if isinstance(priors, ConjugatePrior) else None
-        return fit_em(arr, k, covariance_type=covariance_type, n_init=5, rng=rng, prior=prior).model
+        return fit_em(
+            arr, k, covariance_type=covariance_type, n_init=5, rng=rng, prior=prior, tol=1e-6
+        ).model
     if isinstance(init, EMResult):
         init = init.model
     if not isinstance(init, GaussianMixture):
@@ -130,7 +135,8 @@ def fit_bayes(
           put in order (identify="ordered") or relabelled (identify="relabel").
     init : EMResult or GaussianMixture, optional
         The EM estimate the chains (or the mode search) start from; by default ``fit_em`` with
-        5 starts (MAP-EM under ``priors`` when it is a :class:`bayesgmm.ConjugatePrior`).
+        5 starts and ``tol=1e-6`` (MAP-EM under ``priors`` when it is a
+        :class:`bayesgmm.ConjugatePrior`).
         Starting elsewhere lets chains settle in merged-cluster modes.
     starts : int, default 1
         For "nuts" and "nutpie" ("auto" then goes straight to NUTS): start the chains, in turn,

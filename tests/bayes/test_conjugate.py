@@ -126,7 +126,9 @@ def test_fit_bayes_under_the_conjugate_prior(clusters):
     em_covs = em["covariances"].values[0, 0][np.argsort(em_means[:, 0] + 10 * em_means[:, 1])]
     map_covs = by_first_mean(bg.fit_em(clusters, 3, prior=prior, rng=0).model)
     ml_covs = by_first_mean(bg.fit_em(clusters, 3, rng=0).model)
-    np.testing.assert_allclose(em_covs, map_covs, atol=1e-4)
+    # fit_bayes's start stops at tol=1e-6 (fit_em's default 1e-8): equal to 2e-3 (measured
+    # 9e-4), while ML's covariances differ by more than 1e-2.
+    np.testing.assert_allclose(em_covs, map_covs, atol=2e-3)
     assert np.abs(em_covs - ml_covs).max() > 1e-2
     post_means = tree["posterior"]["means"].mean(("chain", "draw")).values
     np.testing.assert_allclose(post_means, em_means, atol=0.4)
