@@ -105,6 +105,7 @@ def diagnose(tree: Any) -> Diagnosis:
     :class:`Diagnosis` with one row per check, whether it passed, and what it means."""
     import pandas as pd
 
+    _check_tree(tree)
     method = str(tree.attrs.get("bayesgmm_method", ""))
     rows: dict[str, dict[str, Any]] = {}
     stats = tree["sample_stats"] if "sample_stats" in tree.children else None
@@ -145,6 +146,24 @@ def diagnose(tree: Any) -> Diagnosis:
     return Diagnosis(method, table)
 
 
+def _check_tree(tree: Any) -> None:
+    """A clear error for anything that is not a fit_bayes posterior."""
+    children = getattr(tree, "children", None)
+    if children is None or "posterior" not in children or "means" not in tree["posterior"]:
+        raise TypeError(
+            "tree must be the DataTree of a posterior from bayesgmm.fit_bayes (a posterior "
+            f"group with weights, means and covariances); got {type(tree).__name__}"
+            + (f" with groups {sorted(children)}" if children is not None else "")
+            + ". An EM fit's tree (to_datatree) has no posterior to diagnose."
+        )
+
+
+def _mahalanobis(diff: np.ndarray, covs: np.ndarray) -> np.ndarray:
+    """|diff_k| in the metric of covs_k: diff (..., K, D), covs (K, D, D) → (..., K)."""
+    z = np.linalg.solve(np.linalg.cholesky(covs), diff[..., None])[..., 0]
+    return np.sqrt((z**2).sum(axis=-1))
+
+
 def _row(rows: dict[str, dict[str, Any]], name: str, value: float, meaning: str) -> None:
     limit = LIMITS[name]
     passed = bool(np.isfinite(value)) and (value >= limit if name in _AT_LEAST else value <= limit)
@@ -168,7 +187,7 @@ def _pareto_meaning(k_hat: float) -> str:
 def _sampler_rows(tree: Any, rows: dict[str, dict[str, Any]]) -> None:
     import warnings
 
-    from arviz_stats import ess, rhat
+    from arviz_stats import bfmi, ess, rhat
 
     post = tree["posterior"]
     names = [n for n in ("weights", "means", "covariances") if n in post.data_vars]
@@ -222,10 +241,7 @@ def _sampler_rows(tree: Any, rows: dict[str, dict[str, Any]]) -> None:
             ),
         )
     if "energy" in stats.data_vars:
-        energy = stats["energy"].transpose("chain", "draw").values
-        ebfmi = float(
-            np.min(np.mean(np.diff(energy, axis=1) ** 2, axis=1) / np.var(energy, axis=1))
-        )
+        ebfmi = float(np.min(bfmi(tree)["energy"].values))
         _row(
             rows,
             "ebfmi",
@@ -260,9 +276,7 @@ def mixture_distance(means_a: np.ndarray, means_b: np.ndarray, covs_a: np.ndarra
 
     covs_b = np.broadcast_to(covs_a, covs_a.shape)
     perm = match_components(means_b[None], covs_b[None], means_a, covs_a)[0]
-    diff = means_b[perm] - means_a
-    z = np.linalg.solve(np.linalg.cholesky(covs_a), diff[..., None])[..., 0]
-    return float(np.sqrt((z**2).sum(axis=-1)).max())
+    return float(_mahalanobis(means_b[perm] - means_a, covs_a).max())
 
 
 def find_modes(tree: Any) -> list[list[int]]:
@@ -270,6 +284,7 @@ def find_modes(tree: Any) -> list[list[int]]:
     means of the component means lie within one of EM's component standard deviations of each
     other (the ``em_gap`` metric; components matched), joined transitively. One group when
     every chain agrees."""
+    _check_tree(tree)
     post = tree["posterior"]
     means = post["means"].transpose("chain", "draw", "component", "feature").values.mean(axis=1)
     covs = tree["em"]["covariances"].values[0, 0]
@@ -357,11 +372,8 @@ def _em_rows(tree: Any, rows: dict[str, dict[str, Any]]) -> None:
         # component: how far the posterior moved it, in that component's standard deviations.
         chain_means = post["means"].transpose("chain", "draw", "component", "feature").values
         chain_means = chain_means.mean(axis=1)  # (chain, K, D)
-        ref = em["means"].values[0, 0]
-        chol = np.linalg.cholesky(em["covariances"].values[0, 0])
-        diff = chain_means - ref
-        z = np.linalg.solve(chol[None], diff[..., None])[..., 0]
-        g = float(np.sqrt((z**2).sum(axis=-1)).max())
+        diff = chain_means - em["means"].values[0, 0]
+        g = float(_mahalanobis(diff, em["covariances"].values[0, 0]).max())
         _row(
             rows,
             "em_gap",

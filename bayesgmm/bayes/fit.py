@@ -16,7 +16,7 @@ import numpy as np
 
 from bayesgmm.bayes import _compiled
 from bayesgmm.bayes.density import evaluate
-from bayesgmm.bayes.diagnostics import diagnose, label_modes, reweight
+from bayesgmm.bayes.diagnostics import Diagnosis, diagnose, label_modes, reweight
 from bayesgmm.bayes.model import (
     Priors,
     _feature_names,
@@ -247,7 +247,8 @@ def fit_bayes(
     run = _Run(draws, tune, chains, 0, progressbar, sampler_kwargs)
     if method != "auto":
         tree = _draw(job, method, run, gen)
-        return _checked(tree, warn=True)
+        _checked(tree, warn=True)
+        return tree
     # The cheapest method whose diagnostics pass: Laplace, then PyMC's NUTS.
     t0 = time.perf_counter()
     try:
@@ -255,8 +256,8 @@ def fit_bayes(
     except ValueError as err:  # no positive definite Hessian at the mode
         why = str(err).removeprefix("the Laplace approximation failed: ").split(";")[0]
     else:
-        tree = _checked(tree, warn=False)
-        if tree.attrs["bayesgmm_diagnostics_passed"]:
+        laplace = _checked(tree, warn=False)
+        if laplace.passed:
             k_hat = float(tree["sample_stats"].attrs["pareto_k"])
             if k_hat <= 0.5:
                 tree.attrs["bayesgmm_method_reason"] = (
@@ -270,12 +271,13 @@ def fit_bayes(
                 f"importance-resampled (Pareto k̂ {k_hat:.2f} in (0.5, 0.7])"
             )
             return tree
-        why = "; ".join(diagnose(tree).failures)
+        why = "; ".join(laplace.failures)
     seconds = time.perf_counter() - t0
-    tree = _checked(_draw(job, "nuts", run, gen), warn=True)
+    tree = _draw(job, "nuts", run, gen)
+    nuts = _checked(tree, warn=True)
     tree.attrs["bayesgmm_method_reason"] = (
         f"auto: the Laplace approximation failed its checks ({why}), so NUTS drew the posterior"
-        + ("" if tree.attrs["bayesgmm_diagnostics_passed"] else ", and NUTS failed its own too")
+        + ("" if nuts.passed else ", and NUTS failed its own too")
     )
     tree.attrs["bayesgmm_seconds"] += seconds
     return tree
@@ -340,9 +342,9 @@ def _em_optima(
     return tuple(kept)
 
 
-def _checked(tree: Any, warn: bool) -> Any:
-    """The tree with its diagnostics' summary in the attrs, and a PosteriorWarning (one line,
-    the reasons and the remedy) when one failed and ``warn``."""
+def _checked(tree: Any, warn: bool) -> Diagnosis:
+    """The tree's diagnostics: their summary written into its attrs, and a PosteriorWarning
+    (one line, the reasons and the remedy) when one failed and ``warn``."""
     diagnosis = diagnose(tree)
     tree.attrs["bayesgmm_diagnostics"] = diagnosis.summary()
     tree.attrs["bayesgmm_diagnostics_passed"] = int(diagnosis.passed)
@@ -363,7 +365,7 @@ def _checked(tree: Any, warn: bool) -> Any:
             PosteriorWarning,
             stacklevel=3,
         )
-    return tree
+    return diagnosis
 
 
 def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
@@ -371,12 +373,12 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
     checked)."""
     arr, names, k, start = job.arr, job.names, job.k, job.start
     covariance_type, priors, identify = job.covariance_type, job.priors, job.identify
+    # SMC needs the free-label model: its prior is normalised (the ordered one integrates to
+    # 1/K!), and SMC starts from prior draws, which the ordered transform would reject.
     model_identify = "ordered" if identify == "ordered" and method != "smc" else None
     param = parametrisation(covariance_type, arr.shape[1], priors=priors, identify=model_identify)
     consts = param.constants(arr, k, priors)
     draws, chains, sampler_kwargs = run.draws, run.chains, dict(run.options)
-    # SMC needs the free-label model: its prior is normalised (the ordered one integrates to
-    # 1/K!), and SMC starts from prior draws, which the ordered transform would reject.
     seed = int(gen.integers(2**31 - 1))
     coords = {
         "component": np.arange(k),

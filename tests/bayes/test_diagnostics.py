@@ -237,3 +237,12 @@ def test_prior_sensitivity_flags_a_prior_that_dominates():
     np.testing.assert_allclose(tree["log_prior"]["theta"].values, expected, rtol=1e-7)
     with pytest.raises(ValueError, match="log_likelihood=True"):
         prior_sensitivity(bg.fit_bayes(X, 1, covariance_type="E", rng=1, log_likelihood=False))
+
+
+def test_diagnose_names_what_it_needs():
+    X = bg.datasets.load_faithful()
+    em_tree = bg.to_datatree(bg.fit_em(X, 2), X)
+    with pytest.raises(TypeError, match=r"DataTree of a posterior from bayesgmm\.fit_bayes"):
+        diagnose(em_tree)
+    with pytest.raises(TypeError, match="got dict"):
+        diagnose({})
