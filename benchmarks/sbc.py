@@ -93,6 +93,14 @@ def quantities(
     )  # fmt: skip
 
 
+def in_order(c: dict[str, np.ndarray], m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each draw's components sorted along the ordering axis (the ordered model's labels)."""
+    a = ((m["means"] - c["center"]) / c["spread"]) @ c["axis"]
+    order = np.argsort(a, axis=1, kind="stable")
+    return {name: np.take_along_axis(v, order.reshape(order.shape + (1,) * (v.ndim - 2)), 1)
+            for name, v in m.items()}  # fmt: skip
+
+
 def em_start(X: np.ndarray, k: int, structure: str, seed: int) -> tuple[GaussianMixture, bool]:
     """EM's estimate from the data alone (5 starts); where plain EM degenerates (a component
     on one or two points), MAP-EM under mclust's conjugate prior. Returns (start, fell back)."""
@@ -125,6 +133,7 @@ def run(
     """Ranks (sims, Q) per method, in 0..ndraws."""
     d = 2
     param = parametrisation(structure, d, identify="ordered")
+    free = parametrisation(structure, d, identify=None)
     c = reference_constants(param, k, seed)
     rng = np.random.default_rng(seed)
     ranks = {m: np.full((sims, len(QUANTITIES)), -1) for m in methods}
@@ -141,14 +150,16 @@ def run(
         for method in methods:
             t0 = time.perf_counter()
             if method == "nuts":
-                entry = _compiled.model_for(param, c, X, k, structure, None)
-                x0 = mixture_theta(param, c, start)
+                # As fit_bayes does: the free-label model, its draws put in order afterwards
+                # (the ordered model's hard boundary a_0 < a_1 would split one mode in two).
+                entry = _compiled.model_for(free, c, X, k, structure, None)
+                x0 = mixture_theta(free, c, start)
                 starts = [{"theta": x0 + 0.01 * rng.normal(size=x0.size)} for _ in range(2)]
                 run_ = _Run(5 * ndraws, tune, 2, seed + i, False, dict(nuts_options))
                 tree = _nutpie(entry, starts, run_)
                 theta = tree["posterior"]["theta"].values.reshape(-1, x0.size)
                 divergent += int(tree["sample_stats"]["diverging"].sum() > 0)
-                post = mixtures(param, c, k, theta[:: len(theta) // ndraws][:ndraws])
+                post = in_order(c, mixtures(free, c, k, theta[:: len(theta) // ndraws][:ndraws]))
             else:
                 flat = _Flat(param, c, X, k, start, coords)
                 if method == "laplace":

@@ -67,6 +67,34 @@ def test_smc_tree_and_log_marginal_likelihood(clusters, em_fit):
     assert (np.diff(a, axis=-1) >= 0).mean() > 0.99 or (np.diff(a, axis=-1) <= 0).mean() > 0.99
 
 
+def test_ordered_nuts_crosses_where_two_means_along_the_axis_are_close():
+    # A wide component over a tight one with nearly the same mean: the wide one's mean lies
+    # below the tight one's with probability about Φ((m_tight − m_wide) / se_wide) (normal
+    # approximation from EM: 0.37 here), so that share of the ordered posterior's draws has
+    # the wide component first. NUTS in the ordered model cannot cross its boundary a_0 < a_1
+    # there (measured before the samplers moved to the free-label model: share 0.00 in both
+    # chains); sampling free and sorting gives 0.37 and 0.41.
+    from scipy import stats
+
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.normal(0.0, 2.0, 100), rng.normal(0.05, 0.2, 100)])[:, None]
+    em = bg.fit_em(x, 2, covariance_type="V")
+    w, m, v = em.model.weights, em.model.means[:, 0], em.model.covariances[:, 0, 0]
+    wide, tight = int(np.argmax(v)), int(np.argmin(v))
+    expected = stats.norm.cdf((m[tight] - m[wide]) / np.sqrt(v[wide] / (x.shape[0] * w[wide])))
+    assert 0.2 < expected < 0.8  # the data are what the test needs
+    tree = bg.fit_bayes(
+        x, 2, covariance_type="V", method="nuts", draws=300, tune=300, chains=2, rng=3,
+        log_likelihood=False,
+    )  # fmt: skip
+    post = tree["posterior"]
+    assert (np.diff(post["means"].values[..., 0], axis=-1) >= 0).all()  # in order
+    sd = np.sqrt(post["covariances"].values[..., 0, 0])
+    share = (sd[..., 0] > sd[..., 1]).mean(axis=1)
+    assert (share > 0.1).all(), share  # every chain crosses
+    assert abs(share.mean() - expected) < 0.15, (share, expected)
+
+
 def test_smc_evidence_ranks_the_true_k():
     # 1-D, two well separated components: the log marginal likelihood of K = 2 exceeds K = 1's
     # and K = 3's (measured here: by tens of units, beyond the spread across chains).
