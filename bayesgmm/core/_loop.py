@@ -5,17 +5,23 @@ on small data several structures) are advanced together: their mixtures are stac
 the largest K with zero-weight components, and share every pass over the data; each run's
 M-step is its structure's, and each keeps its own convergence test and leaves the batch when it
 converges, degenerates or exhausts its iteration budget.
+
+Runs may also be separate problems: each with its own row weights on the shared data (bootstrap
+replicates, cross-validation folds as 0/1 weights: one (R, N) weight matrix, one product with
+the feature matrix per pass), or each on its own data set of a common shape (parametric
+replicates, the likelihood-ratio test's simulated data: a stacked pass). A run's result is the
+one it would reach alone from the same start, up to rounding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from bayesgmm.core._moments import mean_cov
-from bayesgmm.core._passes import mixture_density, run_pass
+from bayesgmm.core._passes import mixture_density, run_pass, run_pass_stacked
 from bayesgmm.core.criteria import aic, bic, icl
 from bayesgmm.core.em import (
     Params,
@@ -29,7 +35,7 @@ from bayesgmm.core.prior import ResolvedPrior
 from bayesgmm.core.result import EMResult
 from bayesgmm.core.structures import CovarianceStructure
 
-__all__ = ["Run", "finish", "iterate", "new_run"]
+__all__ = ["Finished", "Run", "finish", "finish_many", "iterate", "new_run"]
 
 #: Runs on data with fewer rows than this share passes across K and structures (padding to the
 #: largest K, full statistics for all): the per-pass costs saved (the feature matrix, the thread
@@ -60,6 +66,12 @@ class Run:
     n_iter: int = 0
     converged: bool = False
     reason: str | None = None
+    #: The run's own row weights (N,) on the shared data (a bootstrap replicate, a fold), or
+    #: its own data set (N, D) of the batch's shape (a parametric replicate); None: the batch's.
+    row_weight: np.ndarray | None = None
+    data: np.ndarray | None = None
+    #: Feature scales for SQUAREM's norm (D,), when the run has its own weights or data.
+    scale: np.ndarray | None = None
 
     @property
     def finished(self) -> bool:
@@ -74,12 +86,24 @@ class Run:
         return int(self.params.weights.shape[1])
 
 
-def new_run(model: GaussianMixture, label: str) -> Run:
-    """A run starting at ``model``."""
+def new_run(
+    model: GaussianMixture,
+    label: str,
+    *,
+    row_weight: np.ndarray | None = None,
+    data: np.ndarray | None = None,
+) -> Run:
+    """A run starting at ``model``; with ``row_weight`` (N,) it weights the batch's rows its own
+    way, with ``data`` (N, D) it runs on its own data set (all runs of a batch then do)."""
     p = Params(
         model.weights[None], model.means[None], model.covariances[None], model.cholesky[None]
     )
-    return Run(p, label, model.structure)
+    scale = None
+    if row_weight is not None or data is not None:
+        if data is None:
+            raise ValueError("a run with its own row weights needs its data to set its scale")
+        scale = _data_scale(data, row_weight)
+    return Run(p, label, model.structure, row_weight=row_weight, data=data, scale=scale)
 
 
 def iterate(
@@ -134,9 +158,17 @@ def iterate(
                 accelerate=accelerate,
             )
         return
+    own_weights = {r.row_weight is not None for r in active}
+    own_data = {r.data is not None for r in active}
+    if len(own_weights) > 1 or len(own_data) > 1:
+        raise ValueError("the runs of one batch have their own weights (or data) all or none")
+    stacked = own_data == {True} and own_weights == {False}
+    shapes = {r.data.shape for r in active if r.data is not None}
+    if stacked and len(shapes) > 1:
+        raise ValueError("the runs' own data sets must all have the same shape")
     params, mask = stack_padded([r.params for r in active], max(ks))
-    batch = _Batch(X, center, w, prior, reg_covar, tol, until_iter, scale=None)
-    if accelerate:
+    batch = _Batch(X, center, w, prior, reg_covar, tol, until_iter, scale=None, stacked=stacked)
+    if accelerate and own_weights == {False} and not stacked:
         batch.scale = _data_scale(X, w)
     mask_or_none = None if mask.all() else mask
     while active:
@@ -171,6 +203,9 @@ class _Batch:
     tol: float
     until_iter: int
     scale: np.ndarray | None
+    stacked: bool = False
+    _slots: dict[int, int] | None = None
+    _own: dict[str, np.ndarray] | None = None
 
     def evaluate(self, active: list[Run], params: Params, mask: np.ndarray | None):
         """One pass at ``params``: log-likelihoods (R,) and the M-step's result, each run's
@@ -185,7 +220,7 @@ class _Batch:
         dens = mixture_density(
             params.weights, params.means, params.chol, kind == "diag", self.center
         )
-        stats = run_pass(self.X, dens, sample_weight=self.w, stats=kind)
+        stats = self.run_pass(active, dens, kind)
         if len(groups) == 1:
             st = next(iter(structures.values()))
             new, bad, reasons = m_step_batch(
@@ -221,6 +256,30 @@ class _Batch:
                 reasons[i] = part_reasons[j]
         return stats.loglik, new, bad, reasons
 
+    def own(self, active: list[Run], name: str) -> np.ndarray:
+        """The active runs' own row weights (R, N) or data sets (R, N, D), stacked once for
+        the batch and then taken by each run's slot in it."""
+        if self._slots is None or self._own is None:
+            self._slots = {id(r): i for i, r in enumerate(active)}
+            self._own = {}
+        own = self._own
+        if name not in own:
+            own[name] = np.stack([getattr(r, name) for r in active])
+        slots = self._slots
+        idx = np.fromiter((slots[id(r)] for r in active), dtype=np.intp, count=len(active))
+        full = own[name]
+        if idx.size == full.shape[0] and (idx == np.arange(idx.size)).all():
+            return full
+        return full[idx]
+
+    def run_pass(self, active: list[Run], dens: Any, kind: Any) -> Any:
+        """The pass of the active runs: on the shared data with the shared weights, with each
+        run's own weights (one (R, N) weight matrix), or each on its own data set."""
+        w = self.own(active, "row_weight") if active[0].row_weight is not None else self.w
+        if self.stacked:
+            return run_pass_stacked(self.own(active, "data"), dens, sample_weight=w, stats=kind)
+        return run_pass(self.X, dens, sample_weight=w, stats=kind)
+
     def plain_step(self, active, params, mask, return_kept=False):
         """One EM step for every active run; runs that converge, degenerate or reach the
         iteration budget leave the batch."""
@@ -254,8 +313,13 @@ class _Batch:
 
     def extrapolate(self, active, theta0, theta1, theta2, mask):
         """The SQUAREM step for each run; returns the batch to continue from."""
-        s = self.scale if self.scale is not None else np.ones(self.X.shape[1])
-        scov = s[:, None] * s[None, :]
+        if active[0].scale is not None:  # each run its own (its weights' or data's)
+            s = np.stack([r.scale for r in active])[:, None, :]  # (R, 1, D)
+        elif self.scale is not None:
+            s = self.scale
+        else:
+            s = np.ones(self.X.shape[1])
+        scov = s[..., :, None] * s[..., None, :]
 
         def flat(p: Params) -> np.ndarray:
             r = p.weights.shape[0]
@@ -337,6 +401,38 @@ def _collapse_reason(model: GaussianMixture, scale: np.ndarray) -> str | None:
             "the data's variance, i.e. it sits on tied or duplicated points)"
         )
     return None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of many runs at once (:func:`finish_many`): what a replicate needs, without
+    each run's responsibilities and criteria."""
+
+    loglik: np.ndarray  # (R,) at each run's final mixture
+    models: list[GaussianMixture]
+    reasons: list[str | None]  # why each run is degenerate, or None
+
+
+def finish_many(
+    X: np.ndarray, runs: list[Run], center: np.ndarray, w: np.ndarray | None = None
+) -> Finished:
+    """Final log-likelihood of every run in one pass (each on its own weights or data when it
+    has them) and each run's degeneracy, as :func:`finish` judges it."""
+    ks = [r.k for r in runs]
+    params, _ = stack_padded([r.params for r in runs], max(ks))
+    diagonal = all(r.structure.scatter_kind == "diag" for r in runs)
+    dens = mixture_density(params.weights, params.means, params.chol, diagonal, center)
+    batch = _Batch(X, center, w, None, 0.0, 0.0, 0, None, stacked=runs[0].data is not None)
+    if runs[0].row_weight is not None:
+        batch.stacked = False
+    loglik = batch.run_pass(runs, dens, "none").loglik
+    models = [to_model(r.params, 0, r.structure, None) for r in runs]
+    reasons: list[str | None] = []
+    for run, model in zip(runs, models, strict=True):
+        scale = run.scale if run.scale is not None else _data_scale(X, w)
+        reason = run.reason if run.reason is not None else _collapse_reason(model, scale)
+        reasons.append(None if reason is None else f"{reason}. {_REMEDY}")
+    return Finished(np.asarray(loglik, dtype=np.float64), models, reasons)
 
 
 def finish(

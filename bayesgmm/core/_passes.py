@@ -27,7 +27,15 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["DensityParams", "PassStats", "density_params", "features", "run_pass", "triu"]
+__all__ = [
+    "DensityParams",
+    "PassStats",
+    "density_params",
+    "features",
+    "run_pass",
+    "run_pass_stacked",
+    "triu",
+]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 _LOG_FLOOR = -60.0
@@ -326,7 +334,11 @@ def _one_chunk(
         logp_out[lo:hi] = logp.T
     if resp_out is not None:
         resp_out[lo:hi] = resp.T
-    if w is not None:
+    if w is not None and w.ndim == 2:  # a weight vector per mixture (R, N)
+        wc = w[:, lo:hi]
+        loglik = np.einsum("rc,rc->r", logp, wc)
+        resp.reshape(k, r, -1)[...] *= wc
+    elif w is not None:
         wc = w[lo:hi]
         loglik = logp @ wc
         resp *= wc
@@ -348,6 +360,53 @@ def _one_chunk(
     return PassStats(loglik, sums[:, :, -1], sums[:, :, t : t + d], sums[:, :, :t])
 
 
+#: Bytes of one block's (components × rows) temporaries when a pass over few rows is cut by
+#: mixtures instead (many bootstrap replicates on a small data set): blocks that stay in cache,
+#: and blocks for every core where cutting the rows would leave one chunk.
+_RUN_BLOCK_BYTES = 2**20
+
+
+def _run_block(p: DensityParams, lo: int, hi: int) -> DensityParams:
+    """Mixtures lo..hi of a batch (not "direct")."""
+    k, r = p.n_components, p.n_batch
+
+    def part(a: np.ndarray) -> np.ndarray:
+        return a.reshape(k, r, -1)[:, lo:hi].reshape(k * (hi - lo), -1)
+
+    return DensityParams(p.kind, hi - lo, k, p.center, part(p.means), part(p.coef))
+
+
+def _by_run_blocks(
+    X: np.ndarray,
+    p: DensityParams,
+    w: np.ndarray | None,
+    stats: Literal["none", "full", "diag"],
+) -> PassStats:
+    """A pass over few rows for a large batch, cut into blocks of mixtures (each block all
+    rows), on the thread pool. The blocks depend on the sizes only, not on the threads."""
+    n, r, k = X.shape[0], p.n_batch, p.n_components
+    size = max(1, _RUN_BLOCK_BYTES // (8 * k * n))
+    bounds = [(lo, min(lo + size, r)) for lo in range(0, r, size)]
+
+    def one(b: tuple[int, int]) -> PassStats:
+        lo, hi = b
+        wb = w[lo:hi] if w is not None and w.ndim == 2 else w
+        return _one_chunk(X, 0, n, _run_block(p, lo, hi), wb, stats, None, None)
+
+    if n_threads() == 1 or len(bounds) == 1:
+        parts = [one(b) for b in bounds]
+    else:
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            parts = list(_pool().map(one, bounds))
+    scatter = None if parts[0].scatter is None else np.concatenate([q.scatter for q in parts])
+    return PassStats(
+        np.concatenate([q.loglik for q in parts]),
+        np.concatenate([q.counts for q in parts]),
+        np.concatenate([q.sum_x for q in parts]),
+        scatter,
+    )
+
+
 def run_pass(
     X: np.ndarray,
     p: DensityParams,
@@ -360,12 +419,24 @@ def run_pass(
     """One pass over all rows of ``X`` (N, D) for a batch of R mixtures.
 
     Computes Σ_n w_n log p(x_n) for each mixture and, when ``stats`` is "full" or "diag", the
-    sufficient statistics of the M-step (see :class:`PassStats`). Writes p(z_n = k | x_n) into
-    ``resp_out`` (N, K·R, component-major) and log p(x_n) into ``logp_out`` (N, R) when given.
+    sufficient statistics of the M-step (see :class:`PassStats`). ``sample_weight`` is (N,),
+    the same for every mixture, or (R, N), one weight vector per mixture (bootstrap replicates,
+    cross-validation folds as 0/1 weights): the same one product with the feature matrix.
+    Writes p(z_n = k | x_n) into ``resp_out`` (N, K·R, component-major) and log p(x_n) into
+    ``logp_out`` (N, R) when given.
     Memory: O(chunk) beyond the outputs.
     """
     n = X.shape[0]
     m, d = p.means.shape
+    if (
+        p.kind != "direct"
+        and resp_out is None
+        and logp_out is None
+        and p.n_batch > 1
+        and n < _PARALLEL_MIN_ROWS
+        and m * n * 8 > 2 * _RUN_BLOCK_BYTES
+    ):
+        return _by_run_blocks(X, p, sample_weight, stats)
     step = _chunk_rows(n, m, _n_features(p.kind, d, m))
     bounds = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
     args = (p, sample_weight, stats, resp_out, logp_out)
@@ -379,4 +450,61 @@ def run_pass(
     total = parts[0]
     for part in parts[1:]:
         total += part
+    return total
+
+
+def stacked_features(X: np.ndarray, center: np.ndarray, diagonal: bool) -> np.ndarray:
+    """:func:`features` ("full" or "diag") of R data sets of the same shape at once: (R, F, N)
+    for ``X`` (R, N, D)."""
+    xt = np.swapaxes(X, 1, 2) - center[None, :, None]  # (R, D, N)
+    if diagonal:
+        quad = xt * xt
+    else:
+        iu, ju = triu(X.shape[2])
+        quad = xt[:, iu, :] * xt[:, ju, :]
+    ones = np.ones((X.shape[0], 1, X.shape[1]))
+    return np.concatenate([quad, xt, ones], axis=1)
+
+
+def run_pass_stacked(
+    X: np.ndarray,
+    p: DensityParams,
+    *,
+    sample_weight: np.ndarray | None = None,
+    stats: Literal["none", "full", "diag"] = "none",
+) -> PassStats:
+    """:func:`run_pass` for R mixtures each on its own data set: ``X`` (R, N, D), mixture r on
+    ``X[r]`` (parametric bootstrap replicates, the likelihood-ratio test's simulated data).
+    One batched product per pass (R products of K × F by F × N), in blocks of mixtures that
+    bound the temporaries. ``p`` must be "full" or "diag" (not "direct")."""
+    if p.kind == "direct":
+        raise ValueError("run_pass_stacked needs quadratic features (kind 'full' or 'diag').")
+    r, k = p.n_batch, p.n_components
+    n, d = X.shape[1], X.shape[2]
+    f = p.coef.shape[1]
+    coef = np.swapaxes(p.coef.reshape(k, r, f), 0, 1)  # (R, K, F)
+    block = max(1, _CHUNK_BYTES // (8 * n * max(f, k)))
+    total = PassStats(np.zeros(r), np.zeros((r, k)), np.zeros((r, k, d)), None)
+    parts_scatter = []
+    for lo in range(0, r, block):
+        hi = min(lo + block, r)
+        feats = stacked_features(X[lo:hi], p.center, p.kind == "diag")  # (b, F, N)
+        lj = np.ascontiguousarray(np.swapaxes(coef[lo:hi] @ feats, 0, 1))  # (K, b, N)
+        logp = _log_normalise(lj.reshape(k * (hi - lo), n), hi - lo, k)  # (b, N)
+        resp = np.swapaxes(lj, 0, 1)  # (b, K, N) responsibilities
+        if sample_weight is not None:
+            wc = sample_weight[lo:hi] if sample_weight.ndim == 2 else sample_weight[None]
+            total.loglik[lo:hi] = (logp * wc).sum(axis=1)
+            resp = resp * wc[:, None, :]
+        else:
+            total.loglik[lo:hi] = logp.sum(axis=1)
+        if stats == "none":
+            continue
+        sums = resp @ np.swapaxes(feats, 1, 2)  # (b, K, F): [second moments | Σx | Σ1]
+        t = f - d - 1
+        total.counts[lo:hi] = sums[:, :, -1]
+        total.sum_x[lo:hi] = sums[:, :, t : t + d]
+        parts_scatter.append(sums[:, :, :t])
+    if stats != "none":
+        total.scatter = np.concatenate(parts_scatter, axis=0)
     return total

@@ -184,6 +184,126 @@ def _refit(payload: dict[str, Any], gen: np.random.Generator) -> EMResult | str:
     return fit
 
 
+#: Entries of the (replicates × rows) weight matrix, or of the stacked replicate data sets,
+#: that one batch of replicates holds at most (32 MB): replicates beyond it go in further batches.
+BATCH_MAX_ENTRIES = 4_000_000
+
+
+#: Replicates per batch at most: a batch runs until its slowest replicate converges, but the
+#: passes of its last few runs are cheap, and fewer, larger batches pay each pass's fixed cost
+#: less often (Old Faithful, EEE, K = 3, 999 nonparametric replicates: batches of 64 took
+#: 1.8-2.6 s, of 256 1.5 s, one batch 0.9-1.3 s).
+REPLICATES_PER_BATCH = 1024
+
+
+def _batches(n: int, per_replicate: int) -> list[range]:
+    size = max(1, min(REPLICATES_PER_BATCH, BATCH_MAX_ENTRIES // max(1, per_replicate)))
+    return [range(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
+
+def _replicate_data(
+    kind: str, X: np.ndarray, est: GaussianMixture, gen: np.random.Generator
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """One replicate's (row weights, data): exactly what :func:`_refit` draws."""
+    n = X.shape[0]
+    if kind == "nonparametric":
+        return gen.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64), X
+    if kind == "weighted":
+        return n * gen.dirichlet(np.ones(n)), X
+    data, _ = est.sample(n, rng=gen)
+    return None, data
+
+
+def _refit_batch(payload: dict[str, Any], seeds: list[Any]) -> list[_Replicate | str]:
+    """Replicates as one batched EM (:mod:`bayesgmm.core._loop`): B row-weight vectors on the
+    shared data (nonparametric, weighted) or B data sets of the same shape (parametric), every
+    run from the estimate, each converging and leaving the batch on its own; results as
+    :func:`_refit` gives them one at a time (the final log-likelihood, the mixture, the
+    degeneracy), up to rounding."""
+    from bayesgmm.core._loop import finish_many, iterate, new_run
+
+    X, est, kind = payload["X"], payload["estimate"], payload["kind"]
+    runs = []
+    for seed in seeds:
+        weight, data = _replicate_data(kind, X, est, np.random.default_rng(seed))
+        runs.append(new_run(est, "mixture", row_weight=weight, data=data))
+    center = X.mean(axis=0)
+    iterate(
+        X,
+        runs,
+        payload["max_iter"],
+        center=center,
+        w=None,
+        prior=None,
+        reg_covar=0.0,
+        tol=payload["tol"],
+        accelerate=True,
+    )
+    done = finish_many(X, runs, center)
+    out: list[_Replicate | str] = []
+    for run, model, ll, reason in zip(runs, done.models, done.loglik, done.reasons, strict=True):
+        if reason is not None:
+            out.append(reason)
+            continue
+        out.append(_Replicate(model, float(ll), run.n_iter, run.converged))
+    return out
+
+
+@dataclass(frozen=True)
+class _Replicate:
+    """What a batched replicate keeps of its fit (the fields replicate_em reads)."""
+
+    model: GaussianMixture
+    loglik: float
+    n_iter: int
+    converged: bool
+
+
+def _run_batches(
+    func: Callable[[Any, list[Any]], list[Any]],
+    payload: Any,
+    n: int,
+    per_replicate: int,
+    rng: Any,
+    n_jobs: int | None,
+    progress: Progress | None,
+) -> list[Any]:
+    """``func(payload, seeds)`` over batches of the ``n`` replicates' seeds (the same streams
+    as :func:`map_replicates`), in worker processes when ``n_jobs`` asks for them."""
+    root = int(as_rng(rng).integers(2**63))
+    seeds = np.random.SeedSequence(root).spawn(n)
+    workers = _workers(n_jobs, n)
+    # The batches do not depend on the number of workers, so neither do the results (a
+    # replicate's arithmetic can differ in the last bits with the batch it shares passes with).
+    batches = _batches(n, per_replicate)
+    results: list[Any] = [None] * n
+    if can_fork(workers) and len(batches) > 1:
+        with forked_pool(workers) as pool:
+            futures = {
+                pool.submit(_run_batch, (func, payload, [seeds[i] for i in b])): b for b in batches
+            }
+            for future in as_completed(futures):
+                b = futures[future]
+                for i, value in zip(b, future.result(), strict=True):
+                    results[i] = value
+                if progress is not None:
+                    progress(len(b))
+    else:
+        for b in batches:
+            for i, value in zip(b, _run_batch((func, payload, [seeds[i] for i in b])), strict=True):
+                results[i] = value
+            if progress is not None:
+                progress(len(b))
+    return results
+
+
+def _run_batch(args: tuple[Callable[..., Any], Any, list[Any]]) -> list[Any]:
+    func, payload, seeds = args
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateFitWarning)
+        return func(payload, seeds)
+
+
 def replicate_em(
     fit: EMResult,
     X: Any,
@@ -202,6 +322,10 @@ def replicate_em(
 
     A replicate that collapses (an empty or singular component) is recorded in ``failed`` and
     left out, as mclust's ``MclustBootstrap`` leaves out its NA replicates.
+
+    Without a ``prior`` the replicates run as batched EM (:func:`_refit_batch`: up to
+    :data:`REPLICATES_PER_BATCH` per batch); with one, one fit at a time (its prior is resolved
+    on each replicate's data).
     """
     arr = _check_fit(fit, X)
     kind = _check_kind(kind)
@@ -217,8 +341,13 @@ def replicate_em(
         "tol": tol,
         "max_iter": max_iter,
     }
-    out = map_replicates(_refit, payload, n_boot, rng, n_jobs, progress)
-    good = [i for i, r in enumerate(out) if isinstance(r, EMResult)]
+    if prior is None:
+        # One batched EM for the replicates (the prior, when there is one, is resolved on each
+        # replicate's data: one fit at a time).
+        out = _run_batches(_refit_batch, payload, n_boot, arr.size, rng, n_jobs, progress)
+    else:
+        out = map_replicates(_refit, payload, n_boot, rng, n_jobs, progress)
+    good = [i for i, r in enumerate(out) if not isinstance(r, str)]
     failed = {i: r for i, r in enumerate(out) if isinstance(r, str)}
     k, d = est.n_components, est.n_features
     w = np.array([out[i].model.weights for i in good]).reshape(-1, k)
@@ -240,34 +369,45 @@ def replicate_em(
     )
 
 
-def _lrt_replicate(payload: dict[str, Any], gen: np.random.Generator) -> float | str:
-    """2 (ℓ_{K+1} − ℓ_K) on one data set drawn from the null mixture."""
-    null, alt, settings = payload["null"], payload["alt"], payload["settings"]
-    data, _ = null.sample(payload["n"], rng=gen)
-    k = null.n_components
-    try:
-        ll0 = fit_em(data, k, covariance_type=null.covariance_type, init=null, **settings).loglik
-        # The larger model from mclust's start (plus two random restarts, against collapsed
-        # fits) and from the alternative's estimate; the best proper fit (a local optimum below
-        # the null's would bias the statistic downwards).
-        ll1 = -np.inf
-        for init, n_init in (("hc", 3), (alt, 1)):
-            f = fit_em(
-                data,
-                k + 1,
-                covariance_type=null.covariance_type,
-                init=init,
-                n_init=n_init,
-                rng=gen,
-                **settings,
-            )
-            if not f.degenerate:
-                ll1 = max(ll1, f.loglik)
-    except (ValueError, np.linalg.LinAlgError) as err:
-        return str(err)
-    if not np.isfinite(ll1):
-        return f"every fit of K={k + 1} collapsed"
-    return 2.0 * (ll1 - ll0)
+#: EM's convergence tolerance for the likelihood-ratio test's replicates: mclust's.
+LRT_TOL = 1e-5
+
+
+def _lrt_batch(payload: dict[str, Any], seeds: list[Any]) -> list[float | str]:
+    """2 (ℓ_{K+1} − ℓ_K) on data sets drawn from the null mixture, as mclust's
+    ``mclustBootstrapLRT`` computes it: on each simulated data set, EM for K from the fitted
+    null mixture and EM for K + 1 from the fitted alternative. All 2B fits run as one batched
+    EM on the B stacked data sets."""
+    from bayesgmm.core._loop import finish_many, iterate, new_run
+
+    null, alt, n = payload["null"], payload["alt"], payload["n"]
+    data = [null.sample(n, rng=np.random.default_rng(seed))[0] for seed in seeds]
+    runs0 = [new_run(null, "null", data=x) for x in data]
+    runs1 = [new_run(alt, "alternative", data=x) for x in data]
+    runs = runs0 + runs1
+    center = np.mean([x.mean(axis=0) for x in data], axis=0)
+    iterate(
+        data[0],
+        runs,
+        payload["settings"]["max_iter"],
+        center=center,
+        w=None,
+        prior=None,
+        reg_covar=0.0,
+        tol=payload["settings"]["tol"],
+        accelerate=True,
+    )
+    done = finish_many(data[0], runs, center)
+    b = len(seeds)
+    out: list[float | str] = []
+    for i in range(b):
+        r0, r1 = done.reasons[i], done.reasons[b + i]
+        if r0 is not None or r1 is not None:
+            which = f"K={null.n_components}" if r0 is not None else f"K={alt.n_components}"
+            out.append(f"the fit of {which} is degenerate: {r0 or r1}")
+            continue
+        out.append(2.0 * float(done.loglik[b + i] - done.loglik[i]))
+    return out
 
 
 def bootstrap_lrt(
@@ -279,13 +419,24 @@ def bootstrap_lrt(
     rng: Any = None,
     n_jobs: int | None = None,
     progress: Progress | None = None,
-    tol: float = 1e-8,
+    tol: float = LRT_TOL,
     max_iter: int = 1000,
 ) -> LRTResult:
     """The parametric bootstrap likelihood-ratio test of ``null`` (K components) against
     ``alternative`` (K + 1, the same structure), as mclust's ``mclustBootstrapLRT``: the
     statistic's null distribution is simulated by drawing data sets from the fitted null
-    mixture and fitting both K and K + 1 to each (McLachlan 1987)."""
+    mixture and fitting both K and K + 1 to each (McLachlan 1987), each EM started, as
+    mclust starts it, from the fitted null and alternative mixtures. The B replicates run as
+    one batched EM (all 2B fits share each pass); a replicate where either fit degenerates is
+    left out and recorded in ``failed``.
+
+    ``tol`` is mclust's (``emControl()$tol[1]``, 1e-5, relative change of the log-likelihood)
+    rather than ``fit_em``'s 1e-8: under the null the K + 1 fit often has a component with
+    nothing to fit, which shrinks onto a few points for hundreds of iterations while the
+    likelihood creeps up (unbounded where a variance can go to 0), so such a replicate's
+    statistic depends on where EM stops; stopping where mclust stops makes the test mclust's.
+    Measured on 155 rows of one feature, V, 199 replicates: K = 4 against 5 p = 0.47 at 1e-5,
+    0.69 at 1e-8; the other tests within 0.02."""
     arr = _check_fit(null, X)
     _check_fit(alternative, arr)
     k = null.n_components
@@ -301,7 +452,8 @@ def bootstrap_lrt(
         "n": arr.shape[0],
         "settings": {"tol": tol, "max_iter": max_iter},
     }
-    out = map_replicates(_lrt_replicate, payload, n_boot, rng, n_jobs, progress)
+    per_replicate = 2 * arr.size
+    out = _run_batches(_lrt_batch, payload, n_boot, per_replicate, rng, n_jobs, progress)
     stats = np.array([r for r in out if not isinstance(r, str)], dtype=np.float64)
     failed = {i: r for i, r in enumerate(out) if isinstance(r, str)}
     observed = 2.0 * (alternative.loglik - null.loglik)

@@ -78,6 +78,35 @@ def test_replicates_are_in_the_estimates_labels_and_do_not_depend_on_n_jobs():
     np.testing.assert_array_equal(one.weights, again.weights)
 
 
+@pytest.mark.parametrize("kind", ["nonparametric", "parametric", "weighted"])
+@pytest.mark.parametrize("structure", ["EEE", "VEV", "V"])
+def test_batched_replicates_equal_each_fit_alone(kind, structure):
+    # Reference: fit_em on each replicate's data alone (its multinomial counts or Dirichlet
+    # weights as sample_weight, or its simulated data), from the same estimate: the batched
+    # EM of all replicates gives the same log-likelihood (to 1e-10), iterations and mixture.
+    from bayesgmm.core.bootstrap import _refit, _refit_batch
+
+    X = _three_clusters(150, seed=4)
+    if structure == "V":  # three clusters along one feature
+        X = X[:, :1] + 5.0 * np.round(X[:, 1:] / 5.0)
+    fit = bg.fit_em(X, 3, covariance_type=structure)
+    payload = {
+        "X": X, "estimate": fit.model, "kind": kind, "prior": None, "tol": 1e-8,
+        "max_iter": 1000,
+    }  # fmt: skip
+    seeds = np.random.SeedSequence(7).spawn(12)
+    batched = _refit_batch(payload, seeds)
+    for b, seed in zip(batched, seeds, strict=True):
+        alone = _refit(payload, np.random.default_rng(seed))
+        assert isinstance(b, str) == isinstance(alone, str)
+        if isinstance(alone, str):
+            continue
+        assert b.loglik == pytest.approx(alone.loglik, abs=1e-10, rel=0)
+        assert b.n_iter == alone.n_iter and b.converged == alone.converged
+        np.testing.assert_allclose(b.model.means, alone.model.means, atol=1e-8)
+        np.testing.assert_allclose(b.model.covariances, alone.model.covariances, atol=1e-8)
+
+
 def test_parametric_replicates_relabel_a_permuted_estimate():
     X = _three_clusters()
     fit = bg.fit_em(X, 3)
@@ -123,6 +152,30 @@ def test_lrt_rejects_one_component_for_two_clusters_and_reports_the_statistic():
     assert res.replicates.size >= 15
     assert res.p_value == pytest.approx(1 / (1 + res.replicates.size))
     assert (res.replicates < res.statistic).all()
+
+
+def test_batched_lrt_replicates_equal_each_fit_alone():
+    # Reference: fit_em on each simulated data set alone, K from the null and K + 1 from the
+    # alternative (mclust's starts): the batched replicates give the same statistic (1e-10).
+    from bayesgmm.core.bootstrap import _lrt_batch
+
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(size=(70, 1)), rng.normal(size=(80, 1)) + 3.5])
+    f1, f2 = bg.fit_em(X, 1, covariance_type="V"), bg.fit_em(X, 2, covariance_type="V")
+    payload = {
+        "null": f1.model, "alt": f2.model, "n": X.shape[0],
+        "settings": {"tol": 1e-8, "max_iter": 1000},
+    }  # fmt: skip
+    seeds = np.random.SeedSequence(11).spawn(10)
+    batched = _lrt_batch(payload, seeds)
+    for stat, seed in zip(batched, seeds, strict=True):
+        data = f1.model.sample(X.shape[0], rng=np.random.default_rng(seed))[0]
+        a0 = bg.fit_em(data, 1, covariance_type="V", init=f1.model)
+        a1 = bg.fit_em(data, 2, covariance_type="V", init=f2.model)
+        if a1.degenerate:
+            assert isinstance(stat, str)
+            continue
+        assert stat == pytest.approx(2 * (a1.loglik - a0.loglik), abs=1e-10, rel=0)
 
 
 def test_lrt_needs_k_plus_one():
