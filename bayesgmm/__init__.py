@@ -11,9 +11,11 @@ from bayesgmm.core import (
     DegenerateFitWarning,
     EMResult,
     GaussianMixture,
+    HierarchicalResult,
     SelectionResult,
     adjusted_rand_index,
     fit_em,
+    hierarchical,
     select_em,
 )
 
@@ -24,6 +26,7 @@ __all__ = [
     "DegenerateFitWarning",
     "EMResult",
     "GaussianMixture",
+    "HierarchicalResult",
     "KComparison",
     "PosteriorWarning",
     "Priors",
@@ -35,6 +38,7 @@ __all__ = [
     "datasets",
     "fit_bayes",
     "fit_em",
+    "hierarchical",
     "plots",
     "select_em",
     "to_datatree",

@@ -26,8 +26,10 @@ from bayesgmm.core.result import EMResult
 __all__ = [
     "plot_bic",
     "plot_criteria",
+    "plot_dendrogram",
     "plot_forest",
     "plot_mixture",
+    "plot_partitions",
     "plot_posterior",
     "readable_dataset",
 ]
@@ -390,3 +392,91 @@ def _feature_index(f: Any, names: list[str]) -> int:
     if str(f) in names:
         return names.index(str(f))
     raise ValueError(f"features: {f!r} is not one of {names}; pass feature names or indices.")
+
+
+def plot_dendrogram(
+    tree: Any,
+    k: int | None = None,
+    *,
+    max_leaves: int = 60,
+    path: Any = None,
+    show: bool = False,
+) -> Any:
+    """The top of a :func:`bayesgmm.hierarchical` tree (scipy's ``dendrogram`` of
+    ``tree.to_scipy()``): beyond ``max_leaves`` rows only the last ``max_leaves`` merges are
+    drawn, each leaf labelled with its cluster's size; with ``k``, the k clusters of the cut in
+    colours (where the heights tie, scipy's colouring by height can show fewer)."""
+    import matplotlib.pyplot as plt
+    from scipy.cluster.hierarchy import dendrogram
+
+    L = tree.to_scipy()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    options: dict[str, Any] = {"ax": ax, "no_labels": tree.n_initial > max_leaves}
+    if tree.n_initial > max_leaves:
+        options.update(truncate_mode="lastp", p=max_leaves, show_contracted=True)
+        options["no_labels"] = False
+    if k is not None and 1 < k <= tree.n_initial:
+        # a threshold between the heights of the merges that leave k clusters and k − 1
+        h = L[:, 2]
+        options["color_threshold"] = 0.5 * (h[-k] + h[-k + 1]) if k < tree.n_initial else h[0]
+        ax.axhline(options["color_threshold"], color="0.4", lw=0.8, ls="--")
+    else:
+        options["color_threshold"] = 0.0
+        options["above_threshold_color"] = "0.3"
+    dendrogram(L, **options)
+    if tree.linkage == "model":
+        what = f"model-based, {tree.covariance_type}"
+    else:
+        what = f"{tree.linkage} linkage"
+    title = f"Agglomerative clustering ({what}, {tree.use} coordinates, {tree.n_initial} rows)"
+    if k is not None:
+        title += f"; cut at {k}"
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(
+        "running maximum of the merge cost"
+        if tree.linkage == "model" and tree.covariance_type == "VVV"
+        else "merge height"
+    )
+    fig.tight_layout()
+    return _finish(fig, path, show)
+
+
+def plot_partitions(
+    X: Any,
+    partitions: dict[str, Any],
+    *,
+    features: tuple[Any, Any] = (0, 1),
+    path: Any = None,
+    show: bool = False,
+) -> Any:
+    """Partitions of the same rows side by side (for example a tree's cut, EM's clusters and a
+    known label), on two features, each panel titled with its adjusted Rand index against the
+    first partition."""
+    import matplotlib.pyplot as plt
+
+    from bayesgmm.core.criteria import adjusted_rand_index
+
+    arr, names = as_data(X)
+    d = arr.shape[1]
+    labels = [str(n) for n in names] if names is not None else [f"x{j}" for j in range(d)]
+    i, j = (_feature_index(f, labels) for f in features)
+    items = list(partitions.items())
+    if not items:
+        raise ValueError("partitions is empty; pass a mapping of names to label vectors.")
+    ref = np.asarray(items[0][1])
+    fig, axes = plt.subplots(1, len(items), figsize=(4 * len(items), 3.8), squeeze=False)
+    for ax, (name, part) in zip(axes[0], items, strict=True):
+        part = np.asarray(part)
+        if part.shape != (arr.shape[0],):
+            raise ValueError(
+                f"partition {name!r} has shape {part.shape}; it needs one label per row "
+                f"({arr.shape[0]},)."
+            )
+        _, codes = np.unique(part, return_inverse=True)
+        ax.scatter(arr[:, i], arr[:, j], c=codes, cmap="tab10", s=10, vmin=0, vmax=9)
+        ari = adjusted_rand_index(ref, part)
+        ax.set_title(f"{name} (ARI with {items[0][0]}: {ari:.3f})", fontsize=9)
+        ax.set_xlabel(labels[i])
+        ax.set_ylabel(labels[j])
+    fig.tight_layout()
+    return _finish(fig, path, show)

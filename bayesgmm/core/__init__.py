@@ -6,6 +6,7 @@ Importing this package loads no pymc, pytensor or arviz.
 from bayesgmm.core.criteria import adjusted_rand_index, aic, bic, icl
 from bayesgmm.core.em import e_step, m_step, step
 from bayesgmm.core.fit import fit_em
+from bayesgmm.core.hierarchy import HierarchicalResult, hierarchical
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ConjugatePrior
 from bayesgmm.core.result import DegenerateFitWarning, EMResult
@@ -19,6 +20,7 @@ __all__ = [
     "DegenerateFitWarning",
     "EMResult",
     "GaussianMixture",
+    "HierarchicalResult",
     "SelectionResult",
     "adjusted_rand_index",
     "aic",
@@ -26,6 +28,7 @@ __all__ = [
     "e_step",
     "fit_em",
     "get_structure",
+    "hierarchical",
     "icl",
     "m_step",
     "select_em",

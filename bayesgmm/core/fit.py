@@ -110,7 +110,8 @@ def fit_em(
         (the same tree as mclust's ``hc(X, "VVV", use = "SVD")``, on up to 2000 random rows) cut
         at K, or for one feature its quantile classes (``qclass``);
         "kmeans++": k-means++ seeding, each row joining its nearest seed; "random": random
-        responsibilities;
+        responsibilities; a tree of these data (:func:`bayesgmm.hierarchical`) or its name,
+        "hc:ward", "hc:average", "hc:complete", "hc:single", "hc:vvv", "hc:eii", cut at K;
         or an (n,) label vector, an (n, K) responsibility matrix, or a mixture to start from.
     n_init : int, default 1
         Number of starts: the first from ``init``, the others from k-means++ with fresh random
@@ -154,10 +155,13 @@ def fit_em(
     structure = get_structure(covariance_type, arr.shape[1])
     check_settings(n_init, tol, max_iter, reg_covar, prior)
     gen = as_rng(rng)
-    parsed = parse_init(init, arr, k)
+    from bayesgmm.core.hierarchy import tree_start
+
+    tree = tree_start(init, arr, gen)
+    parsed = "hc" if tree is not None else parse_init(init, arr, k)
     resolved = None if prior is None else prior.resolve(arr, k, w)
 
-    starts = make_starts(parsed, arr, k, gen, n_init)
+    starts = make_starts(parsed, arr, k, gen, n_init, tree)
     try:
         models = [
             (label, start_model(arr, st, structure, w, resolved, float(reg_covar), names))

@@ -231,9 +231,11 @@ def select_em(
         "all" is every structure built (E and V for one feature, as mclust).
     criterion : {"bic", "icl"}, default "bic"
         Textbook sign: the smallest wins.
-    init : {"hc", "kmeans++", "random"}, default "hc"
+    init : {"hc", "kmeans++", "random"}, a tree or its name, default "hc"
         With "hc" (mclust's start, see :func:`fit_em`), one hierarchical tree is built for the
-        whole grid and cut at each K.
+        whole grid and cut at each K; a tree of these data (:func:`bayesgmm.hierarchical`) or
+        its name ("hc:ward", "hc:average", "hc:complete", "hc:single", "hc:vvv", "hc:eii") is
+        cut the same way.
     n_init : int, default 10
         Starts per cell: the hierarchical one plus ``n_init − 1`` k-means++ restarts, because EM
         finds local optima (mclust's default start alone misses galaxies' V,3). ``n_init=1,
@@ -269,12 +271,18 @@ def select_em(
     crit = str(criterion).lower()
     if crit not in _CRITERIA:
         raise ValueError(f"criterion={criterion!r} is not one of {list(_CRITERIA)}.")
-    if not isinstance(init, str) or init.lower() not in INIT_METHODS:
+    from bayesgmm.core.hierarchy import HierarchicalResult, tree_start
+
+    named_tree = isinstance(init, str) and init.lower().startswith("hc:")
+    if not (isinstance(init, HierarchicalResult) or named_tree) and (
+        not isinstance(init, str) or init.lower() not in INIT_METHODS
+    ):
         raise ValueError(
-            f"select_em's init must be one of {list(INIT_METHODS)}; got {init!r}. To start one "
+            f"select_em's init must be one of {list(INIT_METHODS)}, a tree of the data "
+            f"(bayesgmm.hierarchical) or its name such as 'hc:ward'; got {init!r}. To start one "
             "fit from labels or a mixture, use fit_em(init=...)."
         )
-    method = init.lower()
+    method = "hc" if not isinstance(init, str) or named_tree else init.lower()
     ks = _parse_ks(n_components)
     d = arr.shape[1]
     if isinstance(covariance_types, str) and covariance_types.lower() == "all":
@@ -284,7 +292,8 @@ def select_em(
         structures = list(dict.fromkeys(get_structure(t, d).name for t in types))
     gen = as_rng(rng)
     n_distinct = count_distinct_rows(arr, at_least=max(ks))
-    tree = hc_tree(arr, gen) if method == "hc" else None
+    given = tree_start(init, arr, gen)
+    tree = given if given is not None else (hc_tree(arr, gen) if method == "hc" else None)
     settings: dict[str, Any] = {
         "reg_covar": float(reg_covar),
         "tol": float(tol),

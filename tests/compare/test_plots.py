@@ -91,3 +91,22 @@ def test_errors(three, three_fit, pseudo_posterior):
         plots.plot_mixture(three_fit, three, features=("x0", "z"))
     with pytest.raises(ValueError, match="has 1 features"):
         plots.plot_mixture(three_fit, three[:, 0])
+
+
+def test_dendrogram_and_partitions():
+    import numpy as np
+
+    X = bg.datasets.load_faithful()
+    tree = bg.hierarchical(X)
+    fig = bg.plots.plot_dendrogram(tree, k=3, max_leaves=30)
+    ax = fig.axes[0]
+    assert "cut at 3" in ax.get_title()
+    assert len(ax.get_xticklabels()) == 30  # truncated to the last 30 merges' clusters
+    fit = bg.fit_em(X, 3, covariance_type="EEE", init=tree)
+    fig = bg.plots.plot_partitions(X, {"tree": tree.cut(3), "EM": fit.predict()})
+    titles = [a.get_title() for a in fig.axes]
+    assert titles[0].endswith("1.000)")
+    ari = bg.adjusted_rand_index(tree.cut(3), fit.predict())
+    assert f"{ari:.3f}" in titles[1]
+    with pytest.raises(ValueError, match="one label per row"):
+        bg.plots.plot_partitions(X, {"tree": np.zeros(3)})

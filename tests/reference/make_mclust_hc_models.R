@@ -1,0 +1,22 @@
+# Writes tests/reference/mclust_hc_models.json: mclust's model-based agglomerations other than
+# the default VVV (in mclust_hc.json), for the tests of bayesgmm.hierarchical. Run from the
+# repository root (needs R with mclust, e.g. Debian's r-cran-mclust):
+#   Rscript tests/reference/make_mclust_hc_models.R
+# hclass(hc(X, modelName = m, use = "SVD"), G = 1..9) for m in EII, VII, EEE on faithful and iris
+# (1-based labels, one array per G). bayesgmm builds EII (as Ward's criterion); VII and EEE are
+# recorded for when it builds them.
+suppressMessages(library(mclust))
+vec <- function(v) paste0("[", paste(format(v, digits = 17, trim = TRUE), collapse = ","), "]")
+mat <- function(m) paste0("[", paste(apply(m, 2, vec), collapse = ","), "]")  # by column
+data <- list(
+  faithful = as.matrix(read.csv("../shared/reference/faithful.csv")),
+  iris = as.matrix(datasets::iris[, 1:4])
+)
+parts <- c(sprintf("\"about\":\"mclust %s: hclass(hc(X, modelName, use='SVD'), 1:9), 1-based labels. Written by tests/reference/make_mclust_hc_models.R.\"", packageVersion("mclust")))
+for (m in c("EII", "VII", "EEE")) {
+  for (name in names(data)) {
+    h <- hc(data[[name]], modelName = m, use = "SVD")
+    parts <- c(parts, sprintf("\"%s_%s\":%s", name, m, mat(hclass(h, 1:9))))
+  }
+}
+writeLines(paste0("{", paste(parts, collapse = ","), "}"), "tests/reference/mclust_hc_models.json")
