@@ -1,4 +1,4 @@
-"""The ``bayesgmm`` command: demo, fit, sample, compare and report.
+"""The ``bayesgmm`` command: demo, fit, sample, compare, tree and report.
 
 The command has no statistics of its own: it reads the data, calls the library and writes what
 it returns. A user error (a bad file, a missing or text column, too few rows, K too large) is
@@ -178,6 +178,45 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tree(args: argparse.Namespace) -> int:
+    import bayesgmm as bg
+
+    X = _load(args)
+    if args.k < 1 or args.k > X.shape[0]:
+        raise CLIError(
+            f"--k {args.k} is outside 1..{X.shape[0]} (the data's rows); use a K in that range."
+        )
+    tree = bg.hierarchical(
+        X,
+        args.linkage,
+        covariance_type=args.structure,
+        use=args.use,
+        max_rows=args.max_rows,
+        rng=args.seed,
+    )
+    labels = tree.labels_for(X.to_numpy(), args.k)
+    what = f"model-based {tree.covariance_type}" if tree.linkage == "model" else tree.linkage
+    sub = "" if tree.n_initial == tree.n_obs else f", built on {tree.n_initial} sampled rows"
+    print(
+        f"Agglomerative clustering ({what} linkage, {tree.use} coordinates, {tree.n_obs} "
+        f"rows{sub}); cut at K = {args.k}:"
+    )
+    for j, size in enumerate(np.bincount(labels, minlength=args.k)):
+        print(f"  cluster {j}: {size} rows")
+    if args.labels:
+        import pandas as pd
+
+        pd.DataFrame({"cluster": labels}, index=X.index).to_csv(args.labels)
+        print(f"wrote {args.labels}")
+    if args.output:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        bg.plots.plot_dendrogram(tree, k=args.k, path=args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _run_report(X: Any, notices: list[str], args: argparse.Namespace, title: str) -> Path:
     from bayesgmm.cli.pipeline import Settings, run_analysis
 
@@ -342,6 +381,36 @@ def _build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--output", help="write the table as CSV")
     _add_bayes(compare, 1000, 4)
     compare.set_defaults(func=_compare)
+
+    tree = sub.add_parser(
+        "tree",
+        formatter_class=raw,
+        help="agglomerative hierarchical clustering: cut sizes and the dendrogram",
+        description="Build the agglomerative tree (mclust's model-based one, or scipy's "
+        "linkages), cut it at K, print the clusters' sizes and write the dendrogram.\n\n"
+        "examples:\n  bayesgmm tree data.csv --k 3\n  bayesgmm tree data.csv --linkage ward "
+        "--k 3 --output dendrogram.png --labels clusters.csv",
+    )
+    _add_data(tree)
+    tree.add_argument(
+        "--linkage",
+        default="model",
+        choices=("model", "ward", "average", "complete", "single"),
+        help="model (mclust's model-based criterion; default) or scipy's linkage",
+    )
+    tree.add_argument(
+        "--structure", default="VVV", help="the model-based criterion: VVV or EII (default VVV)"
+    )
+    tree.add_argument(
+        "--use",
+        choices=("svd", "standardised", "raw"),
+        help="coordinates (default svd for model, raw for the others)",
+    )
+    tree.add_argument("--k", type=int, default=3, help="the cut (default 3)")
+    tree.add_argument("--max-rows", type=int, help="build the tree on this many sampled rows")
+    tree.add_argument("--output", default="dendrogram.png", help="the dendrogram (PNG, SVG, PDF)")
+    tree.add_argument("--labels", help="write each row's cluster as CSV")
+    tree.set_defaults(func=_tree)
 
     report = sub.add_parser(
         "report",

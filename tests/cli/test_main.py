@@ -14,7 +14,7 @@ import xarray as xr
 import bayesgmm as bg
 from bayesgmm.cli.main import main
 
-COMMANDS = ("demo", "fit", "sample", "compare", "report")
+COMMANDS = ("demo", "fit", "sample", "compare", "tree", "report")
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +141,12 @@ def test_report_is_self_contained_html(tmp_path, capsys, faithful_csv):
     assert main(argv) == 0
     text = out.read_text()
     assert text.startswith("<!DOCTYPE html>")
-    # BIC per structure, the mixture, the forest plot, the criteria against K: all embedded
-    assert text.count('src="data:image/png;base64,') == 4
+    # BIC per structure, the mixture, the dendrogram, the forest plot, the criteria against
+    # K: all embedded
+    assert text.count('src="data:image/png;base64,') == 5
     for heading in (
         "EM: model selection by BIC",
+        "The hierarchical tree",
         "EM against the posterior",
         "How many components?",
         "Reading",
@@ -236,3 +238,20 @@ def test_sample_writes_the_posterior(tmp_path, capsys, faithful_csv):
     assert "log_likelihood" in tree.children and "em" in tree.children
     with pytest.raises(SystemExit):
         main(["sample", str(faithful_csv), "--k", "3", "--method", "gibbs"])
+
+
+def test_tree_prints_the_cut_and_writes_the_dendrogram(tmp_path, capsys, faithful_csv):
+    png, labels = tmp_path / "d.png", tmp_path / "labels.csv"
+    argv = ["tree", str(faithful_csv), "--linkage", "ward", "--k", "3"]
+    assert main([*argv, "--output", str(png), "--labels", str(labels)]) == 0
+    out = capsys.readouterr().out
+    X = bg.datasets.load_faithful()
+    sizes = np.bincount(bg.hierarchical(X, "ward").cut(3))  # the library's cut, printed
+    for j, size in enumerate(sizes):
+        assert f"cluster {j}: {size} rows" in out
+    assert png.stat().st_size > 0
+    written = pd.read_csv(labels)["cluster"].to_numpy()
+    np.testing.assert_array_equal(np.bincount(written), sizes)
+    assert _error(capsys, ["tree", str(faithful_csv), "--k", "0"]).startswith(
+        "bayesgmm tree: error: --k 0 is outside 1..272"
+    )
