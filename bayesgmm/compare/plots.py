@@ -434,7 +434,7 @@ def plot_dendrogram(
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(
         "running maximum of the merge cost"
-        if tree.linkage == "model" and tree.covariance_type == "VVV"
+        if tree.linkage == "model" and tree.covariance_type in ("VVV", "VII")
         else "merge height"
     )
     fig.tight_layout()

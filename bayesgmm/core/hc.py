@@ -84,9 +84,21 @@ def _cost(n: np.ndarray, W: np.ndarray, alpha: float) -> np.ndarray:
     return n * log_term
 
 
-def hierarchical_tree(Z: np.ndarray, alpha: float = 1.0) -> HierarchicalTree:
+def _cost_vii(n: np.ndarray, W: np.ndarray, alpha: float) -> np.ndarray:
+    """Cluster terms n log((tr W + α)/n) of the spherical model with its own volume per cluster
+    (mclust's ``hcVII``; a singleton's term is log α)."""
+    return n * np.log((np.trace(W, axis1=1, axis2=2) + alpha) / n)
+
+
+_COSTS = {"VVV": _cost, "VII": _cost_vii}
+
+
+def hierarchical_tree(
+    Z: np.ndarray, alpha: float = 1.0, criterion: str = "VVV"
+) -> HierarchicalTree:
     """Agglomerate the rows of ``Z`` (n, d) with the regularised VVV criterion, as mclust's
-    ``hcVVV``.
+    ``hcVVV`` (or, with ``criterion="VII"``, the spherical one of ``hcVII``, whose
+    bookkeeping and regularisation α are the same).
 
     As mclust (whose ``hc()`` passes no initial partition to ``hcVVV``), every row starts as its
     own cluster; duplicated rows merge first because their merges cost least. The order of the
@@ -98,6 +110,7 @@ def hierarchical_tree(Z: np.ndarray, alpha: float = 1.0) -> HierarchicalTree:
 
     Cost: O(n²) memory and about n² d³ / 2 + n³ / 3 operations; callers subsample large data.
     """
+    cost_of = _COSTS[criterion]
     m, d = Z.shape
     counts = np.ones(m)
     means = np.array(Z, dtype=np.float64, copy=True)
@@ -105,7 +118,7 @@ def hierarchical_tree(Z: np.ndarray, alpha: float = 1.0) -> HierarchicalTree:
     centered = Z - Z.mean(axis=0)
     ridge = alpha * float(np.sum(centered * centered)) / (max(m, 1) * d)
     ridge = max(ridge, np.finfo(np.float64).eps)  # as mclust: α = max(α, ε)
-    own = _cost(counts, W, ridge)
+    own = cost_of(counts, W, ridge)
     rep = np.arange(m)  # the initial cluster (row) that stands for the cluster in each position
 
     def merge_costs(i: int, others: np.ndarray) -> np.ndarray:
@@ -117,7 +130,7 @@ def hierarchical_tree(Z: np.ndarray, alpha: float = 1.0) -> HierarchicalTree:
             + W[others]
             + (n_i * n_o / n)[:, None, None] * delta[:, :, None] * delta[:, None, :]
         )
-        return _cost(n, Wm, ridge) - (own[i] + own[others])
+        return cost_of(n, Wm, ridge) - (own[i] + own[others])
 
     # cost[i, j] for positions i < j (+inf elsewhere), and for each column j its least cost and
     # the last row that has it, so that each stage finds mclust's pair without a full scan.
@@ -149,7 +162,7 @@ def hierarchical_tree(Z: np.ndarray, alpha: float = 1.0) -> HierarchicalTree:
         W[i] = W[i] + W[j] + (n_i * n_j / (n_i + n_j)) * np.outer(delta, delta)
         means[i] = (n_i * means[i] + n_j * means[j]) / (n_i + n_j)
         counts[i] = n_i + n_j
-        own[i] = _cost(counts[i : i + 1], W[i : i + 1], ridge)[0]
+        own[i] = cost_of(counts[i : i + 1], W[i : i + 1], ridge)[0]
         top = g - 1
         if j != top:  # the cluster in the last position moves into position j
             counts[j], means[j], W[j], own[j], rep[j] = (

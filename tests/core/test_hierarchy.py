@@ -25,14 +25,14 @@ def data() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", ["faithful", "iris"])
-@pytest.mark.parametrize("structure", ["VVV", "EII"])
+@pytest.mark.parametrize("structure", ["VVV", "VII", "EII"])
 def test_model_based_trees_cut_as_mclusts(data, name, structure):
     # Reference: mclust 6.0.0's hclass(hc(X, modelName, use = "SVD"), G) (tests/reference:
-    # VVV from make_mclust_hc.R, EII from make_mclust_hc_models.R), G = 1..9.
+    # VVV from make_mclust_hc.R, VII and EII from make_mclust_hc_models.R), G = 1..9.
     if structure == "VVV":
         ref = json.loads((REFERENCE / "mclust_hc.json").read_text())[f"{name}_hc"][:9]
     else:
-        ref = json.loads((REFERENCE / "mclust_hc_models.json").read_text())[f"{name}_EII"]
+        ref = json.loads((REFERENCE / "mclust_hc_models.json").read_text())[f"{name}_{structure}"]
     tree = bg.hierarchical(data[name], covariance_type=structure)
     assert tree.linkage == "model" and tree.use == "svd"
     for g, theirs in enumerate(ref, start=1):
@@ -54,7 +54,8 @@ def test_classical_linkages_are_scipys(data, linkage):
 
 
 @pytest.mark.parametrize(
-    ("linkage", "structure"), [("model", "VVV"), ("model", "EII"), ("ward", None)]
+    ("linkage", "structure"),
+    [("model", "VVV"), ("model", "VII"), ("model", "EII"), ("ward", None)],
 )
 def test_linkage_matrix_is_valid_and_reproduces_the_cuts(data, linkage, structure):
     X = data["faithful"]
