@@ -399,7 +399,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="model (mclust's model-based criterion; default) or scipy's linkage",
     )
     tree.add_argument(
-        "--structure", default="VVV", help="model-based criterion: VVV, VII or EII (default VVV)"
+        "--structure",
+        default="VVV",
+        help="model-based criterion: VVV, VII, EEE or EII (default VVV)",
     )
     tree.add_argument(
         "--use",

@@ -202,3 +202,93 @@ def hierarchical_tree(
             col_min[yy[take]] = vals[take]
             col_arg[yy[take]] = r
     return HierarchicalTree(initial_labels=np.arange(m), merges=merges)
+
+
+_FLMAX = float(np.finfo(np.float64).max)
+_EPSMIN = 1.1102230246251565e-16
+
+
+def eee_tree(Z: np.ndarray) -> tuple[HierarchicalTree, np.ndarray]:
+    """Agglomerate the rows of ``Z`` (n, d) with mclust's EEE criterion (``hcEEE``): clusters
+    sharing one covariance, so a merge's cost is the log-determinant of the pooled
+    within-cluster scatter W after it. While W is singular the pooled trace decides (first the
+    d − 1 merges that leave W of rank below d, by Ward's increase of the trace; then
+    log(det W + tr W) while log det W stays below log of the data's total scatter trace per
+    feature); after that log det W alone. Scatters are of the rows scaled by 1/√n, as mclust's;
+    among equal costs the pair that comes last in the order (j, then i) wins, and the cluster
+    in the last position moves into the merged pair's second position, as mclust's
+    bookkeeping does. Cost: O(n²) pairs per stage, each a d × d determinant.
+
+    Returns the tree and each merge's criterion value (the log of the pooled trace, then
+    log(det W + tr W), then log det W, as the phase decides)."""
+    m, d = Z.shape
+    x = np.array(Z, dtype=np.float64) / np.sqrt(m)  # √(n_c) × mean_c, of the scaled rows
+    mean = x.mean(axis=0)
+    trc0 = float((((x - mean) / np.sqrt(d)) ** 2).sum())
+    delog = np.log(trc0 + _EPSMIN)
+    counts = np.ones(m)
+    rep = np.arange(m)
+    W = np.zeros((d, d))
+    trcw = 0.0
+    rank = 1  # mclust's q: rank-one updates made to W's factor, plus one
+    detw = -_FLMAX
+    phase = 1
+    merges = np.empty((max(m - 1, 0), 2), dtype=np.int64)
+    heights = np.empty(max(m - 1, 0))
+    for stage in range(m - 1):
+        g = m - stage
+        jj, ii = np.nonzero(np.tril(np.ones((g, g), dtype=bool), k=-1))  # j > i, j-major
+        n_i, n_j = counts[ii], counts[jj]
+        nij = n_i + n_j
+        si, sj = np.sqrt(n_i / nij), np.sqrt(n_j / nij)
+        v = sj[:, None] * x[ii] - si[:, None] * x[jj]
+        gain = (v * v).sum(axis=1)
+        if phase == 1 and rank >= d:
+            phase = 2 if detw < delog else 3
+        if phase == 1:
+            z = np.maximum(trcw + gain, _EPSMIN)
+            pick = len(z) - 1 - int(np.argmin(z[::-1]))
+            trcw = float(z[pick])
+            heights[stage] = np.log(trcw)
+        else:
+            sign, logdet = np.linalg.slogdet(W[None] + v[:, :, None] * v[:, None, :])
+            dij = np.where(sign > 0, logdet, -_FLMAX)
+            if phase == 2:
+                tij = trcw + gain
+                zt = np.maximum(tij, _EPSMIN)
+                with np.errstate(over="ignore"):
+                    zij = np.where(
+                        dij == -_FLMAX,
+                        np.log(zt),
+                        np.where(
+                            dij <= 0,
+                            np.log(np.exp(np.minimum(dij, 0.0)) + zt),
+                            np.log1p(zt * np.exp(-np.maximum(dij, 0.0))) + dij,
+                        ),
+                    )
+                zij = np.where(tij == 0, -_FLMAX, zij)
+                pz = len(zij) - 1 - int(np.argmin(zij[::-1]))
+                pd = len(dij) - 1 - int(np.argmin(dij[::-1]))
+                if dij[pd] < delog:
+                    pick = pz
+                else:
+                    pick = pd
+                trcw, detw = float(tij[pick]), float(dij[pick])
+                heights[stage] = zij[pick] if pick == pz else detw
+            else:
+                pick = len(dij) - 1 - int(np.argmin(dij[::-1]))
+                detw = float(dij[pick])
+                trcw += float(gain[pick])
+                heights[stage] = detw
+        i, j = int(ii[pick]), int(jj[pick])
+        W = W + np.outer(v[pick], v[pick])
+        rank += 1
+        merges[stage] = (rep[i], rep[j])
+        x[i] = si[pick] * x[i] + sj[pick] * x[j]
+        counts[i] = nij[pick]
+        top = g - 1
+        if j != top:
+            x[j], counts[j], rep[j] = x[top], counts[top], rep[top]
+        if phase == 2 and detw >= delog:
+            phase = 3
+    return HierarchicalTree(initial_labels=np.arange(m), merges=merges), heights

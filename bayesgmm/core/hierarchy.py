@@ -7,7 +7,9 @@ Merge the two closest groups, again and again, from singletons to one cluster. T
   model of each cluster. "VVV" (each cluster its own covariance) is
   :func:`bayesgmm.core.hc.hierarchical_tree`, mclust's ``hcVVV`` with its regularisation and
   its order among equal costs; "VII" (spherical clusters, each its own volume) the same
-  agglomeration with mclust's ``hcVII`` criterion; "EII" (spherical clusters of one volume)
+  agglomeration with mclust's ``hcVII`` criterion; "EEE" (one covariance shared by every
+  cluster) :func:`bayesgmm.core.hc.eee_tree`, mclust's ``hcEEE`` (the pooled scatter's
+  log-determinant, its trace while it is singular); "EII" (spherical clusters of one volume)
   is Ward's criterion, since the EII classification likelihood depends on the partition only
   through the pooled within-cluster sum of squares; scipy's Ward linkage computes it (checked
   against mclust's ``hc(X, "EII")`` partitions, which it reproduces).
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from bayesgmm.core._validation import as_data, as_rng
-from bayesgmm.core.hc import HierarchicalTree, hierarchical_tree
+from bayesgmm.core.hc import HierarchicalTree, eee_tree, hierarchical_tree
 
 __all__ = [
     "LINKAGES",
@@ -41,8 +43,8 @@ __all__ = [
 
 #: Linkages: the model-based criterion, then scipy's classical ones.
 LINKAGES = ("model", "ward", "average", "complete", "single")
-#: The model-based criteria available (mclust's hcVVV and hcVII, and hcEII as Ward's criterion).
-MODEL_CRITERIA = ("VVV", "VII", "EII")
+#: The model-based criteria available (mclust's hcVVV, hcVII, hcEEE, and hcEII as Ward's).
+MODEL_CRITERIA = ("VVV", "VII", "EEE", "EII")
 #: The coordinates the tree is built in (mclust's hcUse: "SVD", "STD", "VARS").
 USES = ("svd", "standardised", "raw")
 
@@ -92,7 +94,8 @@ class HierarchicalResult:
     linkage : str
         "model" or one of scipy's linkages.
     covariance_type : str or None
-        The model-based criterion ("VVV", "VII" or "EII"); None for the classical linkages.
+        The model-based criterion ("VVV", "VII", "EEE" or "EII"); None for the classical
+        linkages.
     use : str
         The coordinates: "svd", "standardised" or "raw".
     rows : ndarray (m,)
@@ -104,9 +107,11 @@ class HierarchicalResult:
         tree's rows (positions in ``rows``), id m + s the cluster formed at stage s.
     heights : ndarray (m − 1,)
         The cost of each merge: for the model-based VVV and VII trees the increase of mclust's
-        regularised classification criterion (not monotone: a merge can cost less than an
-        earlier one); for EII and Ward the increase of the within-cluster sum of squares, as
-        scipy's Ward distance √(2 Δ); for the other linkages scipy's merge distance.
+        regularised classification criterion, for EEE the criterion after the merge (the log
+        pooled trace, log(det + trace), then log det of the pooled scatter), neither monotone
+        (a merge can cost less than an earlier one); for EII and Ward the increase of the
+        within-cluster sum of squares, as scipy's Ward distance √(2 Δ); for the other linkages
+        scipy's merge distance.
     """
 
     linkage: str
@@ -157,12 +162,12 @@ class HierarchicalResult:
         """A linkage matrix (m − 1, 4) that scipy's ``dendrogram``, ``fcluster`` and
         ``is_valid_linkage`` accept: the merges, a height and the new cluster's size.
 
-        For the classical linkages and EII the height is scipy's. For the model-based VVV and
-        VII trees it is the running maximum of the merge costs, shifted to start at 0:
+        For the classical linkages and EII the height is scipy's. For the model-based VVV, VII
+        and EEE trees it is the running maximum of the merge costs, shifted to start at 0:
         monotone, so that the dendrogram draws without crossings, and equal to the merge cost
         wherever a merge costs more than every earlier one."""
         h = self.heights
-        if self.linkage == "model" and self.covariance_type in ("VVV", "VII"):
+        if self.linkage == "model" and self.covariance_type in ("VVV", "VII", "EEE"):
             h = np.maximum.accumulate(h - h.min()) if h.size else h
         return np.column_stack([self.merges.astype(np.float64), h, self._sizes])
 
@@ -232,7 +237,7 @@ def hierarchical(
         value: drop such rows first).
     linkage : {"model", "ward", "average", "complete", "single"}, default "model"
         "model": mclust's model-based criterion for ``covariance_type``; the others scipy's.
-    covariance_type : {"VVV", "VII", "EII"}, default "VVV"
+    covariance_type : {"VVV", "VII", "EEE", "EII"}, default "VVV"
         The model-based criterion (``linkage="model"`` only).
     use : {"svd", "standardised", "raw"}, optional
         The coordinates the tree is built in; default "svd" for the model-based tree (mclust's
@@ -284,6 +289,9 @@ def hierarchical(
     if link == "model" and structure in ("VVV", "VII"):
         tree = hierarchical_tree(Z, criterion=structure)
         merges, heights, sizes = _scipy_merges(tree, Z, structure)
+    elif link == "model" and structure == "EEE":
+        tree, heights = eee_tree(Z)
+        merges, _, sizes = _scipy_merges(tree, Z, "VII")  # ids and sizes; EEE's own heights
     else:
         method = "ward" if link == "model" else link
         L = hierarchy.linkage(Z, method=method, metric="euclidean")
@@ -355,7 +363,7 @@ def _scipy_merges(
 def tree_start(init: Any, X: np.ndarray, rng: Any) -> tuple[HierarchicalResult, np.ndarray] | None:
     """For EM's ``init``: a :class:`HierarchicalResult` of these data, or a name "hc:<linkage>"
     ("hc:ward", "hc:average", "hc:complete", "hc:single") or "hc:<criterion>" ("hc:vvv",
-    "hc:vii", "hc:eii"), as (tree, its rows); None for any other ``init``."""
+    "hc:vii", "hc:eee", "hc:eii"), as (tree, its rows); None for any other ``init``."""
     if isinstance(init, HierarchicalResult):
         if init.n_obs != X.shape[0] or init._data.shape[1] != X.shape[1]:
             raise ValueError(
@@ -365,14 +373,14 @@ def tree_start(init: Any, X: np.ndarray, rng: Any) -> tuple[HierarchicalResult, 
         return init, init.rows
     if isinstance(init, str) and init.lower().startswith("hc:"):
         spec = init[3:].lower()
-        if spec in ("vvv", "vii", "eii"):
+        if spec in ("vvv", "vii", "eee", "eii"):
             tree = hierarchical(X, "model", covariance_type=spec, rng=rng)
         elif spec in LINKAGES[1:]:
             tree = hierarchical(X, spec, rng=rng)
         else:
             raise ValueError(
                 f"init={init!r}: after 'hc:' give a linkage ({', '.join(LINKAGES[1:])}) or a "
-                "model-based criterion (vvv, vii, eii)."
+                "model-based criterion (vvv, vii, eee, eii)."
             )
         return tree, tree.rows
     return None

@@ -25,10 +25,10 @@ def data() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", ["faithful", "iris"])
-@pytest.mark.parametrize("structure", ["VVV", "VII", "EII"])
+@pytest.mark.parametrize("structure", ["VVV", "VII", "EEE", "EII"])
 def test_model_based_trees_cut_as_mclusts(data, name, structure):
     # Reference: mclust 6.0.0's hclass(hc(X, modelName, use = "SVD"), G) (tests/reference:
-    # VVV from make_mclust_hc.R, VII and EII from make_mclust_hc_models.R), G = 1..9.
+    # VVV from make_mclust_hc.R, the others from make_mclust_hc_models.R), G = 1..9.
     if structure == "VVV":
         ref = json.loads((REFERENCE / "mclust_hc.json").read_text())[f"{name}_hc"][:9]
     else:
@@ -55,7 +55,7 @@ def test_classical_linkages_are_scipys(data, linkage):
 
 @pytest.mark.parametrize(
     ("linkage", "structure"),
-    [("model", "VVV"), ("model", "VII"), ("model", "EII"), ("ward", None)],
+    [("model", "VVV"), ("model", "VII"), ("model", "EEE"), ("model", "EII"), ("ward", None)],
 )
 def test_linkage_matrix_is_valid_and_reproduces_the_cuts(data, linkage, structure):
     X = data["faithful"]

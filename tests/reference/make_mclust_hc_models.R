@@ -3,8 +3,7 @@
 # repository root (needs R with mclust, e.g. Debian's r-cran-mclust):
 #   Rscript tests/reference/make_mclust_hc_models.R
 # hclass(hc(X, modelName = m, use = "SVD"), G = 1..9) for m in EII, VII, EEE on faithful and iris
-# (1-based labels, one array per G). bayesgmm builds EII (as Ward's criterion) and VII; EEE is
-# recorded for when it builds it.
+# (1-based labels, one array per G).
 suppressMessages(library(mclust))
 vec <- function(v) paste0("[", paste(format(v, digits = 17, trim = TRUE), collapse = ","), "]")
 mat <- function(m) paste0("[", paste(apply(m, 2, vec), collapse = ","), "]")  # by column
