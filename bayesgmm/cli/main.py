@@ -400,8 +400,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     tree.add_argument(
         "--structure",
-        default="VVV",
-        help="model-based criterion: VVV, VII, EEE or EII (default VVV)",
+        help="model-based criterion: VVV, VII, EEE or EII; V or E for one feature (default VVV, "
+        "or V for one feature)",
     )
     tree.add_argument(
         "--use",

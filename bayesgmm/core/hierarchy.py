@@ -45,6 +45,8 @@ __all__ = [
 LINKAGES = ("model", "ward", "average", "complete", "single")
 #: The model-based criteria available (mclust's hcVVV, hcVII, hcEEE, and hcEII as Ward's).
 MODEL_CRITERIA = ("VVV", "VII", "EEE", "EII")
+#: ... and for one feature (mclust's hcV and hcE).
+MODEL_CRITERIA_1D = ("V", "E")
 #: The coordinates the tree is built in (mclust's hcUse: "SVD", "STD", "VARS").
 USES = ("svd", "standardised", "raw")
 
@@ -167,7 +169,7 @@ class HierarchicalResult:
         monotone, so that the dendrogram draws without crossings, and equal to the merge cost
         wherever a merge costs more than every earlier one."""
         h = self.heights
-        if self.linkage == "model" and self.covariance_type in ("VVV", "VII", "EEE"):
+        if self.linkage == "model" and self.covariance_type in ("VVV", "VII", "EEE", "V"):
             h = np.maximum.accumulate(h - h.min()) if h.size else h
         return np.column_stack([self.merges.astype(np.float64), h, self._sizes])
 
@@ -223,7 +225,7 @@ def hierarchical(
     X: Any,
     linkage: str = "model",
     *,
-    covariance_type: str = "VVV",
+    covariance_type: str | None = None,
     use: str | None = None,
     max_rows: int | None = None,
     rng: Any = 0,
@@ -237,11 +239,14 @@ def hierarchical(
         value: drop such rows first).
     linkage : {"model", "ward", "average", "complete", "single"}, default "model"
         "model": mclust's model-based criterion for ``covariance_type``; the others scipy's.
-    covariance_type : {"VVV", "VII", "EEE", "EII"}, default "VVV"
-        The model-based criterion (``linkage="model"`` only).
+    covariance_type : {"VVV", "VII", "EEE", "EII"} or, for one feature, {"V", "E"}, optional
+        The model-based criterion (``linkage="model"`` only); default "VVV", or "V" for one
+        feature. mclust's one-feature trees: "V" (its own variance per cluster: the VII
+        criterion with mclust's ``hcV`` regularisation, α = machine ε) and "E" (Ward's).
     use : {"svd", "standardised", "raw"}, optional
-        The coordinates the tree is built in; default "svd" for the model-based tree (mclust's
-        default) and "raw" for the classical linkages (scipy's).
+        The coordinates the tree is built in; default "svd" for the model-based tree on several
+        features (mclust's default), "raw" for one feature (mclust's) and for the classical
+        linkages (scipy's).
     max_rows : int, optional
         Build the tree on a random subsample of this many rows (default 2000 for the
         model-based tree, as mclust's ``subset``, and 10,000 for the classical linkages);
@@ -265,11 +270,19 @@ def hierarchical(
 
     arr, _ = _complete_rows(X)
     link = _check_choice("linkage", linkage, LINKAGES)
+    one = arr.shape[1] == 1
     structure = None
     if link == "model":
-        structure = _check_choice("covariance_type", covariance_type, MODEL_CRITERIA, upper=True)
+        valid = MODEL_CRITERIA_1D if one else MODEL_CRITERIA
+        given = covariance_type if covariance_type is not None else valid[0]
+        if one and isinstance(given, str) and given.upper() in MODEL_CRITERIA:
+            raise ValueError(
+                f"covariance_type={given!r} is for several features; X has one. Use 'V' (its "
+                "own variance per cluster) or 'E' (one variance), as mclust."
+            )
+        structure = _check_choice("covariance_type", given, valid, upper=True)
     coords_use = _check_choice("use", use, USES) if use is not None else (
-        "svd" if link == "model" else "raw"
+        "svd" if link == "model" and not one else "raw"
     )  # fmt: skip
     n = arr.shape[0]
     if n < 2:
@@ -286,12 +299,15 @@ def hierarchical(
     coords = _coordinates(data, coords_use)
     Z = coords(data)
     tree = None
-    if link == "model" and structure in ("VVV", "VII"):
-        tree = hierarchical_tree(Z, criterion=structure)
-        merges, heights, sizes = _scipy_merges(tree, Z, structure)
+    if link == "model" and structure in ("VVV", "VII", "V"):
+        # mclust's hcV takes α = min(α, ε): no regularisation to speak of
+        alpha = 0.0 if structure == "V" else 1.0
+        criterion = "VII" if structure == "V" else structure
+        tree = hierarchical_tree(Z, alpha=alpha, criterion=criterion)
+        merges, heights, sizes = _scipy_merges(tree, Z, criterion, alpha)
     elif link == "model" and structure == "EEE":
         tree, heights = eee_tree(Z)
-        merges, _, sizes = _scipy_merges(tree, Z, "VII")  # ids and sizes; EEE's own heights
+        merges, _, sizes = _scipy_merges(tree, Z, "VII", 1.0)  # ids, sizes; EEE's own heights
     else:
         method = "ward" if link == "model" else link
         L = hierarchy.linkage(Z, method=method, metric="euclidean")
@@ -326,7 +342,7 @@ def _complete_rows(X: Any) -> tuple[np.ndarray, Any]:
 
 
 def _scipy_merges(
-    tree: HierarchicalTree, Z: np.ndarray, criterion: str
+    tree: HierarchicalTree, Z: np.ndarray, criterion: str, alpha: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The tree's merges in scipy's numbering, each merge's cost (the regularised criterion's
     increase, recomputed along the merges) and the new clusters' sizes."""
@@ -336,7 +352,8 @@ def _scipy_merges(
 
     m, d = Z.shape
     centered = Z - Z.mean(axis=0)
-    ridge = max(float(np.sum(centered * centered)) / (max(m, 1) * d), np.finfo(np.float64).eps)
+    ridge = alpha * float(np.sum(centered * centered)) / (max(m, 1) * d)
+    ridge = max(ridge, np.finfo(np.float64).eps)
     current = np.arange(m)  # the scipy id of the cluster each initial row's survivor heads
     counts = np.ones(m)
     means = Z.astype(np.float64).copy()
@@ -373,14 +390,14 @@ def tree_start(init: Any, X: np.ndarray, rng: Any) -> tuple[HierarchicalResult, 
         return init, init.rows
     if isinstance(init, str) and init.lower().startswith("hc:"):
         spec = init[3:].lower()
-        if spec in ("vvv", "vii", "eee", "eii"):
+        if spec in ("vvv", "vii", "eee", "eii", "v", "e"):
             tree = hierarchical(X, "model", covariance_type=spec, rng=rng)
         elif spec in LINKAGES[1:]:
             tree = hierarchical(X, spec, rng=rng)
         else:
             raise ValueError(
                 f"init={init!r}: after 'hc:' give a linkage ({', '.join(LINKAGES[1:])}) or a "
-                "model-based criterion (vvv, vii, eee, eii)."
+                "model-based criterion (vvv, vii, eee, eii; v, e for one feature)."
             )
         return tree, tree.rows
     return None

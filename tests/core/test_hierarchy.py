@@ -39,6 +39,21 @@ def test_model_based_trees_cut_as_mclusts(data, name, structure):
         assert _same_partition(tree.cut(g), theirs), (structure, name, g)
 
 
+@pytest.mark.parametrize("structure", ["V", "E"])
+def test_one_feature_trees_cut_as_mclusts(structure):
+    # Reference: mclust 6.0.0's hclass(hc(x, modelName), G) for galaxies / 1000, G = 1..9
+    # (make_mclust_hc_models.R): mclust builds these on the raw values, "V" with α = ε.
+    ref = json.loads((REFERENCE / "mclust_hc_models.json").read_text())[f"galaxies_{structure}"]
+    x = bg.datasets.load_galaxies()
+    tree = bg.hierarchical(x, covariance_type=structure)
+    assert tree.use == "raw"
+    for g, theirs in enumerate(ref, start=1):
+        assert _same_partition(tree.cut(g), theirs), (structure, g)
+    assert bg.hierarchical(x).covariance_type == "V"  # the default for one feature
+    with pytest.raises(ValueError, match="'VVV' is for several features; X has one"):
+        bg.hierarchical(x, covariance_type="VVV")
+
+
 @pytest.mark.parametrize("linkage", ["ward", "average", "complete", "single"])
 def test_classical_linkages_are_scipys(data, linkage):
     # Reference: scipy's linkage and fcluster on the same coordinates (the wrapper adds none).
