@@ -91,7 +91,7 @@ def test_fit_writes_a_datatree_and_json(tmp_path, capsys, faithful_csv):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "non-numeric columns dropped: label" in out
-    assert "Chosen model: EEE with K = 3" in out  # as mclust on faithful (shared/reference)
+    assert "Chosen model: EEE with K = 3" in out  # as mclust (tests/reference/mclust.json)
     tree = xr.open_datatree(nc, engine="h5netcdf")
     assert tree["em"].attrs["covariance_type"] == "EEE"
     assert list(tree["em"].coords["feature"].values) == ["eruptions", "waiting"]

@@ -104,7 +104,7 @@ def test_tol_zero_runs_exactly_max_iter(faithful):
 
 def test_default_tol_reaches_eee3_optimum(faithful):
     # The optimum of faithful EEE,3: mclust 6.0.0's fit (loglik -1126.3262 reported, -1126.3219
-    # recomputed from its parameters, ../shared/reference/mclust.json) polished by 10^4 plain EM
+    # recomputed from its parameters, tests/reference/mclust.json) polished by 10^4 plain EM
     # steps at tol=0, which moves it to -1126.31593.
     polished = bg.fit_em(
         faithful, 3, covariance_type="EEE", tol=0, max_iter=10_000, accelerate=False

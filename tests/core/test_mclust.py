@@ -1,4 +1,4 @@
-"""Against mclust 6.0.0 (``mclustBIC(X, G = 1:9)``, ../shared/reference/mclust.json).
+"""Against mclust 6.0.0 (``mclustBIC(X, G = 1:9)``, tests/reference/mclust.json).
 
 mclust's BIC is 2 loglik − p log n (larger is better); ours is its negative. mclust's table holds
 local optima reached from its hierarchical start and stopped at a relative tolerance of 1e-5, so
@@ -124,7 +124,7 @@ def test_faithful_top_three_match_or_improve(faithful_selection, mclust):
 
 def test_faithful_icl_choice(faithful_selection, mclust):
     # mclust's best ICL over all 14 structures is VVE,2 (icl_mclust -2320.763 in
-    # ../shared/reference/mclust.json). Ours picks the same cell, at a better optimum (mclust's
+    # tests/reference/mclust.json). Ours picks the same cell, at a better optimum (mclust's
     # VVE M-step stops its orientation iterations early; from the same start ours climbs higher).
     fits = mclust["faithful"]["fits"]
     best_key = max((k for k in fits if fits[k]), key=lambda k: fits[k]["icl_mclust"])
@@ -155,7 +155,8 @@ def test_same_start_and_tolerance_reproduce_mclust(mclust, name):
 
 
 def test_faithful_vvv_3_better_optimum(faithful_selection):
-    # ../shared/reference/README.md: a non-degenerate VVV,3 fit with loglik -1119.214 exists that
+    # the shared reference README that came with tests/reference/mclust.json: a non-degenerate
+    # VVV,3 fit with loglik -1119.214 exists that
     # mclust's default misses (mclust: -1127.199). The default search finds it or better.
     fit = faithful_selection.results[("VVV", 3)]
     assert fit.loglik >= -1119.214 - 0.01

@@ -164,7 +164,7 @@ def test_wrong_number_of_features():
 @pytest.mark.parametrize(
     ("structure", "d", "g", "expected"),
     # mclust's nMclustParams for faithful (d = 2, G = 3), as quoted in issue 2 and stored as
-    # "df" in ../shared/reference/mclust.json.
+    # "df" in tests/reference/mclust.json.
     [
         ("EII", 2, 3, 9),
         ("VII", 2, 3, 11),

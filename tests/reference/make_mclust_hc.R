@@ -6,8 +6,8 @@
 suppressMessages(library(mclust))
 vec <- function(v) paste0("[", paste(format(v, digits = 17, trim = TRUE), collapse = ","), "]")
 mat <- function(m) paste0("[", paste(apply(m, 2, vec), collapse = ","), "]")  # by column
-faithful_x <- as.matrix(read.csv("../shared/reference/faithful.csv"))
-galaxies_x <- read.csv("../shared/reference/galaxies.csv")[, 1] / 1000
+faithful_x <- as.matrix(read.csv("bayesgmm/datasets/faithful.csv"))
+galaxies_x <- read.csv("bayesgmm/datasets/galaxies.csv")[, 1] / 1000
 iris_x <- as.matrix(datasets::iris[, 1:4])
 hc_cut <- function(x, G) hclass(hc(x, modelName = "VVV", use = "SVD"), G)
 json <- paste0(

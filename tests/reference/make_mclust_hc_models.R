@@ -8,7 +8,7 @@ suppressMessages(library(mclust))
 vec <- function(v) paste0("[", paste(format(v, digits = 17, trim = TRUE), collapse = ","), "]")
 mat <- function(m) paste0("[", paste(apply(m, 2, vec), collapse = ","), "]")  # by column
 data <- list(
-  faithful = as.matrix(read.csv("../shared/reference/faithful.csv")),
+  faithful = as.matrix(read.csv("bayesgmm/datasets/faithful.csv")),
   iris = as.matrix(datasets::iris[, 1:4])
 )
 parts <- c(sprintf("\"about\":\"mclust %s: hclass(hc(X, modelName, use='SVD'), 1:9), 1-based labels. Written by tests/reference/make_mclust_hc_models.R.\"", packageVersion("mclust")))
@@ -19,7 +19,7 @@ for (m in c("EII", "VII", "EEE")) {
   }
 }
 # One feature: hc(x, "V") and hc(x, "E") on galaxies / 1000 (mclust builds these on the raw data).
-galaxies_x <- read.csv("../shared/reference/galaxies.csv")[, 1] / 1000
+galaxies_x <- read.csv("bayesgmm/datasets/galaxies.csv")[, 1] / 1000
 for (m in c("V", "E")) {
   parts <- c(parts, sprintf("\"galaxies_%s\":%s", m, mat(hclass(hc(galaxies_x, modelName = m), 1:9))))
 }
