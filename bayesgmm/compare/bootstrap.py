@@ -78,10 +78,10 @@ def bootstrap_em(
         Each replicate has its own stream spawned from it: the same seed gives the same
         replicates for any ``n_jobs``.
     n_jobs : int, optional
-        Worker processes (-1: every core) for batches of replicates; by default they run in
-        this process. The replicates run as one batched EM (up to 1024 per batch, each pass
-        using every core), so extra processes help only beyond one batch, or with a ``prior``
-        (its replicates run one at a time).
+        Worker processes for batches of replicates, scikit-learn's convention for explicit
+        values (-1: every core, -2: all but one); None: this process. The replicates run as
+        one batched EM (up to 1024 per batch, each pass using every core), so extra processes
+        help only beyond one batch, or with a ``prior`` (its replicates run one at a time).
     progressbar : bool, default False
         Show a progress bar (rich).
 

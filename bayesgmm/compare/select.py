@@ -181,7 +181,8 @@ def compare_k(
         For :func:`bayesgmm.fit_bayes`.
     rng : int or numpy.random.Generator, default 0
     n_jobs : int, optional
-        Worker processes for the bootstrap test's replicates.
+        Worker processes for the bootstrap test's replicates (as :func:`bayesgmm.bootstrap_em`:
+        -1 every core; None this process).
     progressbar : bool, default False
     **bayes_kwargs
         Passed to :func:`bayesgmm.fit_bayes` (``priors``, ``identify``, ...).

@@ -11,7 +11,25 @@ from contextlib import contextmanager
 
 from bayesgmm.core._passes import shutdown_pool
 
-__all__ = ["can_fork", "forked_pool", "single_threaded_blas"]
+__all__ = ["can_fork", "forked_pool", "resolve_n_jobs", "single_threaded_blas"]
+
+
+def resolve_n_jobs(n_jobs: object, default: int) -> int:
+    """Worker processes for ``n_jobs``, scikit-learn's convention for explicit values: a
+    positive integer is that many, -1 every core, -k every core but k − 1 (at least one).
+    None is the calling function's ``default`` (documented there: select_em one per core on
+    small data, the bootstrap one process, since its batched passes already use every core)."""
+    import os
+
+    if n_jobs is None:
+        return max(1, default)
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
+        raise ValueError(
+            f"n_jobs must be a positive integer, a negative one (-1: every core, -2: all but "
+            f"one, ...) or None; got {n_jobs!r}."
+        )
+    cores = os.cpu_count() or 1
+    return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
 
 
 def single_threaded_blas() -> None:

@@ -7,7 +7,6 @@ replicates are the same whether they run in one process or several.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 from concurrent.futures import as_completed
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._parallel import can_fork, forked_pool
+from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
 from bayesgmm.core._validation import as_data, as_rng
 from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
@@ -99,15 +98,9 @@ def _check_fit(fit: Any, X: Any) -> np.ndarray:
 
 
 def _workers(n_jobs: int | None, n_tasks: int) -> int:
-    if n_jobs is None:
-        return 1
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
-        raise ValueError(
-            f"n_jobs must be a positive integer, -1 (every core) or None (one process); "
-            f"got {n_jobs!r}."
-        )
-    cores = os.cpu_count() or 1
-    return max(1, min(cores if n_jobs == -1 else n_jobs, n_tasks))
+    """Processes for the replicates (:func:`resolve_n_jobs`; None: one, since a batch's passes
+    already use every core)."""
+    return max(1, min(resolve_n_jobs(n_jobs, 1), n_tasks))
 
 
 def _run_chunk(args: tuple[Callable[..., Any], Any, list[tuple[int, Any]]]) -> list[Any]:

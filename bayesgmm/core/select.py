@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._parallel import can_fork, forked_pool
+from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
 from bayesgmm.core._validation import as_rng, count_distinct_rows
 from bayesgmm.core.em import Degenerate
 from bayesgmm.core.fit import (
@@ -171,9 +171,7 @@ def _n_workers(n_jobs: int | None, n_obs: int, n_structures: int) -> int:
     """Processes for the grid: one per structure up to the cores, for data small enough that a
     pass runs in one thread (larger data already use every core inside each pass)."""
     if n_jobs is not None:
-        if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
-            raise ValueError(f"n_jobs must be a positive integer or None; got {n_jobs!r}.")
-        return min(n_jobs, n_structures)
+        return min(resolve_n_jobs(n_jobs, 1), n_structures)
     if n_obs >= 4_096 or "fork" not in multiprocessing.get_all_start_methods():
         return 1
     return max(1, min(os.cpu_count() or 1, n_structures))
@@ -250,8 +248,9 @@ def select_em(
         cell worse.
     n_jobs : int, optional
         Worker processes; the covariance structures are dealt to them in turn, and each
-        worker's share runs as one batch. By default one per core for small data (under 4096
-        rows, where a pass runs in one thread) and 1 otherwise. Results do not depend on it.
+        worker's share runs as one batch. scikit-learn's convention for explicit values (-1:
+        every core, -2: all but one); None: one per core for small data (under 4096 rows,
+        where a pass runs in one thread) and 1 otherwise. Results do not depend on it.
 
     Returns
     -------

@@ -197,3 +197,24 @@ def test_adjusted_rand_index_equals_scikit_learn():
     assert bg.adjusted_rand_index(names, [2, 0, 0, 1]) == 1.0
     with pytest.raises(ValueError, match="same length"):
         bg.adjusted_rand_index([0, 1], [0, 1, 1])
+
+
+def test_n_jobs_is_one_policy():
+    # scikit-learn's convention for explicit values, everywhere; None is each function's own.
+    import os
+
+    from bayesgmm.core._parallel import resolve_n_jobs
+
+    cores = os.cpu_count() or 1
+    assert resolve_n_jobs(3, 1) == 3
+    assert resolve_n_jobs(-1, 1) == cores
+    assert resolve_n_jobs(-2, 1) == max(1, cores - 1)
+    assert resolve_n_jobs(None, 4) == 4
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_jobs must be a positive integer, a negative one"):
+            resolve_n_jobs(bad, 1)
+    X = _three_clusters(60)
+    with pytest.raises(ValueError, match="n_jobs must be"):
+        bg.select_em(X, range(1, 3), ["VVV"], n_jobs=0)
+    sel = bg.select_em(X, range(1, 3), ["VVV", "EEE"], n_jobs=-1)  # accepted, as scikit-learn
+    assert sel.best.n_components in (1, 2)
