@@ -151,37 +151,21 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
         w = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         ks, names = self._grid(X.shape[1])
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        options: dict[str, Any] = {
+            "init": self.init,
+            "n_init": self.n_init,
+            "tol": self.tol,
+            "max_iter": self.max_iter,
+            "reg_covar": self.reg_covar,
+            "prior": self.prior,
+            "sample_weight": w,
+            "rng": seed,
+        }
         if len(ks) == 1 and len(names) == 1:
-            result = fit_em(
-                X,
-                ks[0],
-                covariance_type=names[0],
-                init=self.init,
-                n_init=self.n_init,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                reg_covar=self.reg_covar,
-                prior=self.prior,
-                sample_weight=w,
-                rng=seed,
-            )
+            result = fit_em(X, ks[0], covariance_type=names[0], **options)
             self.selection_ = None
         else:
-            sel = select_em(
-                X,
-                ks,
-                names,
-                self.criterion,
-                init=self.init,
-                n_init=self.n_init,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                reg_covar=self.reg_covar,
-                prior=self.prior,
-                sample_weight=w,
-                rng=seed,
-                n_jobs=self.n_jobs,
-            )
+            sel = select_em(X, ks, names, self.criterion, n_jobs=self.n_jobs, **options)
             result = sel.best
             self.selection_ = sel
         model = result.model
