@@ -21,7 +21,12 @@ from typing import Any, Literal
 import numpy as np
 
 from bayesgmm.core._moments import mean_cov
-from bayesgmm.core._passes import mixture_density, run_pass, run_pass_stacked
+from bayesgmm.core._passes import (
+    mixture_density,
+    run_pass,
+    run_pass_stacked,
+    stacked_features,
+)
 from bayesgmm.core.criteria import aic, bic, icl
 from bayesgmm.core.em import (
     Params,
@@ -218,7 +223,7 @@ class _Batch:
             "diag" if all(s.scatter_kind == "diag" for s in structures.values()) else "full"
         )
         dens = mixture_density(
-            params.weights, params.means, params.chol, kind == "diag", self.center
+            params.weights, params.means, params.chol, kind == "diag", self.center, not self.stacked
         )
         stats = self.run_pass(active, dens, kind)
         if len(groups) == 1:
@@ -257,14 +262,20 @@ class _Batch:
         return stats.loglik, new, bad, reasons
 
     def own(self, active: list[Run], name: str) -> np.ndarray:
-        """The active runs' own row weights (R, N) or data sets (R, N, D), stacked once for
-        the batch and then taken by each run's slot in it."""
+        """The active runs' own row weights (R, N), data sets (R, N, D) or those data sets'
+        feature matrices ("features:full" or "features:diag", (R, F, N): they do not change
+        from pass to pass), stacked once for the batch (whose first pass has every run) and
+        then taken by each run's slot in it."""
         if self._slots is None or self._own is None:
             self._slots = {id(r): i for i, r in enumerate(active)}
             self._own = {}
         own = self._own
         if name not in own:
-            own[name] = np.stack([getattr(r, name) for r in active])
+            if name.startswith("features:"):
+                data = self.own(active, "data") if "data" not in own else own["data"]
+                own[name] = stacked_features(data, self.center, name == "features:diag")
+            else:
+                own[name] = np.stack([getattr(r, name) for r in active])
         slots = self._slots
         idx = np.fromiter((slots[id(r)] for r in active), dtype=np.intp, count=len(active))
         full = own[name]
@@ -277,7 +288,8 @@ class _Batch:
         run's own weights (one (R, N) weight matrix), or each on its own data set."""
         w = self.own(active, "row_weight") if active[0].row_weight is not None else self.w
         if self.stacked:
-            return run_pass_stacked(self.own(active, "data"), dens, sample_weight=w, stats=kind)
+            feats = self.own(active, f"features:{dens.kind}")
+            return run_pass_stacked(feats, dens, sample_weight=w, stats=kind)
         return run_pass(self.X, dens, sample_weight=w, stats=kind)
 
     def plain_step(self, active, params, mask, return_kept=False):
@@ -421,10 +433,9 @@ def finish_many(
     ks = [r.k for r in runs]
     params, _ = stack_padded([r.params for r in runs], max(ks))
     diagonal = all(r.structure.scatter_kind == "diag" for r in runs)
-    dens = mixture_density(params.weights, params.means, params.chol, diagonal, center)
-    batch = _Batch(X, center, w, None, 0.0, 0.0, 0, None, stacked=runs[0].data is not None)
-    if runs[0].row_weight is not None:
-        batch.stacked = False
+    stacked = runs[0].data is not None and runs[0].row_weight is None
+    dens = mixture_density(params.weights, params.means, params.chol, diagonal, center, not stacked)
+    batch = _Batch(X, center, w, None, 0.0, 0.0, 0, None, stacked=stacked)
     loglik = batch.run_pass(runs, dens, "none").loglik
     models = [to_model(r.params, 0, r.structure, None) for r in runs]
     reasons: list[str | None] = []

@@ -34,6 +34,7 @@ __all__ = [
     "features",
     "run_pass",
     "run_pass_stacked",
+    "stacked_features",
     "triu",
 ]
 
@@ -132,6 +133,7 @@ def density_params(
     chol: np.ndarray,
     diagonal: bool,
     center: np.ndarray,
+    allow_direct: bool = True,
 ) -> DensityParams:
     """Precompute the per-component coefficients of a pass from Cholesky factors.
 
@@ -148,6 +150,9 @@ def density_params(
         True when every covariance is diagonal.
     center : (D,)
         Reference point subtracted from the rows and the means.
+    allow_direct : bool, default True
+        False keeps the quadratic features ("full") where "direct" would be faster: what
+        :func:`run_pass_stacked` needs.
     """
     r, k = (1, log_weights.shape[0]) if log_weights.ndim == 1 else log_weights.shape
     d = means.shape[-1]
@@ -167,7 +172,7 @@ def density_params(
         kind: Literal["full", "diag"] = "diag"
     else:
         u = np.tril(np.linalg.inv(chol))  # L⁻¹, lower triangular by construction
-        if _use_direct(m, d):
+        if allow_direct and _use_direct(m, d):
             # √½ [L⁻¹ | −L⁻¹μ] stacked: applied to [x; 1] it gives √½ L⁻¹(x − μ), whose squared
             # norm is half the Mahalanobis distance. Row j·M + m is row j of component m.
             aug = np.concatenate([u, -(u @ mc[:, :, None])], axis=2)  # (M, D, D + 1)
@@ -190,11 +195,12 @@ def mixture_density(
     chol: np.ndarray,
     diagonal: bool,
     center: np.ndarray,
+    allow_direct: bool = True,
 ) -> DensityParams:
     """:func:`density_params` from weights (zero weights, such as padding, give log 0 = −inf)."""
     with np.errstate(divide="ignore"):
         log_w = np.log(weights)
-    return density_params(log_w, means, chol, diagonal, center)
+    return density_params(log_w, means, chol, diagonal, center, allow_direct)
 
 
 def _use_direct(m: int, d: int) -> bool:
@@ -467,20 +473,21 @@ def stacked_features(X: np.ndarray, center: np.ndarray, diagonal: bool) -> np.nd
 
 
 def run_pass_stacked(
-    X: np.ndarray,
+    feats_all: np.ndarray,
     p: DensityParams,
     *,
     sample_weight: np.ndarray | None = None,
     stats: Literal["none", "full", "diag"] = "none",
 ) -> PassStats:
-    """:func:`run_pass` for R mixtures each on its own data set: ``X`` (R, N, D), mixture r on
-    ``X[r]`` (parametric bootstrap replicates, the likelihood-ratio test's simulated data).
-    One batched product per pass (R products of K × F by F × N), in blocks of mixtures that
-    bound the temporaries. ``p`` must be "full" or "diag" (not "direct")."""
+    """:func:`run_pass` for R mixtures each on its own data set, given those data sets'
+    :func:`stacked_features` (R, F, N) (of ``p.kind`` and ``p.center``; mixture r on data set
+    r: parametric bootstrap replicates, the likelihood-ratio test's simulated data). One
+    batched product per pass (R products of K × F by F × N), in blocks of mixtures that bound
+    the temporaries. ``p`` must be "full" or "diag" (not "direct")."""
     if p.kind == "direct":
         raise ValueError("run_pass_stacked needs quadratic features (kind 'full' or 'diag').")
     r, k = p.n_batch, p.n_components
-    n, d = X.shape[1], X.shape[2]
+    n, d = feats_all.shape[2], p.means.shape[1]
     f = p.coef.shape[1]
     coef = np.swapaxes(p.coef.reshape(k, r, f), 0, 1)  # (R, K, F)
     block = max(1, _CHUNK_BYTES // (8 * n * max(f, k)))
@@ -488,7 +495,7 @@ def run_pass_stacked(
     parts_scatter = []
     for lo in range(0, r, block):
         hi = min(lo + block, r)
-        feats = stacked_features(X[lo:hi], p.center, p.kind == "diag")  # (b, F, N)
+        feats = feats_all[lo:hi]  # (b, F, N)
         lj = np.ascontiguousarray(np.swapaxes(coef[lo:hi] @ feats, 0, 1))  # (K, b, N)
         logp = _log_normalise(lj.reshape(k * (hi - lo), n), hi - lo, k)  # (b, N)
         resp = np.swapaxes(lj, 0, 1)  # (b, K, N) responsibilities

@@ -218,3 +218,27 @@ def test_n_jobs_is_one_policy():
         bg.select_em(X, range(1, 3), ["VVV"], n_jobs=0)
     sel = bg.select_em(X, range(1, 3), ["VVV", "EEE"], n_jobs=-1)  # accepted, as scikit-learn
     assert sel.best.n_components in (1, 2)
+
+
+def test_stacked_replicates_on_four_features_with_few_runs():
+    # With few runs of few components on 4+ features a pass would rather use the whitened
+    # coordinates ("direct"), which the stacked pass cannot: it must keep the quadratic
+    # features. Reference: fit_em on the one simulated data set alone (1e-10).
+    from bayesgmm.core.bootstrap import _lrt_batch
+
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(400, 4)) @ np.diag([1.0, 2.0, 0.5, 1.5])
+    f1, f2 = bg.fit_em(X, 1), bg.fit_em(X, 2)
+    reps = replicate_em(f1, X, n_boot=1, kind="parametric", rng=0)
+    assert reps.replicate.tolist() == [0]
+    payload = {
+        "null": f1.model, "alt": f2.model, "n": X.shape[0],
+        "settings": {"tol": 1e-8, "max_iter": 1000},
+    }  # fmt: skip
+    seed = np.random.SeedSequence(3).spawn(1)[0]
+    [stat] = _lrt_batch(payload, [seed])
+    data = f1.model.sample(X.shape[0], rng=np.random.default_rng(seed))[0]
+    a0 = bg.fit_em(data, 1, init=f1.model)
+    a1 = bg.fit_em(data, 2, init=f2.model)
+    assert not a1.degenerate  # the data are what the test needs
+    assert stat == pytest.approx(2 * (a1.loglik - a0.loglik), abs=1e-10, rel=0)
