@@ -149,16 +149,7 @@ def _refit(payload: dict[str, Any], gen: np.random.Generator) -> EMResult | str:
     """One bootstrap replicate: an EM fit, from the estimate, to resampled data (or the reason
     there is none)."""
     X, est, kind = payload["X"], payload["estimate"], payload["kind"]
-    n = X.shape[0]
-    weight = None
-    if kind == "nonparametric":
-        weight = gen.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64)
-        data = X
-    elif kind == "weighted":
-        weight = n * gen.dirichlet(np.ones(n))
-        data = X
-    else:
-        data, _ = est.sample(n, rng=gen)
+    weight, data = _replicate_data(kind, X, est, gen)
     try:
         fit = fit_em(
             data,
@@ -177,8 +168,8 @@ def _refit(payload: dict[str, Any], gen: np.random.Generator) -> EMResult | str:
     return fit
 
 
-#: Entries of the (replicates × rows) weight matrix, or of the stacked replicate data sets,
-#: that one batch of replicates holds at most (32 MB): replicates beyond it go in further batches.
+#: Entries of the (replicates × rows) weight matrix, or of the stacked replicate data sets and
+#: their feature matrices, that one batch holds at most (32 MB): the rest go in further batches.
 BATCH_MAX_ENTRIES = 4_000_000
 
 
@@ -189,6 +180,12 @@ BATCH_MAX_ENTRIES = 4_000_000
 REPLICATES_PER_BATCH = 1024
 
 
+def _stacked_entries(n: int, d: int) -> int:
+    """Entries a batch keeps per run on its own data set: the data and their feature matrix
+    (D(D+1)/2 + D + 1 features per row)."""
+    return n * (d + d * (d + 1) // 2 + d + 1)
+
+
 def _batches(n: int, per_replicate: int) -> list[range]:
     size = max(1, min(REPLICATES_PER_BATCH, BATCH_MAX_ENTRIES // max(1, per_replicate)))
     return [range(lo, min(lo + size, n)) for lo in range(0, n, size)]
@@ -197,7 +194,8 @@ def _batches(n: int, per_replicate: int) -> list[range]:
 def _replicate_data(
     kind: str, X: np.ndarray, est: GaussianMixture, gen: np.random.Generator
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """One replicate's (row weights, data): exactly what :func:`_refit` draws."""
+    """One replicate's (row weights, data), drawn from its own stream (the same whether it
+    runs alone, :func:`_refit`, or in a batch, :func:`_refit_batch`)."""
     n = X.shape[0]
     if kind == "nonparametric":
         return gen.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64), X
@@ -337,7 +335,8 @@ def replicate_em(
     if prior is None:
         # One batched EM for the replicates (the prior, when there is one, is resolved on each
         # replicate's data: one fit at a time).
-        out = _run_batches(_refit_batch, payload, n_boot, arr.size, rng, n_jobs, progress)
+        per_replicate = _stacked_entries(*arr.shape) if kind == "parametric" else arr.shape[0]
+        out = _run_batches(_refit_batch, payload, n_boot, per_replicate, rng, n_jobs, progress)
     else:
         out = map_replicates(_refit, payload, n_boot, rng, n_jobs, progress)
     good = [i for i, r in enumerate(out) if not isinstance(r, str)]
@@ -445,7 +444,7 @@ def bootstrap_lrt(
         "n": arr.shape[0],
         "settings": {"tol": tol, "max_iter": max_iter},
     }
-    per_replicate = 2 * arr.size
+    per_replicate = 2 * _stacked_entries(*arr.shape)  # a K and a K + 1 run per data set
     out = _run_batches(_lrt_batch, payload, n_boot, per_replicate, rng, n_jobs, progress)
     stats = np.array([r for r in out if not isinstance(r, str)], dtype=np.float64)
     failed = {i: r for i, r in enumerate(out) if isinstance(r, str)}
