@@ -40,7 +40,7 @@ S = sizes(
         "n_boot_lrt": 99,
     },
     tiny={
-        "ks": range(1, 4),
+        "ks": range(1, 3),
         "method": "laplace",
         "draws": 50,
         "chains": 2,

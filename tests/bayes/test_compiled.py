@@ -10,6 +10,7 @@ import bayesgmm as bg
 from bayesgmm.bayes import _compiled, to_pymc
 from bayesgmm.bayes.density import evaluate
 from bayesgmm.bayes.structures import parametrisation
+from tests.bayes.conftest import check_tree
 
 pm = pytest.importorskip("pymc")
 
@@ -51,6 +52,15 @@ def test_a_second_call_samples_the_new_data(clusters, shifted, method, options):
     _compiled.clear()
     options = {"draws": 100, "chains": 2, "log_likelihood": False, **options}
     first = bg.fit_bayes(clusters, 3, covariance_type="EII", method=method, rng=1, **options)
+    if method == "nutpie":
+        # nutpie's tree has the shape of every other method's (the one nutpie test: nutpie
+        # compiles its own code with numba, tens of seconds on a cold machine).
+        check_tree(
+            bg.fit_bayes(clusters, 3, covariance_type="EII", method=method, rng=1,
+                         **{**options, "log_likelihood": True}),
+            clusters, 2, 100, "nutpie",
+        )  # fmt: skip
+        assert "diverging" in first["sample_stats"]
     entry = next(iter(_compiled._ENTRIES.values()))
     compiled = dict(entry.compiled)
     assert len(compiled) == 1

@@ -44,15 +44,6 @@ def test_approximations_from_em(clusters, em_fit, method, options):
         assert elbo[-100:].mean() >= elbo[:100].mean() - 5
 
 
-def test_nutpie(clusters, em_fit):
-    pytest.importorskip("nutpie")
-    tree = bg.fit_bayes(
-        clusters, 3, method="nutpie", init=em_fit, draws=100, tune=100, chains=2, rng=6
-    )
-    check_tree(tree, clusters, 2, 100, "nutpie")
-    assert "diverging" in tree["sample_stats"]
-
-
 def test_smc_tree_and_log_marginal_likelihood(clusters, em_fit):
     tree = bg.fit_bayes(clusters, 3, method="smc", init=em_fit, draws=200, chains=2, rng=7)
     check_tree(tree, clusters, 2, 200, "smc")
