@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bayesgmm.core._missing import Missingness, missing_pass
 from bayesgmm.core._moments import mean_cov
 from bayesgmm.core._passes import (
     mixture_density,
@@ -122,6 +123,7 @@ def iterate(
     reg_covar: float,
     tol: float,
     accelerate: bool = False,
+    missing: Missingness | None = None,
 ) -> None:
     """Advance every unfinished run until it converges, degenerates or has done ``until_iter``
     iterations (M-steps); all active runs share each pass over the data.
@@ -132,6 +134,9 @@ def iterate(
     followed by its EM step, only when it is a valid mixture whose log-likelihood is at least
     that of θ1; otherwise the run goes on from θ2. Every log-likelihood recorded in the trace is
     therefore at least the previous one, exactly as for plain EM.
+
+    ``missing`` (the missingness of ``X``, when it has NaN) makes every pass the observed-data
+    one (:func:`~bayesgmm.core._missing.missing_pass`).
     """
     active = [r for r in runs if not r.finished and r.n_iter < until_iter]
     if not active:
@@ -161,6 +166,7 @@ def iterate(
                 reg_covar=reg_covar,
                 tol=tol,
                 accelerate=accelerate,
+                missing=missing,
             )
         return
     own_weights = {r.row_weight is not None for r in active}
@@ -171,8 +177,13 @@ def iterate(
     shapes = {r.data.shape for r in active if r.data is not None}
     if stacked and len(shapes) > 1:
         raise ValueError("the runs' own data sets must all have the same shape")
+    if stacked and missing is not None:
+        raise ValueError("runs on their own data sets take complete data only")
     params, mask = stack_padded([r.params for r in active], max(ks))
-    batch = _Batch(X, center, w, prior, reg_covar, tol, until_iter, scale=None, stacked=stacked)
+    batch = _Batch(
+        X, center, w, prior, reg_covar, tol, until_iter, scale=None, stacked=stacked,
+        missing=missing,
+    )  # fmt: skip
     if accelerate and own_weights == {False} and not stacked:
         batch.scale = _data_scale(X, w)
     mask_or_none = None if mask.all() else mask
@@ -209,6 +220,7 @@ class _Batch:
     until_iter: int
     scale: np.ndarray | None
     stacked: bool = False
+    missing: Missingness | None = None
     _slots: dict[int, int] | None = None
     _own: dict[str, np.ndarray] | None = None
 
@@ -222,10 +234,7 @@ class _Batch:
         kind: Literal["full", "diag"] = (
             "diag" if all(s.scatter_kind == "diag" for s in structures.values()) else "full"
         )
-        dens = mixture_density(
-            params.weights, params.means, params.chol, kind == "diag", self.center, not self.stacked
-        )
-        stats = self.run_pass(active, dens, kind)
+        stats = self.pass_at(active, params, kind)
         if len(groups) == 1:
             st = next(iter(structures.values()))
             new, bad, reasons = m_step_batch(
@@ -282,6 +291,20 @@ class _Batch:
         if idx.size == full.shape[0] and (idx == np.arange(idx.size)).all():
             return full
         return full[idx]
+
+    def pass_at(self, active: list[Run], params: Params, kind: Any) -> Any:
+        """The pass of the active runs at ``params`` (statistics of ``kind``, or "none")."""
+        diagonal = all(r.structure.scatter_kind == "diag" for r in active)
+        if self.missing is not None:
+            w = self.own(active, "row_weight") if active[0].row_weight is not None else self.w
+            return missing_pass(
+                self.missing, params.weights, params.means, params.covs, params.chol,
+                diagonal, self.center, sample_weight=w, stats=kind,
+            )  # fmt: skip
+        dens = mixture_density(
+            params.weights, params.means, params.chol, diagonal, self.center, not self.stacked
+        )
+        return self.run_pass(active, dens, kind)
 
     def run_pass(self, active: list[Run], dens: Any, kind: Any) -> Any:
         """The pass of the active runs: on the shared data with the shared weights, with each
@@ -426,17 +449,19 @@ class Finished:
 
 
 def finish_many(
-    X: np.ndarray, runs: list[Run], center: np.ndarray, w: np.ndarray | None = None
+    X: np.ndarray,
+    runs: list[Run],
+    center: np.ndarray,
+    w: np.ndarray | None = None,
+    missing: Missingness | None = None,
 ) -> Finished:
     """Final log-likelihood of every run in one pass (each on its own weights or data when it
     has them) and each run's degeneracy, as :func:`finish` judges it."""
     ks = [r.k for r in runs]
     params, _ = stack_padded([r.params for r in runs], max(ks))
-    diagonal = all(r.structure.scatter_kind == "diag" for r in runs)
     stacked = runs[0].data is not None and runs[0].row_weight is None
-    dens = mixture_density(params.weights, params.means, params.chol, diagonal, center, not stacked)
-    batch = _Batch(X, center, w, None, 0.0, 0.0, 0, None, stacked=stacked)
-    loglik = batch.run_pass(runs, dens, "none").loglik
+    batch = _Batch(X, center, w, None, 0.0, 0.0, 0, None, stacked=stacked, missing=missing)
+    loglik = batch.pass_at(runs, params, "none").loglik
     models = [to_model(r.params, 0, r.structure, None) for r in runs]
     reasons: list[str | None] = []
     for run, model in zip(runs, models, strict=True):
@@ -451,11 +476,20 @@ def finish(
     run: Run,
     names: tuple[str, ...] | None,
     w: np.ndarray | None,
+    missing: Missingness | None = None,
 ) -> EMResult:
-    """Final E-step at the run's mixture: log-likelihood, responsibilities and criteria."""
+    """Final E-step at the run's mixture: log-likelihood, responsibilities and criteria (on the
+    observed values of each row, with ``missing``)."""
     model = to_model(run.params, 0, run.structure, names)
     resp = np.empty((X.shape[0], model.n_components))
-    final = run_pass(X, model._params, sample_weight=w, resp_out=resp)
+    if missing is None:
+        final = run_pass(X, model._params, sample_weight=w, resp_out=resp)
+    else:
+        final = missing_pass(
+            missing, model.weights[None], model.means[None], model.covariances[None],
+            model.cholesky[None], model.structure.scatter_kind == "diag",
+            model._params.center, sample_weight=w, resp_out=resp,
+        )  # fmt: skip
     loglik = float(final.loglik[0])
     trace = list(run.trace)
     if not run.converged or not trace:

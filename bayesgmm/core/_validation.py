@@ -27,11 +27,15 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def as_data(X: Any, *, name: str = "X") -> tuple[np.ndarray, tuple[str, ...] | None]:
+def as_data(
+    X: Any, *, name: str = "X", allow_missing: bool = False
+) -> tuple[np.ndarray, tuple[str, ...] | None]:
     """Return ``X`` as a C-contiguous float64 array of shape (n_obs, n_features).
 
     Accepts a numpy array or anything array-like, a pandas DataFrame (its column names become
-    feature names) or Series, and a 1-D array (one feature).
+    feature names) or Series, and a 1-D array (one feature). With ``allow_missing``, NaN (and
+    pandas' missing values) mark missing values; a row or a column without any observed value
+    is still an error, as is inf.
 
     Returns
     -------
@@ -94,13 +98,47 @@ def as_data(X: Any, *, name: str = "X") -> tuple[np.ndarray, tuple[str, ...] | N
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     finite = np.isfinite(arr)
     if not finite.all():
+        nan = np.isnan(arr)
+        if allow_missing:
+            _check_missing(arr, nan, finite, name, feature_names)
+            return arr, feature_names
         rows = np.flatnonzero(~finite.all(axis=1))
-        kinds = "NaN" if np.isnan(arr).any() else "inf"
+        kinds = "NaN" if nan.any() else "inf"
         raise ValueError(
             f"{name} contains {kinds} values in {rows.size} row(s) (first: row {rows[0]}); "
             "drop or impute them first, e.g. X[np.isfinite(X).all(axis=1)]."
         )
     return arr, feature_names
+
+
+def _check_missing(
+    arr: np.ndarray,
+    nan: np.ndarray,
+    finite: np.ndarray,
+    name: str,
+    feature_names: tuple[str, ...] | None,
+) -> None:
+    """NaN is a missing value; inf, an empty row and an empty column are errors."""
+    inf = ~finite & ~nan
+    if inf.any():
+        row = int(np.flatnonzero(inf.any(axis=1))[0])
+        raise ValueError(
+            f"{name} contains inf in {int(inf.any(axis=1).sum())} row(s) (first: row {row}); "
+            "NaN marks a missing value, but inf is not a number a Gaussian can explain. Replace "
+            "it by NaN (missing) or drop the row."
+        )
+    empty_rows = np.flatnonzero(nan.all(axis=1))
+    if empty_rows.size:
+        raise ValueError(
+            f"{name} row {int(empty_rows[0])} has every value missing ({empty_rows.size} such "
+            f"row(s)); it says nothing about the mixture. Drop it, e.g. "
+            f"{name}[~np.isnan({name}).all(axis=1)]."
+        )
+    empty_cols = np.flatnonzero(nan.all(axis=0))
+    if empty_cols.size:
+        j = int(empty_cols[0])
+        label = repr(feature_names[j]) if feature_names else str(j)
+        raise ValueError(f"{name}'s feature {label} has no observed value; drop that column.")
 
 
 def _is_numeric_dtype(dtype: Any) -> bool:

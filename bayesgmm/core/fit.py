@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from bayesgmm.core._loop import finish, iterate, new_run
+from bayesgmm.core._missing import fill_means, missingness
+from bayesgmm.core._moments import mean_cov
 from bayesgmm.core._passes import PassStats, features
 from bayesgmm.core._validation import as_data, as_rng, check_n_components, check_sample_weight
 from bayesgmm.core.em import Degenerate, m_step, m_step_batch, to_model
@@ -50,8 +52,9 @@ Start = GaussianMixture | np.ndarray | _SubsetStart
 def prepare_data(
     X: Any, sample_weight: Any
 ) -> tuple[np.ndarray, tuple[str, ...] | None, np.ndarray | None]:
-    """Validated data, feature names and weights (rows of weight 0 dropped)."""
-    arr, names = as_data(X)
+    """Validated data (NaN for a missing value), feature names and weights (rows of weight 0
+    dropped)."""
+    arr, names = as_data(X, allow_missing=True)
     w = check_sample_weight(sample_weight, arr.shape[0])
     if w is not None and (w == 0).any():
         keep = w > 0
@@ -157,14 +160,15 @@ def fit_em(
     gen = as_rng(rng)
     from bayesgmm.core.hierarchy import tree_start
 
-    tree = tree_start(init, arr, gen)
-    parsed = "hc" if tree is not None else parse_init(init, arr, k)
+    filled = start_data(arr, w)
+    tree = tree_start(init, filled, gen)
+    parsed = "hc" if tree is not None else parse_init(init, filled, k)
     resolved = None if prior is None else prior.resolve(arr, k, w)
 
-    starts = make_starts(parsed, arr, k, gen, n_init, tree)
+    starts = make_starts(parsed, filled, k, gen, n_init, tree)
     try:
         models = [
-            (label, start_model(arr, st, structure, w, resolved, float(reg_covar), names))
+            (label, start_model(filled, st, structure, w, resolved, float(reg_covar), names))
             for label, st in starts
         ]
     except Degenerate as err:
@@ -257,7 +261,11 @@ def run_cells(
             )
         return out
     prior = next(iter(priors.values()), None)
-    center = X.mean(axis=0) if w is None else w @ X / w.sum()
+    missing = missingness(X)
+    if missing is None:
+        center = X.mean(axis=0) if w is None else w @ X / w.sum()
+    else:
+        center = mean_cov(X, w, diagonal=True)[0]
     settings: dict[str, Any] = {
         "center": center,
         "w": w,
@@ -265,6 +273,7 @@ def run_cells(
         "reg_covar": reg_covar,
         "tol": tol,
         "accelerate": accelerate,
+        "missing": missing,
     }
     runs = {key: [new_run(m, label) for label, m in starts] for key, starts in cells.items()}
     multi = [rs for rs in runs.values() if len(rs) > 1]
@@ -276,7 +285,14 @@ def run_cells(
             alive = sorted(rs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
             runs[key] = [rs[0], *alive[:keep]]
     iterate(X, [r for rs in runs.values() for r in rs], max_iter, **settings)
-    return {key: [finish(X, r, names, w) for r in rs] for key, rs in runs.items()}
+    return {key: [finish(X, r, names, w, missing) for r in rs] for key, rs in runs.items()}
+
+
+def start_data(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """The data the starts are computed on: ``X`` itself, or with missing values each NaN
+    replaced by its column's mean (the hierarchical tree, k-means++ and the first M-step need
+    complete rows; EM then runs on the observed values)."""
+    return fill_means(X, w) if np.isnan(X).any() else X
 
 
 def best_result(results: list[EMResult]) -> EMResult:
@@ -411,10 +427,12 @@ def _check_not_constant(X: np.ndarray, w: np.ndarray | None) -> None:
             f"X has {X.shape[0]} observation; a Gaussian mixture needs at least 2 (and more than "
             "the number of components) to estimate a covariance."
         )
-    constant = np.flatnonzero(np.ptp(X, axis=0) == 0)
+    spread = np.ptp(X, axis=0) if not np.isnan(X).any() else np.nanmax(X, 0) - np.nanmin(X, 0)
+    constant = np.flatnonzero(spread == 0)
     if constant.size:
+        value = float(np.nanmax(X[:, constant[0]]))
         raise ValueError(
-            f"X's feature(s) {constant.tolist()} are constant (value {float(X[0, constant[0]])}), "
+            f"X's feature(s) {constant.tolist()} are constant (value {value}), "
             "so every covariance would be singular; drop constant columns before fitting."
         )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesgmm.core._missing import Missingness, impute_missing, missing_pass, missingness
 from bayesgmm.core._passes import (
     DensityParams,
     chunk_log_joint,
@@ -211,24 +212,47 @@ class GaussianMixture:
         return X, z
 
     # -- densities ---------------------------------------------------------------------------
-    def _data(self, X: Any) -> np.ndarray:
-        arr, _ = as_data(X)
+    def _data(self, X: Any) -> tuple[np.ndarray, Missingness | None]:
+        arr, _ = as_data(X, allow_missing=True)
         if arr.shape[1] != self.n_features:
             raise ValueError(
                 f"X has {arr.shape[1]} features but the mixture has {self.n_features}; pass data "
                 "with the same columns as the fit."
             )
-        return arr
+        return arr, missingness(arr)
+
+    def _observed_pass(self, miss: Missingness, **outputs: Any) -> None:
+        """The pass on rows with missing values (each on its observed coordinates)."""
+        missing_pass(
+            miss,
+            self.weights[None],
+            self.means[None],
+            self.covariances[None],
+            self._chol[None],
+            self.structure.scatter_kind == "diag",
+            self._params.center,
+            **outputs,
+        )
 
     def log_joint_all(self, X: Any) -> np.ndarray:
-        """log p(x_n, z_n = k) = log π_k + log N(x_n | μ_k, Σ_k), shape (n, K)."""
-        arr = self._data(X)
+        """log p(x_n, z_n = k) = log π_k + log N(x_n | μ_k, Σ_k), shape (n, K).
+
+        Where x_n has missing values (NaN), the density is the marginal one of its observed
+        coordinates o, N(x_n,o | μ_k,o, Σ_k,oo); the same holds for every method below.
+        """
+        arr, miss = self._data(X)
         p = self._params
         out = np.empty((arr.shape[0], self.n_components))
+        rows = arr if miss is None else miss.x_complete
+        idx = slice(None) if miss is None else miss.complete
+        part = np.empty((rows.shape[0], self.n_components))
         step = 65_536
-        for lo in range(0, arr.shape[0], step):
-            feats = features(arr[lo : lo + step], p.center, p.kind)
-            out[lo : lo + step] = chunk_log_joint(feats, p).T
+        for lo in range(0, rows.shape[0], step):
+            feats = features(rows[lo : lo + step], p.center, p.kind)
+            part[lo : lo + step] = chunk_log_joint(feats, p).T
+        out[idx] = part
+        if miss is not None:
+            self._observed_pass(miss, joint_out=out)
         return out
 
     def log_joint(self, X: Any, z: Any) -> np.ndarray:
@@ -249,9 +273,12 @@ class GaussianMixture:
 
     def log_prob(self, X: Any) -> np.ndarray:
         """log p(x_n) = log Σ_k π_k N(x_n | μ_k, Σ_k) (log-sum-exp), shape (n,)."""
-        arr = self._data(X)
+        arr, miss = self._data(X)
         out = np.empty((arr.shape[0], 1))
-        run_pass(arr, self._params, logp_out=out)
+        if miss is None:
+            run_pass(arr, self._params, logp_out=out)
+        else:
+            self._observed_pass(miss, logp_out=out)
         return out[:, 0]
 
     def responsibilities(self, X: Any) -> np.ndarray:
@@ -259,14 +286,56 @@ class GaussianMixture:
 
         Rows sum to 1; computed in log space, so they never underflow to 0/0.
         """
-        arr = self._data(X)
+        arr, miss = self._data(X)
         out = np.empty((arr.shape[0], self.n_components))
-        run_pass(arr, self._params, resp_out=out)
+        if miss is None:
+            run_pass(arr, self._params, resp_out=out)
+        else:
+            self._observed_pass(miss, resp_out=out)
         return out
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable component argmax_k p(z_n = k | x_n), shape (n,)."""
         return self.log_joint_all(X).argmax(axis=1)
+
+    def impute(self, X: Any, draws: int | None = None, rng: Any = None) -> Any:
+        """Fill the missing values (NaN) of ``X`` under the mixture.
+
+        With ``draws`` None, each missing block is replaced by its conditional mean
+        E[x_m | x_o] = Σ_k p(z = k | x_o) (μ_k,m + Σ_k,mo Σ_k,oo⁻¹ (x_o − μ_k,o)), the best
+        single guess in squared error (it understates the spread: do not estimate variances
+        from it). With ``draws=m``, ``m`` multiple imputations, each drawing z from
+        p(z | x_o) and then x_m from its conditional normal N(x̂_m,z, C_z), with
+        C_z = Σ_z,mm − Σ_z,mo Σ_z,oo⁻¹ Σ_z,om: analyse each completed data set and pool the
+        results (Rubin's rules) to carry the imputation's uncertainty.
+
+        Returns
+        -------
+        ndarray (n, D), or (m, n, D) with ``draws``; for a DataFrame, a DataFrame (a list of
+        ``m`` DataFrames with ``draws``) with the same index and columns. Observed values are
+        unchanged.
+        """
+        arr, miss = self._data(X)
+        if draws is not None and (
+            isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 1
+        ):
+            raise ValueError(f"draws must be a positive integer or None; got {draws!r}.")
+        gen = as_rng(rng) if draws is not None else None
+        if miss is None:
+            filled = arr.copy() if draws is None else np.repeat(arr[None], int(draws), axis=0)
+        else:
+            filled = impute_missing(
+                arr, miss, self.weights, self.means, self.covariances,
+                None if draws is None else int(draws), gen,
+            )  # fmt: skip
+        if hasattr(X, "columns") and hasattr(X, "index"):
+            import pandas as pd
+
+            def frame(a: np.ndarray) -> Any:
+                return pd.DataFrame(a, index=X.index, columns=X.columns)
+
+            return frame(filled) if draws is None else [frame(a) for a in filled]
+        return filled
 
     def score(self, X: Any) -> float:
         """Total log-likelihood Σ_n log p(x_n)."""

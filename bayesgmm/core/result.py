@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,11 @@ class EMResult:
     def predict(self) -> np.ndarray:
         """MAP component of each fitted observation."""
         return self.responsibilities.argmax(axis=1)
+
+    def impute(self, X: Any, draws: int | None = None, rng: Any = None) -> Any:
+        """The missing values (NaN) of ``X`` filled under the fitted mixture: the conditional
+        mean, or ``draws`` multiple imputations (see :meth:`GaussianMixture.impute`)."""
+        return self.model.impute(X, draws=draws, rng=rng)
 
     def __repr__(self) -> str:
         status = "converged" if self.converged else "NOT converged"

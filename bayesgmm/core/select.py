@@ -26,6 +26,7 @@ from bayesgmm.core.fit import (
     make_starts,
     prepare_data,
     run_cells,
+    start_data,
     start_models,
 )
 from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp
@@ -118,6 +119,8 @@ class _GridJob:
     priors: dict[int, Any]
     reg_covar: float
     settings: dict[str, Any]
+    #: The data the starting M-steps use (``X`` with missing values filled, see start_data).
+    start_X: np.ndarray
 
 
 def _run_group(
@@ -132,7 +135,7 @@ def _run_group(
         for k, cell in cells.items():
             items.extend(((structure, k), label, st, start) for label, start in cell)
     built = start_models(
-        job.X,
+        job.start_X,
         [(st, start) for _, _, st, start in items],
         job.w,
         [job.priors[key[1]] for key, _, _, _ in items],
@@ -291,8 +294,9 @@ def select_em(
         structures = list(dict.fromkeys(get_structure(t, d).name for t in types))
     gen = as_rng(rng)
     n_distinct = count_distinct_rows(arr, at_least=max(ks))
-    given = tree_start(init, arr, gen)
-    tree = given if given is not None else (hc_tree(arr, gen) if method == "hc" else None)
+    filled = start_data(arr, w)
+    given = tree_start(init, filled, gen)
+    tree = given if given is not None else (hc_tree(filled, gen) if method == "hc" else None)
     settings: dict[str, Any] = {
         "reg_covar": float(reg_covar),
         "tol": float(tol),
@@ -315,9 +319,9 @@ def select_em(
         else:
             usable.append(k)
     priors = {k: None if prior is None else prior.resolve(arr, k, w) for k in usable}
-    starts = {k: make_starts(method, arr, k, gen, n_init, tree) for k in usable}
+    starts = {k: make_starts(method, filled, k, gen, n_init, tree) for k in usable}
 
-    job = _GridJob(arr, names, w, priors, float(reg_covar), settings)
+    job = _GridJob(arr, names, w, priors, float(reg_covar), settings, filled)
     workers = _n_workers(n_jobs, arr.shape[0], len(structures))
 
     def run_all(

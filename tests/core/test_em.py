@@ -204,8 +204,11 @@ def test_tied_feature_collapse_is_degenerate():
 @pytest.mark.parametrize(
     ("X", "kwargs", "error", "match"),
     [
-        (np.array([[1.0, np.nan], [2.0, 3.0], [0.0, 1.0]]), {}, ValueError, "NaN values in 1 row"),
-        (np.array([[1.0, np.inf], [2.0, 3.0], [0.0, 1.0]]), {}, ValueError, "inf values"),
+        # NaN is a missing value (tests/core/test_missing.py); a row or a column of nothing
+        # but NaN, and inf, are errors.
+        (np.array([[np.nan, np.nan], [2.0, 3.0], [0.0, 1.0]]), {}, ValueError, "row 0 has every"),
+        (np.array([[np.nan, 1.0], [np.nan, 3.0], [np.nan, 1.0]]), {}, ValueError, "feature 0 has"),
+        (np.array([[1.0, np.inf], [2.0, 3.0], [0.0, 1.0]]), {}, ValueError, "contains inf"),
         (np.zeros((3, 2, 2)), {}, ValueError, "got 3-D input"),
         (np.array([["a", "b"], ["c", "d"]]), {}, TypeError, "not numbers"),
         (pd.DataFrame({"x": [1.0, 2.0, 3.0], "s": ["a", "b", "c"]}), {}, TypeError, r"\['s'\]"),
