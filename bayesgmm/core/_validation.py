@@ -34,8 +34,8 @@ def as_data(
 
     Accepts a numpy array or anything array-like, a pandas DataFrame (its column names become
     feature names) or Series, and a 1-D array (one feature). With ``allow_missing``, NaN (and
-    pandas' missing values) mark missing values; a row or a column without any observed value
-    is still an error, as is inf.
+    pandas' missing values) mark missing values; a row without any observed value is still an
+    error, as is inf.
 
     Returns
     -------
@@ -100,7 +100,7 @@ def as_data(
     if not finite.all():
         nan = np.isnan(arr)
         if allow_missing:
-            _check_missing(arr, nan, finite, name, feature_names)
+            _check_missing(arr, nan, finite, name)
             return arr, feature_names
         rows = np.flatnonzero(~finite.all(axis=1))
         kinds = "NaN" if nan.any() else "inf"
@@ -116,9 +116,8 @@ def _check_missing(
     nan: np.ndarray,
     finite: np.ndarray,
     name: str,
-    feature_names: tuple[str, ...] | None,
 ) -> None:
-    """NaN is a missing value; inf, an empty row and an empty column are errors."""
+    """NaN is a missing value; inf and a row of nothing but NaN are errors."""
     inf = ~finite & ~nan
     if inf.any():
         row = int(np.flatnonzero(inf.any(axis=1))[0])
@@ -134,11 +133,6 @@ def _check_missing(
             f"row(s)); it says nothing about the mixture. Drop it, e.g. "
             f"{name}[~np.isnan({name}).all(axis=1)]."
         )
-    empty_cols = np.flatnonzero(nan.all(axis=0))
-    if empty_cols.size:
-        j = int(empty_cols[0])
-        label = repr(feature_names[j]) if feature_names else str(j)
-        raise ValueError(f"{name}'s feature {label} has no observed value; drop that column.")
 
 
 def _is_numeric_dtype(dtype: Any) -> bool:

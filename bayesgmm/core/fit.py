@@ -427,7 +427,15 @@ def _check_not_constant(X: np.ndarray, w: np.ndarray | None) -> None:
             f"X has {X.shape[0]} observation; a Gaussian mixture needs at least 2 (and more than "
             "the number of components) to estimate a covariance."
         )
-    spread = np.ptp(X, axis=0) if not np.isnan(X).any() else np.nanmax(X, 0) - np.nanmin(X, 0)
+    if not np.isnan(X).any():
+        spread = np.ptp(X, axis=0)
+    else:
+        empty = np.flatnonzero(np.isnan(X).all(axis=0))
+        if empty.size:
+            raise ValueError(
+                f"X's feature {int(empty[0])} has no observed value (all NaN); drop that column."
+            )
+        spread = np.nanmax(X, axis=0) - np.nanmin(X, axis=0)
     constant = np.flatnonzero(spread == 0)
     if constant.size:
         value = float(np.nanmax(X[:, constant[0]]))
