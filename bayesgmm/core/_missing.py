@@ -21,6 +21,7 @@ the results they gave before.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -51,6 +52,26 @@ class Pattern:
 
 
 @dataclass(frozen=True)
+class Group:
+    """The patterns with the same number of observed coordinates: their factorisations are
+    batched."""
+
+    idx: np.ndarray  # (P_g,) indices into Missingness.patterns
+    obs: np.ndarray  # (P_g, d_o)
+    mis: np.ndarray  # (P_g, d_m)
+
+
+#: Patterns with at least this many rows get a matrix product of their own; consecutive smaller
+#: ones share blocks of up to ``_BLOCK_ROWS`` rows, each row with its own pattern's coefficients.
+_GEMM_MIN_ROWS = 32
+_BLOCK_ROWS = 1024
+#: Rows whose log-densities are normalised together (bounds the (K·R, rows) temporary).
+_SUPER_ROWS = 32_768
+#: Largest cached feature matrix of the incomplete rows (entries; 128 MB).
+_FEATURE_CACHE_ENTRIES = 2**24
+
+
+@dataclass(frozen=True)
 class Missingness:
     """Where the NaNs of a data set are, grouped once for every pass of a fit.
 
@@ -58,26 +79,27 @@ class Missingness:
     ----------
     observed : ndarray (N, D) of bool
     complete : ndarray (n_c,)
-        Indices of the rows without a missing value.
-    x_complete : ndarray (n_c, D)
-        Those rows.
+        Indices of the rows without a missing value; ``x_complete`` those rows.
     patterns : list of Pattern
         The incomplete rows, grouped by pattern (patterns in a fixed order for given data).
-    by_observed : dict[int, list[int]]
-        Indices into ``patterns`` by their number of observed coordinates.
+    groups : list of Group
+        The patterns by their number of observed coordinates.
     sorted_rows : ndarray (n_i,)
-        The incomplete rows, pattern after pattern (``bounds`` delimits each pattern's).
-    bounds : ndarray (P + 1,)
+        The incomplete rows, pattern after pattern; ``bounds`` (P + 1,) delimits each
+        pattern's, and ``x_sorted`` (n_i, D) holds them (NaN where missing).
+    blocks : list of (int, int)
+        Runs of patterns processed together: one large pattern, or consecutive small ones.
     """
 
     observed: np.ndarray
     complete: np.ndarray
     x_complete: np.ndarray
     patterns: list[Pattern]
-    by_observed: dict[int, list[int]]
+    groups: list[Group]
     sorted_rows: np.ndarray
     bounds: np.ndarray
-    x_sorted: np.ndarray  # (n_i, D) the incomplete rows in that order, NaN where missing
+    x_sorted: np.ndarray
+    blocks: list[tuple[int, int]]
     _features: dict[tuple[str, bytes], np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -99,10 +121,6 @@ class Missingness:
             self._features.clear()
             self._features[key] = feats
         return feats
-
-
-#: Largest cached feature matrix of the incomplete rows (entries; 128 MB).
-_FEATURE_CACHE_ENTRIES = 2**24
 
 
 def missingness(X: np.ndarray) -> Missingness | None:
@@ -133,31 +151,62 @@ def missingness(X: np.ndarray) -> Missingness | None:
         obs, mis = np.flatnonzero(key), np.flatnonzero(~key)
         by_observed.setdefault(obs.size, []).append(len(patterns))
         patterns.append(Pattern(obs, mis, rows, np.ascontiguousarray(X[np.ix_(rows, obs)])))
+    groups = [
+        Group(
+            np.asarray(members),
+            np.stack([patterns[j].obs for j in members]),
+            np.stack([patterns[j].mis for j in members]),
+        )
+        for _, members in sorted(by_observed.items())
+    ]
+    sizes = np.diff(bounds)
+    blocks = []
+    p0 = 0
+    while p0 < len(patterns):
+        p1 = p0 + 1
+        if sizes[p0] < _GEMM_MIN_ROWS:
+            while (
+                p1 < len(patterns)
+                and sizes[p1] < _GEMM_MIN_ROWS
+                and bounds[p1 + 1] - bounds[p0] <= _BLOCK_ROWS
+            ):
+                p1 += 1
+        blocks.append((p0, p1))
+        p0 = p1
     return Missingness(
         observed,
         complete,
         np.ascontiguousarray(X[complete]),
         patterns,
-        by_observed,
+        groups,
         sorted_rows,
         bounds,
         np.ascontiguousarray(X[sorted_rows]),
+        blocks,
     )
 
 
-@dataclass(frozen=True)
-class _Factors:
-    """Per pattern and component (M = R·K, mixture-major), batched over the P patterns and
-    embedded in D × D (zeros where a coordinate is missing): the precision of the observed
-    block Σ_oo⁻¹, the constant log π − d_o/2 log 2π − ½ log|Σ_oo|, and the affine map of
-    E[x − c | x_o, z] = A (x̃ − c) + a (x̃: missing values at c) with the conditional covariance
-    C of the missing block."""
+@functools.cache
+def _packed_index(d: int) -> np.ndarray:
+    """(D, D) table: the position of entry (i, j) (either order) in the packed upper triangle
+    (row-major, as ``numpy.triu_indices``)."""
+    iu, ju = triu(d)
+    table = np.empty((d, d), dtype=np.intp)
+    table[iu, ju] = np.arange(iu.size)
+    table[ju, iu] = np.arange(iu.size)
+    table.flags.writeable = False
+    return table
 
-    prec: np.ndarray  # (P, M, D, D)
-    const: np.ndarray  # (P, M)
-    affine: np.ndarray | None  # (P, M, D, D): identity on the observed block, Σ_mo Σ_oo⁻¹ below
-    shift: np.ndarray | None  # (P, M, D): μ_m − c_m − Σ_mo Σ_oo⁻¹ (μ_o − c_o) on the missing
-    cond_cov: np.ndarray | None  # (P, M, D, D): C on the missing block
+
+@dataclass(frozen=True)
+class _GroupFactors:
+    """A group's conditional distributions of the missing given the observed, per pattern
+    and component (M = R·K, mixture-major): E[x_m − c_m | x_o, z] = B (x_o − c_o) + α and
+    Cov[x_m | x_o, z] = C."""
+
+    regress: np.ndarray  # (M, P_g, d_m, d_o): B = Σ_mo Σ_oo⁻¹
+    shift: np.ndarray  # (M, P_g, d_m): α = μ_m − c_m − B (μ_o − c_o)
+    cond_cov: np.ndarray  # (M, P_g, d_m, d_m): C = Σ_mm − B Σ_om
 
 
 def _factors(
@@ -166,76 +215,51 @@ def _factors(
     means: np.ndarray,
     covs: np.ndarray,
     center: np.ndarray,
+    kind: str,
     with_stats: bool,
-) -> _Factors:
-    """The factors of every pattern: one batched Cholesky per number of observed coordinates
-    (log_w (M,), means (M, D), covs (M, D, D))."""
+) -> tuple[np.ndarray, list[_GroupFactors | None]]:
+    """For every pattern and component (log_w (M,), means (M, D), covs (M, D, D); M in
+    mixture-major order): the coefficients of log p(x_o, z) = coef · f(x̃) in the layout of
+    :func:`~bayesgmm.core._passes.features` ("full" or "diag"), (P, M, F), and with
+    ``with_stats`` each group's conditional distributions. One batched Cholesky factorisation
+    per group."""
     p, (m, d) = len(miss.patterns), means.shape
-    prec_all = np.zeros((p, m, d, d))
-    const_all = np.empty((p, m))
-    affine = shift = cond = None
-    if with_stats:
-        affine, shift, cond = np.zeros((p, m, d, d)), np.zeros((p, m, d)), np.zeros((p, m, d, d))
+    t = d if kind == "diag" else d * (d + 1) // 2
+    n_f = t + d + 1
+    coef = np.zeros((p, n_f, m))
     mc = means - center
-    for d_o, members in miss.by_observed.items():
-        idx = np.asarray(members)
-        obs = np.stack([miss.patterns[j].obs for j in members])  # (P_g, d_o)
+    table = _packed_index(d)
+    conditionals: list[_GroupFactors | None] = []
+    for group in miss.groups:
+        obs, mis = group.obs, group.mis
+        d_o = obs.shape[1]
         soo = covs[:, obs[:, :, None], obs[:, None, :]]  # (M, P_g, d_o, d_o)
         chol = np.linalg.cholesky(soo)
-        whiten = np.tril(np.linalg.inv(chol))
+        whiten = np.linalg.inv(chol)
+        prec = np.swapaxes(whiten, 2, 3) @ whiten  # Σ_oo⁻¹
         logdet = 2.0 * np.log(np.diagonal(chol, axis1=2, axis2=3)).sum(axis=2)  # (M, P_g)
-        const_all[idx] = (log_w[:, None] - 0.5 * (d_o * _LOG_2PI + logdet)).T
-        prec = np.swapaxes(whiten, 2, 3) @ whiten  # Σ_oo⁻¹ (M, P_g, d_o, d_o)
-        rows_o, cols_o = obs[:, :, None], obs[:, None, :]
-        # Advanced indices around a slice: the result's axes are (P_g, d_o, d_o, M).
-        sub = np.zeros((idx.size, d, d, m))
-        sub[np.arange(idx.size)[:, None, None], rows_o, cols_o] = prec.transpose(1, 2, 3, 0)
-        prec_all[idx] = sub.transpose(0, 3, 1, 2)
-        if not with_stats or d_o == d or affine is None or shift is None or cond is None:
+        mc_o = mc[:, obs]  # (M, P_g, d_o)
+        lin = (prec @ mc_o[..., None])[..., 0]
+        const = log_w[:, None] - 0.5 * (d_o * _LOG_2PI + logdet + (lin * mc_o).sum(axis=2))
+        if kind == "diag":
+            quad, pos = np.diagonal(prec, axis1=2, axis2=3), obs
+        else:
+            io, jo = triu(d_o)
+            quad = prec[..., io, jo] * np.where(io == jo, 1.0, 2.0)
+            pos = table[obs[:, io], obs[:, jo]]  # (P_g, T_o)
+        rows = group.idx[:, None]
+        coef[rows, pos] = -0.5 * quad.transpose(1, 2, 0)
+        coef[rows, t + obs] = lin.transpose(1, 2, 0)
+        coef[group.idx, n_f - 1] = const.T
+        if not with_stats or mis.shape[1] == 0:
+            conditionals.append(None)
             continue
-        mis = np.stack([miss.patterns[j].mis for j in members])  # (P_g, d_m)
         smo = covs[:, mis[:, :, None], obs[:, None, :]]  # (M, P_g, d_m, d_o)
         regress = smo @ prec
-        smm = covs[:, mis[:, :, None], mis[:, None, :]]
-        cmm = smm - regress @ np.swapaxes(smo, 2, 3)
-        mu_o = mc[:, obs]  # (M, P_g, d_o)
-        alpha = mc[:, mis] - (regress @ mu_o[..., None])[..., 0]  # (M, P_g, d_m)
-        g = np.arange(idx.size)[:, None, None]
-        block = np.zeros((idx.size, d, d, m))
-        block[g, obs[:, :, None], obs[:, None, :]] = np.eye(d_o)[None, :, :, None]
-        block[g, mis[:, :, None], obs[:, None, :]] = regress.transpose(1, 2, 3, 0)
-        affine[idx] = block.transpose(0, 3, 1, 2)
-        vec = np.zeros((idx.size, d, m))
-        vec[np.arange(idx.size)[:, None], mis] = alpha.transpose(1, 2, 0)
-        shift[idx] = vec.transpose(0, 2, 1)
-        block = np.zeros((idx.size, d, d, m))
-        block[g, mis[:, :, None], mis[:, None, :]] = cmm.transpose(1, 2, 3, 0)
-        cond[idx] = block.transpose(0, 3, 1, 2)
-    return _Factors(prec_all, const_all, affine, shift, cond)
-
-
-def _coefficients(fac: _Factors, mc: np.ndarray, kind: str, r: int, k: int) -> np.ndarray:
-    """log p(x_o, z = m) = coef[p, m] · f(x̃) for each pattern p, in the feature layout of
-    :func:`~bayesgmm.core._passes.features` ("full" or "diag"), components in component-major
-    order (k·R + r) as the complete-data pass: (P, K·R, F)."""
-    p, m, d, _ = fac.prec.shape
-    lin = (fac.prec @ mc[None, :, :, None])[..., 0]  # (P, M, D); 0 where missing
-    offset = (lin * mc[None]).sum(axis=2)
-    if kind == "diag":
-        quad = np.diagonal(fac.prec, axis1=2, axis2=3)
-    else:
-        iu, ju = triu(d)
-        quad = fac.prec[:, :, iu, ju] * np.where(iu == ju, 1.0, 2.0)
-    with np.errstate(invalid="ignore"):  # −inf weights (padding)
-        coef = np.concatenate([-0.5 * quad, lin, (fac.const - 0.5 * offset)[..., None]], axis=2)
-    # mixture-major (r·K + k) → component-major (k·R + r)
-    return coef.reshape(p, r, k, -1).swapaxes(1, 2).reshape(p, m, -1)
-
-
-#: Patterns with at least this many rows get a matrix product of their own; consecutive smaller
-#: ones share blocks of up to ``_BLOCK_ROWS`` rows.
-_GEMM_MIN_ROWS = 32
-_BLOCK_ROWS = 1024
+        cond = covs[:, mis[:, :, None], mis[:, None, :]] - regress @ np.swapaxes(smo, 2, 3)
+        shift = mc[:, mis] - (regress @ mc_o[..., None])[..., 0]
+        conditionals.append(_GroupFactors(regress, shift, cond))
+    return coef.transpose(0, 2, 1), conditionals
 
 
 def missing_pass(
@@ -264,7 +288,7 @@ def missing_pass(
     The incomplete rows' log-densities are products of one feature matrix (their values with
     each missing one at the center, built once per fit) with per-pattern coefficients, and
     their sums Σ γ, Σ γ x̃, Σ γ x̃ x̃ᵀ per pattern one product back; each pattern's expected
-    statistics follow from those by its affine map and conditional covariance.
+    statistics follow from those and its conditional distributions.
     """
     r, k, d = means.shape
     m = r * k
@@ -289,47 +313,41 @@ def missing_pass(
     if not miss.patterns:
         return out
     kind = "diag" if diagonal or d == 1 else "full"
+    if stats == "diag" and kind == "full":
+        raise ValueError("diagonal statistics need diagonal covariances")
     with np.errstate(divide="ignore"):
         log_w = np.log(weights).reshape(m)
-    mc = means.reshape(m, d) - center
-    fac = _factors(miss, log_w, means.reshape(m, d), covs.reshape(m, d, d), center, stats != "none")
-    coef = _coefficients(fac, mc, kind, r, k)  # (P, K·R, F)
+    coef, conditionals = _factors(
+        miss, log_w, means.reshape(m, d), covs.reshape(m, d, d), center, kind, stats != "none"
+    )
+    # mixture-major (r·K + k) → component-major (k·R + r), as the complete-data pass
+    coef = np.ascontiguousarray(coef.reshape(-1, r, k, coef.shape[2]).swapaxes(1, 2))
+    coef = coef.reshape(len(miss.patterns), m, -1)
     feats = miss.features(center, kind)  # (F, n_i)
     n_f = feats.shape[0]
     sums = np.zeros((len(miss.patterns), m, n_f)) if stats != "none" else None
-    w_sorted = None if w is None else w[..., miss.sorted_rows]
     bounds = miss.bounds
-    sizes = np.diff(bounds)
-    p0 = 0
-    while p0 < len(miss.patterns):
-        # A pattern of many rows is one product with the feature matrix; consecutive patterns
-        # of few rows share a block in which each row takes its own pattern's coefficients.
-        p1 = p0 + 1
-        if sizes[p0] < _GEMM_MIN_ROWS:
-            while (
-                p1 < len(miss.patterns)
-                and sizes[p1] < _GEMM_MIN_ROWS
-                and bounds[p1 + 1] - bounds[p0] <= _BLOCK_ROWS
-            ):
-                p1 += 1
-        lo, hi = bounds[p0], bounds[p1]
-        f_blk = feats[:, lo:hi]
-        single = p1 == p0 + 1
-        if single:
-            lj = coef[p0] @ f_blk  # (K·R, n_b)
-        else:
-            local = np.repeat(np.arange(p0, p1), sizes[p0:p1])
-            lj = np.einsum("nmf,fn->mn", coef[local], f_blk)
-        rows = miss.sorted_rows[lo:hi]
+    w_sorted = None if w is None else w[..., miss.sorted_rows]
+    for s0, s1 in _super_blocks(miss):
+        lo_s, hi_s = bounds[miss.blocks[s0][0]], bounds[miss.blocks[s1 - 1][1]]
+        lj = np.empty((m, hi_s - lo_s))
+        for p0, p1 in miss.blocks[s0:s1]:
+            lo, hi = bounds[p0], bounds[p1]
+            if p1 == p0 + 1:
+                lj[:, lo - lo_s : hi - lo_s] = coef[p0] @ feats[:, lo:hi]
+            else:
+                local = np.repeat(np.arange(p0, p1), np.diff(bounds[p0 : p1 + 1]))
+                lj[:, lo - lo_s : hi - lo_s] = np.einsum("nmf,fn->mn", coef[local], feats[:, lo:hi])
+        rows = miss.sorted_rows[lo_s:hi_s]
         if joint_out is not None:
             joint_out[rows] = lj.T
-        logp = _log_normalise(lj, r, k)  # lj now holds p(z = k | x_o), (K·R, n_b)
+        logp = _log_normalise(lj, r, k)  # lj now holds p(z = k | x_o), (K·R, n_s)
         if logp_out is not None:
             logp_out[rows] = logp.T
         if resp_out is not None:
             resp_out[rows] = lj.T
         if w_sorted is not None:
-            wb = w_sorted[..., lo:hi]
+            wb = w_sorted[..., lo_s:hi_s]
             if wb.ndim == 2:
                 out.loglik += (logp * wb).sum(axis=1)
                 lj.reshape(k, r, -1)[...] *= wb
@@ -338,59 +356,111 @@ def missing_pass(
                 lj *= wb
         else:
             out.loglik += logp.sum(axis=1)
-        if sums is not None:
-            if single:
-                sums[p0] = lj @ f_blk.T
+        if sums is None:
+            continue
+        for p0, p1 in miss.blocks[s0:s1]:
+            lo, hi = bounds[p0], bounds[p1]
+            g = lj[:, lo - lo_s : hi - lo_s]
+            if p1 == p0 + 1:
+                sums[p0] = g @ feats[:, lo:hi].T
             else:
-                each = lj.T[:, :, None] * f_blk.T[:, None, :]  # (n_b, K·R, F)
+                each = g.T[:, :, None] * feats[:, lo:hi].T[:, None, :]  # (n_b, K·R, F)
                 sums[p0:p1] = np.add.reduceat(each, bounds[p0:p1] - lo, axis=0)
-        p0 = p1
-    if sums is not None and out.scatter is not None:
-        _expected_statistics(out, sums, fac, kind, r, k)
+    if sums is not None:
+        _expected_statistics(out, sums, miss, conditionals, kind, r, k)
+    return out
+
+
+def _super_blocks(miss: Missingness) -> list[tuple[int, int]]:
+    """Runs of consecutive blocks of up to ``_SUPER_ROWS`` rows (a larger block alone)."""
+    out = []
+    bounds, blocks = miss.bounds, miss.blocks
+    b0 = 0
+    while b0 < len(blocks):
+        b1 = b0 + 1
+        while b1 < len(blocks) and bounds[blocks[b1][1]] - bounds[blocks[b0][0]] <= _SUPER_ROWS:
+            b1 += 1
+        out.append((b0, b1))
+        b0 = b1
     return out
 
 
 def _expected_statistics(
-    out: PassStats, sums: np.ndarray, fac: _Factors, kind: str, r: int, k: int
+    out: PassStats,
+    sums: np.ndarray,
+    miss: Missingness,
+    conditionals: list[_GroupFactors | None],
+    kind: str,
+    r: int,
+    k: int,
 ) -> None:
-    """Add the incomplete rows' expected statistics to ``out`` from each pattern's sums over
-    its rows (P, K·R, F) of γ f(x̃): with u = x̃ − c, s0 = Σ γ, s1 = Σ γ u, S2 = Σ γ u uᵀ and the
-    pattern's E[x − c | x_o, z] = A u + a,
+    """Add the incomplete rows' expected statistics to ``out``, from each pattern's sums over
+    its rows (P, K·R, F) of γ f(x̃). With u = x̃ − c (0 where missing), s0 = Σ γ, s1 = Σ γ u,
+    S2 = Σ γ u uᵀ, and E[x_m − c_m | x_o, z] = B u_o + α, Cov = C:
 
-        Σ γ E[x − c] = A s1 + a s0,
-        Σ γ E[(x − c)(x − c)ᵀ] = A S2 Aᵀ + (A s1) aᵀ + a (A s1)ᵀ + s0 (a aᵀ + C)."""
+        Σ γ E[x − c]: s1 on the observed coordinates, B s1_o + α s0 on the missing;
+        Σ γ E[(x − c)(x − c)ᵀ]: S2_oo; B S2_oo + α s1_oᵀ (missing × observed);
+                                 B S2_oo Bᵀ + (B s1_o) αᵀ + α (B s1_o)ᵀ + s0 (α αᵀ + C).
+
+    The observed parts are the sums themselves (the features of a missing value are 0); the
+    missing parts are computed per group in its reduced coordinates and added at their
+    positions."""
     p, m, n_f = sums.shape
     d = out.sum_x.shape[2]
-    # component-major (k·R + r) → mixture-major (r·K + k), as the factors
-    sums = sums.reshape(p, k, r, n_f).swapaxes(1, 2).reshape(p, m, n_f)
-    s0 = sums[..., -1]  # (P, M)
     t = n_f - d - 1
-    s1 = sums[..., t : t + d]  # (P, M, D)
-    if fac.affine is None or fac.shift is None or fac.cond_cov is None or out.scatter is None:
-        return
-    a, shift, cond = fac.affine, fac.shift, fac.cond_cov
-    mean_part = (a @ s1[..., None])[..., 0]  # (P, M, D)
-    out.counts += s0.sum(axis=0).reshape(r, k)
-    out.sum_x += (mean_part + shift * s0[..., None]).sum(axis=0).reshape(r, k, d)
-    cond_diag = np.diagonal(cond, axis1=2, axis2=3)
-    if kind == "diag":
-        # Diagonal covariances: A is the identity on the observed block and 0 elsewhere, so
-        # the second moments are S2's on the observed and s0 (a² + C) on the missing.
-        second = sums[..., :d] + s0[..., None] * (shift * shift + cond_diag)
-        out.scatter += second.sum(axis=0).reshape(r, k, d)
-        return
-    iu, ju = triu(d)
-    s2 = np.zeros((p, m, d, d))
-    s2[..., iu, ju] = sums[..., :t]
-    s2[..., ju, iu] = sums[..., :t]
-    cross = mean_part[..., :, None] * shift[..., None, :]
-    second = (
-        a @ s2 @ np.swapaxes(a, 2, 3)
-        + cross
-        + np.swapaxes(cross, 2, 3)
-        + s0[..., None, None] * (shift[..., :, None] * shift[..., None, :] + cond)
-    )
-    out.scatter += second.sum(axis=0)[:, iu, ju].reshape(r, k, -1)
+    sums = sums.reshape(p, k, r, n_f).swapaxes(1, 2).reshape(p, m, n_f)  # mixture-major
+    total = sums.sum(axis=0)  # (M, F)
+    sum_x = total[:, t : t + d].copy()
+    second = total[:, :t].copy()
+    table = _packed_index(d)
+    for group, cond in zip(miss.groups, conditionals, strict=True):
+        if cond is None:
+            continue
+        obs, mis = group.obs, group.mis
+        p_g, d_o = obs.shape
+        d_m = mis.shape[1]
+        part = sums[group.idx]  # (P_g, M, F)
+        s0 = part[:, :, -1].T  # (M, P_g)
+        s1 = np.take_along_axis(part, (t + obs)[:, None, :], axis=2).transpose(1, 0, 2)
+        bs1 = (cond.regress @ s1[..., None])[..., 0]  # (M, P_g, d_m)
+        _add_at(sum_x, np.broadcast_to(mis, (m, p_g, d_m)), bs1 + cond.shift * s0[..., None])
+        if kind == "diag":
+            # Diagonal covariances: B = 0, and only the diagonal is wanted.
+            c_diag = np.diagonal(cond.cond_cov, axis1=2, axis2=3)
+            values = s0[..., None] * (cond.shift * cond.shift + c_diag)
+            _add_at(second, np.broadcast_to(mis, (m, p_g, d_m)), values)
+            continue
+        pos_oo = table[obs[:, :, None], obs[:, None, :]].reshape(p_g, 1, d_o * d_o)
+        s2 = np.take_along_axis(part, pos_oo, axis=2).reshape(p_g, m, d_o, d_o)
+        s2 = s2.transpose(1, 0, 2, 3)  # (M, P_g, d_o, d_o)
+        b_s2 = cond.regress @ s2  # (M, P_g, d_m, d_o)
+        mo = b_s2 + cond.shift[..., :, None] * s1[..., None, :]
+        cross = bs1[..., :, None] * cond.shift[..., None, :]
+        mm = (
+            b_s2 @ np.swapaxes(cond.regress, 2, 3)
+            + cross
+            + np.swapaxes(cross, 2, 3)
+            + s0[..., None, None] * (cond.shift[..., :, None] * cond.shift[..., None, :])
+            + s0[..., None, None] * cond.cond_cov
+        )
+        pos_mo = table[mis[:, :, None], obs[:, None, :]]  # (P_g, d_m, d_o)
+        _add_at(second, np.broadcast_to(pos_mo, mo.shape), mo)
+        im, jm = triu(d_m)  # each unordered pair of missing coordinates once
+        pos_mm = table[mis[:, im], mis[:, jm]]  # (P_g, T_m)
+        values = mm[..., im, jm]  # (M, P_g, T_m)
+        _add_at(second, np.broadcast_to(pos_mm, values.shape), values)
+    out.counts += total[:, -1].reshape(r, k)
+    out.sum_x += sum_x.reshape(r, k, d)
+    if out.scatter is not None:
+        out.scatter += second.reshape(r, k, -1)
+
+
+def _add_at(target: np.ndarray, positions: np.ndarray, values: np.ndarray) -> None:
+    """target[m, positions[m, ...]] += values[m, ...] for every m (repeated positions add up),
+    as one bincount."""
+    m, width = target.shape
+    flat = (np.arange(m).reshape((m,) + (1,) * (positions.ndim - 1)) * width + positions).ravel()
+    target += np.bincount(flat, weights=values.ravel(), minlength=m * width).reshape(m, width)
 
 
 def fill_means(X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -416,7 +486,7 @@ def impute_missing(
     (K, D, D)): with ``draws`` None, the conditional mean E[x_m | x_o] = Σ_k γ_k(x_o) x̂_m,k,
     shape (N, D); otherwise ``draws`` imputations (draws, N, D), each drawing z from
     p(z | x_o) and then x_m from N(x̂_m,z, C_z). Observed values are returned as they are."""
-    k, d = means.shape
+    k = means.shape[0]
     center = means.mean(axis=0)
     resp = np.empty((X.shape[0], k))
     missing_pass(
@@ -425,30 +495,29 @@ def impute_missing(
     )  # fmt: skip
     with np.errstate(divide="ignore"):
         log_w = np.log(weights)
-    fac = _factors(miss, log_w, means, covs, center, with_stats=True)
+    _, conditionals = _factors(miss, log_w, means, covs, center, "full", with_stats=True)
     out = np.array(X, dtype=np.float64, copy=True)
     if draws is not None:
         out = np.repeat(out[None], draws, axis=0)
-    if fac.affine is None or fac.shift is None or fac.cond_cov is None:
-        return out
-    for j, pat in enumerate(miss.patterns):
-        u = np.zeros((pat.rows.size, d))
-        u[:, pat.obs] = pat.x_obs - center[pat.obs]
-        # E[x | x_o, z = k] for each k: c + A_k u + a_k, (K, n_p, d_m) on the missing block
-        xm = (u @ np.swapaxes(fac.affine[j], 1, 2) + fac.shift[j][:, None, :])[:, :, pat.mis]
-        xm += center[pat.mis]
-        g = resp[pat.rows].T  # (K, n_p)
-        cells = np.ix_(pat.rows, pat.mis)
-        if draws is None or gen is None:
-            out[cells] = np.einsum("kn,knd->nd", g, xm)
+    for group, cond in zip(miss.groups, conditionals, strict=True):
+        if cond is None:
             continue
-        cum = np.cumsum(g, axis=0)
-        u_draw = gen.random((draws, pat.rows.size)) * cum[-1]
-        z = np.minimum((cum[None, :, :] <= u_draw[:, None, :]).sum(axis=1), k - 1)
-        cmm = fac.cond_cov[j][:, pat.mis[:, None], pat.mis[None, :]]  # (K, d_m, d_m)
-        chol = np.linalg.cholesky(cmm)
-        eps = gen.standard_normal((draws, pat.rows.size, pat.mis.size))
-        cols = np.arange(pat.rows.size)
-        noise = np.einsum("snij,snj->sni", chol[z], eps)
-        out[(slice(None), *np.ix_(pat.rows, pat.mis))] = xm[z, cols[None, :]] + noise
+        for i, j in enumerate(group.idx):
+            pat = miss.patterns[j]
+            u = pat.x_obs - center[pat.obs]  # (n_p, d_o)
+            # E[x_m | x_o, z = k] for each k: (K, n_p, d_m)
+            xm = u @ np.swapaxes(cond.regress[:, i], 1, 2) + cond.shift[:, i, None, :]
+            xm += center[pat.mis]
+            g = resp[pat.rows].T  # (K, n_p)
+            if draws is None or gen is None:
+                out[np.ix_(pat.rows, pat.mis)] = np.einsum("kn,knd->nd", g, xm)
+                continue
+            cum = np.cumsum(g, axis=0)
+            u_draw = gen.random((draws, pat.rows.size)) * cum[-1]
+            z = np.minimum((cum[None, :, :] <= u_draw[:, None, :]).sum(axis=1), k - 1)
+            chol = np.linalg.cholesky(cond.cond_cov[:, i])  # (K, d_m, d_m)
+            eps = gen.standard_normal((draws, pat.rows.size, pat.mis.size))
+            cols = np.arange(pat.rows.size)
+            noise = np.einsum("snij,snj->sni", chol[z], eps)
+            out[(slice(None), *np.ix_(pat.rows, pat.mis))] = xm[z, cols[None, :]] + noise
     return out

@@ -151,8 +151,8 @@ def test_complete_rows_take_the_ordinary_pass_exactly(three):
     model = bg.fit_em(x, 3).model
     none = np.zeros(0, dtype=np.intp)
     miss = Missingness(
-        np.ones(x.shape, bool), np.arange(x.shape[0]), x, [], {}, none, np.zeros(1, dtype=np.intp),
-        np.empty((0, 3)),
+        np.ones(x.shape, bool), np.arange(x.shape[0]), x, [], [], none, np.zeros(1, dtype=np.intp),
+        np.empty((0, 3)), [],
     )  # fmt: skip
     center = x.mean(axis=0)
     args = (model.weights[None], model.means[None], model.covariances[None], model.cholesky[None])
