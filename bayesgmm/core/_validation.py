@@ -103,10 +103,16 @@ def as_data(
             _check_missing(arr, nan, finite, name)
             return arr, feature_names
         rows = np.flatnonzero(~finite.all(axis=1))
-        kinds = "NaN" if nan.any() else "inf"
+        if nan.any() and np.isfinite(arr[~nan]).all():
+            raise ValueError(
+                f"{name} contains NaN values in {rows.size} row(s) (first: row {rows[0]}); this "
+                "needs complete rows. fit_em, select_em, bootstrap_em and a mixture's methods "
+                "take NaN as a missing value: impute first (e.g. bg.fit_em(X, K).impute(X)) or "
+                "drop the rows, e.g. X[np.isfinite(X).all(axis=1)]."
+            )
         raise ValueError(
-            f"{name} contains {kinds} values in {rows.size} row(s) (first: row {rows[0]}); "
-            "drop or impute them first, e.g. X[np.isfinite(X).all(axis=1)]."
+            f"{name} contains inf values in {rows.size} row(s) (first: row {rows[0]}); "
+            "drop them first, e.g. X[np.isfinite(X).all(axis=1)]."
         )
     return arr, feature_names
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from bayesgmm.core._missing import missingness
+from bayesgmm.core._moments import mean_cov
 from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
 from bayesgmm.core._validation import as_data, as_rng
 from bayesgmm.core.fit import fit_em
@@ -87,7 +89,7 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
 def _check_fit(fit: Any, X: Any) -> np.ndarray:
     if not isinstance(fit, EMResult):
         raise TypeError(f"fit must be an EMResult from bayesgmm.fit_em; got {type(fit).__name__}.")
-    arr, _ = as_data(X)
+    arr, _ = as_data(X, allow_missing=True)
     n_fit = fit.responsibilities.shape[0]
     if arr.shape != (n_fit, fit.model.n_features):
         raise ValueError(
@@ -202,7 +204,14 @@ def _replicate_data(
     if kind == "weighted":
         return n * gen.dirichlet(np.ones(n)), X
     data, _ = est.sample(n, rng=gen)
-    return None, data
+    return None, _same_holes(data, X)
+
+
+def _same_holes(data: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """A simulated data set with the observed data's missing cells removed (NaN) too: the
+    replicate loses what the data lost."""
+    missing = np.isnan(X)
+    return np.where(missing, np.nan, data) if missing.any() else data
 
 
 def _refit_batch(payload: dict[str, Any], seeds: list[Any]) -> list[_Replicate | str]:
@@ -218,7 +227,8 @@ def _refit_batch(payload: dict[str, Any], seeds: list[Any]) -> list[_Replicate |
     for seed in seeds:
         weight, data = _replicate_data(kind, X, est, np.random.default_rng(seed))
         runs.append(new_run(est, "mixture", row_weight=weight, data=data))
-    center = X.mean(axis=0)
+    missing = missingness(X)
+    center = X.mean(axis=0) if missing is None else mean_cov(X, None, diagonal=True)[0]
     iterate(
         X,
         runs,
@@ -229,8 +239,9 @@ def _refit_batch(payload: dict[str, Any], seeds: list[Any]) -> list[_Replicate |
         reg_covar=0.0,
         tol=payload["tol"],
         accelerate=True,
+        missing=missing,
     )
-    done = finish_many(X, runs, center)
+    done = finish_many(X, runs, center, missing=missing)
     out: list[_Replicate | str] = []
     for run, model, ll, reason in zip(runs, done.models, done.loglik, done.reasons, strict=True):
         if reason is not None:
@@ -332,9 +343,10 @@ def replicate_em(
         "tol": tol,
         "max_iter": max_iter,
     }
-    if prior is None:
+    if prior is None and not (kind == "parametric" and np.isnan(arr).any()):
         # One batched EM for the replicates (the prior, when there is one, is resolved on each
-        # replicate's data: one fit at a time).
+        # replicate's data: one fit at a time; parametric replicates with missing values, each
+        # on its own data set with the data's holes, also run one at a time).
         per_replicate = _stacked_entries(*arr.shape) if kind == "parametric" else arr.shape[0]
         out = _run_batches(_refit_batch, payload, n_boot, per_replicate, rng, n_jobs, progress)
     else:
@@ -402,6 +414,32 @@ def _lrt_batch(payload: dict[str, Any], seeds: list[Any]) -> list[float | str]:
     return out
 
 
+def _lrt_one(payload: dict[str, Any], gen: np.random.Generator) -> float | str:
+    """One replicate of :func:`_lrt_batch` on its own, for data with missing values: the
+    simulated data set loses the data's missing cells, then K is fitted from the null and
+    K + 1 from the alternative."""
+    null, alt = payload["null"], payload["alt"]
+    data = _same_holes(null.sample(payload["n"], rng=gen)[0], payload["X"])
+    settings = payload["settings"]
+    fits = []
+    for start in (null, alt):
+        try:
+            fit = fit_em(
+                data,
+                start.n_components,
+                covariance_type=start.covariance_type,
+                init=start,
+                tol=settings["tol"],
+                max_iter=settings["max_iter"],
+            )
+        except (ValueError, np.linalg.LinAlgError) as err:
+            return f"the fit of K={start.n_components} failed: {err}"
+        if fit.degenerate:
+            return f"the fit of K={start.n_components} is degenerate: {fit.degenerate_reason}"
+        fits.append(fit)
+    return 2.0 * float(fits[1].loglik - fits[0].loglik)
+
+
 def bootstrap_lrt(
     X: Any,
     null: EMResult,
@@ -444,8 +482,14 @@ def bootstrap_lrt(
         "n": arr.shape[0],
         "settings": {"tol": tol, "max_iter": max_iter},
     }
-    per_replicate = 2 * _stacked_entries(*arr.shape)  # a K and a K + 1 run per data set
-    out = _run_batches(_lrt_batch, payload, n_boot, per_replicate, rng, n_jobs, progress)
+    if np.isnan(arr).any():
+        # Each simulated data set has the data's missing cells: one replicate at a time (the
+        # same data sets as the batched test draws).
+        payload["X"] = arr
+        out = map_replicates(_lrt_one, payload, n_boot, rng, n_jobs, progress)
+    else:
+        per_replicate = 2 * _stacked_entries(*arr.shape)  # a K and a K + 1 run per data set
+        out = _run_batches(_lrt_batch, payload, n_boot, per_replicate, rng, n_jobs, progress)
     stats = np.array([r for r in out if not isinstance(r, str)], dtype=np.float64)
     failed = {i: r for i, r in enumerate(out) if isinstance(r, str)}
     observed = 2.0 * (alternative.loglik - null.loglik)

@@ -352,3 +352,29 @@ def test_starts_on_mean_filled_data_are_good(three):
     hc = bg.fit_em(xm, 3)
     many = bg.fit_em(xm, 3, init="kmeans++", n_init=20, rng=0)
     assert hc.loglik >= many.loglik - 1e-6 * abs(many.loglik)
+
+
+def test_bootstrap_with_missing_values(three):
+    # Batched replicates on data with holes give what each replicate gives alone (the same
+    # weights, fit_em from the estimate); parametric replicates carry the data's holes.
+    from bayesgmm.core.bootstrap import _refit, _refit_batch, _replicate_data
+
+    _, xm = three
+    fit = bg.fit_em(xm, 3, covariance_type="EEE")
+    payload = {
+        "X": xm, "estimate": fit.model, "kind": "weighted", "prior": None, "tol": 1e-10,
+        "max_iter": 1000,
+    }  # fmt: skip
+    seeds = np.random.SeedSequence(5).spawn(3)
+    for seed, batched in zip(seeds, _refit_batch(payload, seeds), strict=True):
+        alone = _refit(payload, np.random.default_rng(seed))
+        np.testing.assert_allclose(batched.loglik, alone.loglik, rtol=1e-10)
+        np.testing.assert_allclose(batched.model.means, alone.model.means, atol=1e-7)
+    _, data = _replicate_data("parametric", xm, fit.model, np.random.default_rng(0))
+    np.testing.assert_array_equal(np.isnan(data), np.isnan(xm))
+    tree = bg.bootstrap_em(fit, xm, n_boot=8, kind="parametric", rng=0)
+    assert tree["posterior"]["means"].sizes["draw"] + tree.attrs["n_failed"] == 8
+    from bayesgmm.core.bootstrap import bootstrap_lrt
+
+    lrt = bootstrap_lrt(xm, bg.fit_em(xm, 2, covariance_type="EEE"), fit, n_boot=4, rng=0)
+    assert lrt.replicates.size + len(lrt.failed) == 4 and 0 < lrt.p_value <= 1
