@@ -59,11 +59,15 @@ def _dataset_to_frame(ds: Any) -> Any:
     )
 
 
-def load_table(path: str, columns: str | None = None) -> tuple[Any, list[str]]:
+def load_table(
+    path: str, columns: str | None = None, missing: str = "refuse"
+) -> tuple[Any, list[str]]:
     """The numeric data of ``path`` as a DataFrame, and notices for the user.
 
     With ``columns`` ("a,b,c"), exactly those columns, each of which must be numeric; without,
-    every numeric column, the others dropped with a notice.
+    every numeric column, the others dropped with a notice. Rows with missing values are kept
+    (``missing="keep"``: NaN marks them, for EM; rows with no value at all are dropped),
+    dropped (``"drop"``) or refused with the counts (``"refuse"``), each with a notice.
     """
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
@@ -105,13 +109,32 @@ def load_table(path: str, columns: str | None = None) -> tuple[Any, list[str]]:
                 f"DATA {path!r} has no numeric columns; a Gaussian mixture needs numbers."
             )
         frame = frame[numeric]
-    n_missing = int(frame.isna().any(axis=1).sum())
-    if n_missing:
-        raise CLIError(
-            f"DATA {path!r} has {n_missing} rows with missing values in the selected columns; "
-            "remove or impute them first."
-        )
     frame.columns = [str(c) for c in frame.columns]
+    holes = frame.isna()
+    rows = int(holes.any(axis=1).sum())
+    if rows:
+        per_column = ", ".join(f"{c} {int(v)}" for c, v in holes.sum().items() if v)
+        where = f"{int(holes.to_numpy().sum())} values missing in {rows} of {frame.shape[0]} rows"
+        if missing == "drop":
+            frame = frame.loc[~holes.any(axis=1)]
+            notices.append(f"{where} ({per_column}); --drop-missing dropped those rows")
+            if frame.shape[0] == 0:
+                raise CLIError(f"DATA {path!r}: --drop-missing left no rows.")
+        elif missing == "keep":
+            empty = int(holes.all(axis=1).sum())
+            if empty:
+                frame = frame.loc[~holes.all(axis=1)]
+                notices.append(f"{empty} rows with no value at all dropped")
+            notices.append(
+                f"{where} ({per_column}); modelled as missing at random: each row's likelihood "
+                "is that of its observed values (--drop-missing drops those rows instead)"
+            )
+        else:
+            raise CLIError(
+                f"DATA {path!r} has {where} ({per_column}); this command's Bayesian steps need "
+                "complete rows. Pass --drop-missing to drop those rows, or impute them first "
+                "(`bayesgmm fit` uses rows with missing values)."
+            )
     return frame, notices
 
 

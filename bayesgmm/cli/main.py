@@ -66,9 +66,10 @@ def _write_tree(tree: Any, path: str) -> None:
     print(f"wrote {p}")
 
 
-def _load(args: argparse.Namespace) -> Any:
-    """DATA as a numeric DataFrame, its notices printed."""
-    X, notices = load_table(args.data, args.columns)
+def _load(args: argparse.Namespace, keep_missing: bool = False) -> Any:
+    """DATA as a numeric DataFrame, its notices printed; rows with missing values kept for EM
+    (``keep_missing``), dropped under --drop-missing, refused otherwise."""
+    X, notices = load_table(args.data, args.columns, _missing_policy(args, keep_missing))
     for n in notices:
         print(f"note: {n}")
     return X
@@ -77,7 +78,7 @@ def _load(args: argparse.Namespace) -> Any:
 def _fit(args: argparse.Namespace) -> int:
     import bayesgmm as bg
 
-    X = _load(args)
+    X = _load(args, keep_missing=True)
     ks = parse_k(args.k)
     _check_k(ks, X.shape[0])
     t0 = time.perf_counter()
@@ -240,8 +241,14 @@ def _run_report(X: Any, notices: list[str], args: argparse.Namespace, title: str
     return out
 
 
+def _missing_policy(args: argparse.Namespace, keep_missing: bool) -> str:
+    if getattr(args, "drop_missing", False):
+        return "drop"
+    return "keep" if keep_missing else "refuse"
+
+
 def _report(args: argparse.Namespace) -> int:
-    X, notices = load_table(args.data, args.columns)
+    X, notices = load_table(args.data, args.columns, _missing_policy(args, False))
     out = _run_report(X, notices, args, f"Gaussian mixture report: {Path(args.data).name}")
     print(f"wrote {out.resolve()}")
     return 0
@@ -266,6 +273,11 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA", help="a CSV, Parquet or netCDF file")
     p.add_argument("--columns", help="comma-separated columns to use (default: every numeric one)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--drop-missing",
+        action="store_true",
+        help="drop rows with missing values (fit keeps them: EM on the observed values)",
+    )
 
 
 def _add_bayes(p: argparse.ArgumentParser, draws: int, chains: int) -> None:

@@ -125,7 +125,7 @@ def to_datatree(fit: EMResult | GaussianMixture, X: Any = None) -> Any:
     )
     arr = None
     if X is not None:
-        arr, _ = as_data(X)
+        arr, _ = as_data(X, allow_missing=True)  # NaN: a missing value, kept as such
         if arr.shape[1] != model.n_features:
             raise ValueError(
                 f"X has {arr.shape[1]} features but the mixture has {model.n_features}; pass the "

@@ -103,6 +103,9 @@ def fit_em(
     ----------
     X : array_like (n_obs, n_features) or DataFrame
         The data; a 1-D array is one feature; DataFrame column names become feature names.
+        NaN marks a missing value (missing at random): EM then maximises the observed-data
+        likelihood, each row's density being that of its observed coordinates, and the starts
+        are computed on the data with each NaN at its column's mean (docs/missing.md).
     n_components : int
         K, at least 1 and at most the number of distinct rows.
     covariance_type : str, default "VVV"

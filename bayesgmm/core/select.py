@@ -227,6 +227,7 @@ def select_em(
     Parameters
     ----------
     X : array_like (n_obs, n_features) or DataFrame
+        NaN marks a missing value, as in :func:`fit_em`.
     n_components : int or iterable of int, default range(1, 10)
     covariance_types : "all" or iterable of str, default "all"
         "all" is every structure built (E and V for one feature, as mclust).

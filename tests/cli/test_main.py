@@ -73,7 +73,8 @@ def test_error_paths(tmp_path, capsys, faithful_csv):
     assert "XYZ" in err
     missing = tmp_path / "missing.csv"
     missing.write_text("a,b\n1,2\n,3\n4,5\n")
-    assert "missing values" in _error(capsys, ["fit", str(missing)])
+    err = _error(capsys, ["sample", str(missing), "--k", "2"])
+    assert "1 values missing in 1 of 3 rows (a 1)" in err and "--drop-missing" in err
     err = _error(capsys, ["sample", str(faithful_csv), "--k", "1:3"])
     assert "one number of components" in err
 
@@ -98,6 +99,28 @@ def test_fit_writes_a_datatree_and_json(tmp_path, capsys, faithful_csv):
     data = json.loads(js.read_text())
     assert data["n_components"] == 3 and len(data["means"]) == 3
     assert data["table"]["EEE"]["3"] == pytest.approx(data["bic"])
+
+
+def test_fit_uses_rows_with_missing_values(tmp_path, capsys, faithful_csv):
+    frame = bg.datasets.load_faithful()
+    holes = frame.copy()
+    holes.iloc[::10, 0] = np.nan  # 28 of 272 eruptions missing
+    path = tmp_path / "holes.csv"
+    holes.to_csv(path, index=False)
+    nc = tmp_path / "fit.nc"
+    argv = ["fit", str(path), "--k", "3", "--structures", "EEE", "--output", str(nc)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "28 values missing in 28 of 272 rows (eruptions 28)" in out
+    assert "modelled as missing at random" in out
+    tree = xr.open_datatree(nc, engine="h5netcdf")
+    assert tree["observed_data"]["x"].shape == (272, 2)
+    # The chosen fit's log-likelihood is the library's on the data with its holes.
+    ref = bg.fit_em(holes, 3, covariance_type="EEE")
+    assert tree["em"].attrs["loglik"] == pytest.approx(ref.loglik, rel=1e-9)
+    tree.close()
+    assert main([*argv[:-2], "--drop-missing"]) == 0
+    assert "--drop-missing dropped those rows" in capsys.readouterr().out
 
 
 def test_parquet_and_netcdf_inputs(tmp_path, capsys):
