@@ -87,10 +87,10 @@ def load_table(
     ]
     if columns:
         wanted = [c.strip() for c in columns.split(",") if c.strip()]
-        missing = [c for c in wanted if c not in frame.columns]
-        if missing:
+        unknown = [c for c in wanted if c not in frame.columns]
+        if unknown:
             have = [str(c) for c in frame.columns]
-            raise CLIError(f"--columns: {missing} not in DATA; its columns are {have}.")
+            raise CLIError(f"--columns: {unknown} not in DATA; its columns are {have}.")
         text = [c for c in wanted if c not in numeric]
         if text:
             raise CLIError(

@@ -521,3 +521,50 @@ def impute_missing(
             noise = np.einsum("snij,snj->sni", chol[z], eps)
             out[(slice(None), *np.ix_(pat.rows, pat.mis))] = xm[z, cols[None, :]] + noise
     return out
+
+
+def impute_draws(
+    miss: Missingness,
+    weights: np.ndarray,
+    means: np.ndarray,
+    covs: np.ndarray,
+    gen: np.random.Generator,
+) -> np.ndarray:
+    """One imputation of every missing cell under each of S mixtures (weights (S, K), means
+    (S, K, D), covariances (S, K, D, D): the draws of a posterior): z from p(z | x_o, θ_s), then
+    x_m from N(x̂_m,z, C_z). Returns (S, n_missing), the cells in row-major order of the data
+    (``np.nonzero(~miss.observed)``)."""
+    s, k, d = means.shape
+    m = s * k
+    center = means.reshape(m, d).mean(axis=0)
+    resp = np.empty((miss.observed.shape[0], m))
+    missing_pass(
+        miss, weights, means, covs, np.linalg.cholesky(covs), False, center, resp_out=resp
+    )  # resp in component-major order (k·S + s)
+    with np.errstate(divide="ignore"):
+        log_w = np.log(weights).reshape(m)
+    _, conditionals = _factors(
+        miss, log_w, means.reshape(m, d), covs.reshape(m, d, d), center, "full", with_stats=True
+    )
+    out = np.full((s,) + miss.observed.shape, np.nan)
+    for group, cond in zip(miss.groups, conditionals, strict=True):
+        if cond is None:
+            continue
+        for i, j in enumerate(group.idx):
+            pat = miss.patterns[j]
+            n_p, d_m = pat.rows.size, pat.mis.size
+            u = pat.x_obs - center[pat.obs]  # (n_p, d_o)
+            regress = cond.regress[:, i].reshape(s, k, d_m, -1)
+            xm = np.einsum("skmo,no->sknm", regress, u) + cond.shift[:, i].reshape(s, k, 1, d_m)
+            xm += center[pat.mis]  # (S, K, n_p, d_m)
+            g = resp[pat.rows].reshape(n_p, k, s).transpose(2, 1, 0)  # (S, K, n_p)
+            cum = np.cumsum(g, axis=1)
+            u_draw = gen.random((s, n_p)) * cum[:, -1]
+            z = np.minimum((cum <= u_draw[:, None, :]).sum(axis=1), k - 1)  # (S, n_p)
+            chol = np.linalg.cholesky(cond.cond_cov[:, i]).reshape(s, k, d_m, d_m)
+            pick_s = np.arange(s)[:, None]
+            eps = gen.standard_normal((s, n_p, d_m))
+            mean = xm[pick_s, z, np.arange(n_p)[None, :]]  # (S, n_p, d_m)
+            noise = np.einsum("snij,snj->sni", chol[pick_s, z], eps)
+            out[:, pat.rows[:, None], pat.mis[None, :]] = mean + noise
+    return out[:, ~miss.observed]

@@ -386,6 +386,15 @@ def log_prob_many(
     d = covariances.shape[-1]
     off = ~np.eye(d, dtype=bool)
     diagonal = not np.any(covariances[..., off])
+    miss = missingness(np.asarray(X)) if len(X) else None
+    if miss is not None:  # NaN: each row's observed coordinates
+        center = np.nanmean(X, axis=0)
+        out = np.empty((X.shape[0], weights.shape[0]))
+        missing_pass(
+            miss, weights, means, covariances, np.linalg.cholesky(covariances), diagonal,
+            center, logp_out=out,
+        )  # fmt: skip
+        return out.T
     center = np.asarray(X).mean(axis=0) if len(X) else np.zeros(d)
     params = mixture_density(weights, means, np.linalg.cholesky(covariances), diagonal, center)
     out = np.empty((X.shape[0], weights.shape[0]))
