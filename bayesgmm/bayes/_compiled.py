@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.bayes.model import to_pymc
+from bayesgmm.bayes.model import missing_patterns, to_pymc
 from bayesgmm.bayes.structures import Parametrisation
 
 #: Models kept at once (each holds its compiled functions; the oldest goes first).
@@ -38,10 +38,11 @@ class Entry:
 _ENTRIES: OrderedDict[tuple[Any, ...], Entry] = OrderedDict()
 
 
-def key(param: Parametrisation, k: int) -> tuple[Any, ...]:
+def key(param: Parametrisation, k: int, missing: bool = False) -> tuple[Any, ...]:
     """What changes the model's graph: the parametrisation (default or conjugate priors), the
-    structure, the number of features, the identification, and K."""
-    return (type(param).__name__, param.name, param.d, param.identify, k)
+    structure, the number of features, the identification, K, and whether the data have
+    missing values (the likelihood of each row's observed values is another graph)."""
+    return (type(param).__name__, param.name, param.d, param.identify, k, missing)
 
 
 def model_for(
@@ -56,7 +57,8 @@ def model_for(
     its data and prior constants set to ``X`` and ``consts``."""
     import pymc as pm
 
-    tag = key(param, k)
+    patterns = missing_patterns(X)
+    tag = key(param, k, patterns is not None)
     entry = _ENTRIES.pop(tag, None)
     if entry is None:
         model = to_pymc(
@@ -66,6 +68,12 @@ def model_for(
     else:
         model = entry.model
         updates = {"x_data": X, **{f"prior_{name}": np.asarray(v) for name, v in consts.items()}}
+        if patterns is not None:
+            updates.update(
+                x_data=np.where(np.isnan(X), 0.0, X),
+                x_patterns=patterns[0],
+                x_pattern_index=patterns[1],
+            )
         pm.set_data(updates, model=model, coords={"obs": np.arange(X.shape[0])})
         model.bayesgmm_constants = consts
         model.bayesgmm_spec = {**model.bayesgmm_spec, "X": X, "priors": priors}
@@ -83,7 +91,10 @@ def release(entry: Entry) -> None:
 
     model = entry.model
     empty = np.zeros((0, model.bayesgmm_param.d))
-    pm.set_data({"x_data": empty}, model=model, coords={"obs": np.arange(0)})
+    updates: dict[str, np.ndarray] = {"x_data": empty}
+    if "x_pattern_index" in model.named_vars:
+        updates.update(x_patterns=empty, x_pattern_index=np.zeros(0, dtype=np.int64))
+    pm.set_data(updates, model=model, coords={"obs": np.arange(0)})
     model.bayesgmm_spec = {**model.bayesgmm_spec, "X": empty}
 
 

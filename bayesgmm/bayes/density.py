@@ -35,6 +35,7 @@ from bayesgmm.bayes.structures import (
     sum_to_zero_basis,
     unpack_lower,
 )
+from bayesgmm.core._missing import Missingness, expected_rows, missing_pass
 
 __all__ = ["evaluate"]
 
@@ -94,9 +95,13 @@ def evaluate(
     c: dict[str, np.ndarray],
     *,
     grad: bool = True,
+    missing: Missingness | None = None,
 ) -> dict[str, Any]:
     """log p(theta, X) (``logp``), its gradient (``grad``), the mixture at theta (``weights``,
     ``means``, ``covariances``) and the pointwise log-likelihood (``rows``).
+
+    ``missing`` (the missingness of ``X``, when it has NaN) makes each row's likelihood that of
+    its observed coordinates.
 
     With ``grad=False``, theta may carry leading batch dims (..., P): every output then has
     them too (many draws at once, one set of numpy calls). The gradient is for one point.
@@ -126,6 +131,10 @@ def evaluate(
         raise TypeError(type(param))
     lp = lp + lp_m + covs_fwd["log_prior"]
 
+    if missing is not None:
+        return _with_missing(
+            param, k, X, c, missing, grad, lp, logw, w, means, covs_fwd, back_means, batch
+        )
     # the likelihood: one batched product for all components.
     resid = X - means[..., :, None, :]  # (..., K, N, D)
     y = covs_fwd["whiten"](resid)
@@ -148,6 +157,25 @@ def evaluate(
         return out
     gamma = shifted / total  # (K, N)
     counts = gamma.sum(axis=1)
+    out["grad"] = _gradient(param, k, c, alpha, w, gamma, counts, resid, y, covs_fwd, back_means)
+    return out
+
+
+def _gradient(
+    param: Parametrisation,
+    k: int,
+    c: dict[str, np.ndarray],
+    alpha: float,
+    w: np.ndarray,
+    gamma: np.ndarray,
+    counts: np.ndarray,
+    resid: np.ndarray,
+    y: np.ndarray,
+    covs_fwd: dict[str, Any],
+    back_means: Any,
+) -> np.ndarray:
+    """The gradient of the log density from the E-step's weights ``gamma`` (K, N) on the rows
+    (or weighted points) whose residuals from each mean are ``resid`` (K, N, D)."""
     g_logw = alpha + counts
     # back through log_softmax: ∂/∂u_j = ḡ_j − π_j Σ ḡ
     g_v = (g_logw - w * g_logw.sum())[:-1]
@@ -158,7 +186,62 @@ def evaluate(
         g_means_free = g_means * c["spread"]
     g_blocks["weights_free"] = g_v
     g_blocks["means_free"] = g_means_free
-    out["grad"] = param.join(g_blocks, k)
+    return param.join(g_blocks, k)
+
+
+def _with_missing(
+    param: Parametrisation,
+    k: int,
+    X: np.ndarray,
+    c: dict[str, np.ndarray],
+    missing: Missingness,
+    grad: bool,
+    lp: Any,
+    logw: np.ndarray,
+    w: np.ndarray,
+    means: np.ndarray,
+    covs_fwd: dict[str, Any],
+    back_means: Any,
+    batch: tuple[int, ...],
+) -> dict[str, Any]:
+    """:func:`evaluate` on data with missing values: each row's likelihood is that of its
+    observed coordinates (the core's pass), and the gradient is the complete-data gradient on
+    the E-step's expected points (Fisher's identity, :func:`expected_rows`)."""
+    d = param.d
+    covs = covs_fwd["covariances"]()
+    r = int(np.prod(batch)) if batch else 1
+    n = X.shape[0]
+    rows = np.full((n, r), -np.inf)
+    try:
+        chol = np.linalg.cholesky(covs.reshape(r, k, d, d))
+        missing_pass(
+            missing, w.reshape(r, k), means.reshape(r, k, d), covs.reshape(r, k, d, d), chol,
+            False, np.asarray(c["center"], dtype=float), logp_out=rows,
+        )  # fmt: skip
+    except np.linalg.LinAlgError:
+        pass
+    rows = rows.T.reshape(*batch, n)
+    lp = lp + rows.sum(axis=-1)
+    lp = np.where(np.isfinite(lp), lp, -np.inf)
+    out: dict[str, Any] = {
+        "logp": float(lp) if not batch else lp,
+        "rows": rows,
+        "weights": w,
+        "means": means,
+        "covariances": covs,
+    }
+    if not grad:
+        return out
+    if not np.isfinite(out["logp"]):
+        out["grad"] = np.zeros(param.size(k))
+        return out
+    gamma, points = expected_rows(missing, X, w, means, covs)
+    resid = points - means[:, None, :]
+    y = covs_fwd["whiten"](resid)
+    out["grad"] = _gradient(
+        param, k, c, float(c["alpha"]), w, gamma, gamma.sum(axis=1), resid, y, covs_fwd,
+        back_means,
+    )  # fmt: skip
     return out
 
 

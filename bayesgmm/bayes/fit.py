@@ -24,6 +24,7 @@ from bayesgmm.bayes.model import (
     param_order,
 )
 from bayesgmm.bayes.structures import Parametrisation, parametrisation
+from bayesgmm.core._missing import Missingness, impute_draws, missingness
 from bayesgmm.core._validation import as_data, as_rng, check_n_components
 from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture, log_prob_many
@@ -218,7 +219,12 @@ def fit_bayes(
             f"{', '.join(ours[c] for c in clash)} to fit_bayes instead."
         )
     gen = as_rng(rng)
-    arr, names = as_data(X)
+    arr, names = as_data(X, allow_missing=True)
+    if explicit_z and np.isnan(arr).any():
+        raise ValueError(
+            "explicit_z=True needs complete rows; X has missing values (NaN). The marginal "
+            "model (explicit_z=False) uses each row's observed values."
+        )
     k = check_n_components(n_components, arr)
     # Every structure, K and prior is checked here, before any fitting or compiling.
     parametrisation(
@@ -484,6 +490,8 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
     tree.attrs["bayesgmm_starts"] = len(job.optima)
     if job.explicit_z:
         recover_z(tree, rng=gen)
+    if flat.missing is not None:
+        tree["imputations"] = _imputations(tree, flat.missing, gen)
     tree.attrs["bayesgmm_method"] = method
     tree.attrs["bayesgmm_seconds"] = seconds
     return tree
@@ -706,6 +714,7 @@ class _Flat:
         coords: dict[str, Any],
     ) -> None:
         self.param, self.consts, self.X, self.k, self.coords = param, consts, X, k, coords
+        self.missing = missingness(X)  # None for complete data
         self.x0 = mixture_theta(param, consts, start)
         self._cache: dict[bytes, tuple[float, np.ndarray]] = {}
         # Set by tree(): the draws and their log prior; by a normal approximation: the terms
@@ -719,7 +728,7 @@ class _Flat:
         key = flat.tobytes()
         if key not in self._cache:
             with np.errstate(all="ignore"):
-                out = evaluate(self.param, flat, self.k, self.X, self.consts)
+                out = evaluate(self.param, flat, self.k, self.X, self.consts, missing=self.missing)
             lp, grad = out["logp"], out["grad"]
             if not (np.isfinite(lp) and np.all(np.isfinite(grad))):
                 lp, grad = -np.inf, np.zeros_like(flat)
@@ -736,7 +745,17 @@ class _Flat:
         with np.errstate(all="ignore"):
             for lo in range(0, flat.shape[0], step):
                 part = flat[lo : lo + step]
-                out.append(evaluate(self.param, part, self.k, self.X, self.consts, grad=False))
+                out.append(
+                    evaluate(
+                        self.param,
+                        part,
+                        self.k,
+                        self.X,
+                        self.consts,
+                        grad=False,
+                        missing=self.missing,
+                    )  # fmt: skip
+                )
         return np.concatenate([o["logp"] for o in out])
 
     def negative(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
@@ -1126,6 +1145,35 @@ def _em_group(start: GaussianMixture, tree: Any, order: np.ndarray | None) -> An
     }
     coords["obs"] = tree["observed_data"].coords["obs"]
     return xr.DataTree(xr.Dataset(data, coords=coords))
+
+
+def _imputations(tree: Any, miss: Missingness, gen: np.random.Generator) -> Any:
+    """The missing values drawn under each posterior draw (z from p(z | x_o, θ), then x_m from
+    its conditional normal): the posterior predictive of what was not observed, one value per
+    draw and missing cell (dim ``cell``, with each cell's ``obs`` and ``feature``)."""
+    w, mu, cov = _draw_mixtures(tree)
+    post = tree["posterior"]
+    c, s = post.sizes["chain"], post.sizes["draw"]
+    step = max(1, 2**22 // max(1, w.shape[1] * miss.observed.size))
+    values = np.concatenate(
+        [
+            impute_draws(miss, w[i : i + step], mu[i : i + step], cov[i : i + step], gen)
+            for i in range(0, w.shape[0], step)
+        ]
+    )
+    rows, cols = np.nonzero(~miss.observed)
+    features = post.coords["feature"].values
+    return _group(
+        {"x": (("chain", "draw", "cell"), values.reshape(c, s, -1))},
+        attrs={"inference_library": "bayesgmm (missing values drawn at each draw)"},
+        coords={
+            "chain": post.coords["chain"].values,
+            "draw": post.coords["draw"].values,
+            "cell": np.arange(rows.size),
+            "obs": ("cell", tree["observed_data"].coords["obs"].values[rows]),
+            "feature": ("cell", features[cols]),
+        },
+    )
 
 
 def _pointwise_log_likelihood(tree: Any, X: np.ndarray) -> Any:

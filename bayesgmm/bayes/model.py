@@ -97,7 +97,10 @@ def to_pymc(
     or the conjugate prior's blocks. ``theta``'s density is the prior (normalised, Jacobians
     included); the observed ``x`` has the mixture's log-likelihood, one batched log-sum-exp
     over components (per row, so that ``pm.compute_log_likelihood`` gives the core's
-    ``log_prob``). The data and the data-scaled prior constants are ``pm.Data``.
+    ``log_prob``). The data and the data-scaled prior constants are ``pm.Data``. Rows with
+    missing values (NaN) have the likelihood of their observed values (the marginal normal of
+    each missingness pattern, :meth:`Parametrisation.log_likelihood_rows_missing`): ``x_data``
+    then holds 0 where a value is missing, beside ``x_patterns`` and ``x_pattern_index``.
 
     Parameters
     ----------
@@ -132,11 +135,17 @@ def to_pymc(
     import pymc as pm
     import pytensor.tensor as pt
 
-    arr, names = as_data(X)
+    arr, names = as_data(X, allow_missing=True)
     n, d = arr.shape
     k = check_n_components(n_components, arr)
     if not isinstance(explicit_z, bool):
         raise TypeError(f"explicit_z must be True or False; got {explicit_z!r}.")
+    missing = missing_patterns(arr)
+    if missing is not None and explicit_z:
+        raise ValueError(
+            "explicit_z=True needs complete rows; X has missing values (NaN). Use the marginal "
+            "model (explicit_z=False), whose likelihood is each row's observed values'."
+        )
     param = parametrisation(covariance_type, d, priors=priors, identify=identify)
     consts = param.constants(arr, k, priors)
     size = param.size(k)
@@ -176,8 +185,16 @@ def to_pymc(
         for name in const_names
     )
     with pm.Model(coords=coords) as model:
-        data = pm.Data("x_data", arr, dims=("obs", "feature"))
+        observed = arr if missing is None else np.where(np.isnan(arr), 0.0, arr)
+        data = pm.Data("x_data", observed, dims=("obs", "feature"))
         const_vars = [pm.Data(f"prior_{name}", np.asarray(consts[name])) for name in const_names]
+        holes: tuple[Any, ...] = ()
+        if missing is not None:
+            # The patterns of observed coordinates and each row's: data, as x is.
+            holes = (
+                pm.Data("x_patterns", missing[0]),
+                pm.Data("x_pattern_index", missing[1]),
+            )
         theta = pm.CustomDist(
             "theta",
             np.zeros(size),  # only its length: theta's
@@ -199,7 +216,13 @@ def to_pymc(
 
         def likelihood_logp(value: Any, *args: Any) -> Any:
             theta, rest = args[len(given)], args[len(given) + 1 :]
+            if holes:
+                rest, (masks, index) = rest[: len(const_names)], rest[len(const_names) :]
             parts = param.graph(_core(theta, 1), k, unpack(rest))
+            if holes:
+                return param.log_likelihood_rows_missing(
+                    value, _core(masks, 2), _core(index, 1), parts
+                )
             if not given:
                 return param.log_likelihood_rows(value, parts)
             z = args[0]
@@ -211,8 +234,9 @@ def to_pymc(
             *given,
             theta,
             *const_vars,
+            *holes,
             logp=likelihood_logp,
-            signature=f"{'(),' * len(given)}(p),{core}->(d)",
+            signature=f"{'(),' * len(given)}(p),{core}{',(q,d),(n)' if holes else ''}->(d)",
             observed=data,
             dims=("obs", "feature"),
         )
@@ -228,6 +252,16 @@ def to_pymc(
         "explicit_z": explicit_z,
     }
     return model
+
+
+def missing_patterns(X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """For data with NaN: the distinct patterns of observed coordinates (P, D) as 1.0 / 0.0,
+    and each row's pattern (N,); None for complete data."""
+    observed = ~np.isnan(X)
+    if observed.all():
+        return None
+    masks, index = np.unique(observed, axis=0, return_inverse=True)
+    return masks.astype(np.float64), index.reshape(-1).astype(np.int64)
 
 
 def _core(x: Any, ndim: int) -> Any:

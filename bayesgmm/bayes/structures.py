@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 from scipy.special import multigammaln
 
+from bayesgmm.core._moments import mean_cov
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ConjugatePrior
 from bayesgmm.core.structures import CovarianceStructure, get_structure
@@ -119,9 +120,16 @@ def sum_to_zero_basis(d: int) -> np.ndarray:
 def order_axes(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The leading principal axis u (D,) of the standardised data, its sign fixed so that its
     largest entry is positive, and an orthonormal basis (D, D − 1) of its complement."""
-    spread = X.std(axis=0)
-    z = (X - X.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-    _, vecs = np.linalg.eigh(np.atleast_2d(np.cov(z, rowvar=False)))
+    if np.isnan(X).any():  # missing values: mean_cov's covariance of the observed values
+        mean, var = mean_cov(X, diagonal=True)
+        sd = np.sqrt(var)
+        z = (X - mean) / np.where(sd > 0, sd, 1.0)
+        cov = mean_cov(z)[1]
+    else:
+        spread = X.std(axis=0)
+        z = (X - X.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+        cov = np.cov(z, rowvar=False)
+    _, vecs = np.linalg.eigh(np.atleast_2d(cov))
     basis = vecs[:, ::-1]  # decreasing variance
     basis = basis * np.where(basis[np.abs(basis).argmax(axis=0), range(basis.shape[1])] < 0, -1, 1)
     return basis[:, 0], basis[:, 1:]
@@ -239,8 +247,12 @@ class Parametrisation:
 
     # -- constants ---------------------------------------------------------------------------
     def constants(self, X: np.ndarray, k: int, priors: Any) -> dict[str, np.ndarray]:
-        center = X.mean(axis=0)
-        spread = X.std(axis=0)
+        if np.isnan(X).any():  # missing values: each feature's observed values
+            center, var = mean_cov(X, diagonal=True)
+            spread = np.sqrt(var)
+        else:
+            center = X.mean(axis=0)
+            spread = X.std(axis=0)
         spread = np.where(spread > 0, spread, 1.0)
         d = self.d
         axis, perp = order_axes(X) if X.shape[0] > 1 else (np.eye(d)[0], np.eye(d)[:, 1:])
@@ -306,6 +318,39 @@ class Parametrisation:
         import pytensor.tensor as pt
 
         return pt.logsumexp(self.log_component_rows(X, parts), axis=0)
+
+    def log_likelihood_rows_missing(
+        self, X: Any, masks: Any, index: Any, parts: dict[str, Any]
+    ) -> Any:
+        """log p(x_n,o | θ) for every row (PyTensor) of data with missing values: ``X`` (N, D)
+        with each missing value at 0, ``masks`` (P, D) the patterns of observed coordinates
+        (1.0 observed, 0.0 missing) and ``index`` (N,) each row's pattern. Per pattern and
+        component, Σ̃ = Σ ∘ (o oᵀ) + diag(1 − o) has the observed block's determinant and,
+        on a residual that is 0 where missing, its quadratic form: one batched Cholesky
+        factorisation per (pattern, component), whatever the structure."""
+        import pytensor.tensor as pt
+
+        d = self.d
+        eye = pt.eye(d)
+        o = masks
+        cov = parts["covariances"]  # (K, D, D)
+        tilde = (
+            cov[None] * (o[:, :, None] * o[:, None, :])[:, None]
+            + (eye[None] * (1.0 - o)[:, None, :])[:, None]
+        )  # (P, K, D, D)
+        chol = pt.linalg.cholesky(tilde)
+        inv = pt.linalg.solve_triangular(chol, pt.broadcast_to(eye, chol.shape), lower=True)
+        log_det = 2.0 * pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)  # (P, K)
+        resid = (X[:, None, :] - parts["means"][None]) * o[index][:, None, :]  # (N, K, D)
+        y = pt.matmul(inv[index], resid[..., None])[..., 0]
+        n_obs = o.sum(axis=1)[index]  # (N,)
+        comp = (
+            parts["log_weights"][None, :]
+            - 0.5 * (y**2).sum(axis=-1)
+            - 0.5 * log_det[index]
+            - 0.5 * n_obs[:, None] * _LOG_2PI
+        )
+        return pt.logsumexp(comp, axis=1)
 
     # -- numpy side --------------------------------------------------------------------------
     def values(self, mixture: GaussianMixture, c: dict[str, np.ndarray]) -> np.ndarray:

@@ -568,3 +568,49 @@ def impute_draws(
             noise = np.einsum("snij,snj->sni", chol[pick_s, z], eps)
             out[:, pat.rows[:, None], pat.mis[None, :]] = mean + noise
     return out[:, ~miss.observed]
+
+
+def expected_rows(
+    miss: Missingness, X: np.ndarray, weights: np.ndarray, means: np.ndarray, covs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted points per component whose first and second moments are the E-step's
+    expected ones under one mixture (weights (K,), means (K, D), covariances (K, D, D)): for
+    a complete row, the row with weight γ_nk; for a row with d_m missing values, the 2 d_m
+    points x̂_k ± √d_m c_k,j (c_k,j the columns of a square root of C_k on the missing block,
+    x_o elsewhere), each with weight γ_nk / (2 d_m). Their weighted Σ x and Σ x xᵀ are
+    Σ γ x̂ and Σ γ (x̂ x̂ᵀ + C): by Fisher's identity, a complete-data gradient (linear in
+    those moments) evaluated on them is the gradient of the observed-data log-likelihood.
+    Returns (weights (K, N'), points (K, N', D))."""
+    k, d = means.shape
+    center = means.mean(axis=0)
+    resp = np.empty((X.shape[0], k))
+    missing_pass(
+        miss, weights[None], means[None], covs[None], np.linalg.cholesky(covs)[None], False,
+        center, resp_out=resp,
+    )  # fmt: skip
+    with np.errstate(divide="ignore"):
+        log_w = np.log(weights)
+    _, conditionals = _factors(miss, log_w, means, covs, center, "full", with_stats=True)
+    gammas = [resp[miss.complete].T]
+    points = [np.broadcast_to(miss.x_complete, (k,) + miss.x_complete.shape)]
+    for group, cond in zip(miss.groups, conditionals, strict=True):
+        if cond is None:
+            continue
+        for i, j in enumerate(group.idx):
+            pat = miss.patterns[j]
+            n_p, d_m = pat.rows.size, pat.mis.size
+            xhat = np.empty((k, n_p, d))
+            xhat[:, :, pat.obs] = pat.x_obs
+            u = pat.x_obs - center[pat.obs]
+            xhat[:, :, pat.mis] = (
+                u @ np.swapaxes(cond.regress[:, i], 1, 2) + cond.shift[:, i, None, :]
+            ) + center[pat.mis]
+            root = np.sqrt(d_m) * np.linalg.cholesky(cond.cond_cov[:, i])  # (K, d_m, d_m)
+            offsets = np.zeros((k, 2 * d_m, d))
+            offsets[:, :d_m, pat.mis] = np.swapaxes(root, 1, 2)  # rows: the columns c_j
+            offsets[:, d_m:, pat.mis] = -np.swapaxes(root, 1, 2)
+            pts = xhat[:, :, None, :] + offsets[:, None, :, :]  # (K, n_p, 2 d_m, D)
+            points.append(pts.reshape(k, -1, d))
+            g = resp[pat.rows].T / (2 * d_m)  # (K, n_p)
+            gammas.append(np.repeat(g, 2 * d_m, axis=1))
+    return np.concatenate(gammas, axis=1), np.concatenate(points, axis=1)
