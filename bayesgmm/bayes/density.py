@@ -93,7 +93,6 @@ def evaluate(
     k: int,
     X: np.ndarray,
     c: dict[str, np.ndarray],
-    *,
     grad: bool = True,
     missing: Missingness | None = None,
 ) -> dict[str, Any]:

@@ -745,8 +745,8 @@ class _Flat:
         with np.errstate(all="ignore"):
             for lo in range(0, flat.shape[0], step):
                 part = flat[lo : lo + step]
-                kw = {"grad": False, "missing": self.missing}
-                out.append(evaluate(self.param, part, self.k, self.X, self.consts, **kw))
+                miss = self.missing
+                out.append(evaluate(self.param, part, self.k, self.X, self.consts, False, miss))
         return np.concatenate([o["logp"] for o in out])
 
     def negative(self, flat: np.ndarray) -> tuple[float, np.ndarray]:

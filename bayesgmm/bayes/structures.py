@@ -342,7 +342,7 @@ class Parametrisation:
         inv = pt.linalg.solve_triangular(chol, pt.broadcast_to(eye, chol.shape), lower=True)
         log_det = 2.0 * pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)  # (P, K)
         resid = (X[:, None, :] - parts["means"][None]) * o[index][:, None, :]  # (N, K, D)
-        y = pt.matmul(inv[index], resid[..., None])[..., 0]
+        y = (inv[index] * resid[:, :, None, :]).sum(axis=-1)  # (N, K, D), elementwise
         n_obs = o.sum(axis=1)[index]  # (N,)
         comp = (
             parts["log_weights"][None, :]

@@ -111,6 +111,12 @@ def load_table(
         frame = frame[numeric]
     frame.columns = [str(c) for c in frame.columns]
     holes = frame.isna()
+    empty = holes.all(axis=1)
+    if missing == "keep" and empty.any():
+        frame, holes = frame.loc[~empty], holes.loc[~empty]
+        notices.append(f"{int(empty.sum())} rows with no value at all dropped")
+        if frame.shape[0] == 0:
+            raise CLIError(f"DATA {path!r} has no observed value.")
     rows = int(holes.any(axis=1).sum())
     if rows:
         per_column = ", ".join(f"{c} {int(v)}" for c, v in holes.sum().items() if v)
@@ -121,19 +127,15 @@ def load_table(
             if frame.shape[0] == 0:
                 raise CLIError(f"DATA {path!r}: --drop-missing left no rows.")
         elif missing == "keep":
-            empty = int(holes.all(axis=1).sum())
-            if empty:
-                frame = frame.loc[~holes.all(axis=1)]
-                notices.append(f"{empty} rows with no value at all dropped")
             notices.append(
                 f"{where} ({per_column}); modelled as missing at random: each row's likelihood "
                 "is that of its observed values (--drop-missing drops those rows instead)"
             )
         else:
             raise CLIError(
-                f"DATA {path!r} has {where} ({per_column}); this command's Bayesian steps need "
-                "complete rows. Pass --drop-missing to drop those rows, or impute them first "
-                "(`bayesgmm fit` uses rows with missing values)."
+                f"DATA {path!r} has {where} ({per_column}); this command needs complete rows. "
+                "Pass --drop-missing to drop those rows, or impute them first (fit, sample, "
+                "compare and report use rows with missing values)."
             )
     return frame, notices
 

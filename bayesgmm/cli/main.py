@@ -118,7 +118,7 @@ def _fit(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import bayesgmm as bg
 
-    X = _load(args)
+    X = _load(args, keep_missing=True)
     [k] = parse_k(args.k) if ":" not in args.k and "," not in args.k else [None]
     if k is None:
         raise CLIError(f"--k must be one number of components for sample; got {args.k!r}.")
@@ -153,7 +153,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import bayesgmm as bg
 
-    X = _load(args)
+    X = _load(args, keep_missing=True)
     ks = parse_k(args.k)
     _check_k(ks, X.shape[0])
     methods = [m.strip() for m in args.methods.split(",")]
@@ -248,7 +248,7 @@ def _missing_policy(args: argparse.Namespace, keep_missing: bool) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    X, notices = load_table(args.data, args.columns, _missing_policy(args, False))
+    X, notices = load_table(args.data, args.columns, _missing_policy(args, True))
     out = _run_report(X, notices, args, f"Gaussian mixture report: {Path(args.data).name}")
     print(f"wrote {out.resolve()}")
     return 0
@@ -276,7 +276,8 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--drop-missing",
         action="store_true",
-        help="drop rows with missing values (fit keeps them: EM on the observed values)",
+        help="drop rows with missing values (otherwise each row's observed values are used; "
+        "tree needs complete rows)",
     )
 
 

@@ -244,10 +244,16 @@ def _tree_section(report: Report, X: Any, chosen: Any, seed: int) -> None:
     k = chosen.n_components
     if X.shape[1] < 2 or k < 2:
         return  # one feature: mclust's start is quantile classes, no tree; K = 1: no cut
-    tree = bg.hierarchical(X, rng=seed)
-    labels = tree.labels_for(X.to_numpy(), k)
+    from bayesgmm.core.fit import start_data
+
+    arr = np.asarray(X, dtype=np.float64)
+    filled = start_data(arr, None)  # as EM's start: each missing value at its column's mean
+    tree = bg.hierarchical(filled, rng=seed)
+    labels = tree.labels_for(filled, k)
     ari = bg.adjusted_rand_index(labels, chosen.predict())
     sub = "" if tree.n_initial == tree.n_obs else f" (built on {tree.n_initial} sampled rows)"
+    if np.isnan(arr).any():
+        sub += ", on the data with each missing value at its column's mean, as EM's start"
     report.heading("The hierarchical tree")
     report.paragraph(
         f"mclust's model-based agglomeration (VVV criterion, scaled-SVD coordinates){sub}, the "

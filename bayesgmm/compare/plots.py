@@ -302,6 +302,7 @@ def _panel_2d(
 def _panel_1d(ax: Any, x: np.ndarray, model: GaussianMixture, j: int, bins: Any) -> None:
     from scipy.stats import norm
 
+    x = x[~np.isnan(x)]  # the feature's observed values
     ax.hist(x, bins=bins, density=True, color="0.8", edgecolor="white")
     grid = np.linspace(x.min() - 0.1 * np.ptp(x), x.max() + 0.1 * np.ptp(x), 400)
     total = np.zeros_like(grid)
@@ -333,11 +334,14 @@ def plot_mixture(
     * More: pairwise panels (scatter below the diagonal, marginal densities on it) over the first
       ``max_features`` features, or one panel for the chosen pair ``features=(a, b)`` (names or
       column indices).
+
+    With missing values (NaN), each histogram shows the feature's observed values and a scatter
+    panel the rows observed on both of its features.
     """
     import matplotlib.pyplot as plt
 
     model = _model_of(fit)
-    arr, _ = as_data(X)
+    arr, _ = as_data(X, allow_missing=True)  # a point with a missing coordinate is not drawn
     if arr.shape[1] != model.n_features:
         raise ValueError(
             f"X has {arr.shape[1]} features but the mixture has {model.n_features}; pass the "

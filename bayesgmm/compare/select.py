@@ -194,7 +194,7 @@ def compare_k(
     """
     import pandas as pd
 
-    arr, names = as_data(X)
+    arr, names = as_data(X, allow_missing=True)  # NaN: missing values, as fit_em takes them
     data = pd.DataFrame(arr, columns=list(names)) if names is not None else arr
     wanted = _parse_methods(methods)
     gen = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng

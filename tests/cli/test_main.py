@@ -73,7 +73,7 @@ def test_error_paths(tmp_path, capsys, faithful_csv):
     assert "XYZ" in err
     missing = tmp_path / "missing.csv"
     missing.write_text("a,b\n1,2\n,3\n4,5\n")
-    err = _error(capsys, ["sample", str(missing), "--k", "2"])
+    err = _error(capsys, ["tree", str(missing), "--k", "2"])
     assert "1 values missing in 1 of 3 rows (a 1)" in err and "--drop-missing" in err
     err = _error(capsys, ["sample", str(faithful_csv), "--k", "1:3"])
     assert "one number of components" in err
