@@ -34,11 +34,14 @@ def _case(structure, identify, family, seed=4):
 
 def _py_fn(model, outputs):
     # The Python linker: no compilation for a few evaluations (numba's cold compile is slow).
+    import pytensor
     from pytensor.compile.mode import Mode
 
-    return model.compile_fn(
-        outputs, inputs=model.value_vars, mode=Mode(linker="py", optimizer="fast_compile")
-    )
+    # No C compilation either (inner graphs would compile C thunks: tens of seconds cold).
+    with pytensor.config.change_flags(cxx=""):
+        return model.compile_fn(
+            outputs, inputs=model.value_vars, mode=Mode(linker="py", optimizer="fast_compile")
+        )
 
 
 @pytest.mark.parametrize(("structure", "identify", "family"), CASES)
@@ -102,8 +105,11 @@ def test_coords_and_names():
 
 
 def test_bad_input_is_the_cores_error():
-    with pytest.raises(ValueError, match="NaN"):
-        to_pymc(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]), 2)
+    # (NaN is a missing value: tests/bayes/test_missing.py; inf and an empty row are errors.)
+    with pytest.raises(ValueError, match="inf"):
+        to_pymc(np.array([[0.0, 1.0], [np.inf, 2.0], [1.0, 1.0]]), 2)
+    with pytest.raises(ValueError, match="row 1 has every value missing"):
+        to_pymc(np.array([[0.0, 1.0], [np.nan, np.nan], [1.0, 1.0]]), 2)
     with pytest.raises(ValueError, match="identify"):
         to_pymc(np.random.default_rng(0).normal(size=(20, 2)), 2, identify="sorted")
     with pytest.raises(ValueError, match="'EVE' has no conjugate prior in PyMC"):
