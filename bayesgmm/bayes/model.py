@@ -105,8 +105,8 @@ def to_pymc(
     Parameters
     ----------
     X : array_like (n_obs, n_features) or DataFrame
-        Validated as in :func:`bayesgmm.fit_em` (finite, numeric, 2-D); column names become the
-        ``feature`` coordinates.
+        Validated as in :func:`bayesgmm.fit_em` (numeric, 2-D, NaN for a missing value); column
+        names become the ``feature`` coordinates.
     n_components : int
     covariance_type : str, default "VVV"
         Any of the core's structures (:data:`SUPPORTED_STRUCTURES`: mclust's 14, and E, V for
