@@ -22,6 +22,7 @@ from bayesgmm.core import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassifierResult",
     "ConjugatePrior",
     "DegenerateFitWarning",
     "EMResult",
@@ -35,8 +36,10 @@ __all__ = [
     "bootstrap_em",
     "compare_estimates",
     "compare_k",
+    "cross_validate_classifier",
     "datasets",
     "fit_bayes",
+    "fit_classifier",
     "fit_em",
     "hierarchical",
     "plots",
@@ -57,6 +60,9 @@ _LAZY_NAMES = {
     "compare_estimates": "bayesgmm.compare",
     "compare_k": "bayesgmm.compare",
     "KComparison": "bayesgmm.compare",
+    "fit_classifier": "bayesgmm.classify",
+    "cross_validate_classifier": "bayesgmm.classify",
+    "ClassifierResult": "bayesgmm.classify",
 }
 
 

@@ -124,6 +124,7 @@ def iterate(
     tol: float,
     accelerate: bool = False,
     missing: Missingness | None = None,
+    labels: np.ndarray | None = None,
 ) -> None:
     """Advance every unfinished run until it converges, degenerates or has done ``until_iter``
     iterations (M-steps); all active runs share each pass over the data.
@@ -136,7 +137,9 @@ def iterate(
     therefore at least the previous one, exactly as for plain EM.
 
     ``missing`` (the missingness of ``X``, when it has NaN) makes every pass the observed-data
-    one (:func:`~bayesgmm.core._missing.missing_pass`).
+    one (:func:`~bayesgmm.core._missing.missing_pass`); ``labels`` (N,) fixes the component of
+    the rows where it is ≥ 0 (semi-supervised EM: their responsibilities are one-hot and their
+    log-likelihood term is log p(x_n, z_n)).
     """
     active = [r for r in runs if not r.finished and r.n_iter < until_iter]
     if not active:
@@ -167,6 +170,7 @@ def iterate(
                 tol=tol,
                 accelerate=accelerate,
                 missing=missing,
+                labels=labels,
             )
         return
     own_weights = {r.row_weight is not None for r in active}
@@ -182,7 +186,7 @@ def iterate(
     params, mask = stack_padded([r.params for r in active], max(ks))
     batch = _Batch(
         X, center, w, prior, reg_covar, tol, until_iter, scale=None, stacked=stacked,
-        missing=missing,
+        missing=missing, labels=labels,
     )  # fmt: skip
     if accelerate and own_weights == {False} and not stacked:
         batch.scale = _data_scale(X, w)
@@ -221,6 +225,7 @@ class _Batch:
     scale: np.ndarray | None
     stacked: bool = False
     missing: Missingness | None = None
+    labels: np.ndarray | None = None
     _slots: dict[int, int] | None = None
     _own: dict[str, np.ndarray] | None = None
 
@@ -299,7 +304,7 @@ class _Batch:
             w = self.own(active, "row_weight") if active[0].row_weight is not None else self.w
             return missing_pass(
                 self.missing, params.weights, params.means, params.covs, params.chol,
-                diagonal, self.center, sample_weight=w, stats=kind,
+                diagonal, self.center, sample_weight=w, stats=kind, labels=self.labels,
             )  # fmt: skip
         dens = mixture_density(
             params.weights, params.means, params.chol, diagonal, self.center, not self.stacked
@@ -313,7 +318,7 @@ class _Batch:
         if self.stacked:
             feats = self.own(active, f"features:{dens.kind}")
             return run_pass_stacked(feats, dens, sample_weight=w, stats=kind)
-        return run_pass(self.X, dens, sample_weight=w, stats=kind)
+        return run_pass(self.X, dens, sample_weight=w, stats=kind, labels=self.labels)
 
     def plain_step(self, active, params, mask, return_kept=False):
         """One EM step for every active run; runs that converge, degenerate or reach the
@@ -477,18 +482,20 @@ def finish(
     names: tuple[str, ...] | None,
     w: np.ndarray | None,
     missing: Missingness | None = None,
+    labels: np.ndarray | None = None,
 ) -> EMResult:
     """Final E-step at the run's mixture: log-likelihood, responsibilities and criteria (on the
-    observed values of each row, with ``missing``)."""
+    observed values of each row, with ``missing``; the joint log-likelihood of the labelled
+    rows, with ``labels``)."""
     model = to_model(run.params, 0, run.structure, names)
     resp = np.empty((X.shape[0], model.n_components))
     if missing is None:
-        final = run_pass(X, model._params, sample_weight=w, resp_out=resp)
+        final = run_pass(X, model._params, sample_weight=w, resp_out=resp, labels=labels)
     else:
         final = missing_pass(
             missing, model.weights[None], model.means[None], model.covariances[None],
             model.cholesky[None], model.structure.scatter_kind == "diag",
-            model._params.center, sample_weight=w, resp_out=resp,
+            model._params.center, sample_weight=w, resp_out=resp, labels=labels,
         )  # fmt: skip
     loglik = float(final.loglik[0])
     trace = list(run.trace)

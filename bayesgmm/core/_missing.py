@@ -31,6 +31,7 @@ from bayesgmm.core._passes import (
     PassStats,
     _log_normalise,
     features,
+    fix_labels,
     mixture_density,
     run_pass,
     triu,
@@ -276,6 +277,7 @@ def missing_pass(
     resp_out: np.ndarray | None = None,
     logp_out: np.ndarray | None = None,
     joint_out: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
 ) -> PassStats:
     """:func:`~bayesgmm.core._passes.run_pass` on the data ``miss`` describes, for a batch of R
     mixtures given as weights (R, K), means (R, K, D), covariances and their Cholesky factors
@@ -303,8 +305,9 @@ def missing_pass(
         logp_c = None if logp_out is None else np.empty((rows_c.size, r))
         wc = None if w is None else w[..., rows_c]
         part = run_pass(
-            miss.x_complete, dens, sample_weight=wc, stats=stats, resp_out=resp_c, logp_out=logp_c
-        )
+            miss.x_complete, dens, sample_weight=wc, stats=stats, resp_out=resp_c,
+            logp_out=logp_c, labels=None if labels is None else labels[rows_c],
+        )  # fmt: skip
         out += part
         if resp_out is not None and resp_c is not None:
             resp_out[rows_c] = resp_c
@@ -341,6 +344,8 @@ def missing_pass(
         rows = miss.sorted_rows[lo_s:hi_s]
         if joint_out is not None:
             joint_out[rows] = lj.T
+        if labels is not None:
+            fix_labels(lj, labels[rows], r, k)
         logp = _log_normalise(lj, r, k)  # lj now holds p(z = k | x_o), (K·R, n_s)
         if logp_out is not None:
             logp_out[rows] = logp.T

@@ -249,6 +249,17 @@ def chunk_log_joint(feats: np.ndarray, p: DensityParams) -> np.ndarray:
     return np.subtract(p.coef, half_maha, out=half_maha)
 
 
+def fix_labels(log_joint: np.ndarray, labels: np.ndarray, r: int, k: int) -> None:
+    """In place: where a row's component is known (``labels`` ≥ 0), log p(x_n, z_n = k) of the
+    other components becomes −inf, so that normalising gives that row a one-hot
+    responsibility and log p(x_n, z_n) (the joint) in place of log p(x_n)."""
+    known = labels >= 0
+    if not known.any():
+        return
+    other = known[None, :] & (labels[None, :] != np.arange(k)[:, None])  # (K, c)
+    np.copyto(log_joint.reshape(k, r, -1), -np.inf, where=other[:, None, :])
+
+
 def _log_normalise(log_joint: np.ndarray, r: int, k: int) -> np.ndarray:
     """In place: turn log p(x_n, z_n = k) (K·R, c), component-major, into p(z_n = k | x_n)
     within each of the R mixtures; return log p(x_n), shape (R, c)."""
@@ -330,11 +341,14 @@ def _one_chunk(
     stats: Literal["none", "full", "diag"],
     resp_out: np.ndarray | None,
     logp_out: np.ndarray | None,
+    labels: np.ndarray | None = None,
 ) -> PassStats:
     r, k = p.n_batch, p.n_components
     d = p.means.shape[1]
     feats = features(X[lo:hi], p.center, p.kind)
     resp = chunk_log_joint(feats, p)  # (M, c)
+    if labels is not None:
+        fix_labels(resp, labels[lo:hi], r, k)
     logp = _log_normalise(resp, r, k)  # (R, c)
     if logp_out is not None:
         logp_out[lo:hi] = logp.T
@@ -387,6 +401,7 @@ def _by_run_blocks(
     p: DensityParams,
     w: np.ndarray | None,
     stats: Literal["none", "full", "diag"],
+    labels: np.ndarray | None = None,
 ) -> PassStats:
     """A pass over few rows for a large batch, cut into blocks of mixtures (each block all
     rows), on the thread pool. The blocks depend on the sizes only, not on the threads."""
@@ -397,7 +412,7 @@ def _by_run_blocks(
     def one(b: tuple[int, int]) -> PassStats:
         lo, hi = b
         wb = w[lo:hi] if w is not None and w.ndim == 2 else w
-        return _one_chunk(X, 0, n, _run_block(p, lo, hi), wb, stats, None, None)
+        return _one_chunk(X, 0, n, _run_block(p, lo, hi), wb, stats, None, None, labels)
 
     if n_threads() == 1 or len(bounds) == 1:
         parts = [one(b) for b in bounds]
@@ -421,6 +436,7 @@ def run_pass(
     stats: Literal["none", "full", "diag"] = "none",
     resp_out: np.ndarray | None = None,
     logp_out: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
 ) -> PassStats:
     """One pass over all rows of ``X`` (N, D) for a batch of R mixtures.
 
@@ -429,7 +445,8 @@ def run_pass(
     the same for every mixture, or (R, N), one weight vector per mixture (bootstrap replicates,
     cross-validation folds as 0/1 weights): the same one product with the feature matrix.
     Writes p(z_n = k | x_n) into ``resp_out`` (N, K·R, component-major) and log p(x_n) into
-    ``logp_out`` (N, R) when given.
+    ``logp_out`` (N, R) when given. ``labels`` (N,) fixes the component of the rows where it is
+    ≥ 0 (:func:`fix_labels`: semi-supervised EM).
     Memory: O(chunk) beyond the outputs.
     """
     n = X.shape[0]
@@ -442,10 +459,10 @@ def run_pass(
         and n < _PARALLEL_MIN_ROWS
         and m * n * 8 > 2 * _RUN_BLOCK_BYTES
     ):
-        return _by_run_blocks(X, p, sample_weight, stats)
+        return _by_run_blocks(X, p, sample_weight, stats, labels)
     step = _chunk_rows(n, m, _n_features(p.kind, d, m))
     bounds = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
-    args = (p, sample_weight, stats, resp_out, logp_out)
+    args = (p, sample_weight, stats, resp_out, logp_out, labels)
     if n < _PARALLEL_MIN_ROWS or len(bounds) == 1 or n_threads() == 1:
         parts = [_one_chunk(X, lo, hi, *args) for lo, hi in bounds]
     else:

@@ -49,18 +49,78 @@ class _SubsetStart:
 Start = GaussianMixture | np.ndarray | _SubsetStart
 
 
-def prepare_data(
-    X: Any, sample_weight: Any
-) -> tuple[np.ndarray, tuple[str, ...] | None, np.ndarray | None]:
+def prepare_data(X: Any, sample_weight: Any, labels: Any = None) -> Any:
     """Validated data (NaN for a missing value), feature names and weights (rows of weight 0
-    dropped)."""
+    dropped); with ``labels`` given (not None), also the checked labels of the rows kept."""
     arr, names = as_data(X, allow_missing=True)
     w = check_sample_weight(sample_weight, arr.shape[0])
+    lab = None if labels is None else check_labels(labels, arr.shape[0])
     if w is not None and (w == 0).any():
         keep = w > 0
         arr, w = arr[keep], w[keep]
+        lab = None if lab is None else lab[keep]
     _check_not_constant(arr, w)
-    return arr, names, w
+    if labels is None:
+        return arr, names, w
+    return arr, names, w, lab
+
+
+def check_labels(labels: Any, n: int) -> np.ndarray:
+    """Known components as an int (n,) array: 0, 1, ... where known, −1 where not."""
+    try:
+        lab = np.asarray(labels)
+    except Exception as err:  # pragma: no cover - anything array-like converts
+        raise TypeError(f"labels could not be read as an array ({err}).") from err
+    if lab.shape != (n,):
+        raise ValueError(
+            f"labels must have shape ({n},), one per row of X (−1 where unknown); got {lab.shape}."
+        )
+    if not np.issubdtype(lab.dtype, np.integer):
+        if np.issubdtype(lab.dtype, np.floating) and np.all(lab == np.round(lab)):
+            lab = lab.astype(np.int64)
+        else:
+            raise TypeError(
+                f"labels must be integers (component indices, −1 where unknown); got dtype "
+                f"{lab.dtype}. For class names, use bayesgmm.fit_classifier, which maps them."
+            )
+    if lab.size and lab.min() < -1:
+        raise ValueError(
+            f"labels must be component indices 0..K−1, or −1 where unknown; got {lab.min()}."
+        )
+    return lab.astype(np.int64)
+
+
+def labelled_start(lab: np.ndarray, k: int, init: Any, n_init: int) -> tuple[str, Start]:
+    """The start of semi-supervised EM: the given mixture, or the M-step on the labelled rows
+    (their one-hot responsibilities)."""
+    if lab.max(initial=-1) >= k:
+        raise ValueError(
+            f"labels must be component indices 0..{k - 1} (or −1); got {lab.max()} with "
+            f"n_components={k}."
+        )
+    if n_init != 1:
+        raise ValueError(
+            f"n_init={n_init}: with labels, the labelled rows fix the components and EM starts "
+            "from them; restarts do not apply. Pass n_init=1."
+        )
+    if isinstance(init, GaussianMixture):
+        if init.n_components != k:
+            raise ValueError(f"init has {init.n_components} components; the fit asks for {k}.")
+        return ("mixture", init)
+    if not (isinstance(init, str) and init == "hc"):
+        raise ValueError(
+            f"init={init!r}: with labels, EM starts from the M-step on the labelled rows (the "
+            "default) or from a GaussianMixture passed as init."
+        )
+    counts = np.bincount(lab[lab >= 0], minlength=k)
+    if (counts == 0).any():
+        j = int(np.flatnonzero(counts == 0)[0])
+        raise ValueError(
+            f"component {j} has no labelled row; every component 0..{k - 1} needs at least one "
+            "(EM starts from the labelled rows). Label a row of it, or use fewer components."
+        )
+    rows = np.flatnonzero(lab >= 0)
+    return ("labels", _SubsetStart(rows, labels_to_resp(lab[rows], k)))
 
 
 def check_settings(n_init: Any, tol: Any, max_iter: Any, reg_covar: Any, prior: Any) -> None:
@@ -96,6 +156,7 @@ def fit_em(
     sample_weight: Any = None,
     rng: Any = None,
     accelerate: bool = True,
+    labels: Any = None,
 ) -> EMResult:
     """Fit a Gaussian mixture by EM (maximum likelihood, or MAP under ``prior``).
 
@@ -143,6 +204,14 @@ def fit_em(
         log-likelihoods still never decrease. EM's linear convergence is slow where components
         overlap; this typically cuts the iterations several-fold and reaches the optimum that
         plain EM stops short of. ``False`` runs plain EM, one M-step per iteration.
+    labels : array_like (n_obs,) of int, optional
+        Semi-supervised EM: the component of each row whose label is known (0..K−1), −1 where
+        it is not. Known rows keep their one-hot responsibilities in every E-step, and every
+        component needs at least one. The log-likelihood maximised and reported (and BIC,
+        ICL) is then the joint one, Σ log p(x_n, z_n) over the labelled rows plus
+        Σ log p(x_n) over the others. EM starts from the M-step on the labelled rows (or
+        from a GaussianMixture passed as ``init``); ``n_init`` must be 1. With every row
+        labelled, this is the class-wise estimate of discriminant analysis.
 
     Returns
     -------
@@ -156,7 +225,11 @@ def fit_em(
     >>> round(fit.bic, 2)
     2314.3
     """
-    arr, names, w = prepare_data(X, sample_weight)
+    if labels is None:
+        arr, names, w = prepare_data(X, sample_weight)
+        lab = None
+    else:
+        arr, names, w, lab = prepare_data(X, sample_weight, labels)
     k = check_n_components(n_components, arr)
     structure = get_structure(covariance_type, arr.shape[1])
     check_settings(n_init, tol, max_iter, reg_covar, prior)
@@ -164,11 +237,13 @@ def fit_em(
     from bayesgmm.core.hierarchy import tree_start
 
     filled = start_data(arr, w)
-    tree = tree_start(init, filled, gen)
-    parsed = "hc" if tree is not None else parse_init(init, filled, k)
     resolved = None if prior is None else prior.resolve(arr, k, w)
-
-    starts = make_starts(parsed, filled, k, gen, n_init, tree)
+    if lab is not None:
+        starts = [labelled_start(lab, k, init, n_init)]
+    else:
+        tree = tree_start(init, filled, gen)
+        parsed = "hc" if tree is not None else parse_init(init, filled, k)
+        starts = make_starts(parsed, filled, k, gen, n_init, tree)
     try:
         models = [
             (label, start_model(filled, st, structure, w, resolved, float(reg_covar), names))
@@ -192,6 +267,7 @@ def fit_em(
         tol=float(tol),
         max_iter=int(max_iter),
         accelerate=bool(accelerate),
+        labels=lab,
     )[k]
     best = best_result(results)
     if best.degenerate:
@@ -238,6 +314,7 @@ def run_cells(
     accelerate: bool = True,
     short_iter: int = SHORT_ITER,
     keep: int = KEEP_AFTER_SHORT,
+    labels: np.ndarray | None = None,
 ) -> dict[Any, list[EMResult]]:
     """Run EM from every start of every cell (cells keyed e.g. by K or by (structure, K); each
     start's structure is its mixture's), all in one batch, and return the finished runs of
@@ -261,6 +338,7 @@ def run_cells(
                 accelerate=accelerate,
                 short_iter=short_iter,
                 keep=keep,
+                labels=labels,
             )
         return out
     prior = next(iter(priors.values()), None)
@@ -277,6 +355,7 @@ def run_cells(
         "tol": tol,
         "accelerate": accelerate,
         "missing": missing,
+        "labels": labels,
     }
     runs = {key: [new_run(m, label) for label, m in starts] for key, starts in cells.items()}
     multi = [rs for rs in runs.values() if len(rs) > 1]
@@ -288,7 +367,7 @@ def run_cells(
             alive = sorted(rs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
             runs[key] = [rs[0], *alive[:keep]]
     iterate(X, [r for rs in runs.values() for r in rs], max_iter, **settings)
-    return {key: [finish(X, r, names, w, missing) for r in rs] for key, rs in runs.items()}
+    return {key: [finish(X, r, names, w, missing, labels) for r in rs] for key, rs in runs.items()}
 
 
 def start_data(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:

@@ -1,0 +1,129 @@
+"""Labels: semi-supervised EM and discriminant analysis (EDDA, a mixture per class).
+
+Oracles: the class-wise closed-form estimates (every row labelled), scipy's densities for the
+joint log-likelihood, and mclust 6.0.0's MclustDA / cvMclustDA on the bundled iris data
+(tests/reference/mclust_da.json, written by tests/reference/make_mclust_da.R).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import logsumexp
+
+import bayesgmm as bg
+
+REF = json.loads((Path(__file__).parents[1] / "reference" / "mclust_da.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def iris():
+    df = bg.datasets.load_iris()
+    return df.drop(columns="species"), df["species"]
+
+
+def test_every_row_labelled_gives_the_class_wise_estimates(iris):
+    X, y = iris
+    x = X.to_numpy()
+    codes = y.astype("category").cat.codes.to_numpy()
+    means = np.array([x[codes == c].mean(axis=0) for c in range(3)])
+    covs = np.array([np.cov(x[codes == c].T, bias=True) for c in range(3)])
+    fit = bg.fit_em(x, 3, covariance_type="VVV", labels=codes)
+    np.testing.assert_allclose(fit.model.weights, np.bincount(codes) / 150, rtol=1e-12)
+    np.testing.assert_allclose(fit.model.means, means, rtol=1e-12)
+    np.testing.assert_allclose(fit.model.covariances, covs, rtol=1e-10, atol=1e-14)
+    # EEE: the pooled within-class covariance (the textbook LDA estimate, divisor n).
+    tied = bg.fit_em(x, 3, covariance_type="EEE", labels=codes)
+    pooled = sum(np.bincount(codes)[c] * covs[c] for c in range(3)) / 150
+    np.testing.assert_allclose(tied.model.covariances[0], pooled, rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(fit.predict(), codes)  # one-hot: the labels themselves
+
+
+def test_semi_supervised_em_maximises_the_joint_likelihood(iris):
+    X, y = iris
+    x = X.to_numpy()
+    codes = y.astype("category").cat.codes.to_numpy()
+    lab = codes.copy()
+    lab[np.random.default_rng(0).random(150) < 0.8] = -1  # a fifth of the rows labelled
+    fit = bg.fit_em(x, 3, labels=lab, accelerate=False)
+    assert np.diff(fit.loglik_trace).min() >= -1e-9 * abs(fit.loglik)
+    m = fit.model
+    comp = np.column_stack(
+        [
+            np.log(m.weights[k]) + stats.multivariate_normal(m.means[k], m.covariances[k]).logpdf(x)
+            for k in range(3)
+        ]
+    )
+    known = lab >= 0
+    # Reference: log p(x_n, z_n) for the labelled rows, log p(x_n) for the others (scipy).
+    joint = comp[known, lab[known]].sum() + logsumexp(comp[~known], axis=1).sum()
+    np.testing.assert_allclose(fit.loglik, joint, rtol=1e-10)
+    np.testing.assert_array_equal(fit.responsibilities[known].argmax(axis=1), lab[known])
+    assert fit.responsibilities[known].max(axis=1).min() == 1.0
+    assert np.mean(fit.predict() == codes) > 0.95
+
+
+def test_label_errors(iris):
+    X, y = iris
+    x = X.to_numpy()
+    lab = np.full(150, -1)
+    lab[:3] = [0, 1, 3]
+    with pytest.raises(ValueError, match=r"0\.\.2 \(or −1\); got 3"):
+        bg.fit_em(x, 3, labels=lab)
+    lab[2] = 1
+    with pytest.raises(ValueError, match="component 2 has no labelled row"):
+        bg.fit_em(x, 3, labels=lab)
+    with pytest.raises(TypeError, match="fit_classifier"):
+        bg.fit_em(x, 3, labels=y.to_numpy())
+    with pytest.raises(ValueError, match="n_init=3"):
+        bg.fit_em(x, 3, labels=np.arange(150) % 3, n_init=3)
+    with pytest.raises(ValueError, match=r"labels must have shape \(150,\)"):
+        bg.fit_em(x, 3, labels=np.zeros(10))
+    with pytest.raises(ValueError, match="one class"):
+        bg.fit_classifier(X, np.zeros(150))
+    one = y.to_numpy().copy()
+    one[0] = "rare"
+    with pytest.raises(ValueError, match="class 'rare' has 1 row"):
+        bg.fit_classifier(X, one)
+    with pytest.raises(ValueError, match="priors must be 3 positive numbers"):
+        bg.fit_classifier(X, y, priors=[0.5, 0.5])
+
+
+def test_edda_on_iris_against_mclust(iris):
+    X, y = iris
+    edda = bg.fit_classifier(X, y)
+    assert list(edda.classes) == ["setosa", "versicolor", "virginica"]  # text, mapped
+    assert edda.table["structure"].iloc[0] == REF["edda_model"]  # VEV
+    assert edda.error(X, y) == pytest.approx(REF["edda_train_error"])  # 3 of 150
+    # Leave-one-out (no random folds): the same rows misclassified as mclust's cvMclustDA.
+    cv = bg.cross_validate_classifier(X, y, n_folds=150, fit=edda)
+    assert cv.error == pytest.approx(REF["edda_loo_error"])  # 4 of 150
+    assert cv.brier == pytest.approx(REF["edda_loo_brier"], abs=1e-3)
+    proba = edda.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    # Bayes' rule: log p(c) + log p(x | c), each class a one-component Gaussian.
+    lj = edda.log_joint(X)
+    np.testing.assert_allclose(
+        lj[:, 1], np.log(1 / 3) + edda.models["versicolor"].log_prob(X), rtol=1e-12
+    )
+    # Other priors shift the decisions towards the favoured class.
+    tilted = bg.fit_classifier(X, y, priors=[0.01, 0.01, 0.98])
+    assert (tilted.predict(X) == "virginica").sum() > (edda.predict(X) == "virginica").sum()
+
+
+def test_mixture_per_class_and_ten_fold_cross_validation(iris):
+    X, y = iris
+    da = bg.fit_classifier(X, y, kind="mixture", n_components=range(1, 3))
+    assert set(da.models) == {"setosa", "versicolor", "virginica"}
+    assert (da.table["n_components"] <= 2).all()
+    assert da.error(X, y) <= REF["mclustda_train_error"] + 1 / 150
+    cv = bg.cross_validate_classifier(X, y, n_folds=10, fit=da, rng=1)
+    assert len(cv.folds) == 10 and cv.folds["n_obs"].sum() == 150
+    # Balanced folds: 15 rows each, 5 of each class.
+    assert (cv.folds["n_obs"] == 15).all()
+    np.testing.assert_allclose(cv.error, np.mean(cv.predicted != y.to_numpy()))
+    assert cv.error < 0.1
