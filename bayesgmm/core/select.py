@@ -23,6 +23,7 @@ from bayesgmm.core.fit import (
     SHORT_ITER,
     best_result,
     check_settings,
+    labelled_start,
     make_starts,
     prepare_data,
     run_cells,
@@ -121,6 +122,7 @@ class _GridJob:
     settings: dict[str, Any]
     #: The data the starting M-steps use (``X`` with missing values filled, see start_data).
     start_X: np.ndarray
+    labels: np.ndarray | None = None
 
 
 def _run_group(
@@ -159,6 +161,7 @@ def _run_group(
         models,
         priors={key: job.priors[key[1]] for key in models},
         **job.settings,
+        labels=job.labels,
         short_iter=screen.get("short_iter", SHORT_ITER),
         keep=screen.get("keep", KEEP_AFTER_SHORT),
     )
@@ -221,6 +224,7 @@ def select_em(
     cross_starts: bool = True,
     accelerate: bool = True,
     n_jobs: int | None = None,
+    labels: Any = None,
 ) -> SelectionResult:
     """Fit every (structure, K) cell by EM and choose by BIC or ICL, as mclust's ``Mclust``.
 
@@ -255,6 +259,9 @@ def select_em(
         worker's share runs as one batch. scikit-learn's convention for explicit values (-1:
         every core, -2: all but one); None: one per core for small data (under 4096 rows,
         where a pass runs in one thread) and 1 otherwise. Results do not depend on it.
+    labels : array_like (n_obs,) of int, optional
+        Semi-supervised EM in every cell (see :func:`fit_em`): each K starts from its labelled
+        rows, without restarts or cross-starts; a K with an unlabelled component fails.
 
     Returns
     -------
@@ -269,7 +276,11 @@ def select_em(
     """
     import pandas as pd
 
-    arr, names, w = prepare_data(X, sample_weight)
+    if labels is None:
+        arr, names, w = prepare_data(X, sample_weight)
+        lab = None
+    else:
+        arr, names, w, lab = prepare_data(X, sample_weight, labels)
     check_settings(n_init, tol, max_iter, reg_covar, prior)
     crit = str(criterion).lower()
     if crit not in _CRITERIA:
@@ -320,9 +331,22 @@ def select_em(
         else:
             usable.append(k)
     priors = {k: None if prior is None else prior.resolve(arr, k, w) for k in usable}
-    starts = {k: make_starts(method, filled, k, gen, n_init, tree) for k in usable}
+    if lab is None:
+        starts = {k: make_starts(method, filled, k, gen, n_init, tree) for k in usable}
+    else:
+        # Semi-supervised: each K starts from its labelled rows (restarts and cross-starts do
+        # not apply); a K whose components are not all labelled fails with the reason.
+        starts = {}
+        for k in list(usable):
+            try:
+                starts[k] = [labelled_start(lab, k, "hc", 1)]
+            except ValueError as err:
+                usable.remove(k)
+                for structure in structures:
+                    failures[(structure, k)] = str(err)
+        cross_starts = False
 
-    job = _GridJob(arr, names, w, priors, float(reg_covar), settings, filled)
+    job = _GridJob(arr, names, w, priors, float(reg_covar), settings, filled, lab)
     workers = _n_workers(n_jobs, arr.shape[0], len(structures))
 
     def run_all(

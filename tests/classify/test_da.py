@@ -127,3 +127,15 @@ def test_mixture_per_class_and_ten_fold_cross_validation(iris):
     assert (cv.folds["n_obs"] == 15).all()
     np.testing.assert_allclose(cv.error, np.mean(cv.predicted != y.to_numpy()))
     assert cv.error < 0.1
+
+
+def test_select_em_with_labels(iris):
+    X, y = iris
+    codes = y.astype("category").cat.codes.to_numpy()
+    lab = np.where(np.random.default_rng(2).random(150) < 0.3, codes, -1)
+    sel = bg.select_em(X, range(2, 5), ["EEE", "VVV"], labels=lab)
+    # Only K = 3 has every component labelled; K = 2 has a label 2 out of range.
+    assert sel.best.n_components == 3
+    assert "0..1" in sel.failures[("EEE", 2)] and "component 3" in sel.failures[("VVV", 4)]
+    alone = bg.fit_em(X, 3, covariance_type=sel.best.covariance_type, labels=lab)
+    np.testing.assert_allclose(sel.best.loglik, alone.loglik, rtol=1e-9)
