@@ -60,9 +60,10 @@ def _dataset_to_frame(ds: Any) -> Any:
 
 
 def load_table(
-    path: str, columns: str | None = None, missing: str = "refuse"
+    path: str, columns: str | None = None, missing: str = "refuse", exclude: str | None = None
 ) -> tuple[Any, list[str]]:
-    """The numeric data of ``path`` as a DataFrame, and notices for the user.
+    """The numeric data of ``path`` as a DataFrame, and notices for the user (``exclude``: a
+    column that is not a feature, such as the classes).
 
     With ``columns`` ("a,b,c"), exactly those columns, each of which must be numeric; without,
     every numeric column, the others dropped with a notice. Rows with missing values are kept
@@ -79,6 +80,8 @@ def load_table(
     if p.is_dir():
         raise CLIError(f"DATA {path!r} is a directory; pass a file.")
     frame = _read(p)
+    if exclude is not None:  # a label column, not a feature
+        frame = frame.drop(columns=[exclude])
     notices: list[str] = []
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise CLIError(f"DATA {path!r} has no rows; pass a file with data.")
@@ -155,3 +158,23 @@ def parse_k(text: str) -> list[int]:
     if not ks or min(ks) < 1:
         raise CLIError(f"--k must name positive numbers of components; got {text!r}.")
     return ks
+
+
+def load_labels(path: str, column: str) -> Any:
+    """The class column ``column`` of ``path`` (a Series), every row's class given."""
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(
+            f"DATA {path!r} does not exist; pass the path of a CSV, Parquet or netCDF file."
+        )
+    frame = _read(p)
+    if column not in frame.columns:
+        have = [str(c) for c in frame.columns]
+        raise CLIError(f"--label {column!r} is not a column of DATA; its columns are {have}.")
+    labels = frame[column]
+    if labels.isna().any():
+        raise CLIError(
+            f"--label {column!r} is missing in {int(labels.isna().sum())} rows; every row needs "
+            "its class (drop the others first)."
+        )
+    return labels
