@@ -38,11 +38,14 @@ class Entry:
 _ENTRIES: OrderedDict[tuple[Any, ...], Entry] = OrderedDict()
 
 
-def key(param: Parametrisation, k: int, missing: bool = False) -> tuple[Any, ...]:
+def key(
+    param: Parametrisation, k: int, missing: bool = False, labelled: bool = False
+) -> tuple[Any, ...]:
     """What changes the model's graph: the parametrisation (default or conjugate priors), the
     structure, the number of features, the identification, K, and whether the data have
-    missing values (the likelihood of each row's observed values is another graph)."""
-    return (type(param).__name__, param.name, param.d, param.identify, k, missing)
+    missing values (the likelihood of each row's observed values is another graph), and
+    whether some components are observed (``labels``)."""
+    return (type(param).__name__, param.name, param.d, param.identify, k, missing, labelled)
 
 
 def model_for(
@@ -52,18 +55,20 @@ def model_for(
     k: int,
     covariance_type: str,
     priors: Any,
+    labels: np.ndarray | None = None,
 ) -> Entry:
     """The cached marginal model (``to_pymc(..., explicit_z=False)``) for ``param`` and ``k``,
     its data and prior constants set to ``X`` and ``consts``."""
     import pymc as pm
 
     patterns = missing_patterns(X)
-    tag = key(param, k, patterns is not None)
+    tag = key(param, k, patterns is not None, labels is not None)
     entry = _ENTRIES.pop(tag, None)
     if entry is None:
         model = to_pymc(
-            X, k, covariance_type=covariance_type, priors=priors, identify=param.identify
-        )
+            X, k, covariance_type=covariance_type, priors=priors, identify=param.identify,
+            labels=labels,
+        )  # fmt: skip
         entry = Entry(model)
     else:
         model = entry.model
@@ -74,6 +79,8 @@ def model_for(
                 x_patterns=patterns[0],
                 x_pattern_index=patterns[1],
             )
+        if labels is not None:
+            updates["z_known"] = labels
         pm.set_data(updates, model=model, coords={"obs": np.arange(X.shape[0])})
         model.bayesgmm_constants = consts
         model.bayesgmm_spec = {**model.bayesgmm_spec, "X": X, "priors": priors}
@@ -94,6 +101,8 @@ def release(entry: Entry) -> None:
     updates: dict[str, np.ndarray] = {"x_data": empty}
     if "x_pattern_index" in model.named_vars:
         updates.update(x_patterns=empty, x_pattern_index=np.zeros(0, dtype=np.int64))
+    if "z_known" in model.named_vars:
+        updates["z_known"] = np.zeros(0, dtype=np.int64)
     pm.set_data(updates, model=model, coords={"obs": np.arange(0)})
     model.bayesgmm_spec = {**model.bayesgmm_spec, "X": empty}
 

@@ -95,12 +95,14 @@ def evaluate(
     c: dict[str, np.ndarray],
     grad: bool = True,
     missing: Missingness | None = None,
+    labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """log p(theta, X) (``logp``), its gradient (``grad``), the mixture at theta (``weights``,
     ``means``, ``covariances``) and the pointwise log-likelihood (``rows``).
 
     ``missing`` (the missingness of ``X``, when it has NaN) makes each row's likelihood that of
-    its observed coordinates.
+    its observed coordinates; ``labels`` (N,), ≥ 0 where a row's component is known, makes
+    that row's term log p(x_n, z_n) (semi-supervised: :func:`bayesgmm.fit_em`'s ``labels``).
 
     With ``grad=False``, theta may carry leading batch dims (..., P): every output then has
     them too (many draws at once, one set of numpy calls). The gradient is for one point.
@@ -132,13 +134,17 @@ def evaluate(
 
     if missing is not None:
         return _with_missing(
-            param, k, X, c, missing, grad, lp, logw, w, means, covs_fwd, back_means, batch
-        )
+            param, k, X, c, missing, grad, lp, logw, w, means, covs_fwd, back_means, batch,
+            labels,
+        )  # fmt: skip
     # the likelihood: one batched product for all components.
     resid = X - means[..., :, None, :]  # (..., K, N, D)
     y = covs_fwd["whiten"](resid)
     comp = logw[..., None] - 0.5 * (y**2).sum(axis=-1) - 0.5 * covs_fwd["log_det"][..., None]
     comp = comp - 0.5 * d * _LOG_2PI
+    if labels is not None:  # known components: the other terms of those rows are 0
+        other = (labels >= 0) & (labels != np.arange(k)[:, None])  # (K, N)
+        comp = np.where(other, -np.inf, comp)
     top = comp.max(axis=-2)
     shifted = np.exp(comp - top[..., None, :])
     total = shifted.sum(axis=-2)
@@ -202,6 +208,7 @@ def _with_missing(
     covs_fwd: dict[str, Any],
     back_means: Any,
     batch: tuple[int, ...],
+    labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` on data with missing values: each row's likelihood is that of its
     observed coordinates (the core's pass), and the gradient is the complete-data gradient on
@@ -215,7 +222,7 @@ def _with_missing(
         chol = np.linalg.cholesky(covs.reshape(r, k, d, d))
         missing_pass(
             missing, w.reshape(r, k), means.reshape(r, k, d), covs.reshape(r, k, d, d), chol,
-            False, np.asarray(c["center"], dtype=float), logp_out=rows,
+            False, np.asarray(c["center"], dtype=float), logp_out=rows, labels=labels,
         )  # fmt: skip
     except np.linalg.LinAlgError:
         pass
@@ -234,7 +241,7 @@ def _with_missing(
     if not np.isfinite(out["logp"]):
         out["grad"] = np.zeros(param.size(k))
         return out
-    gamma, points = expected_rows(missing, X, w, means, covs)
+    gamma, points = expected_rows(missing, X, w, means, covs, labels)
     resid = points - means[:, None, :]
     y = covs_fwd["whiten"](resid)
     out["grad"] = _gradient(

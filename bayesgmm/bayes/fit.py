@@ -51,7 +51,13 @@ def _em_start(
     init: Any,
     rng: np.random.Generator,
     priors: Any,
+    labels: np.ndarray | None = None,
 ) -> GaussianMixture:
+    if init is None and labels is not None:  # semi-supervised EM from the labelled rows
+        prior = priors if isinstance(priors, ConjugatePrior) else None
+        return fit_em(
+            arr, k, covariance_type=covariance_type, prior=prior, tol=1e-6, labels=labels
+        ).model
     if init is None:
         # Under the core's conjugate prior, MAP-EM: the posterior mode itself. A start, so EM
         # stops at a relative change of 1e-6 (the core's default, 1e-8, took twice as long on
@@ -92,6 +98,7 @@ def fit_bayes(
     rng: Any = None,
     progressbar: bool = False,
     starts: int = 1,
+    labels: Any = None,
     **sampler_kwargs: Any,
 ) -> Any:
     """The posterior of the Gaussian mixture on ``X`` (the model of :func:`to_pymc`).
@@ -177,6 +184,13 @@ def fit_bayes(
         Passed to the method (see above; for "nuts" to ``pymc.sample``, for "smc" to
         ``pymc.sample_smc``).
 
+    labels : array_like (n_obs,) of int, optional
+        z observed where known (0..K−1, −1 where not), as :func:`bayesgmm.fit_em`'s: the
+        labelled rows' likelihood terms are log p(x_n, z_n), the others' log p(x_n), and the
+        pointwise log-likelihood follows. The labels identify the components (``identify``
+        is then None; chains start unpermuted from semi-supervised EM). A ``labels`` group
+        holds p(z_n = k | x_n) averaged over the draws (one-hot where known) and ``known``.
+
     Returns
     -------
     xarray.DataTree
@@ -226,6 +240,9 @@ def fit_bayes(
             "model (explicit_z=False) uses each row's observed values."
         )
     k = check_n_components(n_components, arr)
+    lab = _check_bayes_labels(labels, arr.shape[0], k, explicit_z, starts)
+    if lab is not None:
+        identify = None  # the labelled rows identify the components
     # Every structure, K and prior is checked here, before any fitting or compiling.
     parametrisation(
         covariance_type,
@@ -249,11 +266,14 @@ def fit_bayes(
                 f"chains={starts} or more."
             )
         method = "nuts" if method == "auto" else method
-    start = _em_start(arr, k, covariance_type, init, gen, priors)
-    optima = _em_optima(arr, k, covariance_type, start, starts, gen, priors)
-    job = _Job(
-        arr, names, k, covariance_type, priors, identify, explicit_z, log_likelihood, start, optima
+    start = _em_start(arr, k, covariance_type, init, gen, priors, lab)
+    optima = (
+        _em_optima(arr, k, covariance_type, start, starts, gen, priors) if lab is None else (start,)
     )
+    job = _Job(
+        arr, names, k, covariance_type, priors, identify, explicit_z, log_likelihood, start, optima,
+        lab,
+    )  # fmt: skip
     run = _Run(draws, tune, chains, 0, progressbar, sampler_kwargs)
     if method != "auto":
         tree = _draw(job, method, run, gen)
@@ -307,6 +327,25 @@ class _Job:
     log_likelihood: bool
     start: GaussianMixture
     optima: tuple[GaussianMixture, ...]
+    labels: np.ndarray | None = None
+
+
+def _check_bayes_labels(
+    labels: Any, n: int, k: int, explicit_z: bool, starts: int
+) -> np.ndarray | None:
+    """fit_bayes's ``labels``, checked as fit_em's (−1 where unknown)."""
+    if labels is None:
+        return None
+    from bayesgmm.core.fit import check_labels
+
+    lab = check_labels(labels, n)
+    if lab.max(initial=-1) >= k:
+        raise ValueError(f"labels must be component indices 0..{k - 1} (or −1); got {lab.max()}.")
+    if explicit_z:
+        raise ValueError("labels with explicit_z=True: not available; use explicit_z=False.")
+    if starts != 1:
+        raise ValueError(f"starts={starts}: with labels there is one EM optimum; pass starts=1.")
+    return lab
 
 
 def _em_optima(
@@ -406,7 +445,7 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
     t0 = time.perf_counter()
     if method in ("laplace", "pathfinder"):
         # Our own approximations: the numpy log density and gradient, nothing to compile.
-        flat = _Flat(param, consts, arr, k, start, coords)
+        flat = _Flat(param, consts, arr, k, start, coords, job.labels)
         rng_m = np.random.default_rng(seed)
         if method == "laplace":
             tree = _laplace(flat, draws, chains, rng_m)
@@ -417,9 +456,11 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
         # once per process, the data and prior constants set anew (:mod:`._compiled`). The
         # samplers keep theta only; the mixture comes from it as for Laplace. With
         # explicit_z the sampled model is the marginal one either way (:func:`marginalize`).
-        flat = _Flat(param, consts, arr, k, start, coords)
+        flat = _Flat(param, consts, arr, k, start, coords, job.labels)
         orders = (
-            [None] * chains if identify == "ordered" else _distinct_permutations(k, chains, gen)
+            [None] * chains
+            if identify == "ordered" or job.labels is not None
+            else _distinct_permutations(k, chains, gen)
         )
         starts = []
         for c, order in enumerate(orders):
@@ -430,7 +471,7 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
             starts.append(_jitter({"theta": mixture_theta(param, consts, optimum)}, gen))
         # One fit at a time on a cached model (its data are shared state).
         with _compiled.LOCK:
-            entry = _compiled.model_for(param, consts, arr, k, covariance_type, priors)
+            entry = _compiled.model_for(param, consts, arr, k, covariance_type, priors, job.labels)
             run = dataclasses.replace(run, seed=seed, options=sampler_kwargs)
             try:
                 if method == "nuts":
@@ -462,7 +503,7 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
     )
     loglik = None
     if job.log_likelihood:
-        tree["log_likelihood"] = _pointwise_log_likelihood(tree, arr)
+        tree["log_likelihood"] = _pointwise_log_likelihood(tree, arr, job.labels)
         loglik = tree["log_likelihood"]["x"].transpose("chain", "draw", "obs").values.sum(-1)
         # The log prior of each draw (Jacobians included: the prior as stated on theta), for
         # the power-scaling sensitivity of bayesgmm.bayes.prior_sensitivity.
@@ -492,6 +533,8 @@ def _draw(job: _Job, method: str, run: _Run, gen: np.random.Generator) -> Any:
         recover_z(tree, rng=gen)
     if flat.missing is not None:
         tree["imputations"] = _imputations(tree, flat.missing, gen)
+    if job.labels is not None:
+        tree["labels"] = _label_posterior(tree, arr, job.labels)
     tree.attrs["bayesgmm_method"] = method
     tree.attrs["bayesgmm_seconds"] = seconds
     return tree
@@ -712,9 +755,11 @@ class _Flat:
         k: int,
         start: GaussianMixture,
         coords: dict[str, Any],
+        labels: np.ndarray | None = None,
     ) -> None:
         self.param, self.consts, self.X, self.k, self.coords = param, consts, X, k, coords
         self.missing = missingness(X)  # None for complete data
+        self.labels = labels
         self.x0 = mixture_theta(param, consts, start)
         self._cache: dict[bytes, tuple[float, np.ndarray]] = {}
         # Set by tree(): the draws and their log prior; by a normal approximation: the terms
@@ -728,7 +773,9 @@ class _Flat:
         key = flat.tobytes()
         if key not in self._cache:
             with np.errstate(all="ignore"):
-                out = evaluate(self.param, flat, self.k, self.X, self.consts, missing=self.missing)
+                out = evaluate(
+                    self.param, flat, self.k, self.X, self.consts, True, self.missing, self.labels
+                )
             lp, grad = out["logp"], out["grad"]
             if not (np.isfinite(lp) and np.all(np.isfinite(grad))):
                 lp, grad = -np.inf, np.zeros_like(flat)
@@ -746,7 +793,10 @@ class _Flat:
             for lo in range(0, flat.shape[0], step):
                 part = flat[lo : lo + step]
                 miss = self.missing
-                out.append(evaluate(self.param, part, self.k, self.X, self.consts, False, miss))
+                lab = self.labels
+                out.append(
+                    evaluate(self.param, part, self.k, self.X, self.consts, False, miss, lab)
+                )
         return np.concatenate([o["logp"] for o in out])
 
     def negative(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
@@ -1167,14 +1217,41 @@ def _imputations(tree: Any, miss: Missingness, gen: np.random.Generator) -> Any:
     )
 
 
-def _pointwise_log_likelihood(tree: Any, X: np.ndarray) -> Any:
+def _label_posterior(tree: Any, X: np.ndarray, labels: np.ndarray) -> Any:
+    """p(z_n = k | x_n, labels) averaged over the draws (one-hot for the labelled rows), dims
+    (obs, component), with ``known`` marking the labelled rows."""
+    w, mu, cov = _draw_mixtures(tree)
+    s, k = w.shape
+    total = np.zeros((X.shape[0], k))
+    step = max(1, 2**22 // max(1, k * X.shape[0]))
+    for i in range(0, s, step):
+        part = slice(i, min(i + step, s))
+        m = w[part].shape[0]
+        resp = np.empty((X.shape[0], k * m))
+        log_prob_many(X, w[part], mu[part], cov[part], labels, resp_out=resp)
+        total += resp.reshape(X.shape[0], k, m).sum(axis=2)
+    post = tree["posterior"]
+    return _group(
+        {
+            "probability": (("obs", "component"), total / s),
+            "known": (("obs",), labels >= 0),
+        },
+        attrs={"inference_library": "bayesgmm (p(z | x) averaged over the draws)"},
+        coords={
+            "obs": tree["observed_data"].coords["obs"].values,
+            "component": post.coords["component"].values,
+        },
+    )
+
+
+def _pointwise_log_likelihood(tree: Any, X: np.ndarray, labels: np.ndarray | None = None) -> Any:
     """log p(x_n | θ^(s)) for every draw and row, by the core's log-sum-exp over Cholesky
     factors: the model's likelihood term exactly (tests/bayes/test_model.py checks the two agree
     to 1e-10 for every structure), without compiling another PyTensor function."""
     w, mu, cov = _draw_mixtures(tree)
     post = tree["posterior"]
     c, s = post.sizes["chain"], post.sizes["draw"]
-    out = log_prob_many(X, w, mu, cov)  # one pass over X for all draws
+    out = log_prob_many(X, w, mu, cov, labels)  # one pass over X for all draws
     return _group(
         {"x": (("chain", "draw", "obs"), out.reshape(c, s, -1))},
         attrs={"inference_library": "bayesgmm (core log-likelihood at each draw)"},

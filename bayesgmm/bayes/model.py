@@ -88,6 +88,7 @@ def to_pymc(
     priors: Any = None,
     identify: str | None = "ordered",
     explicit_z: bool = False,
+    labels: Any = None,
 ) -> Any:
     """The mixture p(x) = Σ_k π_k N(x | μ_k, Σ_k) on ``X`` as a ``pymc.Model``.
 
@@ -123,6 +124,10 @@ def to_pymc(
         x_n | z_n ~ N(μ_{z_n}, Σ_{z_n}), the generative model p(x, z) itself. Gradient-based
         samplers cannot move a discrete z; :func:`marginalize` turns this model into the
         marginal one for sampling, and ``fit_bayes(explicit_z=True)`` recovers z's posterior.
+    labels : array_like (n_obs,) of int, optional
+        z observed where known (0..K−1, −1 where not): those rows' likelihood term is
+        log p(x_n, z_n), the others' log p(x_n) (semi-supervised). The labels identify the
+        components, so ``identify`` must be None. ``pm.Data`` ``z_known``.
 
     Returns
     -------
@@ -140,6 +145,20 @@ def to_pymc(
     k = check_n_components(n_components, arr)
     if not isinstance(explicit_z, bool):
         raise TypeError(f"explicit_z must be True or False; got {explicit_z!r}.")
+    lab = None
+    if labels is not None:
+        from bayesgmm.core.fit import check_labels
+
+        lab = check_labels(labels, n)
+        if lab.max(initial=-1) >= k:
+            raise ValueError(
+                f"labels must be component indices 0..{k - 1} (or −1); got {lab.max()}."
+            )
+        if identify is not None or explicit_z:
+            raise ValueError(
+                "with labels, the labelled rows identify the components: pass identify=None "
+                "(and explicit_z=False)."
+            )
     missing = missing_patterns(arr)
     if missing is not None and explicit_z:
         raise ValueError(
@@ -195,6 +214,7 @@ def to_pymc(
                 pm.Data("x_patterns", missing[0]),
                 pm.Data("x_pattern_index", missing[1]),
             )
+        known: tuple[Any, ...] = () if lab is None else (pm.Data("z_known", lab),)
         theta = pm.CustomDist(
             "theta",
             np.zeros(size),  # only its length: theta's
@@ -216,15 +236,17 @@ def to_pymc(
 
         def likelihood_logp(value: Any, *args: Any) -> Any:
             theta, rest = args[len(given)], args[len(given) + 1 :]
-            if holes:
-                rest, (masks, index) = rest[: len(const_names)], rest[len(const_names) :]
+            extra = rest[len(const_names) :]
+            rest = rest[: len(const_names)]
+            z_known = _core(extra[-1], 1) if known else None
             parts = param.graph(_core(theta, 1), k, unpack(rest))
             if holes:
+                masks, index = extra[0], extra[1]
                 return param.log_likelihood_rows_missing(
-                    value, _core(masks, 2), _core(index, 1), parts
+                    value, _core(masks, 2), _core(index, 1), parts, z_known
                 )
             if not given:
-                return param.log_likelihood_rows(value, parts)
+                return param.log_likelihood_rows(value, parts, z_known)
             z = args[0]
             comp = param.log_component_rows(value, parts)
             return comp[z, pt.arange(value.shape[0])] - parts["log_weights"][z]
@@ -235,8 +257,12 @@ def to_pymc(
             theta,
             *const_vars,
             *holes,
+            *known,
             logp=likelihood_logp,
-            signature=f"{'(),' * len(given)}(p),{core}{',(q,d),(n)' if holes else ''}->(d)",
+            signature=(
+                f"{'(),' * len(given)}(p),{core}{',(q,d),(n)' if holes else ''}"
+                f"{',(n)' if known else ''}->(d)"
+            ),
             observed=data,
             dims=("obs", "feature"),
         )
@@ -250,6 +276,7 @@ def to_pymc(
         "priors": priors,
         "identify": identify,
         "explicit_z": explicit_z,
+        "labels": lab,
     }
     return model
 

@@ -108,6 +108,19 @@ class Priors:
 # small helpers shared by the numpy and PyTensor sides
 
 
+def _known(comp: Any, labels: Any, axis: int) -> Any:
+    """log p(x_n, z_n = k) with −inf for the other components of the rows whose component is
+    known (``labels`` ≥ 0; the components along ``axis`` of ``comp``)."""
+    import pytensor.tensor as pt
+
+    k = comp.shape[axis]
+    ks = pt.arange(k)
+    lab = labels[None, :] if axis == 0 else labels[:, None]
+    comps = ks[:, None] if axis == 0 else ks[None, :]
+    other = pt.and_(pt.ge(lab, 0), pt.neq(lab, comps))
+    return pt.switch(other, -np.inf, comp)
+
+
 def sum_to_zero_basis(d: int) -> np.ndarray:
     """H (d, d − 1): orthonormal columns, each summing to zero (Helmert's contrasts)."""
     h = np.zeros((d, d - 1))
@@ -313,14 +326,18 @@ class Parametrisation:
             - 0.5 * self.d * _LOG_2PI
         )
 
-    def log_likelihood_rows(self, X: Any, parts: dict[str, Any]) -> Any:
-        """log p(x_n | θ) for every row (PyTensor), a log-sum-exp over the components."""
+    def log_likelihood_rows(self, X: Any, parts: dict[str, Any], labels: Any = None) -> Any:
+        """log p(x_n | θ) for every row (PyTensor), a log-sum-exp over the components; with
+        ``labels`` (N,), log p(x_n, z_n | θ) where the component is known (≥ 0)."""
         import pytensor.tensor as pt
 
-        return pt.logsumexp(self.log_component_rows(X, parts), axis=0)
+        comp = self.log_component_rows(X, parts)  # (K, N)
+        if labels is not None:
+            comp = _known(comp, labels, axis=0)
+        return pt.logsumexp(comp, axis=0)
 
     def log_likelihood_rows_missing(
-        self, X: Any, masks: Any, index: Any, parts: dict[str, Any]
+        self, X: Any, masks: Any, index: Any, parts: dict[str, Any], labels: Any = None
     ) -> Any:
         """log p(x_n,o | θ) for every row (PyTensor) of data with missing values: ``X`` (N, D)
         with each missing value at 0, ``masks`` (P, D) the patterns of observed coordinates
@@ -350,6 +367,8 @@ class Parametrisation:
             - 0.5 * log_det[index]
             - 0.5 * n_obs[:, None] * _LOG_2PI
         )
+        if labels is not None:
+            comp = _known(comp, labels, axis=1)
         return pt.logsumexp(comp, axis=1)
 
     # -- numpy side --------------------------------------------------------------------------

@@ -576,7 +576,12 @@ def impute_draws(
 
 
 def expected_rows(
-    miss: Missingness, X: np.ndarray, weights: np.ndarray, means: np.ndarray, covs: np.ndarray
+    miss: Missingness,
+    X: np.ndarray,
+    weights: np.ndarray,
+    means: np.ndarray,
+    covs: np.ndarray,
+    labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted points per component whose first and second moments are the E-step's
     expected ones under one mixture (weights (K,), means (K, D), covariances (K, D, D)): for
@@ -591,7 +596,7 @@ def expected_rows(
     resp = np.empty((X.shape[0], k))
     missing_pass(
         miss, weights[None], means[None], covs[None], np.linalg.cholesky(covs)[None], False,
-        center, resp_out=resp,
+        center, resp_out=resp, labels=labels,
     )  # fmt: skip
     with np.errstate(divide="ignore"):
         log_w = np.log(weights)

@@ -376,12 +376,19 @@ def _cholesky_or_raise(covs: np.ndarray) -> np.ndarray:
 
 
 def log_prob_many(
-    X: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray
+    X: np.ndarray,
+    weights: np.ndarray,
+    means: np.ndarray,
+    covariances: np.ndarray,
+    labels: np.ndarray | None = None,
+    resp_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """log p(x_n) under each of S mixtures at once, shape (S, N): one pass over ``X`` for all of
     them (the draws of a posterior), with the same log-sum-exp over Cholesky factors as
     :meth:`GaussianMixture.log_prob`. ``weights`` (S, K), ``means`` (S, K, D) and
-    ``covariances`` (S, K, D, D) are taken as valid (no per-mixture validation).
+    ``covariances`` (S, K, D, D) are taken as valid (no per-mixture validation). With
+    ``labels`` (N,), a row whose component is known (≥ 0) gets log p(x_n, z_n) instead;
+    ``resp_out`` (N, K·S) receives p(z_n = k | x_n) (component-major).
     """
     d = covariances.shape[-1]
     off = ~np.eye(d, dtype=bool)
@@ -392,11 +399,11 @@ def log_prob_many(
         out = np.empty((X.shape[0], weights.shape[0]))
         missing_pass(
             miss, weights, means, covariances, np.linalg.cholesky(covariances), diagonal,
-            center, logp_out=out,
+            center, logp_out=out, labels=labels, resp_out=resp_out,
         )  # fmt: skip
         return out.T
     center = np.asarray(X).mean(axis=0) if len(X) else np.zeros(d)
     params = mixture_density(weights, means, np.linalg.cholesky(covariances), diagonal, center)
     out = np.empty((X.shape[0], weights.shape[0]))
-    run_pass(X, params, logp_out=out)
+    run_pass(X, params, logp_out=out, labels=labels, resp_out=resp_out)
     return out.T

@@ -139,3 +139,58 @@ def test_select_em_with_labels(iris):
     assert "0..1" in sel.failures[("EEE", 2)] and "component 3" in sel.failures[("VVV", 4)]
     alone = bg.fit_em(X, 3, covariance_type=sel.best.covariance_type, labels=lab)
     np.testing.assert_allclose(sel.best.loglik, alone.loglik, rtol=1e-9)
+
+
+def test_the_posterior_with_labels(iris):
+    # z observed where known: the model's likelihood is the joint one on those rows (the numpy
+    # density and PyTensor's agree, in value and gradient), and the class posterior of the
+    # other rows comes back as a group.
+    import pytensor
+    from pytensor.compile.mode import Mode
+
+    from bayesgmm.bayes import to_pymc
+    from bayesgmm.bayes.density import evaluate
+
+    X, y = iris
+    x = X.to_numpy()
+    codes = y.astype("category").cat.codes.to_numpy()
+    lab = np.where(np.random.default_rng(0).random(150) < 0.2, codes, -1)
+    model = to_pymc(x, 3, identify=None, labels=lab, covariance_type="EEE")
+    with pytensor.config.change_flags(cxx=""):  # Python thunks: nothing to compile
+        fn = model.compile_fn(
+            [model.logp(), model.dlogp()], inputs=model.value_vars,
+            mode=Mode(linker="py", optimizer="fast_compile"),
+        )  # fmt: skip
+    theta = 0.3 * np.random.default_rng(1).normal(size=model.bayesgmm_param.size(3))
+    lp, grad = fn({model.rvs_to_values[model["theta"]].name: theta})
+    ours = evaluate(model.bayesgmm_param, theta, 3, x, model.bayesgmm_constants, True, None, lab)
+    np.testing.assert_allclose(ours["logp"], lp, rtol=1e-10)
+    np.testing.assert_allclose(ours["grad"], grad, rtol=1e-8, atol=1e-8)
+    with _no_check():
+        tree = bg.fit_bayes(x, 3, labels=lab, method="laplace", draws=100, chains=2, rng=1)
+    post = tree["posterior"]
+    gm = bg.GaussianMixture(
+        post["weights"].values[0, 3], post["means"].values[0, 3], post["covariances"].values[0, 3]
+    )
+    lj = gm.log_joint_all(x)
+    # Reference: log p(x_n, z_n) where labelled, log p(x_n) elsewhere (the core's densities).
+    ref = np.where(lab >= 0, lj[np.arange(150), np.maximum(lab, 0)], logsumexp(lj, axis=1))
+    np.testing.assert_allclose(tree["log_likelihood"]["x"].values[0, 3], ref, rtol=1e-10)
+    p = tree["labels"]["probability"].values
+    np.testing.assert_array_equal(p[lab >= 0].argmax(axis=1), lab[lab >= 0])
+    assert np.mean(p.argmax(axis=1) == codes) > 0.9
+    with pytest.raises(ValueError, match="identify=None"):
+        to_pymc(x, 3, labels=lab)
+
+
+def _no_check():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def quiet():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bg.PosteriorWarning)  # its diagnostics: not the point
+            yield
+
+    return quiet()
