@@ -1,5 +1,6 @@
-"""A scikit-learn estimator: :class:`GaussianMixtureEM`, bayesgmm's EM behind ``fit / predict /
-score``, for pipelines, ``clone`` and grid search.
+"""scikit-learn estimators: :class:`GaussianMixtureEM`, bayesgmm's EM behind ``fit / predict /
+score``, and :class:`MixtureClassifier`, its discriminant analysis, for pipelines, ``clone``
+and grid search.
 
 scikit-learn is an optional dependency (``pip install 'bayesgmm[sklearn]'``); nothing else in
 bayesgmm imports this module.
@@ -13,8 +14,9 @@ from typing import Any
 import numpy as np
 
 try:
-    from sklearn.base import BaseEstimator, DensityMixin
+    from sklearn.base import BaseEstimator, ClassifierMixin, DensityMixin
     from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 except ImportError as err:  # pragma: no cover - exercised without scikit-learn only
     raise ImportError(
@@ -26,7 +28,7 @@ from bayesgmm.core.fit import fit_em
 from bayesgmm.core.select import select_em
 from bayesgmm.core.structures import get_structure, structure_names
 
-__all__ = ["GaussianMixtureEM"]
+__all__ = ["GaussianMixtureEM", "MixtureClassifier"]
 
 
 def _one_feature(name: str) -> str:
@@ -228,3 +230,74 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
         check_is_fitted(self, "result_")
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         return self.result_.model.sample(n_samples, rng=seed)
+
+
+class MixtureClassifier(ClassifierMixin, BaseEstimator):
+    """Discriminant analysis with Gaussian (mixture) class densities
+    (:func:`bayesgmm.fit_classifier`, mclust's EDDA and MclustDA) with scikit-learn's
+    classifier API; ``score`` is the accuracy.
+
+    Parameters
+    ----------
+    kind : {"edda", "mixture"}, default "edda"
+        One Gaussian per class under a common structure chosen by BIC, or a mixture per class
+        (K and structure chosen by BIC per class).
+    n_components : int or iterable of int, default (1, 2, 3, 4, 5)
+        The K tried per class ("mixture").
+    covariance_types : str or iterable of str, default "all"
+        The structures tried.
+    priors : array_like, optional
+        p(c) for Bayes' rule, in the order of ``classes_``; default the training shares.
+    random_state : int, RandomState or None
+        Seeds the restarts of the per-class selections.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+    result_ : ClassifierResult
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        kind: str = "edda",
+        n_components: Any = (1, 2, 3, 4, 5),
+        covariance_types: Any = "all",
+        priors: Any = None,
+        random_state: Any = None,
+    ) -> None:
+        self.kind = kind
+        self.n_components = n_components
+        self.covariance_types = covariance_types
+        self.priors = priors
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> MixtureClassifier:
+        """Fit each class's density to its rows of ``X``."""
+        from bayesgmm.classify import fit_classifier
+
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        check_classification_targets(y)
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        types = self.covariance_types
+        if isinstance(types, str) and types.lower() != "all" and X.shape[1] == 1:
+            types = _one_feature(types)
+        elif not isinstance(types, str) and X.shape[1] == 1:
+            types = list(dict.fromkeys(_one_feature(t) for t in types))
+        self.result_ = fit_classifier(
+            X, y, kind=self.kind, n_components=self.n_components, covariance_types=types,
+            priors=self.priors, rng=seed,
+        )  # fmt: skip
+        self.classes_ = self.result_.classes
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """p(c | x) for each row (n, C), classes in the order of ``classes_``."""
+        check_is_fitted(self, "result_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self.result_.predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row."""
+        check_is_fitted(self, "result_")
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]

@@ -15,11 +15,13 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import bayesgmm as bg  # noqa: E402
-from bayesgmm.sklearn import GaussianMixtureEM  # noqa: E402
+from bayesgmm.sklearn import GaussianMixtureEM, MixtureClassifier  # noqa: E402
 
 
 def _expected_failures(estimator):
     """The checks each estimator is expected to fail, and why."""
+    if isinstance(estimator, MixtureClassifier):
+        return {}
     check = "check_sample_weight_equivalence_on_dense_data"
     if estimator.n_components > 1:
         # The hierarchical start is built from the rows: a row of weight 2 and the same row
@@ -38,6 +40,10 @@ def _expected_failures(estimator):
         GaussianMixtureEM(random_state=0),
         GaussianMixtureEM(covariance_type="VVI", random_state=0),
         GaussianMixtureEM(n_components=2, covariance_type="VVI", random_state=0),
+        MixtureClassifier(random_state=0),
+        MixtureClassifier(
+            kind="mixture", n_components=(1, 2), covariance_types=("EEE",), random_state=0
+        ),
     ],
     expected_failed_checks=_expected_failures,
 )
@@ -97,3 +103,22 @@ def test_one_feature_structures_and_bad_input():
     X = np.random.default_rng(0).normal(size=(30, 2))
     with pytest.raises(ValueError, match="covariance_type"):
         GaussianMixtureEM(2, covariance_type="XYZ").fit(X)
+
+
+def test_mixture_classifier_is_fit_classifier_in_a_pipeline():
+    from sklearn.model_selection import cross_val_score
+
+    df = bg.datasets.load_iris()
+    X, y = df.drop(columns="species").to_numpy(), df["species"].to_numpy()
+    clf = MixtureClassifier().fit(X, y)
+    ref = bg.fit_classifier(X, y)
+    np.testing.assert_array_equal(clf.predict(X), ref.predict(X))
+    np.testing.assert_allclose(clf.predict_proba(X), ref.predict_proba(X))
+    assert clf.score(X, y) == pytest.approx(1 - ref.error(X, y))  # accuracy: 147 of 150
+    pipe = make_pipeline(StandardScaler(), MixtureClassifier(covariance_types=["EEE", "VVV"]))
+    scores = cross_val_score(pipe, X, y, cv=5)
+    assert scores.mean() > 0.9
+    grid = GridSearchCV(MixtureClassifier(), {"covariance_types": [["EEE"], ["VVV"]]}, cv=3).fit(
+        X, y
+    )
+    assert grid.best_params_["covariance_types"] in (["EEE"], ["VVV"])
