@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CASES = ("old_faithful", "galaxies", "iris", "simulated_recovery")
+CASES = ("old_faithful", "galaxies", "iris", "simulated_recovery", "iris_species")
 
 
 @pytest.mark.parametrize("name", CASES)
