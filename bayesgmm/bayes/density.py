@@ -149,21 +149,34 @@ def evaluate(
     shifted = np.exp(comp - top[..., None, :])
     total = shifted.sum(axis=-2)
     rows = top + np.log(total)
-    lp = lp + rows.sum(axis=-1)
-    lp = np.where(np.isfinite(lp), lp, -np.inf)
-    out: dict[str, Any] = {
-        "logp": float(lp) if not batch else lp,
-        "rows": rows,
-        "weights": w,
-        "means": means,
-        "covariances": covs_fwd["covariances"](),
-    }
+    out = _outputs(lp, rows, w, means, covs_fwd["covariances"](), batch)
     if not grad:
         return out
     gamma = shifted / total  # (K, N)
     counts = gamma.sum(axis=1)
     out["grad"] = _gradient(param, k, c, alpha, w, gamma, counts, resid, y, covs_fwd, back_means)
     return out
+
+
+def _outputs(
+    lp: Any,
+    rows: np.ndarray,
+    w: np.ndarray,
+    means: np.ndarray,
+    covs: np.ndarray,
+    batch: tuple[int, ...],
+) -> dict[str, Any]:
+    """evaluate's outputs: the log density (the log prior ``lp`` plus the rows' terms; −inf
+    where not finite), the rows' terms and the mixture."""
+    lp = lp + rows.sum(axis=-1)
+    lp = np.where(np.isfinite(lp), lp, -np.inf)
+    return {
+        "logp": float(lp) if not batch else lp,
+        "rows": rows,
+        "weights": w,
+        "means": means,
+        "covariances": covs,
+    }
 
 
 def _gradient(
@@ -227,15 +240,7 @@ def _with_missing(
     except np.linalg.LinAlgError:
         pass
     rows = rows.T.reshape(*batch, n)
-    lp = lp + rows.sum(axis=-1)
-    lp = np.where(np.isfinite(lp), lp, -np.inf)
-    out: dict[str, Any] = {
-        "logp": float(lp) if not batch else lp,
-        "rows": rows,
-        "weights": w,
-        "means": means,
-        "covariances": covs,
-    }
+    out = _outputs(lp, rows, w, means, covs, batch)
     if not grad:
         return out
     if not np.isfinite(out["logp"]):

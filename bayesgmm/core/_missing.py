@@ -22,6 +22,7 @@ the results they gave before.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -468,6 +469,17 @@ def _add_at(target: np.ndarray, positions: np.ndarray, values: np.ndarray) -> No
     target += np.bincount(flat, weights=values.ravel(), minlength=m * width).reshape(m, width)
 
 
+def _each_pattern(
+    miss: Missingness, conditionals: list[_GroupFactors | None]
+) -> Iterator[tuple[Pattern, _GroupFactors, int]]:
+    """Every incomplete pattern with its group's conditionals and its place in the group."""
+    for group, cond in zip(miss.groups, conditionals, strict=True):
+        if cond is None:
+            continue
+        for i, j in enumerate(group.idx):
+            yield miss.patterns[j], cond, i
+
+
 def fill_means(X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """``X`` with each NaN replaced by its column's (weighted) mean over the observed values:
     the data the starts (hierarchical tree, k-means++, the first M-step) are computed on."""
@@ -504,27 +516,23 @@ def impute_missing(
     out = np.array(X, dtype=np.float64, copy=True)
     if draws is not None:
         out = np.repeat(out[None], draws, axis=0)
-    for group, cond in zip(miss.groups, conditionals, strict=True):
-        if cond is None:
+    for pat, cond, i in _each_pattern(miss, conditionals):
+        u = pat.x_obs - center[pat.obs]  # (n_p, d_o)
+        # E[x_m | x_o, z = k] for each k: (K, n_p, d_m)
+        xm = u @ np.swapaxes(cond.regress[:, i], 1, 2) + cond.shift[:, i, None, :]
+        xm += center[pat.mis]
+        g = resp[pat.rows].T  # (K, n_p)
+        if draws is None or gen is None:
+            out[np.ix_(pat.rows, pat.mis)] = np.einsum("kn,knd->nd", g, xm)
             continue
-        for i, j in enumerate(group.idx):
-            pat = miss.patterns[j]
-            u = pat.x_obs - center[pat.obs]  # (n_p, d_o)
-            # E[x_m | x_o, z = k] for each k: (K, n_p, d_m)
-            xm = u @ np.swapaxes(cond.regress[:, i], 1, 2) + cond.shift[:, i, None, :]
-            xm += center[pat.mis]
-            g = resp[pat.rows].T  # (K, n_p)
-            if draws is None or gen is None:
-                out[np.ix_(pat.rows, pat.mis)] = np.einsum("kn,knd->nd", g, xm)
-                continue
-            cum = np.cumsum(g, axis=0)
-            u_draw = gen.random((draws, pat.rows.size)) * cum[-1]
-            z = np.minimum((cum[None, :, :] <= u_draw[:, None, :]).sum(axis=1), k - 1)
-            chol = np.linalg.cholesky(cond.cond_cov[:, i])  # (K, d_m, d_m)
-            eps = gen.standard_normal((draws, pat.rows.size, pat.mis.size))
-            cols = np.arange(pat.rows.size)
-            noise = np.einsum("snij,snj->sni", chol[z], eps)
-            out[(slice(None), *np.ix_(pat.rows, pat.mis))] = xm[z, cols[None, :]] + noise
+        cum = np.cumsum(g, axis=0)
+        u_draw = gen.random((draws, pat.rows.size)) * cum[-1]
+        z = np.minimum((cum[None, :, :] <= u_draw[:, None, :]).sum(axis=1), k - 1)
+        chol = np.linalg.cholesky(cond.cond_cov[:, i])  # (K, d_m, d_m)
+        eps = gen.standard_normal((draws, pat.rows.size, pat.mis.size))
+        cols = np.arange(pat.rows.size)
+        noise = np.einsum("snij,snj->sni", chol[z], eps)
+        out[(slice(None), *np.ix_(pat.rows, pat.mis))] = xm[z, cols[None, :]] + noise
     return out
 
 
@@ -552,26 +560,22 @@ def impute_draws(
         miss, log_w, means.reshape(m, d), covs.reshape(m, d, d), center, "full", with_stats=True
     )
     out = np.full((s,) + miss.observed.shape, np.nan)
-    for group, cond in zip(miss.groups, conditionals, strict=True):
-        if cond is None:
-            continue
-        for i, j in enumerate(group.idx):
-            pat = miss.patterns[j]
-            n_p, d_m = pat.rows.size, pat.mis.size
-            u = pat.x_obs - center[pat.obs]  # (n_p, d_o)
-            regress = cond.regress[:, i].reshape(s, k, d_m, -1)
-            xm = np.einsum("skmo,no->sknm", regress, u) + cond.shift[:, i].reshape(s, k, 1, d_m)
-            xm += center[pat.mis]  # (S, K, n_p, d_m)
-            g = resp[pat.rows].reshape(n_p, k, s).transpose(2, 1, 0)  # (S, K, n_p)
-            cum = np.cumsum(g, axis=1)
-            u_draw = gen.random((s, n_p)) * cum[:, -1]
-            z = np.minimum((cum <= u_draw[:, None, :]).sum(axis=1), k - 1)  # (S, n_p)
-            chol = np.linalg.cholesky(cond.cond_cov[:, i]).reshape(s, k, d_m, d_m)
-            pick_s = np.arange(s)[:, None]
-            eps = gen.standard_normal((s, n_p, d_m))
-            mean = xm[pick_s, z, np.arange(n_p)[None, :]]  # (S, n_p, d_m)
-            noise = np.einsum("snij,snj->sni", chol[pick_s, z], eps)
-            out[:, pat.rows[:, None], pat.mis[None, :]] = mean + noise
+    for pat, cond, i in _each_pattern(miss, conditionals):
+        n_p, d_m = pat.rows.size, pat.mis.size
+        u = pat.x_obs - center[pat.obs]  # (n_p, d_o)
+        regress = cond.regress[:, i].reshape(s, k, d_m, -1)
+        xm = np.einsum("skmo,no->sknm", regress, u) + cond.shift[:, i].reshape(s, k, 1, d_m)
+        xm += center[pat.mis]  # (S, K, n_p, d_m)
+        g = resp[pat.rows].reshape(n_p, k, s).transpose(2, 1, 0)  # (S, K, n_p)
+        cum = np.cumsum(g, axis=1)
+        u_draw = gen.random((s, n_p)) * cum[:, -1]
+        z = np.minimum((cum <= u_draw[:, None, :]).sum(axis=1), k - 1)  # (S, n_p)
+        chol = np.linalg.cholesky(cond.cond_cov[:, i]).reshape(s, k, d_m, d_m)
+        pick_s = np.arange(s)[:, None]
+        eps = gen.standard_normal((s, n_p, d_m))
+        mean = xm[pick_s, z, np.arange(n_p)[None, :]]  # (S, n_p, d_m)
+        noise = np.einsum("snij,snj->sni", chol[pick_s, z], eps)
+        out[:, pat.rows[:, None], pat.mis[None, :]] = mean + noise
     return out[:, ~miss.observed]
 
 
@@ -603,24 +607,20 @@ def expected_rows(
     _, conditionals = _factors(miss, log_w, means, covs, center, "full", with_stats=True)
     gammas = [resp[miss.complete].T]
     points = [np.broadcast_to(miss.x_complete, (k,) + miss.x_complete.shape)]
-    for group, cond in zip(miss.groups, conditionals, strict=True):
-        if cond is None:
-            continue
-        for i, j in enumerate(group.idx):
-            pat = miss.patterns[j]
-            n_p, d_m = pat.rows.size, pat.mis.size
-            xhat = np.empty((k, n_p, d))
-            xhat[:, :, pat.obs] = pat.x_obs
-            u = pat.x_obs - center[pat.obs]
-            xhat[:, :, pat.mis] = (
-                u @ np.swapaxes(cond.regress[:, i], 1, 2) + cond.shift[:, i, None, :]
-            ) + center[pat.mis]
-            root = np.sqrt(d_m) * np.linalg.cholesky(cond.cond_cov[:, i])  # (K, d_m, d_m)
-            offsets = np.zeros((k, 2 * d_m, d))
-            offsets[:, :d_m, pat.mis] = np.swapaxes(root, 1, 2)  # rows: the columns c_j
-            offsets[:, d_m:, pat.mis] = -np.swapaxes(root, 1, 2)
-            pts = xhat[:, :, None, :] + offsets[:, None, :, :]  # (K, n_p, 2 d_m, D)
-            points.append(pts.reshape(k, -1, d))
-            g = resp[pat.rows].T / (2 * d_m)  # (K, n_p)
-            gammas.append(np.repeat(g, 2 * d_m, axis=1))
+    for pat, cond, i in _each_pattern(miss, conditionals):
+        n_p, d_m = pat.rows.size, pat.mis.size
+        xhat = np.empty((k, n_p, d))
+        xhat[:, :, pat.obs] = pat.x_obs
+        u = pat.x_obs - center[pat.obs]
+        xhat[:, :, pat.mis] = (
+            u @ np.swapaxes(cond.regress[:, i], 1, 2) + cond.shift[:, i, None, :]
+        ) + center[pat.mis]
+        root = np.sqrt(d_m) * np.linalg.cholesky(cond.cond_cov[:, i])  # (K, d_m, d_m)
+        offsets = np.zeros((k, 2 * d_m, d))
+        offsets[:, :d_m, pat.mis] = np.swapaxes(root, 1, 2)  # rows: the columns c_j
+        offsets[:, d_m:, pat.mis] = -np.swapaxes(root, 1, 2)
+        pts = xhat[:, :, None, :] + offsets[:, None, :, :]  # (K, n_p, 2 d_m, D)
+        points.append(pts.reshape(k, -1, d))
+        g = resp[pat.rows].T / (2 * d_m)  # (K, n_p)
+        gammas.append(np.repeat(g, 2 * d_m, axis=1))
     return np.concatenate(gammas, axis=1), np.concatenate(points, axis=1)

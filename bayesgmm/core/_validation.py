@@ -228,6 +228,16 @@ def check_sample_weight(sample_weight: Any, n_obs: int) -> np.ndarray | None:
     return w
 
 
+def integer_valued(arr: np.ndarray) -> np.ndarray | None:
+    """``arr`` as int64 when its values are integers (of an integer or a float dtype), else
+    None."""
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+        return arr.astype(np.int64)
+    return None
+
+
 def as_rng(rng: Any) -> np.random.Generator:
     """Return a ``numpy.random.Generator`` from an int seed, a Generator or None."""
     if rng is None or (isinstance(rng, int | np.integer) and not isinstance(rng, bool)):

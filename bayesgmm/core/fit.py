@@ -12,7 +12,13 @@ from bayesgmm.core._loop import finish, iterate, new_run
 from bayesgmm.core._missing import fill_means, missingness
 from bayesgmm.core._moments import mean_cov
 from bayesgmm.core._passes import PassStats, features
-from bayesgmm.core._validation import as_data, as_rng, check_n_components, check_sample_weight
+from bayesgmm.core._validation import (
+    as_data,
+    as_rng,
+    check_n_components,
+    check_sample_weight,
+    integer_valued,
+)
 from bayesgmm.core.em import Degenerate, m_step, m_step_batch, to_model
 from bayesgmm.core.init import (
     hc_tree,
@@ -75,14 +81,13 @@ def check_labels(labels: Any, n: int) -> np.ndarray:
         raise ValueError(
             f"labels must have shape ({n},), one per row of X (−1 where unknown); got {lab.shape}."
         )
-    if not np.issubdtype(lab.dtype, np.integer):
-        if np.issubdtype(lab.dtype, np.floating) and np.all(lab == np.round(lab)):
-            lab = lab.astype(np.int64)
-        else:
-            raise TypeError(
-                f"labels must be integers (component indices, −1 where unknown); got dtype "
-                f"{lab.dtype}. For class names, use bayesgmm.fit_classifier, which maps them."
-            )
+    as_int = integer_valued(lab)
+    if as_int is None:
+        raise TypeError(
+            f"labels must be integers (component indices, −1 where unknown); got dtype "
+            f"{lab.dtype}. For class names, use bayesgmm.fit_classifier, which maps them."
+        )
+    lab = as_int
     if lab.size and lab.min() < -1:
         raise ValueError(
             f"labels must be component indices 0..K−1, or −1 where unknown; got {lab.min()}."

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesgmm.core._validation import integer_valued
 from bayesgmm.core.hc import HierarchicalTree, hierarchical_tree, scaled_svd
 from bayesgmm.core.model import GaussianMixture
 
@@ -165,11 +166,10 @@ def parse_init(init: Any, X: np.ndarray, k: int) -> str | np.ndarray | GaussianM
             raise ValueError(
                 f"init labels must have shape ({n},), one per row of X; got {arr.shape}."
             )
-        if not np.issubdtype(arr.dtype, np.integer):
-            if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
-                arr = arr.astype(np.int64)
-            else:
-                raise ValueError(f"init labels must be integers 0..{k - 1}; got dtype {arr.dtype}.")
+        as_int = integer_valued(arr)
+        if as_int is None:
+            raise ValueError(f"init labels must be integers 0..{k - 1}; got dtype {arr.dtype}.")
+        arr = as_int
         if arr.min() < 0 or arr.max() >= k:
             raise ValueError(
                 f"init labels must lie in 0..{k - 1}; got values {arr.min()}..{arr.max()}."
