@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,7 +274,6 @@ def select_em(
     >>> sel.best.covariance_type, sel.best.n_components
     ('EEE', 3)
     """
-    import pandas as pd
 
     if labels is None:
         arr, names, w = prepare_data(X, sample_weight)
@@ -285,7 +284,43 @@ def select_em(
     crit = str(criterion).lower()
     if crit not in _CRITERIA:
         raise ValueError(f"criterion={criterion!r} is not one of {list(_CRITERIA)}.")
-    from bayesgmm.core.hierarchy import HierarchicalResult, tree_start
+    method = _start_method(init)
+    ks = _parse_ks(n_components)
+    structures = _structure_list(covariance_types, arr.shape[1])
+    gen = as_rng(rng)
+    filled = start_data(arr, w)
+    from bayesgmm.core.hierarchy import tree_start
+
+    given = tree_start(init, filled, gen)
+    tree = given if given is not None else (hc_tree(filled, gen) if method == "hc" else None)
+    failures: dict[tuple[str, int], str] = {}
+    usable = _usable_ks(ks, structures, count_distinct_rows(arr, at_least=max(ks)), tree, failures)
+    priors = {k: None if prior is None else prior.resolve(arr, k, w) for k in usable}
+    if lab is None:
+        starts = {k: make_starts(method, filled, k, gen, n_init, tree) for k in usable}
+    else:
+        starts = _labelled_starts(lab, usable, structures, failures)
+        usable, cross_starts = list(starts), False  # restarts and cross-starts do not apply
+    settings = {"reg_covar": float(reg_covar), "tol": float(tol), "max_iter": int(max_iter),
+                "accelerate": bool(accelerate)}  # fmt: skip
+    job = _GridJob(arr, names, w, priors, float(reg_covar), settings, filled, lab)
+    workers = _n_workers(n_jobs, arr.shape[0], len(structures))
+    results: dict[tuple[str, int], EMResult] = {}
+    for key, fits in _run_grid(job, workers, {s: starts for s in structures}, None, failures):
+        results[key] = best_result(fits)
+    if cross_starts and len(structures) > 1:
+        cross = _cross_start_cells(results, structures, usable)
+        for key, fits in _run_grid(job, workers, cross, CROSS_SCREEN, failures):
+            _keep_better(results, key, best_result(fits))
+    for key, fit in results.items():
+        if fit.degenerate:
+            failures[key] = fit.degenerate_reason or "degenerate"
+    return _selection(results, failures, ks, structures, crit)
+
+
+def _start_method(init: Any) -> str:
+    """select_em's start method: "hc" for any tree (given, or named "hc:<...>"), else the name."""
+    from bayesgmm.core.hierarchy import HierarchicalResult
 
     named_tree = isinstance(init, str) and init.lower().startswith("hc:")
     if not (isinstance(init, HierarchicalResult) or named_tree) and (
@@ -296,132 +331,147 @@ def select_em(
             f"(bayesgmm.hierarchical) or its name such as 'hc:ward'; got {init!r}. To start one "
             "fit from labels or a mixture, use fit_em(init=...)."
         )
-    method = "hc" if not isinstance(init, str) or named_tree else init.lower()
-    ks = _parse_ks(n_components)
-    d = arr.shape[1]
-    if isinstance(covariance_types, str) and covariance_types.lower() == "all":
-        structures = structure_names(d)
-    else:
-        types = [covariance_types] if isinstance(covariance_types, str) else list(covariance_types)
-        structures = list(dict.fromkeys(get_structure(t, d).name for t in types))
-    gen = as_rng(rng)
-    n_distinct = count_distinct_rows(arr, at_least=max(ks))
-    filled = start_data(arr, w)
-    given = tree_start(init, filled, gen)
-    tree = given if given is not None else (hc_tree(filled, gen) if method == "hc" else None)
-    settings: dict[str, Any] = {
-        "reg_covar": float(reg_covar),
-        "tol": float(tol),
-        "max_iter": int(max_iter),
-        "accelerate": bool(accelerate),
-    }
+    return "hc" if not isinstance(init, str) or named_tree else init.lower()
 
-    results: dict[tuple[str, int], EMResult] = {}
-    failures: dict[tuple[str, int], str] = {}
+
+def _structure_list(covariance_types: Any, d: int) -> list[str]:
+    """The structures of the grid: every one built for D features, or those named."""
+    if isinstance(covariance_types, str) and covariance_types.lower() == "all":
+        return structure_names(d)
+    types = [covariance_types] if isinstance(covariance_types, str) else list(covariance_types)
+    return list(dict.fromkeys(get_structure(t, d).name for t in types))
+
+
+def _usable_ks(
+    ks: list[int],
+    structures: list[str],
+    n_distinct: int,
+    tree: Any,
+    failures: dict[tuple[str, int], str],
+) -> list[int]:
+    """The K the data allow (the others recorded in ``failures`` with the reason)."""
     usable = []
     for k in ks:
         if k > n_distinct:
-            for structure in structures:
-                failures[(structure, k)] = f"K={k} exceeds the {n_distinct} distinct rows"
+            reason = f"K={k} exceeds the {n_distinct} distinct rows"
         elif tree is not None and k > tree[0].n_initial:
-            for structure in structures:
-                failures[(structure, k)] = (
-                    f"K={k} exceeds the {tree[0].n_initial} rows of the hierarchical start"
-                )
+            reason = f"K={k} exceeds the {tree[0].n_initial} rows of the hierarchical start"
         else:
             usable.append(k)
-    priors = {k: None if prior is None else prior.resolve(arr, k, w) for k in usable}
-    if lab is None:
-        starts = {k: make_starts(method, filled, k, gen, n_init, tree) for k in usable}
-    else:
-        # Semi-supervised: each K starts from its labelled rows (restarts and cross-starts do
-        # not apply); a K whose components are not all labelled fails with the reason.
-        starts = {}
-        for k in list(usable):
-            try:
-                starts[k] = [labelled_start(lab, k, "hc", 1)]
-            except ValueError as err:
-                usable.remove(k)
-                for structure in structures:
-                    failures[(structure, k)] = str(err)
-        cross_starts = False
-
-    job = _GridJob(arr, names, w, priors, float(reg_covar), settings, filled, lab)
-    workers = _n_workers(n_jobs, arr.shape[0], len(structures))
-
-    def run_all(
-        cells_by_structure: dict[str, dict[int, list[tuple[str, Any]]]],
-        screen: dict[str, int] | None = None,
-    ):
-        # Structures are dealt to the workers round-robin; each worker's share runs as one
-        # batch (on small data, passes are shared across structures too).
-        n_tasks = min(workers, len(cells_by_structure))
-        shares: list[dict[str, dict[int, list[tuple[str, Any]]]]] = [{} for _ in range(n_tasks)]
-        for i, (s, cells) in enumerate(cells_by_structure.items()):
-            shares[i % n_tasks][s] = cells
-        tasks = [(job, share, screen or {}) for share in shares]
-        if can_fork(len(tasks)):
-            with forked_pool(len(tasks)) as pool:
-                outputs = list(pool.map(_run_group, tasks))
-        else:
-            merged = {s: c for share in shares for s, c in share.items()}
-            outputs = [_run_group((job, merged, screen or {}))]
-        for fits_by_cell, failed in outputs:
-            failures.update(failed)
-            yield from fits_by_cell.items()
-
-    for (structure, k), fits in run_all({s: starts for s in structures}):
-        results[(structure, k)] = best_result(fits)
-
-    # Cross-starts: EM is run again in every cell from the partitions that the other structures
-    # found at the same K. A cell's optimum is often reached from a neighbour's partition that
-    # its own start missed; the grid becomes consistent and never worse.
-    if cross_starts and len(structures) > 1:
-        partitions: dict[int, list[tuple[str, np.ndarray]]] = {}
-        for k in usable:
-            found: list[tuple[str, np.ndarray]] = []
-            for structure in structures:
-                fit = results.get((structure, k))
-                if fit is None or fit.degenerate:
-                    continue
-                labels = fit.predict()
-                if len(np.unique(labels)) == k and not any(
-                    _same_partition(labels, other) for _, other in found
-                ):
-                    found.append((f"from {structure},{k}", labels))
-            partitions[k] = found
-        cross: dict[str, dict[int, list[tuple[str, Any]]]] = {}
+            continue
         for structure in structures:
-            cells: dict[int, list[tuple[str, Any]]] = {}
-            for k in usable:
-                current = results.get((structure, k))
-                if current is None or current.degenerate:
-                    continue
-                own = current.predict()
-                extra = [
-                    (label, labels_to_resp(part, k))
-                    for label, part in partitions[k]
-                    if not _same_partition(own, part)
-                ]
-                if extra:
-                    cells[k] = [(current.init, current.model), *extra]
-            if cells:
-                cross[structure] = cells
-        for (structure, k), fits in run_all(cross, CROSS_SCREEN):
-            refit = best_result(fits)
-            current = results[(structure, k)]
-            # The cell's own fit runs again beside the cross-starts (and converges at once); it
-            # is replaced only by a cross-start that does better.
-            if (
-                not refit.degenerate
-                and refit.init != current.init
-                and refit.loglik > current.loglik + 1e-12 * abs(current.loglik)
-            ):
-                results[(structure, k)] = refit
+            failures[(structure, k)] = reason
+    return usable
 
-    for key, fit in results.items():
-        if fit.degenerate:
-            failures[key] = fit.degenerate_reason or "degenerate"
+
+def _labelled_starts(
+    lab: np.ndarray,
+    usable: list[int],
+    structures: list[str],
+    failures: dict[tuple[str, int], str],
+) -> dict[int, list[tuple[str, Any]]]:
+    """Semi-supervised: each K's start from its labelled rows; a K whose components are not
+    all labelled fails with the reason."""
+    starts = {}
+    for k in usable:
+        try:
+            starts[k] = [labelled_start(lab, k, "hc", 1)]
+        except ValueError as err:
+            for structure in structures:
+                failures[(structure, k)] = str(err)
+    return starts
+
+
+def _run_grid(
+    job: _GridJob,
+    workers: int,
+    cells_by_structure: dict[str, dict[int, list[tuple[str, Any]]]],
+    screen: dict[str, int] | None,
+    failures: dict[tuple[str, int], str],
+) -> Iterator[tuple[tuple[str, int], list[EMResult]]]:
+    """EM for every start of every cell: the structures dealt to the workers round-robin,
+    each worker's share as one batch (on small data, passes are shared across structures
+    too); yields each cell's fits, and records the cells without a valid start."""
+    n_tasks = min(workers, len(cells_by_structure))
+    if n_tasks == 0:
+        return
+    shares: list[dict[str, dict[int, list[tuple[str, Any]]]]] = [{} for _ in range(n_tasks)]
+    for i, (s, cells) in enumerate(cells_by_structure.items()):
+        shares[i % n_tasks][s] = cells
+    tasks = [(job, share, screen or {}) for share in shares]
+    if can_fork(len(tasks)):
+        with forked_pool(len(tasks)) as pool:
+            outputs = list(pool.map(_run_group, tasks))
+    else:
+        merged = {s: c for share in shares for s, c in share.items()}
+        outputs = [_run_group((job, merged, screen or {}))]
+    for fits_by_cell, failed in outputs:
+        failures.update(failed)
+        yield from fits_by_cell.items()
+
+
+def _cross_start_cells(
+    results: dict[tuple[str, int], EMResult], structures: list[str], usable: list[int]
+) -> dict[str, dict[int, list[tuple[str, Any]]]]:
+    """Cross-starts: each cell again from the partitions that the other structures found at
+    the same K (a cell's optimum is often reached from a neighbour's partition that its own
+    start missed; the grid becomes consistent and never worse), beside its own fit."""
+    partitions: dict[int, list[tuple[str, np.ndarray]]] = {}
+    for k in usable:
+        found: list[tuple[str, np.ndarray]] = []
+        for structure in structures:
+            fit = results.get((structure, k))
+            if fit is None or fit.degenerate:
+                continue
+            labels = fit.predict()
+            if len(np.unique(labels)) == k and not any(
+                _same_partition(labels, other) for _, other in found
+            ):
+                found.append((f"from {structure},{k}", labels))
+        partitions[k] = found
+    cross: dict[str, dict[int, list[tuple[str, Any]]]] = {}
+    for structure in structures:
+        cells: dict[int, list[tuple[str, Any]]] = {}
+        for k in usable:
+            current = results.get((structure, k))
+            if current is None or current.degenerate:
+                continue
+            own = current.predict()
+            extra = [
+                (label, labels_to_resp(part, k))
+                for label, part in partitions[k]
+                if not _same_partition(own, part)
+            ]
+            if extra:
+                cells[k] = [(current.init, current.model), *extra]
+        if cells:
+            cross[structure] = cells
+    return cross
+
+
+def _keep_better(
+    results: dict[tuple[str, int], EMResult], key: tuple[str, int], refit: EMResult
+) -> None:
+    """A cross-start replaces the cell's fit only when it does better (the cell's own fit ran
+    again beside it, and converged at once)."""
+    current = results[key]
+    if (
+        not refit.degenerate
+        and refit.init != current.init
+        and refit.loglik > current.loglik + 1e-12 * abs(current.loglik)
+    ):
+        results[key] = refit
+
+
+def _selection(
+    results: dict[tuple[str, int], EMResult],
+    failures: dict[tuple[str, int], str],
+    ks: list[int],
+    structures: list[str],
+    crit: str,
+) -> SelectionResult:
+    """The tables (rows K, columns structure; NaN where a cell failed) and the best cell."""
+    import pandas as pd
 
     def frame(attr: str) -> pd.DataFrame:
         data = {
