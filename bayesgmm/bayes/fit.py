@@ -336,7 +336,7 @@ def _check_bayes_labels(
     """fit_bayes's ``labels``, checked as fit_em's (−1 where unknown)."""
     if labels is None:
         return None
-    from bayesgmm.core.fit import check_labels
+    from bayesgmm.core._engine import check_labels
 
     lab = check_labels(labels, n)
     if lab.max(initial=-1) >= k:

@@ -147,7 +147,7 @@ def to_pymc(
         raise TypeError(f"explicit_z must be True or False; got {explicit_z!r}.")
     lab = None
     if labels is not None:
-        from bayesgmm.core.fit import check_labels
+        from bayesgmm.core._engine import check_labels
 
         lab = check_labels(labels, n)
         if lab.max(initial=-1) >= k:

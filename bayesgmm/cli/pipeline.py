@@ -244,7 +244,7 @@ def _tree_section(report: Report, X: Any, chosen: Any, seed: int) -> None:
     k = chosen.n_components
     if X.shape[1] < 2 or k < 2:
         return  # one feature: mclust's start is quantile classes, no tree; K = 1: no cut
-    from bayesgmm.core.fit import start_data
+    from bayesgmm.core._engine import start_data
 
     arr = np.asarray(X, dtype=np.float64)
     filled = start_data(arr, None)  # as EM's start: each missing value at its column's mean

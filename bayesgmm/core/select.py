@@ -13,10 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
-from bayesgmm.core._validation import as_rng, count_distinct_rows
-from bayesgmm.core.em import Degenerate
-from bayesgmm.core.fit import (
+from bayesgmm.core._engine import (
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
     KEEP_AFTER_SHORT,
@@ -30,6 +27,9 @@ from bayesgmm.core.fit import (
     start_data,
     start_models,
 )
+from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
+from bayesgmm.core._validation import as_rng, count_distinct_rows
+from bayesgmm.core.em import Degenerate
 from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ConjugatePrior
