@@ -227,19 +227,7 @@ def compare_k(
 
     lrt: dict[int, LRTResult] = {}
     if "lrt" in wanted:
-        pairs = [k for k in good if k + 1 in good]
-        with progress_bar(len(pairs) * n_boot_lrt, "bootstrap LRT", progressbar) as advance:
-            for k in pairs:
-                lrt[k] = bootstrap_lrt(
-                    arr,
-                    fits[k],
-                    fits[k + 1],
-                    n_boot=n_boot_lrt,
-                    rng=gen,
-                    n_jobs=n_jobs,
-                    progress=advance,
-                )
-                rows[k].update(lrt_stat=lrt[k].statistic, lrt_p=lrt[k].p_value)
+        lrt = _lrt_rows(arr, fits, good, rows, n_boot_lrt, gen, n_jobs, progressbar)
         pick = _lrt_choice(good, lrt, lrt_level) if lrt else None
         if pick is not None:
             choices["lrt"] = pick
@@ -248,54 +236,13 @@ def compare_k(
     need_smc = "smc" in wanted
     need_loo = "loo" in wanted
     if need_smc or (need_loo and any(k not in trees for k in good)):
-        from bayesgmm.bayes import PosteriorWarning, fit_bayes
-
         todo = [k for k in good if (need_loo and k not in trees) or need_smc]
-        with (
-            progress_bar(len(todo), f"posterior per K ({bayes_method})", progressbar) as advance,
-            warnings.catch_warnings(),
-        ):
-            # A failed diagnostic becomes a note per K below, in words.
-            warnings.simplefilter("ignore", PosteriorWarning)
-            for k in todo:
-                try:
-                    if need_smc:
-                        smc = fit_bayes(
-                            data,
-                            k,
-                            covariance_type=structure,
-                            method="smc",
-                            draws=smc_draws,
-                            chains=smc_chains,
-                            rng=gen,
-                            init=fits[k],
-                            **bayes_kwargs,
-                        )
-                        stats = smc["sample_stats"]
-                        rows[k].update(
-                            log_ml=stats.attrs["log_marginal_likelihood"],
-                            log_ml_sd=stats.attrs["log_marginal_likelihood_sd"],
-                        )
-                        if bayes_method == "smc" and k not in trees:
-                            trees[k] = smc
-                    if need_loo and k not in trees:
-                        trees[k] = fit_bayes(
-                            data,
-                            k,
-                            covariance_type=structure,
-                            method=bayes_method,
-                            init=fits[k],
-                            draws=draws,
-                            tune=tune,
-                            chains=chains,
-                            rng=gen,
-                            **bayes_kwargs,
-                        )
-                except (ValueError, RuntimeError, np.linalg.LinAlgError) as err:
-                    failures[("posterior", k)] = str(err)
-                    notes.append(f"K={k}: the posterior could not be drawn ({err}).")
-                if advance is not None:
-                    advance(1)
+        settings = {
+            "structure": structure, "method": bayes_method, "draws": draws, "tune": tune,
+            "chains": chains, "smc_draws": smc_draws, "smc_chains": smc_chains,
+            "need_smc": need_smc, "need_loo": need_loo, "kwargs": bayes_kwargs,
+        }  # fmt: skip
+        _posterior_rows(data, fits, todo, trees, rows, notes, failures, settings, gen, progressbar)
         if need_smc:
             smc_ks = [k for k in good if "log_ml" in rows[k]]
             if smc_ks:
@@ -327,6 +274,81 @@ def compare_k(
         notes=notes,
         covariance_type=structure,
     )
+
+
+def _lrt_rows(
+    arr: np.ndarray,
+    fits: dict[int, EMResult],
+    good: list[int],
+    rows: dict[int, dict[str, Any]],
+    n_boot: int,
+    gen: np.random.Generator,
+    n_jobs: int | None,
+    progressbar: bool,
+) -> dict[int, LRTResult]:
+    """The bootstrap likelihood-ratio test of K against K + 1 for each K whose K + 1 was
+    fitted, its statistic and p-value written into ``rows``."""
+    lrt: dict[int, LRTResult] = {}
+    pairs = [k for k in good if k + 1 in good]
+    with progress_bar(len(pairs) * n_boot, "bootstrap LRT", progressbar) as advance:
+        for k in pairs:
+            lrt[k] = bootstrap_lrt(
+                arr, fits[k], fits[k + 1], n_boot=n_boot, rng=gen, n_jobs=n_jobs,
+                progress=advance,
+            )  # fmt: skip
+            rows[k].update(lrt_stat=lrt[k].statistic, lrt_p=lrt[k].p_value)
+    return lrt
+
+
+def _posterior_rows(
+    data: Any,
+    fits: dict[int, EMResult],
+    todo: list[int],
+    trees: dict[int, Any],
+    rows: dict[int, dict[str, Any]],
+    notes: list[str],
+    failures: dict[tuple[str, int], str],
+    settings: dict[str, Any],
+    gen: np.random.Generator,
+    progressbar: bool,
+) -> None:
+    """The posterior at each K of ``todo``, from its EM fit: SMC's log evidence into ``rows``
+    (``need_smc``), and the posterior for LOO into ``trees`` (``need_loo``); a K whose
+    posterior cannot be drawn becomes a note and a failure."""
+    from bayesgmm.bayes import PosteriorWarning, fit_bayes
+
+    common = {"covariance_type": settings["structure"], "rng": gen, **settings["kwargs"]}
+    method = settings["method"]
+    with (
+        progress_bar(len(todo), f"posterior per K ({method})", progressbar) as advance,
+        warnings.catch_warnings(),
+    ):
+        # A failed diagnostic becomes a note per K, in words (compare_k's notes).
+        warnings.simplefilter("ignore", PosteriorWarning)
+        for k in todo:
+            try:
+                if settings["need_smc"]:
+                    smc = fit_bayes(
+                        data, k, method="smc", draws=settings["smc_draws"],
+                        chains=settings["smc_chains"], init=fits[k], **common,
+                    )  # fmt: skip
+                    stats = smc["sample_stats"]
+                    rows[k].update(
+                        log_ml=stats.attrs["log_marginal_likelihood"],
+                        log_ml_sd=stats.attrs["log_marginal_likelihood_sd"],
+                    )
+                    if method == "smc" and k not in trees:
+                        trees[k] = smc
+                if settings["need_loo"] and k not in trees:
+                    trees[k] = fit_bayes(
+                        data, k, method=method, init=fits[k], draws=settings["draws"],
+                        tune=settings["tune"], chains=settings["chains"], **common,
+                    )  # fmt: skip
+            except (ValueError, RuntimeError, np.linalg.LinAlgError) as err:
+                failures[("posterior", k)] = str(err)
+                notes.append(f"K={k}: the posterior could not be drawn ({err}).")
+            if advance is not None:
+                advance(1)
 
 
 def _loo_rows(
