@@ -210,6 +210,30 @@ def fit_bayes(
     PosteriorWarning
         When a diagnostic of the method fails (one line: which, and the remedy).
     """
+    _check_options(method, draws, tune, chains, identify, sampler_kwargs)
+    gen = as_rng(rng)
+    arr, names = as_data(X, allow_missing=True)
+    job, method = _job(
+        arr, names, n_components, covariance_type, method, init, priors, identify, explicit_z,
+        log_likelihood, starts, chains, labels, sampler_kwargs, gen,
+    )  # fmt: skip
+    run = _Run(draws, tune, chains, 0, progressbar, sampler_kwargs)
+    if method != "auto":
+        tree = _draw(job, method, run, gen)
+        _checked(tree, warn=True)
+        return tree
+    return _auto(job, run, gen)
+
+
+def _check_options(
+    method: str,
+    draws: Any,
+    tune: Any,
+    chains: Any,
+    identify: Any,
+    sampler_kwargs: dict[str, Any],
+) -> None:
+    """fit_bayes's settings, checked before any work."""
     if method not in (*METHODS, "auto"):
         raise ValueError(
             f"method={method!r} is not available; choose 'auto' or one of {', '.join(METHODS)}."
@@ -232,8 +256,27 @@ def fit_bayes(
             f"fit_bayes sets {', '.join(clash)} itself; pass "
             f"{', '.join(ours[c] for c in clash)} to fit_bayes instead."
         )
-    gen = as_rng(rng)
-    arr, names = as_data(X, allow_missing=True)
+
+
+def _job(
+    arr: np.ndarray,
+    names: Any,
+    n_components: Any,
+    covariance_type: str,
+    method: str,
+    init: Any,
+    priors: Any,
+    identify: Any,
+    explicit_z: bool,
+    log_likelihood: bool,
+    starts: Any,
+    chains: int,
+    labels: Any,
+    sampler_kwargs: dict[str, Any],
+    gen: np.random.Generator,
+) -> tuple[_Job, str]:
+    """The data, K and model checked, and the EM start (and optima) the draws begin from;
+    the method to run ("auto" becomes "nuts" with several starts)."""
     if explicit_z and np.isnan(arr).any():
         raise ValueError(
             "explicit_z=True needs complete rows; X has missing values (NaN). The marginal "
@@ -274,12 +317,11 @@ def fit_bayes(
         arr, names, k, covariance_type, priors, identify, explicit_z, log_likelihood, start, optima,
         lab,
     )  # fmt: skip
-    run = _Run(draws, tune, chains, 0, progressbar, sampler_kwargs)
-    if method != "auto":
-        tree = _draw(job, method, run, gen)
-        _checked(tree, warn=True)
-        return tree
-    # The cheapest method whose diagnostics pass: Laplace, then PyMC's NUTS.
+    return job, method
+
+
+def _auto(job: _Job, run: _Run, gen: np.random.Generator) -> Any:
+    """method="auto": the cheapest method whose diagnostics pass, Laplace and then NUTS."""
     t0 = time.perf_counter()
     try:
         tree = _draw(job, "laplace", dataclasses.replace(run, options={}), gen)
