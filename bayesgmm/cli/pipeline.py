@@ -68,10 +68,6 @@ def run_analysis(
     X: Any, settings: Settings, title: str, notices: list[str] | None = None
 ) -> tuple[Report, dict[str, Any]]:
     """Run the pipeline on the DataFrame ``X``; return the report and the objects behind it."""
-    import bayesgmm as bg
-    from bayesgmm.bayes import diagnose, select_mode
-    from bayesgmm.compare import plots
-
     report = Report(title)
     report.heading("Data")
     report.paragraph(
@@ -79,66 +75,104 @@ def run_analysis(
     )
     if notices:
         report.items(notices, css="notes")
-
-    # 1. EM over K and structures
-    sel = select_quietly(
-        X,
-        list(settings.ks),
-        settings.structures,
-        settings.criterion,
-        settings.seed,
-        settings.progress,
+    sel = _em_section(report, X, settings)  # 1. EM over K and structures
+    chosen = sel.best
+    # 2. the posterior at the chosen model (the PyMC model has every structure: always that of
+    # the model EM chose), the bootstrap and the comparison over K
+    post, cmp, boot, table = _posterior_bootstrap_comparison(X, chosen, settings)
+    post, diagnosis, sensitivity = _posterior_section(report, chosen, post, boot, table, settings)
+    structure, k = chosen.covariance_type, chosen.n_components
+    compare_ks = settings.compare_ks or tuple(settings.ks)
+    report.heading(f"How many components? ({structure}, K = {min(compare_ks)}..{max(compare_ks)})")
+    report.table(cmp.table, digits=5)
+    report.figure(_plots().plot_criteria(cmp), "Each criterion against K; the chosen K starred.")
+    if cmp.notes:
+        report.items(cmp.notes, css="notes")
+    report.heading("Reading")
+    report.reading(
+        _reading(sel, chosen, structure, k, cmp, table, settings, diagnosis, sensitivity)
     )
+    used = diagnosis.method
+    report.settings(
+        {
+            "K": list(settings.ks),
+            "structures": settings.structures,
+            "criterion": settings.criterion,
+            "posterior method": settings.method
+            + ("" if settings.method == used else f" (used: {used})"),
+            "draws × chains": f"{settings.draws} × {settings.chains}",
+            "bootstrap replicates": settings.n_boot,
+            "K compared": list(compare_ks),
+            "seed": settings.seed,
+        }
+    )
+    return report, {
+        "selection": sel,
+        "fit": chosen,
+        "posterior": post,
+        "bootstrap": boot,
+        "estimates": table,
+        "comparison": cmp,
+    }
+
+
+def _plots() -> Any:
+    from bayesgmm.compare import plots
+
+    return plots
+
+
+def _em_section(report: Report, X: Any, settings: Settings) -> Any:
+    """EM over every structure and K: the top models, the BIC figure, the chosen model and the
+    hierarchical tree it started from."""
+    plots = _plots()
+    sel = select_quietly(
+        X, list(settings.ks), settings.structures, settings.criterion, settings.seed,
+        settings.progress,
+    )  # fmt: skip
     chosen = sel.best
     crit = settings.criterion.upper()
-    top = sel.top(5)
     report.heading(f"EM: model selection by {crit}")
     report.paragraph(
         f"Every covariance structure and K in {list(settings.ks)} fitted by EM from mclust's "
         f"hierarchical start with restarts; {crit} in the textbook sign (smaller is better; "
         "mclust prints −BIC)."
     )
-    report.table(top, digits=6)
+    report.table(sel.top(5), digits=6)
     report.figure(plots.plot_bic(sel), f"{crit} of every structure against K (smaller is better).")
     report.heading(f"The chosen model: {chosen.covariance_type}, K = {chosen.n_components}")
     report.table(_parameter_table(chosen.model), digits=4)
     report.figure(plots.plot_mixture(chosen, X), "The fitted mixture over the data.")
     _tree_section(report, X, chosen, settings.seed)
+    return sel
 
-    # 2. the posterior at the chosen model, and the bootstrap
-    # The PyMC model has every structure: the posterior is always that of the model EM chose.
-    structure, k = chosen.covariance_type, chosen.n_components
-    fit = chosen
-    compare_ks = settings.compare_ks or tuple(settings.ks)
-    methods = ("bic", "icl", "loo") if settings.loo else ("bic", "icl")
-    # The chosen model's posterior by the cheapest method whose diagnostics pass ("auto");
-    # the comparison over K reuses it at K and, under "auto", draws the other K's by Laplace
-    # (NUTS at every K would cost minutes), saying where Laplace failed its check.
+
+def _posterior_bootstrap_comparison(X: Any, fit: Any, settings: Settings) -> tuple[Any, ...]:
+    """The chosen model's posterior by the cheapest method whose diagnostics pass ("auto"), the
+    comparison over K (reusing it at K and, under "auto", Laplace at the other K: NUTS at
+    every K would cost minutes; the notes say where Laplace failed its check), the bootstrap,
+    and the table of estimates side by side."""
+    import bayesgmm as bg
+
+    structure, k = fit.covariance_type, fit.n_components
     if settings.progress:
         print(f"posterior at {structure}, K = {k} ({settings.method}) ...", end=" ", flush=True)
     with warnings.catch_warnings():
-        # A failed diagnostic is said in the report, below.
+        # A failed diagnostic is said in the report.
         warnings.simplefilter("ignore", bg.PosteriorWarning)
         post = bg.fit_bayes(
-            X,
-            k,
-            covariance_type=structure,
-            method=settings.method,
-            init=fit,
-            draws=settings.draws,
-            tune=settings.draws,
-            chains=settings.chains,
-            rng=settings.seed,
-        )
+            X, k, covariance_type=structure, method=settings.method, init=fit,
+            draws=settings.draws, tune=settings.draws, chains=settings.chains, rng=settings.seed,
+        )  # fmt: skip
     if settings.progress:
         print(
             f"{post.attrs['bayesgmm_method']}, {post.attrs['bayesgmm_seconds']:.1f} s", flush=True
         )
     cmp = bg.compare_k(
         X,
-        compare_ks,
+        settings.compare_ks or tuple(settings.ks),
         covariance_type=structure,
-        methods=methods,
+        methods=("bic", "icl", "loo") if settings.loo else ("bic", "icl"),
         bayes_method="laplace" if settings.method == "auto" else settings.method,
         posteriors={k: post},
         draws=settings.draws,
@@ -150,7 +184,16 @@ def run_analysis(
     boot = bg.bootstrap_em(
         fit, X, n_boot=settings.n_boot, rng=settings.seed, progressbar=settings.progress
     )
-    table = bg.compare_estimates(fit, post, bootstrap=boot)
+    return post, cmp, boot, bg.compare_estimates(fit, post, bootstrap=boot)
+
+
+def _posterior_section(
+    report: Report, fit: Any, post: Any, boot: Any, table: Any, settings: Settings
+) -> tuple[Any, Any, Any]:
+    """EM against the posterior: the method and its diagnostics, the modes, the prior
+    sensitivity, the table and the forest plot. Returns the posterior (one mode of it when the
+    chains found several), its diagnosis and the prior sensitivity."""
+    from bayesgmm.bayes import diagnose, select_mode
 
     diagnosis = diagnose(post)
     used = diagnosis.method
@@ -168,6 +211,7 @@ def run_analysis(
             f"started at EM's estimate (share {shares[first]:.2f}), not an average over modes."
         )
         post = select_mode(post, first)
+    structure, k = fit.covariance_type, fit.n_components
     report.heading(f"EM against the posterior ({structure}, K = {k})")
     report.paragraph(
         f"Posterior by {_METHOD_NAMES.get(used, used)} ({settings.chains} × {settings.draws} "
@@ -198,41 +242,10 @@ def run_analysis(
         )
     report.table(table.drop(columns=["parameter", "component", "feature", "feature_bis"]), 3)
     report.figure(
-        plots.plot_forest(fit, post, bootstrap=boot),
+        _plots().plot_forest(fit, post, bootstrap=boot),
         "Posterior, bootstrap and EM per parameter (in EM's labels).",
     )
-
-    report.heading(f"How many components? ({structure}, K = {min(compare_ks)}..{max(compare_ks)})")
-    report.table(cmp.table, digits=5)
-    report.figure(plots.plot_criteria(cmp), "Each criterion against K; the chosen K starred.")
-    if cmp.notes:
-        report.items(cmp.notes, css="notes")
-
-    report.heading("Reading")
-    report.reading(
-        _reading(sel, chosen, structure, k, cmp, table, settings, diagnosis, sensitivity)
-    )
-    report.settings(
-        {
-            "K": list(settings.ks),
-            "structures": settings.structures,
-            "criterion": settings.criterion,
-            "posterior method": settings.method
-            + ("" if settings.method == used else f" (used: {used})"),
-            "draws × chains": f"{settings.draws} × {settings.chains}",
-            "bootstrap replicates": settings.n_boot,
-            "K compared": list(compare_ks),
-            "seed": settings.seed,
-        }
-    )
-    return report, {
-        "selection": sel,
-        "fit": fit,
-        "posterior": post,
-        "bootstrap": boot,
-        "estimates": table,
-        "comparison": cmp,
-    }
+    return post, diagnosis, sensitivity
 
 
 def _tree_section(report: Report, X: Any, chosen: Any, seed: int) -> None:
