@@ -95,7 +95,7 @@ def fit_bayes(
     draws: int = 1000,
     tune: int = 1000,
     chains: int = 4,
-    rng: Any = None,
+    rng: Any = 0,
     progressbar: bool = False,
     starts: int = 1,
     labels: Any = None,
@@ -178,7 +178,9 @@ def fit_bayes(
     draws, tune, chains : int
         Draws per chain (and, for the NUTS samplers, tuning steps); the approximations give
         ``chains × draws`` draws arranged the same way.
-    rng : int or numpy.random.Generator, optional
+    rng : int, numpy.random.Generator or None, default 0
+        Seeds the EM start, the chains and the draws; the default makes the posterior
+        reproducible, None draws fresh entropy.
     progressbar : bool, default False
     **sampler_kwargs
         Passed to the method (see above; for "nuts" to ``pymc.sample``, for "smc" to

@@ -50,7 +50,7 @@ def bootstrap_em(
     n_boot: int = 999,
     kind: str = "nonparametric",
     prior: ConjugatePrior | None = None,
-    rng: Any = None,
+    rng: Any = 0,
     n_jobs: int | None = None,
     progressbar: bool = False,
 ) -> Any:
@@ -74,9 +74,9 @@ def bootstrap_em(
         likelihood bootstrap, the rows weighted n·Dirichlet(1, ..., 1) (Newton & Raftery 1994).
     prior : ConjugatePrior, optional
         The prior of a MAP-EM fit, to refit each replicate under it too.
-    rng : int or numpy.random.Generator, optional
+    rng : int, numpy.random.Generator or None, default 0
         Each replicate has its own stream spawned from it: the same seed gives the same
-        replicates for any ``n_jobs``.
+        replicates for any ``n_jobs``; None draws fresh entropy.
     n_jobs : int, optional
         Worker processes for batches of replicates, scikit-learn's convention for explicit
         values (-1: every core, -2: all but one); None: this process. The replicates run as

@@ -315,7 +315,7 @@ def replicate_em(
     prior: ConjugatePrior | None = None,
     tol: float = 1e-8,
     max_iter: int = 1000,
-    rng: Any = None,
+    rng: Any = 0,
     n_jobs: int | None = None,
     progress: Progress | None = None,
 ) -> BootstrapReplicates:
@@ -446,7 +446,7 @@ def bootstrap_lrt(
     alternative: EMResult,
     *,
     n_boot: int = 99,
-    rng: Any = None,
+    rng: Any = 0,
     n_jobs: int | None = None,
     progress: Progress | None = None,
     tol: float = LRT_TOL,

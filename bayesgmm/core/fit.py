@@ -40,7 +40,7 @@ def fit_em(
     reg_covar: float = 0.0,
     prior: ConjugatePrior | None = None,
     sample_weight: Any = None,
-    rng: Any = None,
+    rng: Any = 0,
     accelerate: bool = True,
     labels: Any = None,
 ) -> EMResult:
@@ -82,8 +82,9 @@ def fit_em(
         The reported ``loglik`` and BIC are still the log-likelihood's, as in mclust.
     sample_weight : array_like (n_obs,), optional
         Observation n counts w_n times; integer weights give exactly the fit of repeated rows.
-    rng : int or numpy.random.Generator, optional
-        Seeds the random starts (and the row subset of the hierarchical start for large data).
+    rng : int, numpy.random.Generator or None, default 0
+        Seeds the random starts (and the row subset of the hierarchical start for large data);
+        the default makes the fit reproducible, None draws fresh entropy.
     accelerate : bool, default True
         Follow every two EM steps by a SQUAREM extrapolation (Varadhan & Roland 2008), kept only
         when it is a valid mixture that raises the log-likelihood, so the recorded

@@ -66,8 +66,11 @@ class EMResult:
     def covariance_type(self) -> str:
         return self.model.covariance_type
 
-    def predict(self) -> np.ndarray:
-        """MAP component of each fitted observation."""
+    def predict(self, X: Any = None) -> np.ndarray:
+        """MAP component of each fitted observation (from the stored responsibilities, as
+        mclust's ``classification``), or with ``X``, of each row of X (``model.predict(X)``)."""
+        if X is not None:
+            return self.model.predict(X)
         return self.responsibilities.argmax(axis=1)
 
     def impute(self, X: Any, draws: int | None = None, rng: Any = None) -> Any:

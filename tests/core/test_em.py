@@ -285,3 +285,13 @@ def test_select_records_cells_without_a_valid_start():
     sel = bg.select_em(rng.normal(size=(8, 10)), n_components=range(1, 3))
     assert ("VVV", 2) in sel.failures
     assert not sel.best.degenerate
+
+
+def test_predict_on_the_fitted_rows_and_on_new_rows(faithful):
+    fit = bg.fit_em(faithful, 3, covariance_type="EEE")
+    np.testing.assert_array_equal(fit.predict(), fit.responsibilities.argmax(axis=1))
+    np.testing.assert_array_equal(fit.predict(faithful[:10]), fit.model.predict(faithful[:10]))
+    # rng defaults to 0: a fit with restarts is reproducible unless asked otherwise.
+    a = bg.fit_em(faithful, 3, n_init=3)
+    b = bg.fit_em(faithful, 3, n_init=3)
+    assert a.loglik == b.loglik
