@@ -243,7 +243,9 @@ def _posterior_section(
     report.table(table.drop(columns=["parameter", "component", "feature", "feature_bis"]), 3)
     report.figure(
         _plots().plot_forest(fit, post, bootstrap=boot),
-        "Posterior, bootstrap and EM per parameter (in EM's labels).",
+        "Posterior, bootstrap and EM per parameter (in EM's labels), each in standard errors "
+        "from its EM estimate (the bootstrap's SE), so that every feature's scale is readable; "
+        "the table above has them in their own units.",
     )
     return post, diagnosis, sensitivity
 

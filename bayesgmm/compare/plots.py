@@ -98,11 +98,18 @@ def plot_forest(
     bootstrap: Any = None,
     var_names: Any = READABLE,
     ci_prob: float = 0.94,
+    standardise: bool = True,
     path: Any = None,
     show: bool = False,
 ) -> Any:
     """Forest plot, per parameter: the posterior's interval, the bootstrap's interval (when
-    given) and the EM estimate, in the EM fit's labels (arviz-plots ``plot_forest``)."""
+    given) and the EM estimate, in the EM fit's labels (arviz-plots ``plot_forest``).
+
+    With ``standardise`` (the default), every parameter is shown as standard errors from its
+    EM estimate, (θ − θ_EM) / SE with SE the bootstrap's standard deviation (the posterior's
+    without a bootstrap), so that parameters on scales that differ (Old Faithful's eruptions
+    of 2–5 minutes, waits of 50–90) are all readable on one axis; the axis says so.
+    ``standardise=False`` plots them in their own units."""
     import xarray as xr
     from arviz_plots import plot_forest as az_forest
 
@@ -113,6 +120,14 @@ def plot_forest(
     if bootstrap is not None:
         trees["bootstrap"] = readable_dataset(_aligned(bootstrap, model))
     trees["EM"] = readable_dataset(_em_dataset(model, post))
+    scale_note = None
+    if standardise:
+        spread_source = "bootstrap" if bootstrap is not None else "posterior"
+        em = trees["EM"][names].isel(chain=0, draw=0)
+        se = trees[spread_source][names].std(("chain", "draw"))
+        se = se.where(se > 0, 1.0)
+        trees = {key: (ds[names] - em) / se for key, ds in trees.items()}
+        scale_note = f"standard errors from the EM estimate ({spread_source} SE)"
     # arviz-plots joins the sources along a new "model" dim, padding unequal (chain, draw)
     # shapes with NaN, and then draws nothing for the padded source. The forest shows marginal
     # intervals only, so each source is given as the same number of its marginal quantiles.
@@ -128,7 +143,10 @@ def plot_forest(
         backend="matplotlib",
     )
     pc.add_legend("model")
-    return _finish(pc.viz["figure"].item(), path, show)
+    figure = pc.viz["figure"].item()
+    if scale_note is not None:
+        figure.supxlabel(scale_note)
+    return _finish(figure, path, show)
 
 
 def _as_quantiles(ds: Any, grid: np.ndarray) -> Any:
