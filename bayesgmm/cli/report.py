@@ -22,6 +22,7 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; 
        color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { margin-top: 1.8em; border-bottom: 1px solid #bbb; }
+div.table { max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .88em; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
 th { background: #f0f0f0; }
@@ -72,7 +73,11 @@ def _figure_html(fig: Any, caption: str) -> str:
 
 
 def _table_html(frame: Any, digits: int = 4) -> str:
-    return str(frame.to_html(float_format=lambda v: f"{v:.{digits}g}", na_rep="", border=0))
+    # In a scrolling box: a table wider than the page (the comparison over K has a dozen
+    # columns) scrolls on its own instead of pushing the page wider than its 1100 px.
+    body = frame.to_html(float_format=lambda v: f"{v:.{digits}g}", na_rep="", border=0)
+    return f'<div class="table">{body}</div>'
+
 
 
 @dataclass

@@ -178,6 +178,9 @@ def test_report_is_self_contained_html(tmp_path, capsys, faithful_csv):
         assert heading in text
     assert "pymc" in text  # the versions used
     assert "http" not in text and "<script" not in text  # nothing fetched, nothing run
+    # Every table in a box that scrolls sideways, so none widens the page past its 1100 px.
+    assert text.count("<table") == text.count('<div class="table"><table')
+    assert "div.table { max-width: 100%; overflow-x: auto; }" in text
 
 
 def test_demo_small(tmp_path, capsys):
