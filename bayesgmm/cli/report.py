@@ -79,7 +79,6 @@ def _table_html(frame: Any, digits: int = 4) -> str:
     return f'<div class="table">{body}</div>'
 
 
-
 @dataclass
 class Report:
     """An HTML report built section by section."""

@@ -65,3 +65,19 @@ def test_same_partition():
     assert _same_partition(a, np.array([2, 2, 0, 0, 1]))
     assert not _same_partition(a, np.array([0, 0, 1, 2, 2]))
     assert not _same_partition(a, np.array([0, 0, 0, 1, 1]))
+
+
+def test_large_data_are_screened_on_a_subsample(faithful):
+    # Above `screen` rows the grid runs on a subsample of screen // 4 rows, then every cell
+    # runs full-data EM from the screen's best fit and from the full data's hierarchical start.
+    # Every number is a full-data log-likelihood, and no cell is worse than EM from the
+    # hierarchical start alone (on 272 rows the tree is built on all of them, as fit_em's).
+    sel = bg.select_em(faithful, range(1, 5), ["EII", "EEE", "VVV"], screen=200)
+    for (structure, k), fit in sel.results.items():
+        np.testing.assert_allclose(fit.loglik, fit.model.score(faithful), rtol=1e-10)
+        alone = bg.fit_em(faithful, k, covariance_type=structure)
+        assert fit.loglik >= alone.loglik - 1e-6 * abs(alone.loglik), (structure, k)
+    assert any(f.init.startswith("screen") for f in sel.results.values())
+    plain = bg.select_em(faithful, range(1, 5), ["EII", "EEE", "VVV"])
+    assert not any(f.init.startswith("screen") for f in plain.results.values())
+    assert (sel.best.covariance_type, sel.best.n_components) == ("EEE", 3)  # as mclust
