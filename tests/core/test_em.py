@@ -7,11 +7,12 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import bayesgmm as bg
 from bayesgmm.core import e_step, m_step, step
+from bayesgmm.core._loop import DEGENERACY_RTOL
 from bayesgmm.core.em import Degenerate
 from bayesgmm.core.structures import STRUCTURES as ALL_STRUCTURES
 from tests.conftest import random_mixture
@@ -20,6 +21,7 @@ STRUCTURES = [n for n, s in ALL_STRUCTURES.items() if not s.univariate]
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(structure="VVE", k=4, d=4, n=40, seed=40)  # a collapse hypothesis found
 @given(
     structure=st.sampled_from(STRUCTURES),
     k=st.integers(1, 4),
@@ -36,10 +38,18 @@ def test_loglik_never_decreases(structure, k, d, n, seed):
     except Degenerate:
         return
     previous = -np.inf
+    scale = np.sqrt(X.var(axis=0))
     for _ in range(25):
         try:
             model, ll = step(X, model)
         except Degenerate:
+            return
+        # Until a component collapses: once a covariance is singular to rounding (the
+        # criterion by which a fit is reported degenerate, _loop.DEGENERACY_RTOL) the
+        # likelihood is unbounded and its steps are rounding (hypothesis found VVE, K = 4,
+        # D = 4, n = 40, seed 40: eigenvalue ratio 4e-16 at step 16, a drop at step 18).
+        std = model.covariances / (scale[:, None] * scale[None, :])
+        if np.linalg.eigvalsh(std).min() < DEGENERACY_RTOL:
             return
         assert ll >= previous - 1e-9 * abs(ll)
         previous = ll
