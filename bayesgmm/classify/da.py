@@ -23,8 +23,7 @@ from bayesgmm.core._validation import as_data, as_rng
 from bayesgmm.core.fit import fit_em
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.result import DegenerateFitWarning, EMResult
-from bayesgmm.core.select import select_em
-from bayesgmm.core.structures import get_structure, structure_names
+from bayesgmm.core.select import _structure_list, select_em
 
 __all__ = ["ClassifierResult", "CrossValidation", "cross_validate_classifier", "fit_classifier"]
 
@@ -131,13 +130,6 @@ def _check_priors(priors: Any, classes: np.ndarray, codes: np.ndarray) -> np.nda
     return p / p.sum()
 
 
-def _structures(covariance_types: Any, d: int) -> list[str]:
-    if isinstance(covariance_types, str) and covariance_types.lower() == "all":
-        return structure_names(d)
-    types = [covariance_types] if isinstance(covariance_types, str) else list(covariance_types)
-    return list(dict.fromkeys(get_structure(t, d).name for t in types))
-
-
 def fit_classifier(
     X: Any,
     y: Any,
@@ -174,7 +166,7 @@ def fit_classifier(
     kind = str(kind).lower()
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {list(KINDS)}; got {kind!r}.")
-    structures = _structures(covariance_types, arr.shape[1])
+    structures = _structure_list(covariance_types, arr.shape[1])
     p = _check_priors(priors, classes, codes)
     settings = {"n_components": n_components, "covariance_types": structures}
     if kind == "edda":
