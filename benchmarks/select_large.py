@@ -31,7 +31,7 @@ def main() -> None:
     x, _ = truth.sample(args.n, rng=1)
     ks, structures = range(1, 7), ["EII", "VVI", "EEE", "VVV", "VEV", "EVE"]
     runs = {
-        "one start per cell": {"n_init": 1, "cross_starts": False, "screen": None},
+        "one start per cell": {"n_init": 1, "cross_starts": False},
         "default (screened)": {},
         "default, no screening": {"screen": None},
     }

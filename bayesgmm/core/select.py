@@ -273,7 +273,8 @@ def select_em(
         full data's hierarchical start; the better one is the cell's. Every number in the
         tables is a full-data log-likelihood. The restarts are what make the default grid
         several times the cost of one start per cell; on large data they run on the
-        subsample. None: no screening (every start on all rows).
+        subsample. With one start per cell (``n_init=1, cross_starts=False``) there is nothing
+        to screen. None: no screening (every start on all rows).
 
     Returns
     -------
@@ -296,17 +297,18 @@ def select_em(
     crit = str(criterion).lower()
     if crit not in _CRITERIA:
         raise ValueError(f"criterion={criterion!r} is not one of {list(_CRITERIA)}.")
-    if screen is not None and lab is None and arr.shape[0] > screen:
-        options = {
-            "init": init, "n_init": n_init, "tol": tol, "max_iter": max_iter,
-            "reg_covar": reg_covar, "prior": prior, "accelerate": accelerate, "n_jobs": n_jobs,
-        }  # fmt: skip
-        return _screened(arr, names, w, n_components, covariance_types, crit, screen, rng,
-                         cross_starts, options)  # fmt: skip
     method = _start_method(init)
     ks = _parse_ks(n_components)
     structures = _structure_list(covariance_types, arr.shape[1])
     gen = as_rng(rng)
+    # Screening moves the restarts and cross-starts to a subsample; with none to move (one
+    # start per cell), there is nothing to screen.
+    has_restarts = n_init > 1 or (cross_starts and len(structures) > 1)
+    sub = None
+    if screen is not None and lab is None and has_restarts and arr.shape[0] > screen:
+        sub = _screen(arr, names, w, ks, structures, crit, screen, gen, cross_starts,
+                      init=init, n_init=n_init, tol=tol, max_iter=max_iter, reg_covar=reg_covar,
+                      prior=prior, accelerate=accelerate, n_jobs=n_jobs)  # fmt: skip
     filled = start_data(arr, w)
     from bayesgmm.core.hierarchy import tree_start
 
@@ -315,19 +317,23 @@ def select_em(
     failures: dict[tuple[str, int], str] = {}
     usable = _usable_ks(ks, structures, count_distinct_rows(arr, at_least=max(ks)), tree, failures)
     priors = {k: None if prior is None else prior.resolve(arr, k, w) for k in usable}
-    if lab is None:
-        starts = {k: make_starts(method, filled, k, gen, n_init, tree) for k in usable}
-    else:
+    if lab is not None:
         starts = _labelled_starts(lab, usable, structures, failures)
         usable, cross_starts = list(starts), False  # restarts and cross-starts do not apply
+    elif sub is not None:
+        starts = {k: make_starts(method, filled, k, gen, 1, tree) for k in usable}
+    else:
+        starts = {k: make_starts(method, filled, k, gen, n_init, tree) for k in usable}
     settings = {"reg_covar": float(reg_covar), "tol": float(tol), "max_iter": int(max_iter),
                 "accelerate": bool(accelerate)}  # fmt: skip
     job = _GridJob(arr, names, w, priors, float(reg_covar), settings, filled, lab)
     workers = _n_workers(n_jobs, arr.shape[0], len(structures))
+    cells = {s: _screened_starts(sub, s, starts) for s in structures}
     results: dict[tuple[str, int], EMResult] = {}
-    for key, fits in _run_grid(job, workers, {s: starts for s in structures}, None, failures):
+    keep = None if sub is None else {"keep": 1}
+    for key, fits in _run_grid(job, workers, cells, keep, failures):
         results[key] = best_result(fits)
-    if cross_starts and len(structures) > 1:
+    if sub is None and cross_starts and len(structures) > 1:
         cross = _cross_start_cells(results, structures, usable)
         for key, fits in _run_grid(job, workers, cross, CROSS_SCREEN, failures):
             _keep_better(results, key, best_result(fits))
@@ -337,68 +343,44 @@ def select_em(
     return _selection(results, failures, ks, structures, crit)
 
 
-def _screened(
+def _screen(
     arr: np.ndarray,
     names: tuple[str, ...] | None,
     w: np.ndarray | None,
-    n_components: Any,
-    covariance_types: Any,
+    ks: list[int],
+    structures: list[str],
     crit: str,
     screen: int,
-    rng: Any,
+    gen: np.random.Generator,
     cross_starts: bool,
-    options: dict[str, Any],
+    **options: Any,
 ) -> SelectionResult:
-    """select_em on large data: the whole grid on a uniform subsample of ``screen // 4`` rows,
-    then in every cell full-data EM from the screen's best fit and from the full data's
-    hierarchical start (the better one kept)."""
+    """The whole grid (every start, restart and cross-start) on a uniform subsample of
+    ``screen // 4`` rows: each cell's best fit there is a start for the full data."""
     import pandas as pd
 
-    gen = as_rng(rng)
-    n = arr.shape[0]
-    rows = np.sort(gen.choice(n, size=max(2, screen // 4), replace=False))
+    rows = np.sort(gen.choice(arr.shape[0], size=max(2, screen // 4), replace=False))
     data = arr[rows] if names is None else pd.DataFrame(arr[rows], columns=list(names))
-    sub = select_em(
-        data, n_components, covariance_types, crit, sample_weight=None if w is None else w[rows],
-        rng=gen, cross_starts=cross_starts, screen=None, **options,
+    weights = None if w is None else w[rows]
+    return select_em(
+        data, ks, structures, crit, sample_weight=weights, rng=gen, cross_starts=cross_starts,
+        screen=None, **options,
     )  # fmt: skip
-    ks = _parse_ks(n_components)
-    structures = _structure_list(covariance_types, arr.shape[1])
-    filled = start_data(arr, w)
-    method = _start_method(options["init"])
-    from bayesgmm.core.hierarchy import tree_start
 
-    given = tree_start(options["init"], filled, gen)
-    tree = given if given is not None else (hc_tree(filled, gen) if method == "hc" else None)
-    failures: dict[tuple[str, int], str] = {}
-    usable = _usable_ks(ks, structures, count_distinct_rows(arr, at_least=max(ks)), tree, failures)
-    prior = options["prior"]
-    priors = {k: None if prior is None else prior.resolve(arr, k, w) for k in usable}
-    own = {k: make_starts(method, filled, k, gen, 1, tree) for k in usable}
-    cells: dict[str, dict[int, list[tuple[str, Any]]]] = {}
-    for structure in structures:
-        cells[structure] = {}
-        for k in usable:
-            starts = list(own[k])
-            fit = sub.results.get((structure, k))
-            if fit is not None and not fit.degenerate:
-                starts.insert(0, (f"screen ({fit.init})", fit.model))
-            cells[structure][k] = starts
-    settings = {
-        "reg_covar": float(options["reg_covar"]),
-        "tol": float(options["tol"]),
-        "max_iter": int(options["max_iter"]),
-        "accelerate": bool(options["accelerate"]),
-    }
-    job = _GridJob(arr, names, w, priors, float(options["reg_covar"]), settings, filled, None)
-    workers = _n_workers(options["n_jobs"], n, len(structures))
-    results: dict[tuple[str, int], EMResult] = {}
-    for key, fits in _run_grid(job, workers, cells, {"keep": 1}, failures):
-        results[key] = best_result(fits)
-    for key, fit in results.items():
-        if fit.degenerate:
-            failures[key] = fit.degenerate_reason or "degenerate"
-    return _selection(results, failures, ks, structures, crit)
+
+def _screened_starts(
+    sub: SelectionResult | None, structure: str, starts: dict[int, list[tuple[str, Any]]]
+) -> dict[int, list[tuple[str, Any]]]:
+    """A structure's starts per K: the shared ones, after the screen's best fit of that cell
+    when the grid was screened."""
+    if sub is None:
+        return starts
+    out = {}
+    for k, own in starts.items():
+        fit = sub.results.get((structure, k))
+        good = fit is not None and not fit.degenerate
+        out[k] = [(f"screen ({fit.init})", fit.model), *own] if good and fit else list(own)
+    return out
 
 
 def _start_method(init: Any) -> str:
