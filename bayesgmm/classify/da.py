@@ -215,10 +215,19 @@ def _fit_edda(
         fits[s] = fit
     if not fits:
         first = next(iter(reasons.items()))
+        counts = np.bincount(codes, minlength=k)
+        d = arr.shape[1]
+        small = [f"'{classes[j]}' ({counts[j]} rows)" for j in np.flatnonzero(counts <= d)]
+        which = (
+            f"class {', '.join(small)} has no more rows than the {d} features a covariance of "
+            "its own needs"
+            if small
+            else f"{first[0]}: {first[1]}"
+        )
         raise ValueError(
-            f"no covariance structure gave a valid fit for every class ({first[0]}: {first[1]}); "
-            "classes with few rows need a constrained structure (e.g. covariance_types="
-            "['EEE', 'VII']) or more rows."
+            f"no covariance structure gave a valid fit for every class ({which}). Use a "
+            "structure shared across classes (e.g. covariance_types=['EEE', 'EII']) or more "
+            "rows for that class."
         )
     bic = pd.Series({s: f.bic for s, f in fits.items()}, name="bic")
     best = str(bic.idxmin())

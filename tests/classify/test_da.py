@@ -89,6 +89,10 @@ def test_label_errors(iris):
     one[0] = "rare"
     with pytest.raises(ValueError, match="class 'rare' has 1 row"):
         bg.fit_classifier(X, one)
+    # A class with no more rows than features cannot have a full covariance of its own.
+    few = np.array(["a"] * 3 + ["b"] * 5)
+    with pytest.raises(ValueError, match=r"class 'a' \(3 rows\) has no more rows than the 4"):
+        bg.fit_classifier(X.to_numpy()[:8], few, covariance_types=["VVV"])
     with pytest.raises(ValueError, match="priors must be 3 positive numbers"):
         bg.fit_classifier(X, y, priors=[0.5, 0.5])
 
