@@ -150,7 +150,9 @@ def iterate(
     # are large enough that the padding's (and the shared full statistics') wasted arithmetic
     # outweighs the per-call cost that batching saves.
     large = X.shape[0] >= SHARED_PASS_MAX_ROWS
-    split = len(set(ks)) > 1 and (prior is not None or large)
+    # With missing values the per-pattern factorisations cost in proportion to the batch's
+    # padded components: one batch per K there too (no padding to factorise).
+    split = len(set(ks)) > 1 and (prior is not None or large or missing is not None)
     if split or (large and len(set(names)) > 1):
         keys = sorted({(k if split else 0, n) for k, n in zip(ks, names, strict=True)})
         for kk, name in keys:
