@@ -365,9 +365,11 @@ class _Batch:
 
         def flat(p: Params) -> np.ndarray:
             r = p.weights.shape[0]
-            return np.concatenate(
-                [p.weights, (p.means / s).reshape(r, -1), (p.covs / scov).reshape(r, -1)], axis=1
-            )
+            means, covs = p.means / s, p.covs / scov
+            if mask is not None:  # padding is not a parameter: it must not change the step
+                means = np.where(mask[..., None], means, 0.0)
+                covs = np.where(mask[..., None, None], covs, 0.0)
+            return np.concatenate([p.weights, means.reshape(r, -1), covs.reshape(r, -1)], axis=1)
 
         f0, f1, f2 = flat(theta0), flat(theta1), flat(theta2)
         r_vec = f1 - f0

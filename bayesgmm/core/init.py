@@ -21,6 +21,7 @@ __all__ = [
     "kmeans_plus_plus_labels",
     "parse_init",
     "random_resp",
+    "split_components",
 ]
 
 INIT_METHODS = ("hc", "kmeans++", "random")
@@ -140,6 +141,44 @@ def labels_to_resp(labels: np.ndarray, k: int) -> np.ndarray:
     resp = np.zeros((labels.shape[0], k))
     resp[np.arange(labels.shape[0]), labels] = 1.0
     return resp
+
+
+def split_components(model: GaussianMixture) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every split of one component of ``model`` in two: S = K mixtures of K + 1 components,
+    as ``weights`` (S, K + 1), ``means`` (S, K + 1, D), ``covariances`` (S, K + 1, D, D).
+
+    Split ``s`` replaces component ``s`` (π, μ, Σ, with Σ's largest eigenpair λ, v) by two
+    halves along its principal axis, a = ½√λ v: weights π/2, means μ ± a, covariance Σ − a aᵀ
+    (the moment-preserving split of Richardson & Green 1997 with u = ½): the pair has the
+    component's weight, mean and covariance. A start for K + 1 from a fit at K that finds the
+    optimum a start from scratch misses, when the K + 1-th component belongs inside one of
+    the K (on large data the subsample tree alone, on one feature the quantile classes).
+    """
+    w, mu, cov = model.weights, model.means, model.covariances
+    k, d = mu.shape
+    lam, vec = np.linalg.eigh(cov)  # ascending: the principal pair is the last
+    half = 0.5 * np.sqrt(np.maximum(lam[:, -1], 0.0))[:, None] * vec[:, :, -1]  # (K, D)
+    keep = ~np.eye(k, dtype=bool)  # row s: the components other than s
+    weights = np.concatenate(
+        [np.broadcast_to(w, (k, k))[keep].reshape(k, k - 1), np.repeat(w[:, None] / 2, 2, 1)], 1
+    )
+    means = np.concatenate(
+        [
+            np.broadcast_to(mu, (k, k, d))[keep].reshape(k, k - 1, d),
+            (mu - half)[:, None],
+            (mu + half)[:, None],
+        ],
+        axis=1,
+    )
+    inner = cov - half[:, :, None] * half[:, None, :]
+    covariances = np.concatenate(
+        [
+            np.broadcast_to(cov, (k, k, d, d))[keep].reshape(k, k - 1, d, d),
+            np.repeat(inner[:, None], 2, axis=1),
+        ],
+        axis=1,
+    )
+    return weights, means, covariances
 
 
 def parse_init(init: Any, X: np.ndarray, k: int) -> str | np.ndarray | GaussianMixture:

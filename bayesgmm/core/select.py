@@ -30,8 +30,8 @@ from bayesgmm.core._engine import (
 from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
 from bayesgmm.core._validation import as_rng, count_distinct_rows
 from bayesgmm.core.em import Degenerate
-from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp
-from bayesgmm.core.model import GaussianMixture
+from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp, split_components
+from bayesgmm.core.model import GaussianMixture, log_prob_many
 from bayesgmm.core.prior import ConjugatePrior
 from bayesgmm.core.result import EMResult
 from bayesgmm.core.structures import CovarianceStructure, get_structure, structure_names
@@ -256,8 +256,9 @@ def select_em(
         Seeds the restarts; the default makes the table reproducible.
     cross_starts : bool, default True
         After the first pass, rerun each cell from the partitions the other structures found at
-        the same K (5 EM iterations from each, the best one then to convergence). Never makes a
-        cell worse.
+        the same K and from the splits of its own structure's fit at K − 1 (each component in
+        turn split in two along its principal axis, moments kept): 5 EM iterations from each,
+        the best one then to convergence. Never makes a cell worse.
     n_jobs : int, optional
         Worker processes; the covariance structures are dealt to them in turn, and each
         worker's share runs as one batch. scikit-learn's convention for explicit values (-1:
@@ -334,7 +335,7 @@ def select_em(
     for key, fits in _run_grid(job, workers, cells, keep, failures):
         results[key] = best_result(fits)
     if sub is None and cross_starts and len(structures) > 1:
-        cross = _cross_start_cells(results, structures, usable)
+        cross = _cross_start_cells(results, structures, usable, filled)
         for key, fits in _run_grid(job, workers, cross, CROSS_SCREEN, failures):
             _keep_better(results, key, best_result(fits))
     for key, fit in results.items():
@@ -476,11 +477,16 @@ def _run_grid(
 
 
 def _cross_start_cells(
-    results: dict[tuple[str, int], EMResult], structures: list[str], usable: list[int]
+    results: dict[tuple[str, int], EMResult],
+    structures: list[str],
+    usable: list[int],
+    X: np.ndarray,
 ) -> dict[str, dict[int, list[tuple[str, Any]]]]:
     """Cross-starts: each cell again from the partitions that the other structures found at
     the same K (a cell's optimum is often reached from a neighbour's partition that its own
-    start missed; the grid becomes consistent and never worse), beside its own fit."""
+    start missed; the grid becomes consistent and never worse), and from the splits of the
+    same structure's fit at K − 1 (each component in turn, :func:`split_components`), beside
+    its own fit. Starts that give a partition already on the list are dropped."""
     partitions: dict[int, list[tuple[str, np.ndarray]]] = {}
     for k in usable:
         found: list[tuple[str, np.ndarray]] = []
@@ -501,17 +507,37 @@ def _cross_start_cells(
             current = results.get((structure, k))
             if current is None or current.degenerate:
                 continue
-            own = current.predict()
-            extra = [
-                (label, labels_to_resp(part, k))
-                for label, part in partitions[k]
-                if not _same_partition(own, part)
-            ]
+            seen = [current.predict()]
+            extra = []
+            for label, part in partitions[k]:
+                if not any(_same_partition(part, other) for other in seen):
+                    extra.append((label, labels_to_resp(part, k)))
+                    seen.append(part)
+            for label, resp in _split_starts(results.get((structure, k - 1)), X):
+                part = resp.argmax(axis=1)
+                if len(np.unique(part)) == k and not any(
+                    _same_partition(part, other) for other in seen
+                ):
+                    extra.append((label, resp))
+                    seen.append(part)
             if extra:
                 cells[k] = [(current.init, current.model), *extra]
         if cells:
             cross[structure] = cells
     return cross
+
+
+def _split_starts(fit: EMResult | None, X: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Responsibilities (N, K + 1) of each split of a fit at K (none when it is missing or
+    degenerate)."""
+    if fit is None or fit.degenerate:
+        return []
+    weights, means, covs = split_components(fit.model)
+    s, k1 = weights.shape
+    resp = np.empty((X.shape[0], k1 * s))
+    log_prob_many(X, weights, means, covs, resp_out=resp)
+    name = f"{fit.model.covariance_type},{s}"
+    return [(f"split {j} of {name}", resp[:, j::s]) for j in range(s)]
 
 
 def _keep_better(

@@ -81,3 +81,64 @@ def test_large_data_are_screened_on_a_subsample(faithful):
     plain = bg.select_em(faithful, range(1, 5), ["EII", "EEE", "VVV"])
     assert not any(f.init.startswith("screen") for f in plain.results.values())
     assert (sel.best.covariance_type, sel.best.n_components) == ("EEE", 3)  # as mclust
+
+
+def test_a_run_in_a_padded_batch_is_the_run_alone(galaxies):
+    # Mixtures of different K share passes padded to the largest K. The padding is not a
+    # parameter: SQUAREM's step lengths (and so every iterate) must be those of the run alone.
+    # (They were not: the padded means moved from 0 to the data's centre after the first M-step,
+    # which changed ‖r‖ and ‖v‖; on acidity-like data V,7 then ended at another optimum.)
+    from bayesgmm.core._engine import run_cells, start_model
+    from bayesgmm.core.init import hc_tree, labels_to_resp
+    from bayesgmm.core.structures import get_structure
+
+    X = galaxies
+    tree, _ = hc_tree(X, np.random.default_rng(0))
+    v = get_structure("V")
+    models = {
+        k: [("hc", start_model(X, labels_to_resp(tree.cut(k), k), v, None, None, 0.0, None))]
+        for k in (3, 4, 6)
+    }
+    common = {"priors": {k: None for k in models}, "reg_covar": 0.0, "tol": 1e-8,
+              "max_iter": 200}  # fmt: skip
+    together = run_cells(X, None, None, models, **common)
+    for k in models:
+        alone = run_cells(X, None, None, {k: models[k]}, **common)[k][0]
+        np.testing.assert_allclose(together[k][0].loglik_trace, alone.loglik_trace, rtol=1e-12)
+
+
+def test_split_components_preserve_each_component_moments(faithful):
+    # Each split pair has its parent's weight, mean and covariance (Richardson & Green 1997's
+    # moment-preserving split), and the other components are untouched.
+    from bayesgmm.core.init import split_components
+
+    model = bg.fit_em(faithful, 3, covariance_type="VVV").model
+    weights, means, covs = split_components(model)
+    assert weights.shape == (3, 4) and means.shape == (3, 4, 2) and covs.shape == (3, 4, 2, 2)
+    for j in range(3):
+        others = [i for i in range(3) if i != j]
+        np.testing.assert_array_equal(weights[j, :2], model.weights[others])
+        np.testing.assert_array_equal(covs[j, :2], model.covariances[others])
+        pw = weights[j, 2:]
+        mean = pw @ means[j, 2:] / pw.sum()
+        dev = means[j, 2:] - mean
+        cov = (pw[:, None, None] * (covs[j, 2:] + dev[:, :, None] * dev[:, None, :])).sum(0)
+        assert pw.sum() == pytest.approx(model.weights[j], rel=1e-14)
+        np.testing.assert_allclose(mean, model.means[j], rtol=1e-12)
+        np.testing.assert_allclose(cov / pw.sum(), model.covariances[j], rtol=1e-12)
+        assert (np.linalg.eigvalsh(covs[j, 2:]) > 0).all()
+
+
+def test_cross_starts_include_splits_of_the_fit_at_k_minus_1(galaxies):
+    # The second phase tries, in each cell, the splits of the same structure's fit at K − 1;
+    # the cell keeps a split's fit only when it is better, so the grid is never worse than
+    # without the second phase.
+    sel = bg.select_em(galaxies, range(1, 7), n_init=1)
+    first = bg.select_em(galaxies, range(1, 7), n_init=1, cross_starts=False)
+    for key, fit in sel.results.items():
+        assert fit.loglik >= first.results[key].loglik - 1e-9 * abs(fit.loglik), key
+    cells = bg.core.select._cross_start_cells(
+        first.results, ["E", "V"], list(range(1, 7)), galaxies
+    )
+    labels = [label for by_k in cells.values() for starts in by_k.values() for label, _ in starts]
+    assert any(label.startswith("split 0 of V,") for label in labels)
