@@ -78,6 +78,9 @@ class Run:
     data: np.ndarray | None = None
     #: Feature scales for SQUAREM's norm (D,), when the run has its own weights or data.
     scale: np.ndarray | None = None
+    #: SQUAREM's bound on the step length |α|: it starts at 1 (the plain EM step), grows 4×
+    #: each time the step is cut to it and succeeds, and shrinks 4× when such a step fails.
+    step_max: float = 1.0
 
     @property
     def finished(self) -> bool:
@@ -131,10 +134,15 @@ def iterate(
 
     With ``accelerate``, every two EM steps θ0 → θ1 → θ2 are followed by a SQUAREM extrapolation
     (Varadhan & Roland 2008, scheme S3) θ' = θ0 − 2αr + α²v, r = θ1 − θ0, v = θ2 − 2θ1 + θ0,
-    α = −‖r‖/‖v‖ (at most −1), in standardised units. θ' is evaluated by one more pass and kept,
-    followed by its EM step, only when it is a valid mixture whose log-likelihood is at least
-    that of θ1; otherwise the run goes on from θ2. Every log-likelihood recorded in the trace is
-    therefore at least the previous one, exactly as for plain EM.
+    α = −‖r‖/‖v‖ in standardised units, cut to −1 ≥ α ≥ −(the run's step bound). θ' is
+    evaluated by one more pass and kept, followed by its EM step, only when it is a valid
+    mixture whose log-likelihood is at least that of θ1; otherwise the run goes on from θ2.
+    Every log-likelihood recorded in the trace is therefore at least the previous one, exactly
+    as for plain EM. The bound is SQUAREM's own step control (its ``step.max``, ``mstep = 4``):
+    it starts at 1 and is multiplied by 4 after each step cut to it that succeeds and divided
+    by 4 after one that fails, so that the overlong steps which fail (a covariance that is not
+    positive definite, a lower log-likelihood: 6 in 7 of them, unbounded, on faithful's EEE,4)
+    cost no pass.
 
     ``missing`` (the missingness of ``X``, when it has NaN) makes every pass the observed-data
     one (:func:`~bayesgmm.core._missing.missing_pass`); ``labels`` (N,) fixes the component of
@@ -377,7 +385,9 @@ class _Batch:
         nr = np.sqrt((r_vec * r_vec).sum(axis=1))
         nv = np.sqrt((v_vec * v_vec).sum(axis=1))
         alpha = np.where(nv > 0, -nr / np.where(nv > 0, nv, 1.0), -1.0)
-        alpha = np.minimum(alpha, -1.0)
+        bound = np.fromiter((r.step_max for r in active), dtype=np.float64, count=len(active))
+        alpha = np.clip(alpha, -bound, -1.0)
+        capped = alpha == -bound
         a1 = (-2.0 * alpha)[:, None]
         a2 = (alpha * alpha)[:, None]
 
@@ -404,6 +414,11 @@ class _Batch:
                 covs[idx] = np.where(mask[idx][..., None, None], covs[idx], np.eye(covs.shape[-1]))
         chol, bad = batched_cholesky(covs)
         valid = (bad < 0) & (weights >= 0).all(axis=1) & (alpha < -1.0)
+        for i in np.flatnonzero(capped & ~valid):
+            # A step cut to the bound: the plain step (bound 1) lets the bound grow; an
+            # invalid mixture (a covariance not positive definite, a negative weight) shrinks it.
+            run = active[i]
+            run.step_max = run.step_max * 4.0 if alpha[i] == -1.0 else max(1.0, run.step_max / 4)
         if not valid.any():
             return theta2
         out = Params(
@@ -419,7 +434,10 @@ class _Batch:
             run = active[i]
             # The trial is kept only when its EM step is valid, it improves on θ1 and the run
             # still has budget for one more M-step.
-            if bad_new[j] < 0 and loglik[j] >= run.loglik and run.n_iter + 1 < self.until_iter:
+            ok = bad_new[j] < 0 and loglik[j] >= run.loglik
+            if capped[i]:
+                run.step_max = run.step_max * 4.0 if ok else max(1.0, run.step_max / 4.0)
+            if ok and run.n_iter + 1 < self.until_iter:
                 run.trace.append(float(loglik[j]))
                 run.n_iter += 1
                 out.weights[i], out.means[i] = new.weights[j], new.means[j]

@@ -115,9 +115,11 @@ def test_fit_uses_rows_with_missing_values(tmp_path, capsys, faithful_csv):
     assert "modelled as missing at random" in out
     tree = xr.open_datatree(nc, engine="h5netcdf")
     assert tree["observed_data"]["x"].shape == (272, 2)
-    # The chosen fit's log-likelihood is the library's on the data with its holes.
+    # The chosen fit's log-likelihood is the library's on the data with its holes (fit_em's
+    # runs stop on a relative change of 1e-8 per iteration, on other paths than the grid's:
+    # the optimum agrees to about that).
     ref = bg.fit_em(holes, 3, covariance_type="EEE")
-    assert tree["em"].attrs["loglik"] == pytest.approx(ref.loglik, rel=1e-9)
+    assert tree["em"].attrs["loglik"] == pytest.approx(ref.loglik, rel=1e-7)
     tree.close()
     assert main([*argv[:-2], "--drop-missing"]) == 0
     assert "--drop-missing dropped those rows" in capsys.readouterr().out

@@ -228,6 +228,7 @@ def test_stacked_replicates_on_four_features_with_few_runs():
 
     rng = np.random.default_rng(6)
     X = rng.normal(size=(400, 4)) @ np.diag([1.0, 2.0, 0.5, 1.5])
+    X[:200, 0] += 4.0  # two clusters: the alternative's start splits the null's data in two
     f1, f2 = bg.fit_em(X, 1), bg.fit_em(X, 2)
     reps = replicate_em(f1, X, n_boot=1, kind="parametric", rng=0)
     assert reps.replicate.tolist() == [0]
