@@ -84,7 +84,7 @@ def run_analysis(
     structure, k = chosen.covariance_type, chosen.n_components
     compare_ks = settings.compare_ks or tuple(settings.ks)
     report.heading(f"How many components? ({structure}, K = {min(compare_ks)}..{max(compare_ks)})")
-    report.table(cmp.table, digits=5)
+    report.table(cmp.table)
     report.figure(_plots().plot_criteria(cmp), "Each criterion against K; the chosen K starred.")
     if cmp.notes:
         report.items(cmp.notes, css="notes")
@@ -138,10 +138,10 @@ def _em_section(report: Report, X: Any, settings: Settings) -> Any:
         f"hierarchical start with restarts; {crit} in the textbook sign (smaller is better; "
         "mclust prints −BIC)."
     )
-    report.table(sel.top(5), digits=6)
+    report.table(sel.top(5))
     report.figure(plots.plot_bic(sel), f"{crit} of every structure against K (smaller is better).")
     report.heading(f"The chosen model: {chosen.covariance_type}, K = {chosen.n_components}")
-    report.table(_parameter_table(chosen.model), digits=4)
+    report.table(_parameter_table(chosen.model))
     report.figure(plots.plot_mixture(chosen, X), "The fitted mixture over the data.")
     _tree_section(report, X, chosen, settings.seed)
     return sel
@@ -219,7 +219,7 @@ def _posterior_section(
         f"replicates ({boot.attrs['n_failed']} failed). Intervals are equal-tailed 94%."
     )
     report.paragraph(_method_account(post, diagnosis, settings.method))
-    report.table(diagnosis.table, digits=3)
+    report.table(diagnosis.table)
     if modes_note:
         report.paragraph(modes_note)
     sensitivity = _prior_sensitivity(post)
@@ -228,7 +228,7 @@ def _posterior_section(
             "Prior sensitivity: power-scaling the prior and the likelihood (Kallioinen et al. "
             "2023), the largest sensitivity per parameter family; above 0.05 is flagged."
         )
-        report.table(sensitivity, digits=3)
+        report.table(sensitivity)
     if not diagnosis.passed:
         report.paragraph(
             "Warning: this posterior failed its own diagnostics (the rows marked False above), "
@@ -240,7 +240,7 @@ def _posterior_section(
                 "posterior is at fault."
             )
         )
-    report.table(table.drop(columns=["parameter", "component", "feature", "feature_bis"]), 3)
+    report.table(table.drop(columns=["parameter", "component", "feature", "feature_bis"]))
     report.figure(
         _plots().plot_forest(fit, post, bootstrap=boot),
         "Posterior, bootstrap and EM per parameter (in EM's labels), each in standard errors "

@@ -12,6 +12,7 @@ import io
 import platform
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -72,10 +73,46 @@ def _figure_html(fig: Any, caption: str) -> str:
     )
 
 
-def _table_html(frame: Any, digits: int = 4) -> str:
+#: Columns on the log-likelihood scale (criteria, ELPD and their standard errors): their
+#: differences are what is read, so they get one decimal whatever their size.
+_LOG_SCALE = ("loglik", "bic", "icl", "aic", "elpd", "log_ml", "log ml", "marginal", "difference")
+
+
+def _log_scale(column: Any, columns: Any) -> bool:
+    name = str(column).lower()
+    if any(key in name for key in _LOG_SCALE):
+        return True
+    # An ELPD's standard errors are on its scale.
+    return name in ("se", "dse") and any("elpd" in str(c).lower() for c in columns)
+
+
+def format_number(value: Any, log_scale: bool = False) -> str:
+    """One number as every table of the report shows it: 4 significant figures, without
+    exponents between 0.001 and 10,000 (larger values to the unit, smaller ones as 1.234e-05);
+    on the log-likelihood scale one decimal. Integers, booleans and text unchanged."""
+    import numpy as np
+
+    if isinstance(value, bool | np.bool_) or not isinstance(value, float | np.floating):
+        return "" if value is None else str(value)
+    v = float(value)
+    if not np.isfinite(v):
+        return "" if np.isnan(v) else str(v)
+    if log_scale:
+        return f"{v:.1f}"
+    size = abs(v)
+    if size >= 1e4:
+        return f"{v:.0f}"
+    if 0 < size < 1e-3:
+        return f"{v:.3e}"
+    return f"{v:.4g}"
+
+
+def _table_html(frame: Any) -> str:
     # In a scrolling box: a table wider than the page (the comparison over K has a dozen
     # columns) scrolls on its own instead of pushing the page wider than its 1100 px.
-    body = frame.to_html(float_format=lambda v: f"{v:.{digits}g}", na_rep="", border=0)
+    formatters = {c: partial(format_number, log_scale=_log_scale(c, frame.columns))
+                  for c in frame.columns}  # fmt: skip
+    body = frame.to_html(formatters=formatters, na_rep="", border=0)
     return f'<div class="table">{body}</div>'
 
 
@@ -103,8 +140,9 @@ class Report:
         body = "".join(f"<p>{html.escape(line)}</p>" for line in lines)
         self.sections.append(f'<div class="reading">{body}</div>')
 
-    def table(self, frame: Any, digits: int = 4) -> None:
-        self.sections.append(_table_html(frame, digits))
+    def table(self, frame: Any) -> None:
+        """A table, every number as :func:`format_number` writes it."""
+        self.sections.append(_table_html(frame))
 
     def figure(self, fig: Any, caption: str) -> None:
         self.sections.append(_figure_html(fig, caption))

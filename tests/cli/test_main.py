@@ -140,8 +140,9 @@ def test_parquet_and_netcdf_inputs(tmp_path, capsys):
         assert "Chosen model: EEE with K = 3" in out
 
 
-def test_report_is_self_contained_html(tmp_path, capsys, faithful_csv):
-    out = tmp_path / "r" / "report.html"
+@pytest.fixture(scope="module")
+def faithful_report(tmp_path_factory, faithful_csv):
+    out = tmp_path_factory.mktemp("r") / "report.html"
     argv = [
         "report",
         str(faithful_csv),
@@ -164,7 +165,11 @@ def test_report_is_self_contained_html(tmp_path, capsys, faithful_csv):
         "--quiet",
     ]
     assert main(argv) == 0
-    text = out.read_text()
+    return out
+
+
+def test_report_is_self_contained_html(faithful_report):
+    text = faithful_report.read_text()
     assert text.startswith("<!DOCTYPE html>")
     # BIC per structure, the mixture, the dendrogram, the forest plot, the criteria against
     # K: all embedded
@@ -183,6 +188,97 @@ def test_report_is_self_contained_html(tmp_path, capsys, faithful_csv):
     # Every table in a box that scrolls sideways, so none widens the page past its 1100 px.
     assert text.count("<table") == text.count('<div class="table"><table')
     assert "div.table { max-width: 100%; overflow-x: auto; }" in text
+
+
+_MEASURE = """<script>
+window.addEventListener("load", () => {
+  const rect = (e) => e.getBoundingClientRect().width;
+  const out = {
+    viewport: window.innerWidth,
+    page: document.documentElement.scrollWidth,
+    body: document.body.clientWidth,
+    tables: [...document.querySelectorAll("div.table")].map((d) => ({
+      box: rect(d), content: d.scrollWidth, scrolls: getComputedStyle(d).overflowX,
+    })),
+    images: [...document.images].map((i) => ({
+      decoded: i.complete && i.naturalWidth > 0, width: rect(i), natural: i.naturalWidth,
+    })),
+  };
+  const pre = document.createElement("pre");
+  pre.id = "measure";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _browser() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium (apt-get install chromium)")
+def test_report_renders_in_a_browser(faithful_report, tmp_path):
+    # The report as a reader sees it, 1100 px wide (issue 15): headless Chromium lays the page
+    # out, a measuring script (added to a copy: the report itself runs none) reports every
+    # table's and figure's rendered width, and a screenshot must show the page.
+    import re
+
+    import matplotlib.image as mpimg
+
+    browser = _browser()
+    page = tmp_path / "measured.html"
+    page.write_text(faithful_report.read_text().replace("</body>", _MEASURE + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--window-size=1100,4000", "--virtual-time-budget=10000"]  # fmt: skip
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    found = re.search(r'<pre id="measure">(.*?)</pre>', dom, re.S)
+    assert found, "the page did not finish loading in Chromium"
+    m = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert m["page"] <= m["viewport"]  # nothing widens the page: no sideways scrolling
+    assert len(m["tables"]) >= 6
+    for table in m["tables"]:
+        assert table["box"] <= m["body"] + 1  # every table's box fits the page ...
+        assert table["scrolls"] == "auto"  # ... and a wider table scrolls inside it
+    assert any(t["content"] <= t["box"] + 1 for t in m["tables"])
+    assert len(m["images"]) == 5
+    for image in m["images"]:
+        assert image["decoded"] and image["natural"] > 200  # every figure decoded ...
+        assert 200 < image["width"] <= m["body"] + 1  # ... shown, within the page
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", faithful_report.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    pixels = mpimg.imread(shot)[..., :3]
+    assert pixels.shape[1] == 1100
+    inked = (pixels.min(axis=2) < 0.9).mean()  # the share of pixels that are not white
+    assert 0.02 < inked < 0.9
+
+
+def test_table_numbers_have_one_format():
+    # 4 significant figures; the log-likelihood scale (criteria, ELPD and its SE) one decimal.
+    from bayesgmm.cli.report import _table_html, format_number
+
+    assert format_number(0.028741) == "0.02874"
+    assert format_number(11.408) == "11.41"
+    assert format_number(77.4712) == "77.47"
+    assert format_number(123456.7) == "123457"
+    assert format_number(2.5e-5) == "2.500e-05"
+    assert format_number(2314.2961, log_scale=True) == "2314.3"
+    assert format_number(np.nan) == "" and format_number(3) == "3" and format_number(True) == "True"
+    frame = pd.DataFrame({"bic": [2314.2961], "elpd_loo": [-1150.04], "se": [11.408],
+                          "weight": [0.35642]})  # fmt: skip
+    import re
+
+    cells = re.findall(r"<td>(.*?)</td>", _table_html(frame))
+    assert cells == ["2314.3", "-1150.0", "11.4", "0.3564"]
 
 
 def test_demo_small(tmp_path, capsys):
