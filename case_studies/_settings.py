@@ -24,7 +24,7 @@ def comparison_section(report, cmp, heading: str) -> None:
     from bayesgmm.compare import plots
 
     report.heading(heading)
-    report.table(cmp.table, digits=5)
+    report.table(cmp.table)
     report.figure(plots.plot_criteria(cmp), "Each criterion against K; the chosen K starred.")
     if cmp.notes:
         report.items(cmp.notes, css="notes")

@@ -80,7 +80,7 @@ report.paragraph(
     f"BIC over E (equal variances) and V (unequal) chooses {sel.best.covariance_type} with "
     f"K = {sel.best.n_components} (mclust 6.0.0: V,3 on these data)."
 )
-report.table(sel.top(5), digits=6)
+report.table(sel.top(5))
 comparison_section(report, cmp, f"Every criterion for V, K = {min(S['ks'])}..{max(S['ks'])}")
 for k in sorted({cmp.choices.get("bic", 1), max(cmp.choices.values())}):
     if k in cmp.fits:

@@ -86,10 +86,10 @@ print(ari)
 
 # %%
 report.heading("EM over every structure and K")
-report.table(by_bic.top(5), digits=6)
+report.table(by_bic.top(5))
 report.figure(plots.plot_bic(by_bic), "BIC of every structure against K.")
 report.heading("The chosen partitions against the species")
-report.table(ari, digits=3)
+report.table(ari)
 report.table(
     pd.crosstab(species, by_bic.best.predict(), rownames=["species"], colnames=["component"])
 )

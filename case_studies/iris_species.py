@@ -86,9 +86,9 @@ report.paragraph(
     "and leave-one-out errors on the same data. mclust writes a VVV model with one component "
     "as XXX."
 )
-report.table(summary, digits=4)
+report.table(summary)
 report.table(confusion)
-report.table(edda.selection.sort_values("bic").head(5), digits=6)
+report.table(edda.selection.sort_values("bic").head(5))
 report.figure(
     plots.plot_partitions(
         X, {"species": species, "EDDA, cross-validated": edda_cv.predicted}, features=(2, 3)
@@ -120,7 +120,7 @@ report.paragraph(
     "E-step); EM infers the others. The log-likelihood is the joint one, p(x, z) on the "
     "labelled rows and p(x) on the rest."
 )
-report.table(ssl, digits=3)
+report.table(ssl)
 
 # %%
 with warnings.catch_warnings():

@@ -64,7 +64,7 @@ report.paragraph(
     f"BIC chooses {best.covariance_type} with K = {best.n_components} (BIC {best.bic:.2f}; "
     f"mclust 6.0.0 reports −BIC = −2314.32 for EEE,3 on these data)."
 )
-report.table(sel.top(5), digits=6)
+report.table(sel.top(5))
 report.figure(plots.plot_bic(sel), "BIC of every structure against K.")
 report.figure(plots.plot_mixture(best, X), f"{best.covariance_type}, K = {best.n_components}.")
 
@@ -100,7 +100,7 @@ boot = bg.bootstrap_em(fit, X, n_boot=S["n_boot"], rng=2)
 table = bg.compare_estimates(fit, post, bootstrap=boot)
 print(table.round(3))
 report.heading(f"EM, bootstrap and posterior at EEE, K = {k}")
-report.table(table.drop(columns=["parameter", "component", "feature", "feature_bis"]), 3)
+report.table(table.drop(columns=["parameter", "component", "feature", "feature_bis"]))
 report.figure(
     plots.plot_forest(fit, post, bootstrap=boot, var_names=["weights"]),
     "Weights: posterior, bootstrap and EM.",

@@ -104,7 +104,7 @@ report.paragraph(
     f"{S['repetitions']} data sets of {S['n']} rows from the mixture below; intervals for the "
     f"3 weights and 6 means. Binomial standard error of the overall coverage: {se:.3f}."
 )
-report.table(coverage, digits=3)
+report.table(coverage)
 ratio = results["boot_se/post_sd"]
 reading = [
     f"Posterior intervals covered the truth {coverage.loc['all', 'posterior']:.1%} of the "
