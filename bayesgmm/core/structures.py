@@ -21,6 +21,9 @@ structure; everything else passes the object around.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -357,8 +360,24 @@ _INNER_MAX = 500
 _WARM_MAX = 5
 
 
+#: Inner iterations of an M-step from scratch (no current parameters) in this context: a start's
+#: first M-step sets this lower (:func:`cold_inner_limit`), as EM's warm steps go on from it.
+_COLD_MAX: ContextVar[int] = ContextVar("cold_inner_max", default=_INNER_MAX)
+
+
+@contextmanager
+def cold_inner_limit(limit: int) -> Iterator[None]:
+    """Within the block, an iterative M-step without current parameters stops after ``limit``
+    inner iterations (a generalised M-step: EM's next steps, each an improvement, go on)."""
+    token = _COLD_MAX.set(limit)
+    try:
+        yield
+    finally:
+        _COLD_MAX.reset(token)
+
+
 def _inner_limit(previous: np.ndarray | None) -> int:
-    return _INNER_MAX if previous is None else _WARM_MAX
+    return _COLD_MAX.get() if previous is None else _WARM_MAX
 
 
 def _map_terms(
