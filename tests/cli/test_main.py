@@ -233,8 +233,11 @@ def test_report_renders_in_a_browser(faithful_report, tmp_path):
     browser = _browser()
     page = tmp_path / "measured.html"
     page.write_text(faithful_report.read_text().replace("</body>", _MEASURE + "</body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--window-size=1100,4000", "--virtual-time-budget=10000"]  # fmt: skip
+    # No network: the background-networking flags keep Chromium from trying to reach out.
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,4000",
+             "--virtual-time-budget=10000"]  # fmt: skip
     dom = subprocess.run(
         [browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
     ).stdout
