@@ -447,7 +447,12 @@ class _Batch:
 
 def _data_scale(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """Standard deviation of each feature (1 where constant)."""
-    _, var = mean_cov(X, w, diagonal=True)
+    if not isinstance(X, np.ndarray):  # a dask array: one pass over its chunks
+        from bayesgmm.core._dask import moments
+
+        _, var = moments(X, w)
+    else:
+        _, var = mean_cov(X, w, diagonal=True)
     return np.sqrt(np.where(var > 0, var, 1.0))
 
 

@@ -437,6 +437,7 @@ def run_pass(
     resp_out: np.ndarray | None = None,
     logp_out: np.ndarray | None = None,
     labels: np.ndarray | None = None,
+    parallel: bool = True,
 ) -> PassStats:
     """One pass over all rows of ``X`` (N, D) for a batch of R mixtures.
 
@@ -447,12 +448,21 @@ def run_pass(
     Writes p(z_n = k | x_n) into ``resp_out`` (N, K·R, component-major) and log p(x_n) into
     ``logp_out`` (N, R) when given. ``labels`` (N,) fixes the component of the rows where it is
     ≥ 0 (:func:`fix_labels`: semi-supervised EM).
-    Memory: O(chunk) beyond the outputs.
+    Memory: O(chunk) beyond the outputs. ``X`` may be a dask array (:mod:`._dask`: the same
+    pass on each of its chunks, summed by dask; statistics only). ``parallel=False`` keeps the
+    pass on the calling thread (a dask worker's task).
     """
+    if not isinstance(X, np.ndarray):
+        from bayesgmm.core._dask import chunked_pass
+
+        if resp_out is not None or logp_out is not None or labels is not None:
+            raise ValueError("a pass over a dask array returns statistics only")
+        return chunked_pass(X, p, sample_weight=sample_weight, stats=stats)
     n = X.shape[0]
     m, d = p.means.shape
     if (
-        p.kind != "direct"
+        parallel
+        and p.kind != "direct"
         and resp_out is None
         and logp_out is None
         and p.n_batch > 1
@@ -463,7 +473,7 @@ def run_pass(
     step = _chunk_rows(n, m, _n_features(p.kind, d, m))
     bounds = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
     args = (p, sample_weight, stats, resp_out, logp_out, labels)
-    if n < _PARALLEL_MIN_ROWS or len(bounds) == 1 or n_threads() == 1:
+    if not parallel or n < _PARALLEL_MIN_ROWS or len(bounds) == 1 or n_threads() == 1:
         parts = [_one_chunk(X, lo, hi, *args) for lo, hi in bounds]
     else:
         # Our threads already use every core: BLAS inside them runs single-threaded, or two

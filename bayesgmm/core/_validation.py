@@ -44,6 +44,16 @@ def as_data(
         The DataFrame's column names, or None for plain arrays.
     """
     feature_names: tuple[str, ...] | None = None
+    if type(X).__module__.startswith(("dask.", "dask_expr")) or (
+        type(X).__module__.startswith("xarray.")
+        and type(getattr(X, "data", None)).__module__.startswith("dask.")
+    ):
+        # Never gather a dask collection behind the user's back (docs/scale.md).
+        raise ValueError(
+            f"{name} is a dask collection; fit_em and the GaussianMixture methods take it as it "
+            "is, this function does not yet. Pass a numpy array or DataFrame (X.compute(), for "
+            "data that fit in memory)."
+        )
     columns = getattr(X, "columns", None)
     if columns is not None and hasattr(X, "dtypes"):
         # A DataFrame: name the offending columns rather than fail inside numpy.

@@ -53,6 +53,12 @@ def fit_em(
         NaN marks a missing value (missing at random): EM then maximises the observed-data
         likelihood, each row's density being that of its observed coordinates, and the starts
         are computed on the data with each NaN at its column's mean (docs/missing.md).
+        A dask array, a dask DataFrame or an xarray object backed by dask is fitted without
+        gathering it: one pass over its chunks per EM iteration, on dask's threads or on a
+        ``distributed.Client`` when one is active; the starts are computed on a seeded
+        subsample of 20,000 rows, and ``responsibilities`` is a lazy dask array
+        (docs/scale.md). There, ``labels``, ``prior`` and missing values are not available
+        yet.
     n_components : int
         K, at least 1 and at most the number of distinct rows.
     covariance_type : str, default "VVV"
@@ -112,6 +118,20 @@ def fit_em(
     >>> round(fit.bic, 2)
     2314.3
     """
+    from bayesgmm.core._dask import is_dask
+
+    if is_dask(X):
+        if labels is not None:
+            raise ValueError("labels= is not available for dask input yet; fit in memory.")
+        from bayesgmm.core._dask import fit_em_chunked
+
+        best = fit_em_chunked(
+            X, n_components, covariance_type, init=init, n_init=n_init, tol=tol,
+            max_iter=max_iter, reg_covar=reg_covar, prior=prior, sample_weight=sample_weight,
+            rng=rng, accelerate=accelerate,
+        )  # fmt: skip
+        _warn_if_degenerate(best)
+        return best
     if labels is None:
         arr, names, w = prepare_data(X, sample_weight)
         lab = None
@@ -157,10 +177,15 @@ def fit_em(
         labels=lab,
     )[k]
     best = best_result(results)
+    _warn_if_degenerate(best)
+    return best
+
+
+def _warn_if_degenerate(best: EMResult) -> None:
     if best.degenerate:
         warnings.warn(
-            f"fit_em({structure.name}, K={k}) is degenerate: {best.degenerate_reason}",
+            f"fit_em({best.covariance_type}, K={best.n_components}) is degenerate: "
+            f"{best.degenerate_reason}",
             DegenerateFitWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return best

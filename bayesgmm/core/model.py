@@ -272,7 +272,10 @@ class GaussianMixture:
         return lj[np.arange(lj.shape[0]), z_arr]
 
     def log_prob(self, X: Any) -> np.ndarray:
-        """log p(x_n) = log Σ_k π_k N(x_n | μ_k, Σ_k) (log-sum-exp), shape (n,)."""
+        """log p(x_n) = log Σ_k π_k N(x_n | μ_k, Σ_k) (log-sum-exp), shape (n,). For a dask
+        array (or dask-backed DataFrame or xarray object) a lazy dask array, chunk by chunk."""
+        if self._lazy_input(X):
+            return self._per_chunk(X, self.log_prob, None)
         arr, miss = self._data(X)
         out = np.empty((arr.shape[0], 1))
         if miss is None:
@@ -284,8 +287,11 @@ class GaussianMixture:
     def responsibilities(self, X: Any) -> np.ndarray:
         """p(z_n = k | x_n) = π_k N(x_n | μ_k, Σ_k) / Σ_j π_j N(x_n | μ_j, Σ_j), shape (n, K).
 
-        Rows sum to 1; computed in log space, so they never underflow to 0/0.
+        Rows sum to 1; computed in log space, so they never underflow to 0/0. For dask input a
+        lazy dask array.
         """
+        if self._lazy_input(X):
+            return self._per_chunk(X, self.responsibilities, self.n_components)
         arr, miss = self._data(X)
         out = np.empty((arr.shape[0], self.n_components))
         if miss is None:
@@ -295,8 +301,28 @@ class GaussianMixture:
         return out
 
     def predict(self, X: Any) -> np.ndarray:
-        """The most probable component argmax_k p(z_n = k | x_n), shape (n,)."""
+        """The most probable component argmax_k p(z_n = k | x_n), shape (n,) (for dask input a
+        lazy dask array)."""
+        if self._lazy_input(X):
+            return self._per_chunk(X, self.predict, None).astype(np.int64)
         return self.log_joint_all(X).argmax(axis=1)
+
+    @staticmethod
+    def _lazy_input(X: Any) -> bool:
+        from bayesgmm.core._dask import is_dask
+
+        return is_dask(X)
+
+    def _per_chunk(self, X: Any, method: Any, n_out: int | None) -> Any:
+        from bayesgmm.core._dask import as_dask, per_row
+
+        arr, _ = as_dask(X)
+        if arr.shape[1] != self.n_features:
+            raise ValueError(
+                f"X has {arr.shape[1]} features but the mixture has {self.n_features}; pass data "
+                "with the same columns as the fit."
+            )
+        return per_row(arr, method, n_out)
 
     def impute(self, X: Any, draws: int | None = None, rng: Any = None) -> Any:
         """Fill the missing values (NaN) of ``X`` under the mixture.

@@ -1,0 +1,369 @@
+"""EM on data beyond memory: a dask array (or a dask DataFrame, or an xarray object backed by
+dask) is never gathered. Each EM iteration is one pass over its chunks: every chunk runs the
+core's own pass (:func:`~bayesgmm.core._passes.run_pass`, the same kernel as in memory) and
+returns its sufficient statistics (Σ w log p(x), N_k, Σ γ x, packed Σ γ x xᵀ) as one flat vector;
+dask sums the vectors as a tree (``split_every``) on whatever scheduler is active (its threads,
+or a ``distributed.Client``), and every structure's M-step runs unchanged on the sums. The loop
+(:func:`~bayesgmm.core._loop.iterate`: SQUAREM, convergence, degeneracy) is the in-memory one.
+
+Starts (hierarchical, k-means++) are computed on a seeded uniform subsample held in memory; every
+log-likelihood reported is a full-data one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from bayesgmm.core._passes import DensityParams, PassStats, run_pass
+
+__all__ = ["as_dask", "chunked_pass", "chunked_scores", "is_dask", "moments"]
+
+#: Sums of this many chunks' statistics are added in one task (dask's ``split_every``).
+SPLIT_EVERY = 8
+
+
+def is_dask(X: Any) -> bool:
+    """Whether ``X`` is a dask collection (array, DataFrame, Series), or an xarray object whose
+    data is one, without importing dask when it is not loaded."""
+    module = type(X).__module__
+    if module.startswith("dask.") or module.startswith("dask_expr"):
+        return True
+    if module.startswith("xarray.") and hasattr(X, "variable"):
+        return is_dask(X.variable._data)
+    return False
+
+
+def as_dask(X: Any) -> tuple[Any, tuple[str, ...] | None]:
+    """A float64 dask array (N, D) with known row chunks and all columns in each chunk, and the
+    feature names when ``X`` has them; a clear error for what EM cannot use."""
+    import dask.array as da
+
+    names: tuple[str, ...] | None = None
+    module = type(X).__module__
+    if module.startswith("xarray."):
+        if X.ndim not in (1, 2):
+            raise ValueError(
+                f"X is an xarray object with dims {X.dims}; pass a 2-d (observations, "
+                "features) one."
+            )
+        if X.ndim == 2:
+            names = tuple(str(v) for v in X[X.dims[1]].values) if X.dims[1] in X.coords else None
+        X = X.data
+    elif hasattr(X, "dtypes") and hasattr(X, "to_dask_array"):  # a dask DataFrame or Series
+        frame = X.to_frame() if not hasattr(X, "columns") else X
+        import pandas as pd
+
+        bad = [str(c) for c, t in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
+        if bad:
+            raise ValueError(
+                f"X has non-numeric column(s) {bad}; select the numeric ones, e.g. "
+                "X.select_dtypes('number'), or encode them first."
+            )
+        names = tuple(str(c) for c in frame.columns)
+        X = frame.to_dask_array(lengths=True)  # the row counts per partition: one quick pass
+    if not isinstance(X, da.Array):
+        raise TypeError(f"expected a dask array, DataFrame or xarray object; got {type(X)!r}.")
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-d (observations, features); got shape {X.shape}.")
+    if any(np.isnan(c) for c in X.chunks[0]):
+        raise ValueError(
+            "X is a dask array with unknown chunk sizes (NaN in X.chunks, as after boolean "
+            "indexing); call X.compute_chunk_sizes() first (for a dask DataFrame, "
+            "X.to_dask_array(lengths=True))."
+        )
+    if X.dtype.kind not in "fiub":
+        raise ValueError(f"X has dtype {X.dtype}; EM needs numbers (float64).")
+    if X.shape[0] < 2 or X.shape[1] < 1:
+        raise ValueError(f"X has shape {X.shape}; EM needs at least 2 rows and 1 feature.")
+    X = X.astype(np.float64)
+    if X.numblocks[1] > 1:
+        X = X.rechunk({1: -1})
+    return X, names
+
+
+def _check_block(block: np.ndarray, info: dict | None) -> None:
+    """A non-finite value stops the pass with where it is (chunk and row), never a NaN sum."""
+    if np.isfinite(block).all():
+        return
+    r, c = (int(i) for i in np.argwhere(~np.isfinite(block))[0])
+    where = ""
+    if info is not None:
+        chunk, row0 = info["chunk-location"][0], info["array-location"][0][0]
+        where = f" in chunk {chunk} (row {row0 + r})"
+    value = block[r, c]
+    if np.isnan(value):
+        raise ValueError(
+            f"X has a missing value (NaN){where}, feature {c}; EM on a dask array needs complete "
+            "rows for now: drop those rows (X[~da.isnan(X).any(axis=1)]) or fit in memory, "
+            "where missing values are modelled."
+        )
+    raise ValueError(
+        f"X has an infinite value ({value}){where}, feature {c}; remove or fix it before fitting."
+    )
+
+
+def _stat_sizes(r: int, k: int, d: int, stats: str) -> list[tuple[int, ...]]:
+    t = {"full": d * (d + 1) // 2, "diag": d, "none": 0}[stats]
+    return [(r,), (r, k), (r, k, d), (r, k, t)]
+
+
+def chunked_pass(
+    X: Any,
+    p: DensityParams,
+    *,
+    sample_weight: Any = None,
+    stats: Literal["none", "full", "diag"] = "none",
+) -> PassStats:
+    """:func:`~bayesgmm.core._passes.run_pass` over a dask array: the core's pass on every chunk,
+    its statistics summed as a tree on the active scheduler. ``sample_weight`` is None or a
+    dask array (N,) chunked as ``X``'s rows."""
+    import dask.array as da
+
+    r, k, d = p.n_batch, p.n_components, X.shape[1]
+    shapes = _stat_sizes(r, k, d, stats)
+    size = sum(int(np.prod(s)) for s in shapes)
+
+    def kernel(block: np.ndarray, *rest: Any, block_info: dict | None = None) -> np.ndarray:
+        _check_block(block, None if block_info is None else block_info[0])
+        w = rest[0][:, 0] if rest else None
+        s = run_pass(block, p, sample_weight=w, stats=stats, parallel=False)
+        parts = [s.loglik, s.counts, s.sum_x]
+        parts.append(s.scatter if s.scatter is not None else np.zeros(shapes[3]))
+        return np.concatenate([a.ravel() for a in parts])[None, :]
+
+    args = [X] if sample_weight is None else [X, sample_weight[:, None]]
+    per_chunk = da.map_blocks(
+        kernel, *args, chunks=((1,) * X.numblocks[0], (size,)), dtype=np.float64,
+        meta=np.empty((0, 0)),
+    )  # fmt: skip
+    flat = per_chunk.sum(axis=0, split_every=SPLIT_EVERY).compute()
+    out, pos = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape))
+        out.append(flat[pos : pos + n].reshape(shape))
+        pos += n
+    return PassStats(out[0], out[1], out[2], out[3] if stats != "none" else None)
+
+
+def moments(X: Any, sample_weight: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of every feature (weighted), in one pass over the chunks (each chunk's
+    sums about the first row, so that they do not cancel); a non-finite value stops it."""
+    import dask.array as da
+
+    shift = np.asarray(X[0].compute())
+    d = X.shape[1]
+
+    def kernel(block: np.ndarray, *rest: Any, block_info: dict | None = None) -> np.ndarray:
+        _check_block(block, None if block_info is None else block_info[0])
+        y = block - shift
+        w = rest[0] if rest else np.ones((block.shape[0], 1))
+        return np.concatenate([w.sum(axis=0), (w * y).sum(axis=0), (w * y * y).sum(axis=0)])[None]
+
+    args = [X] if sample_weight is None else [X, sample_weight[:, None]]
+    per_chunk = da.map_blocks(
+        kernel, *args, chunks=((1,) * X.numblocks[0], (2 * d + 1,)), dtype=np.float64,
+        meta=np.empty((0, 0)),
+    )  # fmt: skip
+    sums = per_chunk.sum(axis=0, split_every=SPLIT_EVERY).compute()
+    total, s1, s2 = sums[0], sums[1 : d + 1], sums[d + 1 :]
+    mean = s1 / total
+    var = np.maximum(s2 / total - mean * mean, 0.0)
+    return mean + shift, var
+
+
+def chunked_scores(X: Any, p: DensityParams, sample_weight: Any = None) -> tuple[float, float]:
+    """Σ w log p(x) and Σ w log γ_{n, MAP(n)} (ICL's entropy term) of one mixture, one pass."""
+    import dask.array as da
+
+    k = p.n_components
+
+    def kernel(block: np.ndarray, *rest: Any, block_info: dict | None = None) -> np.ndarray:
+        _check_block(block, None if block_info is None else block_info[0])
+        resp = np.empty((block.shape[0], k))
+        logp = np.empty((block.shape[0], 1))
+        run_pass(block, p, resp_out=resp, logp_out=logp, parallel=False)
+        top = np.log(np.maximum(resp.max(axis=1), np.finfo(float).tiny))
+        w = rest[0][:, 0] if rest else None
+        if w is None:
+            return np.array([[logp.sum(), top.sum()]])
+        return np.array([[w @ logp[:, 0], w @ top]])
+
+    args = [X] if sample_weight is None else [X, sample_weight[:, None]]
+    per_chunk = da.map_blocks(
+        kernel, *args, chunks=((1,) * X.numblocks[0], (2,)), dtype=np.float64,
+        meta=np.empty((0, 0)),
+    )  # fmt: skip
+    loglik, entropy = per_chunk.sum(axis=0, split_every=SPLIT_EVERY).compute()
+    return float(loglik), float(entropy)
+
+
+def per_row(X: Any, fn: Any, n_out: int | None) -> Any:
+    """A lazy dask array of ``fn(block)`` per row chunk: (N, n_out), or (N,) when n_out is None
+    (log-densities, responsibilities and labels of data beyond memory)."""
+    import dask.array as da
+
+    def kernel(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        _check_block(block, None if block_info is None else block_info[0])
+        return fn(block)
+
+    if n_out is None:
+        return da.map_blocks(kernel, X, drop_axis=1, dtype=np.float64, meta=np.empty((0,)))
+    return da.map_blocks(
+        kernel, X, chunks=(X.chunks[0], (n_out,)), dtype=np.float64, meta=np.empty((0, 0))
+    )
+
+
+#: Rows of the seeded uniform subsample that the starts of a fit on a dask array are computed
+#: on (the hierarchical tree itself uses at most mclust's 2000 of them, as in memory).
+START_ROWS = 20_000
+
+
+def persist_if_small(X: Any) -> Any:
+    """``X`` held in memory (the workers', under a ``distributed.Client``) when it takes under
+    half of it, so that EM's passes do not read its store again; otherwise streamed each pass."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None:
+        workers = client.scheduler_info().get("workers", {}).values()
+        memory = sum(w.get("memory_limit", 0) or 0 for w in workers)
+    else:
+        import psutil
+
+        memory = psutil.virtual_memory().available
+    return X.persist() if X.nbytes < 0.5 * memory else X
+
+
+def dask_weights(sample_weight: Any, X: Any) -> Any:
+    """Row weights as a dask array chunked like ``X``'s rows (None stays None)."""
+    import dask.array as da
+
+    if sample_weight is None:
+        return None
+    w = sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight)
+    if w.ndim != 1 or w.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"sample_weight must have shape ({X.shape[0]},), one weight per row of X; got "
+            f"{w.shape}."
+        )
+    if not isinstance(w, da.Array):
+        if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+            raise ValueError("sample_weight must be finite, non-negative and not all zero.")
+        return da.from_array(w.astype(np.float64), chunks=(X.chunks[0],))
+    return w.astype(np.float64).rechunk((X.chunks[0],))
+
+
+def fit_em_chunked(
+    X: Any,
+    n_components: int,
+    covariance_type: Any,
+    *,
+    init: Any,
+    n_init: int,
+    tol: float,
+    max_iter: int,
+    reg_covar: float,
+    prior: Any,
+    sample_weight: Any,
+    rng: Any,
+    accelerate: bool,
+) -> Any:
+    """:func:`~bayesgmm.core.fit.fit_em` on a dask collection: starts on a subsample, EM passes
+    over the chunks (see the module's docstring), and a result whose responsibilities are a lazy
+    dask array."""
+    from bayesgmm.core._engine import KEEP_AFTER_SHORT, SHORT_ITER, make_starts, start_model
+    from bayesgmm.core._loop import _REMEDY, _collapse_reason, iterate, new_run
+    from bayesgmm.core._validation import as_rng, check_n_components
+    from bayesgmm.core.criteria import aic, bic
+    from bayesgmm.core.em import Degenerate, to_model
+    from bayesgmm.core.init import parse_init
+    from bayesgmm.core.result import EMResult
+    from bayesgmm.core.structures import get_structure
+
+    if prior is not None:
+        raise ValueError(
+            "prior= is not available for dask input yet; fit without it, or on a subsample in "
+            "memory."
+        )
+    arr, names = as_dask(X)
+    n, d = arr.shape
+    structure = get_structure(covariance_type, d)
+    w = dask_weights(sample_weight, arr)
+    arr = persist_if_small(arr)
+    center, var = moments(arr, w)
+    constant = np.flatnonzero(var == 0)
+    if constant.size:
+        raise ValueError(
+            f"X's feature(s) {constant.tolist()} are constant, so every covariance would be "
+            "singular; drop constant columns before fitting."
+        )
+    gen = as_rng(rng)
+    rows = np.sort(gen.choice(n, size=min(n, START_ROWS), replace=False))
+    sub = np.asarray(arr[rows].compute())
+    k = check_n_components(n_components, sub)
+    if not (isinstance(init, str) or hasattr(init, "n_components")):
+        raise ValueError(
+            "init for a dask array must be 'hc', 'kmeans++', 'random' or a GaussianMixture "
+            f"(responsibilities or labels would need every row in memory); got {type(init)!r}."
+        )
+    parsed = parse_init(init, sub, k)
+    w_sub = None if w is None else np.asarray(w[rows].compute())
+    starts = make_starts(parsed, sub, k, gen, n_init)
+    try:
+        models = [
+            (label, start_model(sub, st, structure, w_sub, None, float(reg_covar), names))
+            for label, st in starts
+        ]
+    except Degenerate as err:
+        raise ValueError(
+            f"no valid starting mixture for n_components={k}, covariance_type="
+            f"{structure.name!r} on the start's subsample of {sub.shape[0]} rows ({err}). Use "
+            "fewer components or a more constrained covariance_type."
+        ) from None
+    settings: dict[str, Any] = {"center": center, "w": w, "prior": None,
+                                "reg_covar": float(reg_covar), "tol": float(tol),
+                                "accelerate": bool(accelerate)}  # fmt: skip
+    runs = [new_run(m, label) for label, m in models]
+    if len(runs) > 1:
+        iterate(arr, runs, min(SHORT_ITER, max_iter), **settings)
+        alive = sorted(runs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
+        runs = [runs[0], *alive[:KEEP_AFTER_SHORT]]
+    iterate(arr, runs, max_iter, **settings)
+    scale = np.sqrt(np.where(var > 0, var, 1.0))
+    n_obs = float(n if w is None else w.sum().compute())
+    results = []
+    for run in runs:
+        model = to_model(run.params, 0, run.structure, names)
+        loglik, entropy = chunked_scores(arr, model._params, w)
+        trace = list(run.trace)
+        if not run.converged or not trace:
+            trace.append(loglik)
+        reason = run.reason if run.reason is not None else _collapse_reason(model, scale)
+        p = model.n_parameters
+        results.append(
+            EMResult(
+                model=model,
+                loglik=loglik,
+                loglik_trace=np.asarray(trace),
+                n_iter=run.n_iter,
+                converged=run.converged,
+                n_parameters=p,
+                n_obs=n_obs,
+                bic=bic(loglik, p, n_obs),
+                aic=aic(loglik, p),
+                icl=bic(loglik, p, n_obs) - 2.0 * entropy,
+                responsibilities=per_row(arr, model.responsibilities, model.n_components),
+                degenerate=reason is not None,
+                degenerate_reason=None if reason is None else f"{reason}. {_REMEDY}",
+                init=run.label,
+            )
+        )
+    good = [r for r in results if not r.degenerate]
+    return max(good or results, key=lambda r: r.loglik)
