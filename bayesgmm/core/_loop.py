@@ -157,7 +157,9 @@ def iterate(
     # One batch per K when the MAP divisors depend on K, and per K and structure when the data
     # are large enough that the padding's (and the shared full statistics') wasted arithmetic
     # outweighs the per-call cost that batching saves.
-    large = X.shape[0] >= SHARED_PASS_MAX_ROWS
+    # (On a dask array every batch costs a pass over the chunks, maybe read from their store:
+    # one batch for all runs.)
+    large = isinstance(X, np.ndarray) and X.shape[0] >= SHARED_PASS_MAX_ROWS
     # With missing values the per-pattern factorisations cost in proportion to the batch's
     # padded components: one batch per K there too (no padding to factorise).
     split = len(set(ks)) > 1 and (prior is not None or large or missing is not None)

@@ -235,7 +235,11 @@ def select_em(
     Parameters
     ----------
     X : array_like (n_obs, n_features) or DataFrame
-        NaN marks a missing value, as in :func:`fit_em`.
+        NaN marks a missing value, as in :func:`fit_em`. A dask array (or dask DataFrame, or
+        xarray object backed by dask) is never gathered: the grid is screened on a seeded
+        subsample of ``screen // 4`` rows in memory, then every cell runs EM over the chunks
+        from the subsample's best fit and the hierarchical start, all cells sharing each pass
+        (docs/scale.md).
     n_components : int or iterable of int, default range(1, 10)
     covariance_types : "all" or iterable of str, default "all"
         "all" is every structure built (E and V for one feature, as mclust).
@@ -289,15 +293,21 @@ def select_em(
     ('EEE', 3)
     """
 
+    from bayesgmm.core._dask import is_dask
+
+    if is_dask(X):
+        return _select_chunked(X, n_components, covariance_types, criterion, labels=labels,
+                               init=init, n_init=n_init, tol=tol, max_iter=max_iter,
+                               reg_covar=reg_covar, prior=prior, sample_weight=sample_weight,
+                               rng=rng, cross_starts=cross_starts, accelerate=accelerate,
+                               n_jobs=n_jobs, screen=screen)  # fmt: skip
     if labels is None:
         arr, names, w = prepare_data(X, sample_weight)
         lab = None
     else:
         arr, names, w, lab = prepare_data(X, sample_weight, labels)
     check_settings(n_init, tol, max_iter, reg_covar, prior)
-    crit = str(criterion).lower()
-    if crit not in _CRITERIA:
-        raise ValueError(f"criterion={criterion!r} is not one of {list(_CRITERIA)}.")
+    crit = _criterion(criterion)
     method = _start_method(init)
     ks = _parse_ks(n_components)
     structures = _structure_list(covariance_types, arr.shape[1])
@@ -342,6 +352,39 @@ def select_em(
         if fit.degenerate:
             failures[key] = fit.degenerate_reason or "degenerate"
     return _selection(results, failures, ks, structures, crit)
+
+
+def _criterion(criterion: Any) -> str:
+    crit = str(criterion).lower()
+    if crit not in _CRITERIA:
+        raise ValueError(f"criterion={criterion!r} is not one of {list(_CRITERIA)}.")
+    return crit
+
+
+def _select_chunked(
+    X: Any,
+    n_components: Any,
+    covariance_types: Any,
+    criterion: Any,
+    *,
+    labels: Any,
+    screen: int | None,
+    **options: Any,
+) -> SelectionResult:
+    """select_em on a dask collection (:func:`bayesgmm.core._dask.select_em_chunked`)."""
+    from bayesgmm.core._dask import as_dask, select_em_chunked
+
+    if labels is not None:
+        raise ValueError("labels= is not available for dask input yet; select in memory.")
+    check_settings(options["n_init"], options["tol"], options["max_iter"],
+                   options["reg_covar"], options["prior"])  # fmt: skip
+    crit = _criterion(criterion)
+    _start_method(options["init"])
+    d = as_dask(X)[0].shape[1]
+    return select_em_chunked(
+        X, _parse_ks(n_components), _structure_list(covariance_types, d), crit,
+        screen=SCREEN_ROWS if screen is None else screen, **options,
+    )  # fmt: skip
 
 
 def _screen(

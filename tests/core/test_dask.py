@@ -119,3 +119,23 @@ def test_a_local_cluster_of_two_processes_gives_the_same_answer(data):
         chunked = bg.fit_em(da.from_array(data, chunks=(100, 3)), 3, init=start)
     np.testing.assert_allclose(chunked.loglik, here.loglik, rtol=1e-10)
     np.testing.assert_allclose(chunked.model.covariances, here.model.covariances, rtol=1e-8)
+
+
+def test_select_em_screens_on_a_subsample_and_reports_full_data_numbers(data):
+    # The grid runs in memory on a seeded subsample of screen // 4 rows; then every cell runs
+    # full-data EM over the chunks from the subsample's best fit and the hierarchical start,
+    # all cells sharing each pass. Every number is a full-data log-likelihood, and no cell is
+    # below full-data EM from the subsample's best fit (one of its two starts).
+    ks, structures = range(1, 4), ["VVV", "EEE"]
+    sel = bg.select_em(da.from_array(data, chunks=(100, 3)), ks, structures, screen=1200)
+    gen = np.random.default_rng(0)  # the subsample select_em draws first from rng=0
+    rows = np.sort(gen.choice(data.shape[0], size=300, replace=False))
+    sub = bg.select_em(data[rows], ks, structures, rng=gen, screen=None)
+    for (structure, k), fit in sel.results.items():
+        assert fit.loglik == pytest.approx(fit.model.score(data), rel=1e-10)
+        alone = bg.fit_em(
+            data, k, covariance_type=structure, init=sub.results[(structure, k)].model
+        )
+        assert fit.loglik >= alone.loglik - 1e-9 * abs(alone.loglik), (structure, k)
+    assert (sel.best.covariance_type, sel.best.n_components) == ("VVV", 3)
+    assert isinstance(sel.best.responsibilities, da.Array)
