@@ -65,7 +65,10 @@ def bootstrap_em(
     fit : EMResult
         The fit to bootstrap (its structure and K are kept).
     X : array_like
-        The data ``fit`` was made on.
+        The data ``fit`` was made on. A dask array (or dask DataFrame, or xarray object backed
+        by dask) takes the nonparametric and weighted kinds without a prior: every replicate's
+        row weights are drawn chunk by chunk from its own stream, never stored, and all
+        replicates share each pass over the chunks (docs/scale.md).
     n_boot : int, default 999
         Replicates (mclust's default).
     kind : {"nonparametric", "parametric", "weighted"}, default "nonparametric"

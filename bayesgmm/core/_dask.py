@@ -143,6 +143,90 @@ def _stat_sizes(r: int, k: int, d: int, stats: str) -> list[tuple[int, ...]]:
     return [(r,), (r, k), (r, k, d), (r, k, t)]
 
 
+class ChunkWeights:
+    """Bootstrap row weights of R replicates on a dask array, never stored: each chunk draws its
+    rows' weights from the replicate's own stream for that chunk, the same on every pass.
+
+    Nonparametric: the replicate's N draws are first dealt to the chunks (a multinomial over
+    the chunk sizes, ``per_chunk``), then to the rows of each chunk (a multinomial of that
+    count): together the multinomial of N draws over all rows with equal probabilities, as in
+    memory. Weighted (Newton & Raftery's weighted likelihood bootstrap): N times a flat
+    Dirichlet over the rows, as each chunk's Gamma(size) share of the total (``per_chunk``)
+    times a flat Dirichlet within the chunk.
+    """
+
+    #: Rows × replicates of one block of weights drawn at once in a chunk (64 MB).
+    BLOCK_ENTRIES = 8_000_000
+
+    def __init__(self, kind: str, seeds: np.ndarray, per_chunk: np.ndarray, n: int) -> None:
+        self.kind, self.seeds, self.per_chunk, self.n = kind, seeds, per_chunk, n
+
+    @classmethod
+    def draw(cls, kind: str, sizes: tuple[int, ...], seed: Any) -> ChunkWeights:
+        """One replicate's weights, from ``seed`` (a SeedSequence)."""
+        gen = np.random.default_rng(seed)
+        sizes_arr = np.asarray(sizes, dtype=np.int64)
+        n = int(sizes_arr.sum())
+        if kind == "nonparametric":
+            per_chunk = gen.multinomial(n, sizes_arr / n).astype(np.float64)
+        else:
+            per_chunk = gen.gamma(sizes_arr.astype(np.float64))
+        entropy = np.array([int(gen.integers(2**63))], dtype=np.int64)
+        return cls(kind, entropy, per_chunk[None, :], n)
+
+    @classmethod
+    def stack(cls, parts: list[ChunkWeights]) -> ChunkWeights:
+        return cls(
+            parts[0].kind, np.concatenate([p.seeds for p in parts]),
+            np.concatenate([p.per_chunk for p in parts]), parts[0].n,
+        )  # fmt: skip
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.seeds.shape[0], self.n)
+
+    def __getitem__(self, idx: Any) -> ChunkWeights:
+        return ChunkWeights(self.kind, self.seeds[idx], self.per_chunk[idx], self.n)
+
+    def block(self, chunk: int, rows: int, lo: int, hi: int) -> np.ndarray:
+        """The weights (hi − lo, rows) of replicates lo..hi on chunk ``chunk``."""
+        out = np.empty((hi - lo, rows))
+        for j, r in enumerate(range(lo, hi)):
+            gen = np.random.default_rng([int(self.seeds[r]), chunk])
+            share = self.per_chunk[r, chunk]
+            if self.kind == "nonparametric":
+                out[j] = gen.multinomial(int(share), np.full(rows, 1.0 / rows))
+            else:
+                out[j] = self.n * share / self.per_chunk[r].sum() * gen.dirichlet(np.ones(rows))
+        return out
+
+
+def _replicate_pass(
+    block: np.ndarray, p: DensityParams, weights: ChunkWeights, chunk: int, stats: Any
+) -> PassStats:
+    """A chunk's pass for R replicates, their weights drawn in blocks of replicates (bounded
+    memory), each block's pass on its mixtures of the batch."""
+    from bayesgmm.core._passes import _run_block
+
+    r = p.n_batch
+    if p.kind == "direct":  # few mixtures: all at once
+        w = weights.block(chunk, block.shape[0], 0, r)
+        return run_pass(block, p, sample_weight=w, stats=stats, parallel=False)
+    size = max(1, ChunkWeights.BLOCK_ENTRIES // max(1, block.shape[0]))
+    parts = []
+    for lo in range(0, r, size):
+        hi = min(lo + size, r)
+        w = weights.block(chunk, block.shape[0], lo, hi)
+        parts.append(
+            run_pass(block, _run_block(p, lo, hi), sample_weight=w, stats=stats, parallel=False)
+        )
+    scatter = None if stats == "none" else np.concatenate([q.scatter for q in parts])
+    return PassStats(
+        np.concatenate([q.loglik for q in parts]), np.concatenate([q.counts for q in parts]),
+        np.concatenate([q.sum_x for q in parts]), scatter,
+    )  # fmt: skip
+
+
 def chunked_pass(
     X: Any,
     p: DensityParams,
@@ -151,23 +235,31 @@ def chunked_pass(
     stats: Literal["none", "full", "diag"] = "none",
 ) -> PassStats:
     """:func:`~bayesgmm.core._passes.run_pass` over a dask array: the core's pass on every chunk,
-    its statistics summed as a tree on the active scheduler. ``sample_weight`` is None or a
-    dask array (N,) chunked as ``X``'s rows."""
+    its statistics summed as a tree on the active scheduler. ``sample_weight`` is None, a
+    dask array (N,) chunked as ``X``'s rows, or the :class:`ChunkWeights` of the batch's R
+    bootstrap replicates."""
     import dask.array as da
 
     r, k, d = p.n_batch, p.n_components, X.shape[1]
     shapes = _stat_sizes(r, k, d, stats)
     size = sum(int(np.prod(s)) for s in shapes)
+    replicates = sample_weight if isinstance(sample_weight, ChunkWeights) else None
 
     def kernel(block: np.ndarray, *rest: Any, block_info: dict | None = None) -> np.ndarray:
-        _check_block(block, None if block_info is None else block_info[0])
-        w = rest[0][:, 0] if rest else None
-        s = run_pass(block, p, sample_weight=w, stats=stats, parallel=False)
+        info = None if block_info is None else block_info[0]
+        _check_block(block, info)
+        if replicates is not None:
+            assert info is not None
+            s = _replicate_pass(block, p, replicates, info["chunk-location"][0], stats)
+        else:
+            w = rest[0][:, 0] if rest else None
+            s = run_pass(block, p, sample_weight=w, stats=stats, parallel=False)
         parts = [s.loglik, s.counts, s.sum_x]
         parts.append(s.scatter if s.scatter is not None else np.zeros(shapes[3]))
         return np.concatenate([a.ravel() for a in parts])[None, :]
 
-    args = [X] if sample_weight is None else [X, sample_weight[:, None]]
+    own = sample_weight is None or replicates is not None
+    args = [X] if own else [X, sample_weight[:, None]]
     per_chunk = da.map_blocks(
         kernel, *args, chunks=((1,) * X.numblocks[0], (size,)), dtype=np.float64,
         meta=np.empty((0, 0)),
@@ -500,3 +592,47 @@ def select_em_chunked(
         if best.degenerate:
             failures[key] = best.degenerate_reason or "degenerate"
     return _selection(results, failures, ks, structures, crit)
+
+
+def replicate_chunked(
+    fit: Any, X: Any, *, n_boot: int, kind: str, tol: float, max_iter: int, rng: Any
+) -> list[Any]:
+    """Bootstrap replicates of ``fit`` on a dask array, as one batched EM over the chunks (every
+    replicate from the estimate, each with the :class:`ChunkWeights` of its own stream): what
+    :func:`~bayesgmm.core.bootstrap.replicate_em` makes of each, a replicate or the reason it
+    failed."""
+    from bayesgmm.core._loop import Run, finish_many, iterate
+    from bayesgmm.core._validation import as_rng
+    from bayesgmm.core.bootstrap import _Replicate
+    from bayesgmm.core.em import Params
+
+    if kind not in ("nonparametric", "weighted"):
+        raise ValueError(
+            f"kind={kind!r} is not available for dask input yet (a parametric replicate is a new "
+            "data set of N rows); use 'nonparametric' or 'weighted'."
+        )
+    arr, _ = as_dask(X)
+    est = fit.model
+    n_fit = fit.responsibilities.shape[0]
+    if arr.shape != (n_fit, est.n_features):
+        raise ValueError(
+            f"X has shape {arr.shape} but the fit was made on {n_fit} rows of "
+            f"{est.n_features} features; pass the data the fit was made on."
+        )
+    arr = persist_if_small(arr)
+    center, var = moments(arr)
+    scale = np.sqrt(np.where(var > 0, var, 1.0))
+    root = int(as_rng(rng).integers(2**63))
+    runs = []
+    for seed in np.random.SeedSequence(root).spawn(n_boot):
+        p = Params(est.weights[None], est.means[None], est.covariances[None], est.cholesky[None])
+        weights: Any = ChunkWeights.draw(kind, arr.chunks[0], seed)
+        runs.append(Run(p, "mixture", est.structure, row_weight=weights, scale=scale))
+    iterate(arr, runs, max_iter, center=center, w=None, prior=None, reg_covar=0.0, tol=tol,
+            accelerate=True)  # fmt: skip
+    done = finish_many(arr, runs, center)
+    out: list[Any] = []
+    for run, model, ll, reason in zip(runs, done.models, done.loglik, done.reasons, strict=True):
+        out.append(reason if reason is not None else _Replicate(model, float(ll), run.n_iter,
+                                                                 run.converged))  # fmt: skip
+    return out

@@ -300,6 +300,11 @@ class _Batch:
             if name.startswith("features:"):
                 data = self.own(active, "data") if "data" not in own else own["data"]
                 own[name] = stacked_features(data, self.center, name == "features:diag")
+            elif name == "row_weight" and not isinstance(active[0].row_weight, np.ndarray):
+                # Bootstrap weights on a dask array, drawn chunk by chunk (never stored).
+                from bayesgmm.core._dask import ChunkWeights
+
+                own[name] = ChunkWeights.stack([r.row_weight for r in active])  # type: ignore[assignment,misc]
             else:
                 own[name] = np.stack([getattr(r, name) for r in active])
         slots = self._slots

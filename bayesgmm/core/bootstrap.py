@@ -329,11 +329,26 @@ def replicate_em(
     :data:`REPLICATES_PER_BATCH` per batch); with one, one fit at a time (its prior is resolved
     on each replicate's data).
     """
-    arr = _check_fit(fit, X)
+    from bayesgmm.core._dask import is_dask
+
     kind = _check_kind(kind)
     n_boot = _check_count("n_boot", n_boot, 1)
     if prior is not None and not isinstance(prior, ConjugatePrior):
         raise TypeError(f"prior must be a ConjugatePrior or None; got {prior!r}.")
+    if is_dask(X):
+        if prior is not None:
+            raise ValueError("prior= is not available for dask input yet; bootstrap without it.")
+        from bayesgmm.core._dask import replicate_chunked
+
+        if not isinstance(fit, EMResult):
+            raise TypeError(f"fit must be an EMResult from bayesgmm.fit_em; got {type(fit)}.")
+        out = replicate_chunked(
+            fit, X, n_boot=n_boot, kind=kind, tol=tol, max_iter=max_iter, rng=rng
+        )
+        if progress is not None:
+            progress(n_boot)
+        return _collect(fit.model, kind, out)
+    arr = _check_fit(fit, X)
     est = fit.model
     payload = {
         "X": arr,
@@ -351,6 +366,11 @@ def replicate_em(
         out = _run_batches(_refit_batch, payload, n_boot, per_replicate, rng, n_jobs, progress)
     else:
         out = map_replicates(_refit, payload, n_boot, rng, n_jobs, progress)
+    return _collect(est, kind, out)
+
+
+def _collect(est: GaussianMixture, kind: str, out: list[Any]) -> BootstrapReplicates:
+    """The replicates (each a fit or the reason it failed), relabelled to the estimate."""
     good = [i for i, r in enumerate(out) if not isinstance(r, str)]
     failed = {i: r for i, r in enumerate(out) if isinstance(r, str)}
     k, d = est.n_components, est.n_features
