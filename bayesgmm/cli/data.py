@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIError", "load_table", "parse_k"]
+__all__ = ["CLIError", "is_store", "load_lazy", "load_table", "parse_k"]
 
 
 class CLIError(Exception):
@@ -78,7 +78,10 @@ def load_table(
             f"DATA {path!r} does not exist; pass the path of a CSV, Parquet or netCDF file."
         )
     if p.is_dir():
-        raise CLIError(f"DATA {path!r} is a directory; pass a file.")
+        raise CLIError(
+            f"DATA {path!r} is a directory; pass a file (only `fit` reads a zarr store or a "
+            "Parquet directory, out of core)."
+        )
     frame = _read(p)
     if exclude is not None:  # a label column, not a feature
         frame = frame.drop(columns=[exclude])
@@ -178,3 +181,91 @@ def load_labels(path: str, column: str) -> Any:
             "its class (drop the others first)."
         )
     return labels
+
+
+def is_store(path: str) -> bool:
+    """Whether DATA is a directory: a zarr store or a Parquet dataset, read out of core."""
+    return Path(path).is_dir()
+
+
+def load_lazy(path: str, columns: str | None = None) -> tuple[Any, list[str]]:
+    """A zarr store (one 2-D array, rows × features; its ``columns`` attribute, if any, names
+    the features) or a Parquet directory (its numeric columns) as a dask collection that is
+    never gathered, and notices for the user."""
+    p = Path(path)
+    notices: list[str] = []
+    if (p / "zarr.json").exists() or (p / ".zarray").exists():
+        import dask.array as da
+        import zarr
+
+        try:
+            store = zarr.open_array(str(p), mode="r")
+        except Exception as err:  # zarr's errors vary by version
+            raise CLIError(f"DATA {path!r} could not be read as a zarr array: {err}") from None
+        if store.ndim != 2:
+            raise CLIError(
+                f"DATA {path!r} holds a {store.ndim}-d zarr array; pass one of rows × features."
+            )
+        given = store.attrs.get("columns")
+        named = [str(c) for c in given] if isinstance(given, list) else []
+        names = named or [f"x{i}" for i in range(store.shape[1])]
+        if len(names) != store.shape[1]:
+            raise CLIError(
+                f"DATA {path!r}: its 'columns' attribute names {len(names)} columns but the array "
+                f"has {store.shape[1]}."
+            )
+
+        X = da.from_zarr(str(p))
+        if columns:
+            wanted = [c.strip() for c in columns.split(",") if c.strip()]
+            unknown = [c for c in wanted if c not in names]
+            if unknown:
+                raise CLIError(f"--columns: {unknown} not in DATA; its columns are {names}.")
+            X = X[:, [names.index(c) for c in wanted]]
+            names = wanted
+        import xarray as xr
+
+        lazy = xr.DataArray(X, dims=("obs", "feature"), coords={"feature": names})
+        notices.append(
+            f"{X.shape[0]:,} rows × {X.shape[1]} in a zarr store, {X.numblocks[0]} chunks: read "
+            "out of core (dask)"
+        )
+        return lazy, notices
+    parquet = sorted(p.glob("*.parquet")) + sorted(p.glob("*.pq"))
+    if parquet:
+        import dask.dataframe as dd
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+        frame = dd.read_parquet(str(p))
+        numeric = [
+            c for c, t in frame.dtypes.items() if is_numeric_dtype(t) and not is_bool_dtype(t)
+        ]
+        if columns:
+            wanted = [c.strip() for c in columns.split(",") if c.strip()]
+            unknown = [c for c in wanted if c not in frame.columns]
+            if unknown:
+                have = [str(c) for c in frame.columns]
+                raise CLIError(f"--columns: {unknown} not in DATA; its columns are {have}.")
+            text = [c for c in wanted if c not in numeric]
+            if text:
+                raise CLIError(f"--columns: {text} are not numeric; select numeric columns.")
+            numeric = wanted
+        else:
+            dropped = [str(c) for c in frame.columns if c not in numeric]
+            if dropped:
+                notices.append(
+                    f"non-numeric columns dropped: {', '.join(dropped)} (select with --columns)"
+                )
+        if not numeric:
+            raise CLIError(
+                f"DATA {path!r} has no numeric columns; a Gaussian mixture needs numbers."
+            )
+        notices.append(
+            f"a Parquet dataset of {len(parquet)} files, {frame.npartitions} partitions: read out "
+            "of core (dask)"
+        )
+        return frame[numeric], notices
+    raise CLIError(
+        f"DATA {path!r} is a directory but neither a zarr store (zarr.json or .zarray) nor a "
+        "Parquet dataset (*.parquet files); pass a file, a zarr store or a Parquet directory."
+    )

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.cli.data import CLIError, load_labels, load_table, parse_k
+from bayesgmm.cli.data import CLIError, is_store, load_labels, load_table, parse_k
 from bayesgmm.cli.pipeline import select_quietly
 
 __all__ = ["main"]
@@ -76,19 +76,85 @@ def _load(args: argparse.Namespace, keep_missing: bool = False) -> Any:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    import bayesgmm as bg
 
+    if is_store(args.data):
+        return _fit_out_of_core(args)
+    if args.scheduler:
+        raise CLIError(
+            "--scheduler is for a zarr store or a Parquet directory (out of core); a file is "
+            "read into memory and fitted here."
+        )
     X = _load(args, keep_missing=True)
     ks = parse_k(args.k)
     _check_k(ks, X.shape[0])
     t0 = time.perf_counter()
     sel = select_quietly(X, ks, _structures(args.structures), args.criterion, args.seed, False)
+    _report_fit(args, sel, X, list(X.columns), t0)
+    return 0
+
+
+def _fit_out_of_core(args: argparse.Namespace) -> int:
+    """``fit`` on a zarr store or a Parquet directory: select_em over the chunks (dask), on a
+    running cluster with --scheduler, a progress line per pass."""
+    import contextlib
+
+    from bayesgmm.cli.data import load_lazy
+    from bayesgmm.core._dask import pass_log
+
+    X, notices = load_lazy(args.data, args.columns)
+    for n in notices:
+        print(f"note: {n}")
+    ks = parse_k(args.k)
+    names = [str(c) for c in (X.columns if hasattr(X, "columns") else X["feature"].values)]
+    with contextlib.ExitStack() as stack:
+        if args.scheduler:
+            try:
+                from distributed import Client
+
+                client = stack.enter_context(Client(args.scheduler, timeout="10s"))
+            except (OSError, TimeoutError) as err:
+                raise CLIError(
+                    f"--scheduler {args.scheduler!r}: no dask scheduler answered ({err}); start "
+                    "one (dask scheduler) or leave --scheduler out to use this machine's cores."
+                ) from None
+            print(f"note: running on {client.scheduler.address}")
+        stack.enter_context(pass_log(_print_pass(args.quiet)))
+        t0 = time.perf_counter()
+        sel = select_quietly(X, ks, _structures(args.structures), args.criterion, args.seed,
+                             False)  # fmt: skip
+        _report_fit(args, sel, None, names, t0)
+    return 0
+
+
+def _print_pass(quiet: bool) -> Any:
+    """The progress line of each pass over the chunks (rich, on stderr)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    count = [0]
+
+    def show(seconds: float, loglik: np.ndarray) -> None:
+        count[0] += 1
+        if not quiet:
+            console.print(
+                f"EM pass {count[0]}: {seconds:.1f} s, {loglik.size} run(s), best "
+                f"log-likelihood {np.max(loglik):.6g}",
+                highlight=False,
+            )
+
+    return show
+
+
+def _report_fit(args: argparse.Namespace, sel: Any, X: Any, features: list[str], t0: float) -> None:
+    """What `fit` prints and writes for a selection (X: the data in memory, or None)."""
+    import bayesgmm as bg
+
     print(sel)
     print()
     _print_model(sel.best)
     print(f"\nFitted {len(sel.results)} (structure, K) cells in {time.perf_counter() - t0:.1f} s.")
     if args.output:
-        tree = bg.to_datatree(sel.best, X)
+        tree = bg.to_datatree(sel.best, X)  # out of core: no data group, lazy responsibilities
         tree["em"].attrs["criterion"] = args.criterion
         _write_tree(tree, args.output)
     if args.json:
@@ -103,7 +169,7 @@ def _fit(args: argparse.Namespace) -> int:
             "weights": best.model.weights.tolist(),
             "means": best.model.means.tolist(),
             "covariances": best.model.covariances.tolist(),
-            "features": list(X.columns),
+            "features": features,
             "table": {
                 str(s): {str(k): (None if np.isnan(v) else float(v)) for k, v in col.items()}
                 for s, col in sel.table.items()
@@ -112,7 +178,6 @@ def _fit(args: argparse.Namespace) -> int:
         }
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
-    return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -411,7 +476,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Fit every (structure, K) by EM and choose by BIC or ICL, as mclust's "
         "Mclust; print the table and the chosen model.\n\nexamples:\n  bayesgmm fit data.csv "
         "--k 1:9\n  bayesgmm fit data.csv --k 2:5 --structures VVV,EEE --criterion icl "
-        "--columns x,y --output fit.nc --json fit.json",
+        "--columns x,y --output fit.nc --json fit.json\n  bayesgmm fit cytometry.zarr --k 1:12 "
+        "--scheduler tcp://10.0.0.1:8786   (out of core: a zarr store or Parquet directory)",
     )
     _add_data(fit)
     fit.add_argument("--k", default="1:9", help="K to try: 1:9, 3 or 2,4 (default 1:9)")
@@ -419,6 +485,12 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--criterion", choices=("bic", "icl"), default="bic")
     fit.add_argument("--output", help="write the chosen fit as a DataTree (.nc or .zarr)")
     fit.add_argument("--json", help="write the chosen fit and the table as JSON")
+    fit.add_argument(
+        "--scheduler",
+        help="address of a running dask scheduler (e.g. tcp://10.0.0.1:8786) for a zarr store "
+        "or Parquet directory (default: this machine's cores)",
+    )
+    fit.add_argument("--quiet", action="store_true", help="no progress line per pass")
     fit.set_defaults(func=_fit)
 
     sample = sub.add_parser(

@@ -12,6 +12,7 @@ log-likelihood reported is a full-data one.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -227,6 +228,26 @@ def _replicate_pass(
     )  # fmt: skip
 
 
+_PASS_LOG: Any = None
+
+
+class pass_log:
+    """Within the block, ``callback(seconds, loglik)`` after every pass over a dask array's
+    chunks (the command line's progress line): the pass's wall time and the log-likelihoods
+    (R,) of the runs it served."""
+
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
+
+    def __enter__(self) -> None:
+        global _PASS_LOG
+        self.previous, _PASS_LOG = _PASS_LOG, self.callback
+
+    def __exit__(self, *exc: Any) -> None:
+        global _PASS_LOG
+        _PASS_LOG = self.previous
+
+
 def chunked_pass(
     X: Any,
     p: DensityParams,
@@ -264,7 +285,10 @@ def chunked_pass(
         kernel, *args, chunks=((1,) * X.numblocks[0], (size,)), dtype=np.float64,
         meta=np.empty((0, 0)),
     )  # fmt: skip
+    started = time.perf_counter()
     flat = per_chunk.sum(axis=0, split_every=SPLIT_EVERY).compute()
+    if _PASS_LOG is not None:
+        _PASS_LOG(time.perf_counter() - started, flat[:r])
     out, pos = [], 0
     for shape in shapes:
         n = int(np.prod(shape))

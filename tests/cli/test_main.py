@@ -399,3 +399,40 @@ def test_classify_prints_models_errors_and_confusion(tmp_path, capsys):
     assert "--label 'nope' is not a column" in _error(
         capsys, ["classify", str(path), "--label", "nope"]
     )
+
+
+def test_fit_reads_a_zarr_store_and_a_parquet_directory_out_of_core(tmp_path, capsys):
+    # A directory DATA is read lazily (dask) and never gathered; a progress line per pass.
+    da = pytest.importorskip("dask.array")
+    import zarr
+
+    frame = bg.datasets.load_faithful()
+    data = frame.to_numpy()
+    store = tmp_path / "f.zarr"
+    da.from_array(data, chunks=(68, 2)).to_zarr(str(store))
+    zarr.open_array(str(store), mode="r+").attrs["columns"] = ["eruptions", "waiting"]
+    out = tmp_path / "f.json"
+    argv = ["fit", str(store), "--k", "2:3", "--structures", "EEE", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "272 rows × 2 in a zarr store, 4 chunks: read out of core (dask)" in printed.out
+    assert "EM pass 1:" in printed.err
+    fit = json.loads(out.read_text())
+    assert fit["features"] == ["eruptions", "waiting"] and fit["n_components"] == 3
+    model = bg.GaussianMixture(fit["weights"], fit["means"], fit["covariances"], "EEE")
+    assert fit["loglik"] == pytest.approx(model.score(data), rel=1e-10)  # a full-data number
+    parquet = tmp_path / "pq"
+    parquet.mkdir()
+    with_text = frame.assign(label="x")
+    for i in range(2):
+        with_text.iloc[i * 136 : (i + 1) * 136].to_parquet(parquet / f"part{i}.parquet")
+    assert main(["fit", str(parquet), "--k", "3", "--structures", "EEE", "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert "non-numeric columns dropped: label" in printed.out
+    assert "EM pass" not in printed.err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["fit", str(empty), "--k", "2"]) == 2
+    assert "neither a zarr store" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "f.json"), "--k", "2", "--scheduler", "tcp://x:1"]) == 2
+    assert "--scheduler is for a zarr store" in capsys.readouterr().err
