@@ -91,30 +91,7 @@ def load_table(
     numeric = [
         c for c in frame.columns if is_numeric_dtype(frame[c]) and not is_bool_dtype(frame[c])
     ]
-    if columns:
-        wanted = [c.strip() for c in columns.split(",") if c.strip()]
-        unknown = [c for c in wanted if c not in frame.columns]
-        if unknown:
-            have = [str(c) for c in frame.columns]
-            raise CLIError(f"--columns: {unknown} not in DATA; its columns are {have}.")
-        text = [c for c in wanted if c not in numeric]
-        if text:
-            raise CLIError(
-                f"--columns: {text} are not numeric (e.g. {frame[text[0]].iloc[0]!r}); a Gaussian "
-                "mixture needs numbers. Select numeric columns."
-            )
-        frame = frame[wanted]
-    else:
-        dropped = [str(c) for c in frame.columns if c not in numeric]
-        if dropped:
-            notices.append(
-                f"non-numeric columns dropped: {', '.join(dropped)} (select with --columns)"
-            )
-        if not numeric:
-            raise CLIError(
-                f"DATA {path!r} has no numeric columns; a Gaussian mixture needs numbers."
-            )
-        frame = frame[numeric]
+    frame = frame[_feature_columns(path, list(frame.columns), numeric, columns, notices)]
     frame.columns = [str(c) for c in frame.columns]
     holes = frame.isna()
     empty = holes.all(axis=1)
@@ -183,6 +160,33 @@ def load_labels(path: str, column: str) -> Any:
     return labels
 
 
+def _feature_columns(
+    path: str, have: list[Any], numeric: list[Any], columns: str | None, notices: list[str]
+) -> list[Any]:
+    """The feature columns: exactly those of ``columns`` ("a,b,c"), each of which must exist
+    and be numeric; without it every numeric column, the others dropped with a notice."""
+    if columns:
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in have]
+        if unknown:
+            raise CLIError(
+                f"--columns: {unknown} not in DATA; its columns are {[str(c) for c in have]}."
+            )
+        text = [c for c in wanted if c not in numeric]
+        if text:
+            raise CLIError(
+                f"--columns: {text} are not numeric; a Gaussian mixture needs numbers. Select "
+                "numeric columns."
+            )
+        return wanted
+    dropped = [str(c) for c in have if c not in numeric]
+    if dropped:
+        notices.append(f"non-numeric columns dropped: {', '.join(dropped)} (select with --columns)")
+    if not numeric:
+        raise CLIError(f"DATA {path!r} has no numeric columns; a Gaussian mixture needs numbers.")
+    return numeric
+
+
 def is_store(path: str) -> bool:
     """Whether DATA is a directory: a zarr store or a Parquet dataset, read out of core."""
     return Path(path).is_dir()
@@ -240,26 +244,7 @@ def load_lazy(path: str, columns: str | None = None) -> tuple[Any, list[str]]:
         numeric = [
             c for c, t in frame.dtypes.items() if is_numeric_dtype(t) and not is_bool_dtype(t)
         ]
-        if columns:
-            wanted = [c.strip() for c in columns.split(",") if c.strip()]
-            unknown = [c for c in wanted if c not in frame.columns]
-            if unknown:
-                have = [str(c) for c in frame.columns]
-                raise CLIError(f"--columns: {unknown} not in DATA; its columns are {have}.")
-            text = [c for c in wanted if c not in numeric]
-            if text:
-                raise CLIError(f"--columns: {text} are not numeric; select numeric columns.")
-            numeric = wanted
-        else:
-            dropped = [str(c) for c in frame.columns if c not in numeric]
-            if dropped:
-                notices.append(
-                    f"non-numeric columns dropped: {', '.join(dropped)} (select with --columns)"
-                )
-        if not numeric:
-            raise CLIError(
-                f"DATA {path!r} has no numeric columns; a Gaussian mixture needs numbers."
-            )
+        numeric = _feature_columns(path, list(frame.columns), numeric, columns, notices)
         notices.append(
             f"a Parquet dataset of {len(parquet)} files, {frame.npartitions} partitions: read out "
             "of core (dask)"

@@ -489,11 +489,10 @@ def fit_em_chunked(
 def finish_runs(X: Any, runs: list[Any], names: Any, w: Any, var: np.ndarray) -> list[Any]:
     """The results of finished runs on a dask array: their full-data log-likelihoods and ICL
     terms in one pass for all, lazy responsibilities, degeneracy as in memory."""
-    from bayesgmm.core._loop import _REMEDY, _collapse_reason
+    from bayesgmm.core._loop import run_result
     from bayesgmm.core._passes import mixture_density
-    from bayesgmm.core.criteria import aic, bic
+    from bayesgmm.core.criteria import bic
     from bayesgmm.core.em import stack_padded, to_model
-    from bayesgmm.core.result import EMResult
 
     params, _ = stack_padded([r.params for r in runs], max(r.k for r in runs))
     dens = mixture_density(params.weights, params.means, params.chol, False, np.zeros(X.shape[1]))
@@ -504,29 +503,9 @@ def finish_runs(X: Any, runs: list[Any], names: Any, w: Any, var: np.ndarray) ->
     for i, run in enumerate(runs):
         model = to_model(run.params, 0, run.structure, names)
         loglik, entropy = float(scores[0, i]), float(scores[1, i])
-        trace = list(run.trace)
-        if not run.converged or not trace:
-            trace.append(loglik)
-        reason = run.reason if run.reason is not None else _collapse_reason(model, scale)
-        p = model.n_parameters
-        out.append(
-            EMResult(
-                model=model,
-                loglik=loglik,
-                loglik_trace=np.asarray(trace),
-                n_iter=run.n_iter,
-                converged=run.converged,
-                n_parameters=p,
-                n_obs=n_obs,
-                bic=bic(loglik, p, n_obs),
-                aic=aic(loglik, p),
-                icl=bic(loglik, p, n_obs) - 2.0 * entropy,
-                responsibilities=per_row(X, model.responsibilities, model.n_components),
-                degenerate=reason is not None,
-                degenerate_reason=None if reason is None else f"{reason}. {_REMEDY}",
-                init=run.label,
-            )
-        )
+        icl = bic(loglik, model.n_parameters, n_obs) - 2.0 * entropy
+        resp = per_row(X, model.responsibilities, model.n_components)
+        out.append(run_result(run, model, loglik, icl, resp, n_obs, scale))
     return out
 
 

@@ -532,11 +532,27 @@ def finish(
             model._params.center, sample_weight=w, resp_out=resp, labels=labels,
         )  # fmt: skip
     loglik = float(final.loglik[0])
+    n_obs = float(X.shape[0] if w is None else w.sum())
+    p = model.n_parameters
+    icl_value = icl(loglik, p, n_obs, resp, w)
+    return run_result(run, model, loglik, icl_value, resp, n_obs, _data_scale(X, w))
+
+
+def run_result(
+    run: Run,
+    model: GaussianMixture,
+    loglik: float,
+    icl_value: float,
+    responsibilities: Any,
+    n_obs: float,
+    scale: np.ndarray,
+) -> EMResult:
+    """A finished run's EMResult from its final pass (log-likelihood, ICL, responsibilities),
+    degenerate when it failed or collapsed (in the data's standardised units, ``scale``)."""
     trace = list(run.trace)
     if not run.converged or not trace:
         trace.append(loglik)
-    reason = run.reason if run.reason is not None else _collapse_reason(model, _data_scale(X, w))
-    n_obs = float(X.shape[0] if w is None else w.sum())
+    reason = run.reason if run.reason is not None else _collapse_reason(model, scale)
     p = model.n_parameters
     return EMResult(
         model=model,
@@ -548,8 +564,8 @@ def finish(
         n_obs=n_obs,
         bic=bic(loglik, p, n_obs),
         aic=aic(loglik, p),
-        icl=icl(loglik, p, n_obs, resp, w),
-        responsibilities=resp,
+        icl=icl_value,
+        responsibilities=responsibilities,
         degenerate=reason is not None,
         degenerate_reason=None if reason is None else f"{reason}. {_REMEDY}",
         init=run.label,
