@@ -17,6 +17,7 @@ when ``Rscript`` or its mclust package is missing (``apt-get install r-cran-mclu
     uv run python benchmarks/select_vs_mclust.py                 # faithful
     uv run python benchmarks/select_vs_mclust.py --simulated 20000 --d 4
     uv run python benchmarks/select_vs_mclust.py --csv iris.csv      # numeric columns only
+    uv run python benchmarks/select_vs_mclust.py --mclust-data acidity   # a data set of R's mclust
 """
 
 from __future__ import annotations
@@ -89,6 +90,18 @@ def run_mclust(X: pd.DataFrame, repeat: int) -> dict | None:
     return {"version": out["version"], "seconds": out["seconds"], "table": table}
 
 
+def mclust_data(name: str) -> pd.DataFrame:
+    """A data set shipped with R's mclust (its numeric columns), exported by Rscript."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "data.csv"
+        code = (
+            f"suppressMessages(library(mclust)); data({name}); d <- as.data.frame({name}); "
+            f"write.csv(d[sapply(d, is.numeric)], '{path}', row.names = FALSE)"
+        )
+        subprocess.run(["Rscript", "-e", code], check=True, capture_output=True)
+        return pd.read_csv(path)
+
+
 def run_ours(X: pd.DataFrame, repeat: int, **kwargs) -> tuple[float, bg.SelectionResult]:
     best, sel = np.inf, None
     for _ in range(repeat):
@@ -127,6 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", help="a CSV file of numeric columns to use instead")
     parser.add_argument("--simulated", type=int, default=0, help="rows of simulated data")
+    parser.add_argument("--mclust-data", help="a data set of R's mclust, e.g. acidity, thyroid")
     parser.add_argument("--d", type=int, default=3, help="features of the simulated data")
     parser.add_argument("--repeat", type=int, default=3, help="runs per timing (best is kept)")
     parser.add_argument(
@@ -134,7 +148,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    if args.csv:
+    if args.mclust_data:
+        X = mclust_data(args.mclust_data)
+        name = f"mclust's {args.mclust_data} ({X.shape[0]} × {X.shape[1]})"
+    elif args.csv:
         X = pd.read_csv(args.csv).select_dtypes("number")
         name = f"{args.csv} ({X.shape[0]} × {X.shape[1]})"
     elif args.simulated:
