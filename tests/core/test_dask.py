@@ -21,8 +21,12 @@ def data() -> np.ndarray:
 
 
 def _start(X: np.ndarray, structure: str) -> bg.GaussianMixture:
-    # A few EM steps from the hierarchical start: a start that is not yet an optimum.
-    return bg.fit_em(X, 3, covariance_type=structure, n_init=1, max_iter=3).model
+    # The hierarchical start's first mixture moved away from the optimum (equal weights, means
+    # shifted, covariances inflated; still of the structure): EM needs a dozen iterations.
+    m = bg.fit_em(X, 3, covariance_type=structure, n_init=1, max_iter=1).model
+    return bg.GaussianMixture(
+        np.full(3, 1 / 3), m.means + 0.7, 2.0 * m.covariances, covariance_type=structure
+    )
 
 
 @pytest.mark.parametrize("structure", ["VVV", "VEV", "EII"])
@@ -35,7 +39,7 @@ def test_same_answer_as_in_memory_from_the_same_start(data, structure):
                         init=start)  # fmt: skip
     assert chunked.n_iter == here.n_iter
     np.testing.assert_allclose(chunked.loglik, here.loglik, rtol=1e-10)
-    np.testing.assert_allclose(chunked.icl, here.icl, rtol=1e-10)
+    np.testing.assert_allclose(chunked.icl, here.icl, rtol=1e-8)  # a function of the parameters
     for name in ("weights", "means", "covariances"):
         a, b = getattr(chunked.model, name), getattr(here.model, name)
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
@@ -108,19 +112,43 @@ def test_bad_input_says_where(data):
         bg.bootstrap_em(bg.fit_em(data, 2), Xd, n_boot=2, kind="parametric")
 
 
-def test_a_local_cluster_of_two_processes_gives_the_same_answer(data):
+def test_a_local_cluster_of_two_processes_gives_the_same_answer_even_losing_a_worker(data):
+    # Two worker processes; after the first pass one is killed (SIGKILL), taking the chunks it
+    # held. Dask recomputes them elsewhere (the nanny restarts the worker): the fit finishes
+    # with the in-memory answer, never with a partial sum.
+    import os
+    import signal
+
     distributed = pytest.importorskip("distributed")
+    from bayesgmm.core._dask import pass_log
+
     start = _start(data, "VVV")
-    here = bg.fit_em(data, 3, init=start)
+    here = bg.fit_em(data, 3, init=start, accelerate=False)  # plain EM: more passes
     with (
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
-        distributed.Client(cluster),
+        distributed.Client(cluster) as client,
     ):
-        chunked = bg.fit_em(da.from_array(data, chunks=(100, 3)), 3, init=start)
+        pids = client.run(os.getpid)
+        victim = next(iter(pids.values()))
+        passes = []
+
+        def kill_one(seconds, loglik):
+            passes.append(seconds)
+            if len(passes) == 1:
+                os.kill(victim, signal.SIGKILL)
+
+        with pass_log(kill_one):
+            chunked = bg.fit_em(
+                da.from_array(data, chunks=(100, 3)), 3, init=start, accelerate=False
+            )
+        assert victim not in client.run(os.getpid).values()  # it was lost and replaced
+    assert len(passes) > 1
     np.testing.assert_allclose(chunked.loglik, here.loglik, rtol=1e-10)
-    np.testing.assert_allclose(chunked.model.covariances, here.model.covariances, rtol=1e-8)
+    # The recomputed chunks are summed in another order: rounding, then EM's stopping point
+    # (a relative change of 1e-8 per iteration), move the parameters in their 8th digit.
+    np.testing.assert_allclose(chunked.model.covariances, here.model.covariances, rtol=1e-6)
 
 
 def test_select_em_screens_on_a_subsample_and_reports_full_data_numbers(data):
