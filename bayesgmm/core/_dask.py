@@ -553,6 +553,9 @@ def select_em_chunked(
     sub = np.asarray(arr[rows].compute())
     w_sub = None if w is None else np.asarray(w[rows].compute())
     data = sub if names is None else pd.DataFrame(sub, columns=list(names))
+    if options.get("n_jobs") is None:
+        # One process: forking beside a distributed client's event-loop thread is unsafe.
+        options["n_jobs"] = 1
     screened = select_em(data, ks, structures, crit, rng=gen, sample_weight=w_sub, screen=None,
                          **options)  # fmt: skip
     tree = hc_tree(sub, gen)
