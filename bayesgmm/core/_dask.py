@@ -116,6 +116,12 @@ def _tune_malloc() -> None:
     libc.mallopt(m_trim_threshold, 64 * 2**20)
 
 
+def _scale(var: np.ndarray) -> np.ndarray:
+    """Feature scales (standard deviations, 1 where constant) from variances already known: the
+    loop's SQUAREM norm and degeneracy test would otherwise take a pass over the chunks each."""
+    return np.sqrt(np.where(var > 0, var, 1.0))
+
+
 def _check_block(block: np.ndarray, info: dict | None) -> None:
     """A non-finite value stops the pass with where it is (chunk and row), never a NaN sum.
     (Every kernel calls it first: the worker's malloc is tuned here too.)"""
@@ -425,8 +431,14 @@ def fit_em_chunked(
     """:func:`~bayesgmm.core.fit.fit_em` on a dask collection: starts on a subsample, EM passes
     over the chunks (see the module's docstring), and a result whose responsibilities are a lazy
     dask array."""
-    from bayesgmm.core._engine import KEEP_AFTER_SHORT, SHORT_ITER, make_starts, start_model
-    from bayesgmm.core._loop import iterate, new_run
+    from bayesgmm.core._engine import (
+        KEEP_AFTER_SHORT,
+        SHORT_ITER,
+        advance,
+        make_starts,
+        start_model,
+    )
+    from bayesgmm.core._loop import new_run
     from bayesgmm.core._validation import as_rng, check_n_components
     from bayesgmm.core.em import Degenerate
     from bayesgmm.core.init import parse_init
@@ -474,14 +486,10 @@ def fit_em_chunked(
         ) from None
     settings: dict[str, Any] = {"center": center, "w": w, "prior": None,
                                 "reg_covar": float(reg_covar), "tol": float(tol),
-                                "accelerate": bool(accelerate)}  # fmt: skip
-    runs = [new_run(m, label) for label, m in models]
-    if len(runs) > 1:
-        iterate(arr, runs, min(SHORT_ITER, max_iter), **settings)
-        alive = sorted(runs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
-        runs = [runs[0], *alive[:KEEP_AFTER_SHORT]]
-    iterate(arr, runs, max_iter, **settings)
-    results = finish_runs(arr, runs, names, w, var)
+                                "accelerate": bool(accelerate), "scale": _scale(var)}  # fmt: skip
+    cell = {k: [new_run(m, label) for label, m in models]}
+    advance(arr, cell, max_iter, SHORT_ITER, KEEP_AFTER_SHORT, settings)
+    results = finish_runs(arr, cell[k], names, w, var)
     good = [r for r in results if not r.degenerate]
     return max(good or results, key=lambda r: r.loglik)
 
@@ -497,7 +505,7 @@ def finish_runs(X: Any, runs: list[Any], names: Any, w: Any, var: np.ndarray) ->
     params, _ = stack_padded([r.params for r in runs], max(r.k for r in runs))
     dens = mixture_density(params.weights, params.means, params.chol, False, np.zeros(X.shape[1]))
     scores = chunked_scores(X, dens, w)
-    scale = np.sqrt(np.where(var > 0, var, 1.0))
+    scale = _scale(var)
     n_obs = float(X.shape[0] if w is None else w.sum().compute())
     out = []
     for i, run in enumerate(runs):
@@ -583,7 +591,8 @@ def select_em_chunked(
     settings = {"center": center, "w": w, "prior": None,
                 "reg_covar": float(options.get("reg_covar", 0.0)),
                 "tol": float(options.get("tol", 1e-8)),
-                "accelerate": bool(options.get("accelerate", True))}  # fmt: skip
+                "accelerate": bool(options.get("accelerate", True)),
+                "scale": _scale(var)}  # fmt: skip
     iterate(arr, runs, int(options.get("max_iter", 1000)), **settings)
     finished = finish_runs(arr, runs, names, w, var)
     by_cell: dict[tuple[str, int], list[Any]] = {}
@@ -627,7 +636,7 @@ def replicate_chunked(
         )
     arr = persist_if_small(arr)
     center, var = moments(arr)
-    scale = np.sqrt(np.where(var > 0, var, 1.0))
+    scale = _scale(var)
     root = int(as_rng(rng).integers(2**63))
     runs = []
     for seed in np.random.SeedSequence(root).spawn(n_boot):

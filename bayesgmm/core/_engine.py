@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._loop import finish, iterate, new_run
+from bayesgmm.core._loop import Run, finish, iterate, new_run
 from bayesgmm.core._missing import fill_means, missingness
 from bayesgmm.core._moments import mean_cov
 from bayesgmm.core._passes import PassStats, features
@@ -228,10 +228,25 @@ def run_cells(
         "labels": labels,
     }
     runs = {key: [new_run(m, label) for label, m in starts] for key, starts in cells.items()}
-    # Cells with more starts than go on: short EM from every start, then only the promising
-    # runs go on (Biernacki, Celeux & Govaert 2003), the first start always and the best
-    # ``keep`` of the others. (A cell whose starts all go on skips the short round: on
-    # 100,000 rows the screened grid's two starts per cell spent 57 s of 222 in it.)
+    advance(X, runs, max_iter, short_iter, keep, settings)
+    return {key: [finish(X, r, names, w, missing, labels) for r in rs] for key, rs in runs.items()}
+
+
+def advance(
+    X: Any,
+    runs: dict[Any, list[Run]],
+    max_iter: int,
+    short_iter: int,
+    keep: int,
+    settings: dict[str, Any],
+) -> None:
+    """EM for the runs of every cell (``settings``: :func:`iterate`'s keywords), in place.
+
+    Cells with more starts than go on get a short round first: every start runs
+    ``short_iter`` iterations, then only the promising runs go on (Biernacki, Celeux &
+    Govaert 2003), the first start always and the best ``keep`` of the others. (A cell whose
+    starts all go on skips it: on 100,000 rows the screened grid's two starts per cell spent
+    57 s of 222 there.)"""
     multi = [rs for rs in runs.values() if len(rs) > 1 + keep]
     if multi:
         iterate(X, [r for rs in multi for r in rs], min(short_iter, max_iter), **settings)
@@ -240,7 +255,6 @@ def run_cells(
                 alive = sorted(rs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
                 runs[key] = [rs[0], *alive[:keep]]
     iterate(X, [r for rs in runs.values() for r in rs], max_iter, **settings)
-    return {key: [finish(X, r, names, w, missing, labels) for r in rs] for key, rs in runs.items()}
 
 
 def start_data(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
@@ -270,49 +284,27 @@ def start_model(
         if start.covariance_type == structure.name:
             return start
         return GaussianMixture(start.weights, start.means, start.covariances, structure.name, names)
-    with cold_inner_limit(START_INNER_MAX):
-        return _start_m_step(start, X, structure, w, prior, reg_covar, names)
-
-
-def _start_m_step(
-    start: np.ndarray | _SubsetStart,
-    X: np.ndarray,
-    structure: CovarianceStructure,
-    w: np.ndarray | None,
-    prior: ResolvedPrior | None,
-    reg_covar: float,
-    names: tuple[str, ...] | None,
-) -> GaussianMixture:
     if isinstance(start, _SubsetStart):
         Xs, resp0 = X[start.rows], start.resp
         ws = None if w is None else w[start.rows]
     else:
         Xs, ws, resp0 = X, w, start
-    try:
-        return m_step(
-            Xs,
-            resp0,
-            structure,
-            sample_weight=ws,
-            prior=prior,
-            reg_covar=reg_covar,
-            feature_names=names,
-        )
-    except Degenerate as err:
-        # A start with a singleton or empty cluster: begin from its MAP M-step instead.
+    with cold_inner_limit(START_INNER_MAX):
         try:
-            rescue = prior or ConjugatePrior().resolve(Xs, resp0.shape[1], ws)
             return m_step(
-                Xs,
-                resp0,
-                structure,
-                sample_weight=ws,
-                prior=rescue,
-                reg_covar=reg_covar,
+                Xs, resp0, structure, sample_weight=ws, prior=prior, reg_covar=reg_covar,
                 feature_names=names,
-            )
-        except (Degenerate, ValueError):
-            raise err from None
+            )  # fmt: skip
+        except Degenerate as err:
+            # A start with a singleton or empty cluster: begin from its MAP M-step instead.
+            try:
+                rescue = prior or ConjugatePrior().resolve(Xs, resp0.shape[1], ws)
+                return m_step(
+                    Xs, resp0, structure, sample_weight=ws, prior=rescue, reg_covar=reg_covar,
+                    feature_names=names,
+                )  # fmt: skip
+            except (Degenerate, ValueError):
+                raise err from None
 
 
 #: Largest feature matrix (entries) that the batched starting M-steps build (32 MB).

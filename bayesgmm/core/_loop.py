@@ -128,6 +128,7 @@ def iterate(
     accelerate: bool = False,
     missing: Missingness | None = None,
     labels: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
 ) -> None:
     """Advance every unfinished run until it converges, degenerates or has done ``until_iter``
     iterations (M-steps); all active runs share each pass over the data.
@@ -147,7 +148,9 @@ def iterate(
     ``missing`` (the missingness of ``X``, when it has NaN) makes every pass the observed-data
     one (:func:`~bayesgmm.core._missing.missing_pass`); ``labels`` (N,) fixes the component of
     the rows where it is ≥ 0 (semi-supervised EM: their responsibilities are one-hot and their
-    log-likelihood term is log p(x_n, z_n)).
+    log-likelihood term is log p(x_n, z_n)). ``scale`` (D,), the features' standard
+    deviations when the caller has them, spares the pass that computes them (a pass over the
+    chunks, on a dask array).
     """
     active = [r for r in runs if not r.finished and r.n_iter < until_iter]
     if not active:
@@ -183,6 +186,7 @@ def iterate(
                 accelerate=accelerate,
                 missing=missing,
                 labels=labels,
+                scale=scale,
             )
         return
     own_weights = {r.row_weight is not None for r in active}
@@ -201,7 +205,7 @@ def iterate(
         missing=missing, labels=labels,
     )  # fmt: skip
     if accelerate and own_weights == {False} and not stacked:
-        batch.scale = _data_scale(X, w)
+        batch.scale = scale if scale is not None else _data_scale(X, w)
     mask_or_none = None if mask.all() else mask
     while active:
         if not accelerate:
