@@ -534,7 +534,7 @@ def select_em_chunked(
     hierarchical start, all cells' runs sharing each pass over the chunks."""
     import pandas as pd
 
-    from bayesgmm.core._engine import start_models
+    from bayesgmm.core._engine import make_starts, start_models
     from bayesgmm.core._loop import iterate, new_run
     from bayesgmm.core._validation import as_rng
     from bayesgmm.core.init import hc_tree
@@ -572,8 +572,6 @@ def select_em_chunked(
     for (structure, k), fit in screened.results.items():
         if not fit.degenerate:
             cells.append(((structure, k), f"screen ({fit.init})", fit.model))
-    from bayesgmm.core._engine import make_starts
-
     hc_items: list[tuple[tuple[str, int], Any]] = []
     for k in ks:
         if k > tree[0].n_initial:
