@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bayesgmm.core._compiled import advance_runs
+from bayesgmm.core._compiled import ready as compiled_ready
 from bayesgmm.core._missing import Missingness, missing_pass
 from bayesgmm.core._moments import mean_cov
 from bayesgmm.core._passes import (
@@ -199,6 +201,23 @@ def iterate(
         raise ValueError("the runs' own data sets must all have the same shape")
     if stacked and missing is not None:
         raise ValueError("runs on their own data sets take complete data only")
+    if (
+        isinstance(X, np.ndarray)
+        and X.shape[0] < SHARED_PASS_MAX_ROWS
+        and prior is None
+        and missing is None
+        and labels is None
+        and not stacked
+        and all(isinstance(r.row_weight, np.ndarray | None) for r in active)
+        and compiled_ready()
+    ):
+        if accelerate and own_weights == {False} and scale is None:
+            scale = _data_scale(X, w)
+        advance_runs(
+            X, active, until_iter, w=w, reg_covar=reg_covar, tol=tol, accelerate=accelerate,
+            scale=scale, center=center,
+        )  # fmt: skip
+        return
     params, mask = stack_padded([r.params for r in active], max(ks))
     batch = _Batch(
         X, center, w, prior, reg_covar, tol, until_iter, scale=None, stacked=stacked,

@@ -60,8 +60,12 @@ def forked_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 
     Our own pass threads are shut down first. The only other threads are OpenBLAS's, which
     re-creates its pool in the child (pthread_atfork), so Python's generic warning about
-    forking a multi-threaded process is silenced here.
+    forking a multi-threaded process is silenced here. The compiled EM loop is loaded first
+    (when its cache is complete), so that the workers inherit it rather than each loading it.
     """
+    from bayesgmm.core._compiled import ready
+
+    ready()
     shutdown_pool()
     ctx = multiprocessing.get_context("fork")
     with warnings.catch_warnings():

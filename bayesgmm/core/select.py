@@ -186,13 +186,14 @@ def _n_workers(n_jobs: int | None, n_obs: int, n_structures: int) -> int:
     return max(1, min(os.cpu_count() or 1, n_structures))
 
 
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two label vectors define the same partition (up to renaming the labels)."""
-    if a.shape != b.shape:
-        return False
-    ka, kb = int(a.max()) + 1, int(b.max()) + 1
-    pairs = np.count_nonzero(np.bincount(a * kb + b, minlength=ka * kb))
-    return pairs == np.count_nonzero(np.bincount(a)) == np.count_nonzero(np.bincount(b))
+def _partition_key(labels: np.ndarray) -> bytes:
+    """A key that two label vectors share exactly when they define the same partition: the
+    labels renamed in order of first appearance (so that a list of partitions is deduplicated
+    by a set, not by comparing every pair)."""
+    uniq, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(uniq.size, dtype=np.int32)
+    rank[np.argsort(first)] = np.arange(uniq.size, dtype=np.int32)
+    return rank[inverse.reshape(-1)].tobytes()
 
 
 def _parse_ks(n_components: Any) -> list[int]:
@@ -530,18 +531,20 @@ def _cross_start_cells(
     start missed; the grid becomes consistent and never worse), and from the splits of the
     same structure's fit at K − 1 (each component in turn, :func:`split_components`), beside
     its own fit. Starts that give a partition already on the list are dropped."""
-    partitions: dict[int, list[tuple[str, np.ndarray]]] = {}
+    labels_of: dict[tuple[str, int], np.ndarray] = {}
+    partitions: dict[int, list[tuple[str, np.ndarray, bytes]]] = {}
     for k in usable:
-        found: list[tuple[str, np.ndarray]] = []
+        found: list[tuple[str, np.ndarray, bytes]] = []
+        keys: set[bytes] = set()
         for structure in structures:
             fit = results.get((structure, k))
             if fit is None or fit.degenerate:
                 continue
-            labels = fit.predict()
-            if len(np.unique(labels)) == k and not any(
-                _same_partition(labels, other) for _, other in found
-            ):
-                found.append((f"from {structure},{k}", labels))
+            labels = labels_of[(structure, k)] = fit.predict()
+            key = _partition_key(labels)
+            if len(np.unique(labels)) == k and key not in keys:
+                found.append((f"from {structure},{k}", labels, key))
+                keys.add(key)
         partitions[k] = found
     cross: dict[str, dict[int, list[tuple[str, Any]]]] = {}
     for structure in structures:
@@ -550,19 +553,18 @@ def _cross_start_cells(
             current = results.get((structure, k))
             if current is None or current.degenerate:
                 continue
-            seen = [current.predict()]
+            seen = {_partition_key(labels_of[(structure, k)])}
             extra = []
-            for label, part in partitions[k]:
-                if not any(_same_partition(part, other) for other in seen):
+            for label, part, key in partitions[k]:
+                if key not in seen:
                     extra.append((label, labels_to_resp(part, k)))
-                    seen.append(part)
+                    seen.add(key)
             for label, resp in _split_starts(results.get((structure, k - 1)), X):
                 part = resp.argmax(axis=1)
-                if len(np.unique(part)) == k and not any(
-                    _same_partition(part, other) for other in seen
-                ):
+                key = _partition_key(part)
+                if len(np.unique(part)) == k and key not in seen:
                     extra.append((label, resp))
-                    seen.append(part)
+                    seen.add(key)
             if extra:
                 cells[k] = [(current.init, current.model), *extra]
         if cells:

@@ -58,13 +58,15 @@ def test_bad_arguments(faithful):
         bg.select_em(faithful, n_components="3")
 
 
-def test_same_partition():
-    from bayesgmm.core.select import _same_partition
+def test_partition_key():
+    from bayesgmm.core.select import _partition_key
 
-    a = np.array([0, 0, 1, 1, 2])
-    assert _same_partition(a, np.array([2, 2, 0, 0, 1]))
-    assert not _same_partition(a, np.array([0, 0, 1, 2, 2]))
-    assert not _same_partition(a, np.array([0, 0, 0, 1, 1]))
+    a = _partition_key(np.array([0, 0, 1, 1, 2]))
+    assert a == _partition_key(np.array([2, 2, 0, 0, 1]))
+    assert a == _partition_key(np.array([5, 5, 3, 3, 4]))
+    assert a != _partition_key(np.array([0, 0, 1, 2, 2]))
+    assert a != _partition_key(np.array([0, 0, 0, 1, 1]))
+    assert a != _partition_key(np.array([0, 0, 1, 1, 2, 2]))
 
 
 def test_large_data_are_screened_on_a_subsample(faithful):

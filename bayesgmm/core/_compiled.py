@@ -1,0 +1,1188 @@
+"""The EM loop of :mod:`bayesgmm.core._loop`, compiled (numba) for data that fit in memory.
+
+On small data the batched numpy loop pays numpy's per-call cost many times per pass: each of
+the batch's structures has its own M-step of a few dozen calls, and runs of different K are
+padded to the largest. Model selection on a few hundred rows (126 cells, several starts each)
+then spent ~160 µs per run and iteration, almost all of it in call overhead. Here each run is
+advanced on its own, without padding, by one compiled function: the E-step (Cholesky solves,
+log-sum-exp), the sufficient statistics (about the component means), every structure's
+maximum-likelihood M-step and SQUAREM's extrapolation, step control and projection, with the
+same rules, in the same order, as the numpy loop (:class:`bayesgmm.core._loop._Batch`): a run
+ends in the same state either way, up to rounding.
+
+Covered: complete data in memory, maximum likelihood (``reg_covar`` allowed), the batch's row
+weights or each run's own. The numpy loop keeps the rest (a prior, missing values, labels,
+runs on their own data sets, dask arrays) and is the reference the tests compare against.
+
+numba comes with PyMC (PyTensor depends on it). The functions are compiled on first use and
+cached on disk (``cache=True``); set ``BAYESGMM_COMPILED=0`` to use the numpy loop everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:  # pragma: no cover - numba ships with pytensor; without it the numpy loop runs
+    from numba import njit
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover
+    AVAILABLE = False
+
+    def njit(*args, **kwargs):  # type: ignore[no-redef]
+        def wrap(f):
+            return f
+
+        return wrap
+
+
+#: Structure codes of the compiled M-steps (E and V are EII and VII in one dimension).
+CODES = {
+    "EII": 0, "VII": 1, "EEI": 2, "VEI": 3, "EVI": 4, "VVI": 5, "EEE": 6, "VEE": 7,
+    "EVE": 8, "VVE": 9, "EEV": 10, "VEV": 11, "EVV": 12, "VVV": 13, "E": 0, "V": 1,
+}  # fmt: skip
+# Codes 0-5 are the diagonal structures (their M-step reads the scatter's diagonal only); the
+# codes of VEI, EVI (3, 4) and VEE ... EVV (7-12) those whose set of covariances is not convex
+# (SQUAREM projects onto them).
+
+# The numpy loop's constants (bayesgmm.core.structures, _passes, em), repeated for the compiler.
+_INNER_TOL = 1e-12
+_WARM_MAX = 5
+_LOG_FLOOR = -60.0
+_EMPTY_RTOL = 1e-10
+_LOG_2PI = math.log(2.0 * math.pi)
+_PD_RTOL = 1e-14
+
+#: Run states returned by :func:`em_runs`.
+RUNNING, CONVERGED, SINGULAR, EMPTY = 0, 1, 2, 3
+
+
+def enabled() -> bool:
+    """Whether the compiled loop may be used (numba importable, not turned off by the
+    ``BAYESGMM_COMPILED=0`` environment variable)."""
+    return AVAILABLE and os.environ.get("BAYESGMM_COMPILED", "1") != "0"
+
+
+# -- compiling without making anyone wait ------------------------------------------------------
+#
+# numba compiles these functions in about a minute on a small machine (2 cores; seconds of it
+# per function, mostly numba's own front end), and caches the result on disk. Nobody should
+# wait that minute: the first time a process needs the loop and finds no cache, it starts one
+# background process that compiles it (and writes a marker when done), and goes on with the
+# numpy loop; later calls (and later processes) load the cache in well under a second.
+
+_STATE: dict[str, bool] = {"loaded": False, "spawned": False}
+#: A compile that has run this long is presumed dead, and another may start.
+_STALE_LOCK_S = 900.0
+
+
+def _marker_paths() -> tuple[Path, Path]:
+    """The marker written when the cache is complete, and the lock held while compiling, in
+    numba's cache directory for this module (one per source, numba, Python and CPU)."""
+    import llvmlite.binding
+    import numba
+
+    try:
+        directory = Path(em_runs._cache._cache_path)  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - another numba layout
+        directory = Path(tempfile.gettempdir()) / "bayesgmm-numba"
+    key = hashlib.sha256()
+    key.update(Path(__file__).read_bytes())
+    key.update(f"{numba.__version__} {sys.version} {llvmlite.binding.get_host_cpu_name()}".encode())
+    stem = f"bayesgmm-em-{key.hexdigest()[:16]}"
+    return directory / f"{stem}.ready", directory / f"{stem}.lock"
+
+
+def ready(wait: float = 0.0) -> bool:
+    """Whether the compiled loop is loaded in this process (loading it from the cache when the
+    cache is complete). When it is not, start its compilation in the background (once; never
+    from a forked worker, whose parent has already decided) and return False, the numpy loop
+    serving meanwhile; with ``wait`` > 0, wait up to that many seconds for it."""
+    if not enabled():
+        return False
+    if _STATE["loaded"]:
+        return True
+    marker, lock = _marker_paths()
+    deadline = time.monotonic() + wait
+    while True:
+        if marker.exists():
+            warm()
+            return True
+        if not _compiling(lock):
+            _spawn(lock)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+def _compiling(lock: Path) -> bool:
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return False
+    return age < _STALE_LOCK_S
+
+
+def _spawn(lock: Path) -> None:
+    if _STATE["spawned"]:
+        return
+    _STATE["spawned"] = True
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text(str(os.getpid()))
+        subprocess.Popen(
+            [sys.executable, "-c", "from bayesgmm.core._compiled import compile_cache; "
+             "compile_cache()"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    except OSError:  # pragma: no cover - no place to write, or no way to start a process
+        pass
+
+
+def compile_cache() -> None:
+    """Compile the loop (or load it from the cache), then write the marker; what the
+    background process runs."""
+    marker, lock = _marker_paths()
+    try:
+        warm()
+        marker.write_text("ok")
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def warm() -> None:
+    """Compile or load the loop in this process (one tiny problem of each structure)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 2))
+    k = 2
+    codes = np.array(sorted(set(CODES.values())), dtype=np.int64)
+    r_all = codes.shape[0]
+    covs = np.broadcast_to(np.eye(2), (r_all, k, 2, 2)).copy()
+    means = np.stack([X[:k]] * r_all)
+    em_runs(
+        X, X.mean(axis=0), np.empty((1, 0)), np.zeros(r_all, dtype=np.int64), codes,
+        np.full(r_all, k, dtype=np.int64), np.full((r_all, k), 0.5), means, covs, covs.copy(),
+        np.zeros(r_all, dtype=np.int64), 4, 1e-8, True, np.ones(r_all), np.ones((r_all, 2)),
+        0.0, np.empty((r_all, 8)), np.zeros(r_all, dtype=np.int64),
+        np.zeros(r_all, dtype=np.int64), np.zeros(r_all, dtype=np.int64), np.zeros(r_all),
+    )  # fmt: skip
+    _STATE["loaded"] = True
+
+
+# -- small dense linear algebra (scalar loops: they compile in a fraction of numpy.linalg's
+#    time, and D is small) -------------------------------------------------------------------
+
+_jit = njit(cache=True, error_model="numpy")
+
+
+@_jit
+def _finite(a):  # pragma: no cover - compiled
+    for x in a.ravel():
+        if not math.isfinite(x):
+            return False
+    return True
+
+
+@_jit
+def _copy(src, dst):  # pragma: no cover - compiled
+    """dst[...] = src for C-contiguous arrays of one size (a loop: numpy-style assignment
+    compiles to numba's broadcasting machinery, seconds of compile time each)."""
+    a = src.ravel()
+    b = dst.ravel()
+    for i in range(a.shape[0]):
+        b[i] = a[i]
+
+
+@_jit
+def _fill(dst, value):  # pragma: no cover - compiled
+    b = dst.ravel()
+    for i in range(b.shape[0]):
+        b[i] = value
+
+
+@_jit
+def _cholesky(a, out):  # pragma: no cover - compiled
+    """Lower Cholesky factor of ``a`` into ``out``; False when ``a`` is not positive definite
+    (or not finite), or so nearly singular (a pivot below _PD_RTOL of its diagonal entry) that
+    LAPACK's factorisation, from other rounding, might fail on it."""
+    d = a.shape[0]
+    for j in range(d):
+        s = a[j, j]
+        for p in range(j):
+            s -= out[j, p] * out[j, p]
+        if not (s > _PD_RTOL * a[j, j]) or not math.isfinite(s):
+            return False
+        ljj = math.sqrt(s)
+        out[j, j] = ljj
+        for i in range(j + 1, d):
+            t = a[i, j]
+            for p in range(j):
+                t -= out[i, p] * out[j, p]
+            out[i, j] = t / ljj
+        for i in range(j):
+            out[i, j] = 0.0
+    return True
+
+
+@_jit
+def _det_root(a):  # pragma: no cover - compiled
+    """|A|^(1/d) by LU with partial pivoting; NaN where A is not finite or its determinant is
+    not positive (numpy's slogdet, as structures._det_root)."""
+    d = a.shape[0]
+    if not _finite(a):
+        return np.nan
+    m = np.empty_like(a)
+    _copy(a, m)
+    sign = 1.0
+    logdet = 0.0
+    for c in range(d):
+        p = c
+        big = abs(m[c, c])
+        for r in range(c + 1, d):
+            if abs(m[r, c]) > big:
+                big = abs(m[r, c])
+                p = r
+        if big == 0.0:
+            return np.nan
+        if p != c:
+            sign = -sign
+            for j in range(d):
+                t = m[c, j]
+                m[c, j] = m[p, j]
+                m[p, j] = t
+        piv = m[c, c]
+        if piv < 0:
+            sign = -sign
+        logdet += math.log(abs(piv))
+        for r in range(c + 1, d):
+            f = m[r, c] / piv
+            for j in range(c + 1, d):
+                m[r, j] -= f * m[c, j]
+    if sign > 0:
+        return math.exp(logdet / d)
+    return np.nan
+
+
+@_jit
+def _inv(a, out):  # pragma: no cover - compiled
+    """Inverse of ``a`` into ``out`` (Gauss-Jordan, partial pivoting); NaN everywhere when it
+    is singular or not finite (structures._inv)."""
+    d = a.shape[0]
+    if not _finite(a):
+        _fill(out, np.nan)
+        return
+    m = np.empty_like(a)
+    _copy(a, m)
+    for i in range(d):
+        for j in range(d):
+            out[i, j] = 1.0 if i == j else 0.0
+    for c in range(d):
+        p = c
+        big = abs(m[c, c])
+        for r in range(c + 1, d):
+            if abs(m[r, c]) > big:
+                big = abs(m[r, c])
+                p = r
+        if big == 0.0:
+            _fill(out, np.nan)
+            return
+        if p != c:
+            for j in range(d):
+                t = m[c, j]
+                m[c, j] = m[p, j]
+                m[p, j] = t
+                t = out[c, j]
+                out[c, j] = out[p, j]
+                out[p, j] = t
+        piv = m[c, c]
+        for j in range(d):
+            m[c, j] /= piv
+            out[c, j] /= piv
+        for r in range(d):
+            if r != c:
+                f = m[r, c]
+                if f != 0.0:
+                    for j in range(d):
+                        m[r, j] -= f * m[c, j]
+                        out[r, j] -= f * out[c, j]
+
+
+@_jit
+def _eigh(a, values, vectors):  # pragma: no cover - compiled
+    """Eigenvalues (ascending, into ``values``) and eigenvectors (columns of ``vectors``) of
+    the symmetric ``a``, by cyclic Jacobi rotations (accurate to rounding; D is small)."""
+    d = a.shape[0]
+    m = np.empty_like(a)
+    _copy(a, m)
+    for i in range(d):
+        for j in range(d):
+            vectors[i, j] = 1.0 if i == j else 0.0
+    for _ in range(60):
+        off = 0.0
+        total = 0.0
+        for i in range(d):
+            total += m[i, i] * m[i, i]
+            for j in range(i + 1, d):
+                off += m[i, j] * m[i, j]
+        if off == 0.0 or off <= 1e-32 * (total + off):
+            break
+        for p in range(d - 1):
+            for q in range(p + 1, d):
+                apq = m[p, q]
+                if apq == 0.0:
+                    continue
+                theta = (m[q, q] - m[p, p]) / (2.0 * apq)
+                t = 1.0 / (abs(theta) + math.sqrt(theta * theta + 1.0))
+                if theta < 0:
+                    t = -t
+                c = 1.0 / math.sqrt(t * t + 1.0)
+                s = t * c
+                for r in range(d):
+                    x, y = m[r, p], m[r, q]
+                    m[r, p] = c * x - s * y
+                    m[r, q] = s * x + c * y
+                for r in range(d):
+                    x, y = m[p, r], m[q, r]
+                    m[p, r] = c * x - s * y
+                    m[q, r] = s * x + c * y
+                for r in range(d):
+                    x, y = vectors[r, p], vectors[r, q]
+                    vectors[r, p] = c * x - s * y
+                    vectors[r, q] = s * x + c * y
+    for i in range(d):
+        values[i] = m[i, i]
+    for i in range(d):  # selection sort, ascending
+        best = i
+        for j in range(i + 1, d):
+            if values[j] < values[best]:
+                best = j
+        if best != i:
+            t = values[i]
+            values[i] = values[best]
+            values[best] = t
+            for r in range(d):
+                t = vectors[r, i]
+                vectors[r, i] = vectors[r, best]
+                vectors[r, best] = t
+
+
+@_jit
+def _neg_polar(g, out):  # pragma: no cover - compiled
+    """−U Vᵀ for the SVD g = U S Vᵀ (the orthogonal factor of −g), by one-sided Jacobi
+    rotations (Hestenes); NaN when ``g`` is not finite."""
+    d = g.shape[0]
+    if not _finite(g):
+        _fill(out, np.nan)
+        return
+    u = np.empty_like(g)
+    _copy(g, u)
+    v = np.zeros((d, d))
+    for i in range(d):
+        v[i, i] = 1.0
+    for _ in range(60):
+        rotated = False
+        for p in range(d - 1):
+            for q in range(p + 1, d):
+                alpha = 0.0
+                beta = 0.0
+                gamma = 0.0
+                for r in range(d):
+                    alpha += u[r, p] * u[r, p]
+                    beta += u[r, q] * u[r, q]
+                    gamma += u[r, p] * u[r, q]
+                if gamma == 0.0 or abs(gamma) <= 1e-16 * math.sqrt(alpha * beta):
+                    continue
+                rotated = True
+                zeta = (beta - alpha) / (2.0 * gamma)
+                t = 1.0 / (abs(zeta) + math.sqrt(1.0 + zeta * zeta))
+                if zeta < 0:
+                    t = -t
+                c = 1.0 / math.sqrt(1.0 + t * t)
+                s = c * t
+                for r in range(d):
+                    x, y = u[r, p], u[r, q]
+                    u[r, p] = c * x - s * y
+                    u[r, q] = s * x + c * y
+                    x, y = v[r, p], v[r, q]
+                    v[r, p] = c * x - s * y
+                    v[r, q] = s * x + c * y
+        if not rotated:
+            break
+    norms = np.empty(d)
+    for i in range(d):
+        norm = 0.0
+        for r in range(d):
+            norm += u[r, i] * u[r, i]
+        norms[i] = math.sqrt(norm)
+    biggest = 0.0
+    for i in range(d):
+        biggest = max(biggest, norms[i])
+    good = np.empty(d, dtype=np.bool_)
+    for i in range(d):
+        good[i] = norms[i] > 1e-15 * biggest
+        if good[i]:
+            for r in range(d):
+                u[r, i] /= norms[i]
+    for i in range(d):
+        if good[i]:
+            continue
+        # A zero singular value (g rank-deficient, e.g. a column of zeros): its left vector is
+        # any unit vector orthogonal to the others, as LAPACK's; the first axis that works.
+        for e in range(d):
+            for r in range(d):
+                u[r, i] = 1.0 if r == e else 0.0
+            for q in range(d):
+                if q == i or not good[q]:
+                    continue
+                dot = u[e, q]
+                for r in range(d):
+                    u[r, i] -= dot * u[r, q]
+            norm = 0.0
+            for r in range(d):
+                norm += u[r, i] * u[r, i]
+            norm = math.sqrt(norm)
+            if norm > 0.5:
+                for r in range(d):
+                    u[r, i] /= norm
+                good[i] = True
+                break
+    for a in range(d):
+        for b in range(d):
+            s = 0.0
+            for i in range(d):
+                s += u[a, i] * v[b, i]
+            out[a, b] = -s
+
+
+@_jit
+def _geomean(v):  # pragma: no cover - compiled
+    """exp(mean(log v)): NaN unless every entry is > 0 (−inf in the log for a 0)."""
+    s = 0.0
+    for x in v:
+        if x > 0:
+            s += math.log(x)
+        elif x == 0:
+            s += -np.inf
+        else:
+            s += np.nan
+    return math.exp(s / v.shape[0])
+
+
+@_jit
+def _changed(new, old):  # pragma: no cover - compiled
+    """True when some entry changed by more than _INNER_TOL relatively (NaN: unchanged)."""
+    for i in range(new.shape[0]):
+        if abs(new[i] - old[i]) > _INNER_TOL * abs(old[i]):
+            return True
+    return False
+
+
+# -- the M-steps of the covariances (maximum likelihood; bayesgmm.core.structures) -------------
+
+
+@_jit
+def _volumes_and_shape(values, n, previous):  # pragma: no cover - compiled
+    """structures._volumes_and_shape from the current volumes: volumes λ_k and one shape a
+    minimising Σ_k [n_k d log λ_k + Σ_j values_kj / (λ_k a_j)]."""
+    k, d = values.shape
+    lam = np.ones(k)
+    for j in range(k):
+        if n[j] > 0:
+            lam[j] = _det_root(previous[j])
+    a = np.zeros(d)
+    new = np.ones(k)
+    for _ in range(_WARM_MAX):
+        for i in range(d):
+            a[i] = 0.0
+            for j in range(k):
+                if n[j] > 0:
+                    a[i] += values[j, i] / lam[j]
+        g = _geomean(a)
+        for i in range(d):
+            a[i] /= g
+        for j in range(k):
+            new[j] = 1.0
+            if n[j] > 0:
+                s = 0.0
+                for i in range(d):
+                    s += values[j, i] / a[i]
+                new[j] = s / (d * n[j])
+        done = not _changed(new, lam)
+        for j in range(k):
+            lam[j] = new[j]
+        if done:
+            break
+    return lam, a
+
+
+@_jit
+def _common_orientation(w, n, previous, equal_volume, out):  # pragma: no cover - compiled
+    """structures._CommonOrientation.covariances (EVE, VVE) from the current covariances:
+    Browne & McNicholas's majorise-minimise steps for the common orientation D."""
+    k, d = w.shape[0], w.shape[1]
+    n_total = 0.0
+    for j in range(k):
+        n_total += n[j]
+    basis = np.zeros((d, d))
+    for j in range(k):
+        if n[j] > 0:
+            c = n[j] * (j + 1)
+            for a in range(d):
+                for b in range(d):
+                    basis[a, b] += c * previous[j, a, b]
+    bad_basis = not _finite(basis)
+    if bad_basis:
+        for a in range(d):
+            for b in range(d):
+                basis[a, b] = 1.0 if a == b else 0.0
+    rot = np.empty((d, d))
+    ev = np.empty(d)
+    _eigh(basis, ev, rot)
+    top = np.empty(k)
+    vec_tmp = np.empty((d, d))
+    for j in range(k):
+        if _finite(w[j]):
+            _eigh(w[j], ev, vec_tmp)
+            top[j] = ev[d - 1]
+        else:
+            top[j] = np.nan
+    old = np.inf
+    m = np.empty((k, d))
+    v = np.empty((k, d))
+    inv_v = np.empty((k, d))
+    g = np.empty(k)
+    wr = np.empty((d, d))
+    g_mat = np.empty((d, d))
+    for step in range(_WARM_MAX):
+        for j in range(k):
+            for i in range(d):
+                s = 0.0
+                for a in range(d):
+                    for b in range(d):
+                        s += rot[a, i] * w[j, a, b] * rot[b, i]
+                m[j, i] = s
+        if equal_volume:
+            lam_sum = 0.0
+            for j in range(k):
+                g[j] = _geomean(m[j])
+                if n[j] > 0:
+                    lam_sum += g[j]
+            lam = lam_sum / n_total
+            for j in range(k):
+                for i in range(d):
+                    v[j, i] = lam * m[j, i] / (g[j] if n[j] > 0 else 1.0)
+        else:
+            for j in range(k):
+                for i in range(d):
+                    v[j, i] = m[j, i] / (n[j] if n[j] > 0 else 1.0)
+        objective = 0.0
+        for j in range(k):
+            log_v = 0.0
+            for i in range(d):
+                inv_v[j, i] = 1.0 / v[j, i] if n[j] > 0 else 0.0
+                objective += m[j, i] * inv_v[j, i]
+                log_v += math.log(v[j, i]) if n[j] > 0 else 0.0
+            if n[j] > 0:
+                objective += n[j] * log_v
+        if not (abs(old - objective) > _INNER_TOL * abs(objective)):
+            break
+        old = objective
+        for a in range(d):
+            for b in range(d):
+                g_mat[a, b] = 0.0
+        for j in range(k):
+            beta = inv_v[j, 0]
+            for i in range(1, d):
+                if inv_v[j, i] > beta:
+                    beta = inv_v[j, i]
+            for a in range(d):
+                for col in range(d):
+                    s = 0.0
+                    for b in range(d):
+                        s += w[j, a, b] * rot[b, col]
+                    wr[a, col] = s
+            for a in range(d):
+                for col in range(d):
+                    if step % 2 == 0:  # W_k ≼ ω_k I
+                        g_mat[a, col] += (wr[a, col] - rot[a, col] * top[j]) * inv_v[j, col]
+                    else:  # V_k⁻¹ ≼ β_k I
+                        g_mat[a, col] += wr[a, col] * (inv_v[j, col] - beta)
+        _neg_polar(g_mat, rot)
+    for j in range(k):
+        for a in range(d):
+            for b in range(d):
+                s = 0.0
+                for i in range(d):
+                    s += rot[a, i] * v[j, i] * rot[b, i]
+                out[j, a, b] = np.nan if bad_basis else s
+
+
+@_jit
+def _covariances(code, n, w, previous, out):  # pragma: no cover - compiled
+    """The structure's maximum-likelihood covariances into ``out`` (K, D, D) from the counts
+    n (K,) and the scatter matrices W (K, D, D) about the new means (the diagonal structures
+    read their diagonals), the iterative ones starting from ``previous``."""
+    k, d = w.shape[0], w.shape[1]
+    n_total = 0.0
+    for j in range(k):
+        n_total += n[j]
+    for j in range(k):
+        for a in range(d):
+            for b in range(d):
+                out[j, a, b] = 0.0
+    if code == 0 or code == 1:  # EII, VII (E, V)
+        total = 0.0
+        for j in range(k):
+            tr = 0.0
+            for i in range(d):
+                tr += w[j, i, i]
+            total += tr
+            if code == 1:
+                for i in range(d):
+                    out[j, i, i] = tr / (d * n[j])
+        if code == 0:
+            for j in range(k):
+                for i in range(d):
+                    out[j, i, i] = total / (d * n_total)
+    elif code == 2 or code == 5:  # EEI, VVI
+        for i in range(d):
+            total = 0.0
+            for j in range(k):
+                total += w[j, i, i]
+            for j in range(k):
+                out[j, i, i] = total / n_total if code == 2 else w[j, i, i] / n[j]
+    elif code == 6 or code == 13:  # EEE, VVV
+        for a in range(d):
+            for b in range(d):
+                total = 0.0
+                for j in range(k):
+                    total += w[j, a, b]
+                for j in range(k):
+                    out[j, a, b] = total / n_total if code == 6 else w[j, a, b] / n[j]
+    elif code == 3 or code == 4:  # VEI, EVI
+        values = np.empty((k, d))
+        for j in range(k):
+            for i in range(d):
+                values[j, i] = w[j, i, i]
+        if code == 3:
+            lam, shape = _volumes_and_shape(values, n, previous)
+            for j in range(k):
+                for i in range(d):
+                    out[j, i, i] = lam[j] * shape[i]
+        else:
+            g = np.empty(k)
+            lam_e = 0.0
+            for j in range(k):
+                g[j] = _geomean(values[j])
+                if n[j] > 0:
+                    lam_e += g[j]
+            lam_e /= n_total
+            for j in range(k):
+                for i in range(d):
+                    out[j, i, i] = lam_e * values[j, i] / g[j]
+    elif code == 7:  # VEE
+        lam = np.ones(k)
+        for j in range(k):
+            if n[j] > 0:
+                lam[j] = _det_root(previous[j])
+        cm = np.zeros((d, d))
+        c_inv = np.empty((d, d))
+        new = np.ones(k)
+        for _ in range(_WARM_MAX):
+            for a in range(d):
+                for b in range(d):
+                    cm[a, b] = 0.0
+                    for j in range(k):
+                        if n[j] > 0:
+                            cm[a, b] += w[j, a, b] / lam[j]
+            root = _det_root(cm)
+            for a in range(d):
+                for b in range(d):
+                    cm[a, b] /= root
+            _inv(cm, c_inv)
+            for j in range(k):
+                new[j] = 1.0
+                if n[j] > 0:
+                    s = 0.0
+                    for a in range(d):
+                        for b in range(d):
+                            s += w[j, a, b] * c_inv[b, a]
+                    new[j] = s / (d * n[j])
+            done = not _changed(new, lam)
+            for j in range(k):
+                lam[j] = new[j]
+            if done:
+                break
+        for j in range(k):
+            for a in range(d):
+                for b in range(d):
+                    out[j, a, b] = lam[j] * cm[a, b]
+    elif code == 8 or code == 9:  # EVE, VVE
+        _common_orientation(w, n, previous, code == 8, out)
+    elif code == 12:  # EVV
+        g = np.empty(k)
+        lam_e = 0.0
+        for j in range(k):
+            g[j] = _det_root(w[j])
+            if n[j] > 0:
+                lam_e += g[j]
+        lam_e /= n_total
+        for j in range(k):
+            for a in range(d):
+                for b in range(d):
+                    out[j, a, b] = lam_e * w[j, a, b] / g[j]
+    elif code == 10 or code == 11:  # EEV, VEV
+        omega = np.empty((k, d))
+        vec = np.empty((k, d, d))
+        ev = np.empty(d)
+        vv = np.empty((d, d))
+        for j in range(k):
+            if _finite(w[j]):
+                _eigh(w[j], ev, vv)
+                for i in range(d):  # decreasing order
+                    omega[j, i] = ev[d - 1 - i]
+                    for a in range(d):
+                        vec[j, a, i] = vv[a, d - 1 - i]
+            else:
+                for i in range(d):
+                    omega[j, i] = np.nan
+                    for a in range(d):
+                        vec[j, a, i] = 1.0 if a == i else 0.0
+        scale = np.empty((k, d))
+        if code == 10:
+            for i in range(d):
+                total = 0.0
+                for j in range(k):
+                    if n[j] > 0:
+                        total += omega[j, i]
+                for j in range(k):
+                    scale[j, i] = total / n_total
+        else:
+            lam, shape = _volumes_and_shape(omega, n, previous)
+            for j in range(k):
+                for i in range(d):
+                    scale[j, i] = lam[j] * shape[i]
+        for j in range(k):
+            for a in range(d):
+                for b in range(d):
+                    s = 0.0
+                    for i in range(d):
+                        s += vec[j, a, i] * scale[j, i] * vec[j, b, i]
+                    out[j, a, b] = s
+
+
+# -- one pass and one M-step --------------------------------------------------------------------
+
+
+@_jit
+def _evaluate(X, center, w, weights, means, chol, code, diag, prev_covs, reg_covar, prec,
+              sums, new_w, new_mu, new_cov, new_chol):  # fmt: skip  # pragma: no cover
+    """One E-step at (weights, means, chol) and the M-step from it into (new_w, new_mu,
+    new_cov, new_chol). Returns (log-likelihood, state, component, collapsed weight): state
+    RUNNING, or SINGULAR or EMPTY with the failing component (the numpy loop's rules: an empty
+    component is reported over a singular one).
+
+    As the numpy pass, the statistics are sums about the data's ``center`` (n_k, Σ γ (x − c),
+    Σ γ (x − c)(x − c)ᵀ, one pass over the rows) and the scatter about the new means follows
+    from them; the Mahalanobis distances come from L⁻¹ (x − μ), with L⁻¹ computed once."""
+    n_rows, d = X.shape
+    k = weights.shape[0]
+    const = np.empty(k)
+    shift = np.empty((k, d))  # L⁻¹ (μ − c)
+    for j in range(k):
+        logdet = 0.0
+        for i in range(d):
+            logdet += math.log(chol[j, i, i])
+        lw = math.log(weights[j]) if weights[j] > 0 else -np.inf
+        const[j] = lw - logdet - 0.5 * d * _LOG_2PI
+        # L⁻¹ by forward substitution, row by row (lower triangular).
+        for i in range(d):
+            for col in range(d):
+                if col > i:
+                    prec[j, i, col] = 0.0
+                    continue
+                t = 1.0 if i == col else 0.0
+                for p in range(col, i):
+                    t -= chol[j, i, p] * prec[j, p, col]
+                prec[j, i, col] = t / chol[j, i, i]
+        for i in range(d):
+            t = 0.0
+            for p in range(i + 1):
+                t += prec[j, i, p] * (means[j, p] - center[p])
+            shift[j, i] = t
+    # sums[j] = [n_k, Σ γ (x − c) (D), Σ γ (x − c)(x − c)ᵀ (lower triangle, row by row)]
+    for j in range(k):
+        for f in range(sums.shape[1]):
+            sums[j, f] = 0.0
+    loglik = 0.0
+    xc = np.empty(d)
+    lj = np.empty(k)
+    unweighted = w.shape[0] == 0
+    for r in range(n_rows):
+        for i in range(d):
+            xc[i] = X[r, i] - center[i]
+        top = -np.inf
+        for j in range(k):
+            maha = 0.0
+            for i in range(d):
+                t = -shift[j, i]
+                for p in range(i + 1):
+                    t += prec[j, i, p] * xc[p]
+                maha += t * t
+            lj[j] = const[j] - 0.5 * maha
+            if lj[j] > top:
+                top = lj[j]
+        total = 0.0
+        for j in range(k):
+            z = lj[j] - top
+            e = math.exp(z) if z > _LOG_FLOOR else 0.0
+            lj[j] = e
+            total += e
+        wr = 1.0 if unweighted else w[r]
+        loglik += wr * (math.log(total) + top)
+        scale = wr / total
+        for j in range(k):
+            g = lj[j] * scale
+            if g == 0.0:
+                continue
+            sums[j, 0] += g
+            f = 1
+            for i in range(d):
+                sums[j, f] += g * xc[i]
+                f += 1
+            for a in range(d):
+                ga = g * xc[a]
+                for b in range(a + 1):
+                    sums[j, f] += ga * xc[b]
+                    f += 1
+    total_n = 0.0
+    for j in range(k):
+        total_n += sums[j, 0]
+    empty = -1
+    for j in range(k):
+        if sums[j, 0] <= _EMPTY_RTOL * total_n:
+            empty = j
+            break
+    # Scatter about the new means: Σ γ (x − c)(x − c)ᵀ − n_k x̄ x̄ᵀ (x̄ in shifted coordinates).
+    scatter = new_cov
+    for j in range(k):
+        n_j = sums[j, 0]
+        c = n_j if n_j > _EMPTY_RTOL * total_n else 1.0
+        for i in range(d):
+            new_mu[j, i] = sums[j, 1 + i] / c
+        f = 1 + d
+        for a in range(d):
+            for b in range(a + 1):
+                v = sums[j, f] - n_j * new_mu[j, a] * new_mu[j, b]
+                if diag and a == b and v < 0:
+                    v = 0.0
+                scatter[j, a, b] = v
+                scatter[j, b, a] = v
+                f += 1
+        for i in range(d):
+            new_mu[j, i] += center[i]
+        new_w[j] = n_j / total_n
+    if empty >= 0:
+        return loglik, EMPTY, empty, sums[empty, 0] / total_n
+    counts = np.empty(k)
+    for j in range(k):
+        counts[j] = sums[j, 0]
+    scat = np.empty_like(scatter)
+    _copy(scatter, scat)
+    _covariances(code, counts, scat, prev_covs, new_cov)
+    bad = _finish_covs(new_cov, reg_covar, new_chol)
+    if bad >= 0:
+        return loglik, SINGULAR, bad, 0.0
+    return loglik, RUNNING, -1, 0.0
+
+
+@_jit
+def _finish_covs(covs, reg_covar, chol):  # pragma: no cover - compiled
+    """In place: ``reg_covar`` added to the diagonals; Cholesky factors into ``chol``; the
+    first component that is not positive definite, or −1."""
+    k, d = covs.shape[0], covs.shape[1]
+    bad = -1
+    for j in range(k):
+        for i in range(d):
+            covs[j, i, i] += reg_covar
+        if not _cholesky(covs[j], chol[j]) and bad < 0:
+            bad = j
+    return bad
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+@_jit
+def _run(X, center, w, code, weights, means, covs, chol, n_iter, until_iter, tol,
+         accelerate, step_max, scale, reg_covar, trace, n_trace):  # fmt: skip  # pragma: no cover
+    """Advance one run in place (parameters, trace) until it converges, fails or has done
+    ``until_iter`` iterations; returns (state, n_iter, component, collapsed weight, step_max,
+    trace length). The rules are _Batch.plain_step's and _Batch.extrapolate's."""
+    d = X.shape[1]
+    k = weights.shape[0]
+    prec = np.empty((k, d, d))
+    sums = np.empty((k, 1 + d + d * (d + 1) // 2))
+    # Slots 0..2 hold θ0, θ1, θ2 of the SQUAREM cycle in turn; slot 3 the extrapolated trial.
+    p_w = np.empty((4, k))
+    p_m = np.empty((4, k, d))
+    p_c = np.empty((4, k, d, d))
+    p_l = np.empty((4, k, d, d))
+    # (Flags computed from the code, never passed as constants: a literal argument would make
+    # numba compile another specialisation of every function below.)
+    nonlinear = (code >= 3 and code <= 4) or (code >= 7 and code <= 12)
+    diag = code <= 5
+    _copy(weights, p_w[0])
+    _copy(means, p_m[0])
+    _copy(covs, p_c[0])
+    _copy(chol, p_l[0])
+    cur = 0  # the slot of the parameters the next step starts from
+    phase = 0  # plain steps done in the current SQUAREM cycle
+    while True:
+        nxt = (cur + 1) % 3
+        ll, state, bad, collapsed = _evaluate(
+            X, center, w, p_w[cur], p_m[cur], p_l[cur], code, diag, p_c[cur], reg_covar, prec, sums,
+            p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
+        )  # fmt: skip
+        prev = trace[n_trace - 1] if n_trace > 0 else -np.inf
+        trace[n_trace] = ll
+        n_trace += 1
+        if tol > 0 and math.isfinite(prev) and abs(ll - prev) <= tol * abs(ll):
+            _get(p_w, p_m, p_c, p_l, cur, weights, means, covs, chol)
+            return CONVERGED, n_iter, -1, 0.0, step_max, n_trace
+        if state != RUNNING:
+            _get(p_w, p_m, p_c, p_l, cur, weights, means, covs, chol)
+            return state, n_iter, bad, collapsed, step_max, n_trace
+        n_iter += 1
+        if n_iter >= until_iter:
+            _get(p_w, p_m, p_c, p_l, nxt, weights, means, covs, chol)
+            return RUNNING, n_iter, -1, 0.0, step_max, n_trace
+        cur = nxt
+        if not accelerate:
+            continue
+        phase += 1
+        if phase < 2:
+            continue
+        phase = 0
+        i0, i1, i2 = (cur + 1) % 3, (cur + 2) % 3, cur
+        step_max, trial_ok = _extrapolate(
+            p_w, p_m, p_c, p_l, i0, i1, i2, scale, step_max, nonlinear, code
+        )
+        if not trial_ok:
+            continue  # on from θ2
+        nxt = i0  # θ0's slot is free: the trial's M-step goes there
+        ll, state, bad, collapsed = _evaluate(
+            X, center, w, p_w[3], p_m[3], p_l[3], code, diag, p_c[3], reg_covar, prec, sums,
+            p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
+        )  # fmt: skip
+        ok = state == RUNNING and ll >= trace[n_trace - 1]
+        if step_max < 0:  # the step was cut to its bound: the bound learns from the outcome
+            step_max = -step_max
+            step_max = step_max * 4.0 if ok else max(1.0, step_max / 4.0)
+        if ok and n_iter + 1 < until_iter:
+            trace[n_trace] = ll
+            n_trace += 1
+            n_iter += 1
+            cur = nxt
+
+
+@_jit
+def _extrapolate(p_w, p_m, p_c, p_l, i0, i1, i2, scale, step_max, nonlinear,
+                 code):  # fmt: skip  # pragma: no cover
+    """SQUAREM's trial θ' = θ0 − 2αr + α²v into slot 3 (projected onto the structure when it is
+    not convex); returns (the step bound, whether the trial is a valid mixture). A bound
+    returned negative marks a trial cut to the bound, whose evaluation updates it."""
+    k, d = p_m.shape[1], p_m.shape[2]
+    rr = 0.0
+    vv = 0.0
+    for j in range(k):
+        a = p_w[i1, j] - p_w[i0, j]
+        b = p_w[i2, j] - 2.0 * p_w[i1, j] + p_w[i0, j]
+        rr += a * a
+        vv += b * b
+        for i in range(d):
+            a = (p_m[i1, j, i] - p_m[i0, j, i]) / scale[i]
+            b = (p_m[i2, j, i] - 2.0 * p_m[i1, j, i] + p_m[i0, j, i]) / scale[i]
+            rr += a * a
+            vv += b * b
+            for q in range(d):
+                s = scale[i] * scale[q]
+                a = (p_c[i1, j, i, q] - p_c[i0, j, i, q]) / s
+                b = (p_c[i2, j, i, q] - 2.0 * p_c[i1, j, i, q] + p_c[i0, j, i, q]) / s
+                rr += a * a
+                vv += b * b
+    nr = math.sqrt(rr)
+    nv = math.sqrt(vv)
+    alpha = -nr / nv if nv > 0 else -1.0
+    alpha = min(max(alpha, -step_max), -1.0)
+    capped = alpha == -step_max
+    a1 = -2.0 * alpha
+    a2 = alpha * alpha
+    valid = alpha < -1.0
+    for j in range(k):
+        x0, x1, x2 = p_w[i0, j], p_w[i1, j], p_w[i2, j]
+        p_w[3, j] = x0 + a1 * (x1 - x0) + a2 * (x2 - 2.0 * x1 + x0)
+        if p_w[3, j] < 0:
+            valid = False
+        for i in range(d):
+            x0, x1, x2 = p_m[i0, j, i], p_m[i1, j, i], p_m[i2, j, i]
+            p_m[3, j, i] = x0 + a1 * (x1 - x0) + a2 * (x2 - 2.0 * x1 + x0)
+            for q in range(d):
+                x0, x1, x2 = p_c[i0, j, i, q], p_c[i1, j, i, q], p_c[i2, j, i, q]
+                p_c[3, j, i, q] = x0 + a1 * (x1 - x0) + a2 * (x2 - 2.0 * x1 + x0)
+        for i in range(d):
+            for q in range(i):
+                s = 0.5 * (p_c[3, j, i, q] + p_c[3, j, q, i])
+                p_c[3, j, i, q] = s
+                p_c[3, j, q, i] = s
+    if valid and nonlinear:
+        # Brought back onto the structure: the M-step with S_k = max(π_k, 0) Σ'_k.
+        wpos = np.empty(k)
+        scat = np.empty((k, d, d))
+        for j in range(k):
+            wpos[j] = max(p_w[3, j], 0.0)
+            for i in range(d):
+                for q in range(d):
+                    scat[j, i, q] = p_c[3, j, i, q] * wpos[j]
+        previous = np.empty_like(p_c[3])
+        _copy(p_c[3], previous)
+        _covariances(code, wpos, scat, previous, p_c[3])
+    if valid:
+        for j in range(k):
+            if not _cholesky(p_c[3, j], p_l[3, j]):
+                valid = False
+                break
+    if capped and not valid:
+        # A step cut to the bound: the plain step (bound 1) lets the bound grow; an invalid
+        # mixture (a covariance not positive definite, a negative weight) shrinks it.
+        step_max = step_max * 4.0 if alpha == -1.0 else max(1.0, step_max / 4.0)
+    if not valid:
+        return step_max, False
+    total = 0.0
+    for j in range(k):
+        total += p_w[3, j]
+    for j in range(k):
+        p_w[3, j] /= total
+    return (-step_max if capped else step_max), True
+
+
+@_jit
+def _get(p_w, p_m, p_c, p_l, slot, weights, means, covs, chol):  # pragma: no cover
+    _copy(p_w[slot], weights)
+    _copy(p_m[slot], means)
+    _copy(p_c[slot], covs)
+    _copy(p_l[slot], chol)
+
+
+@_jit
+def em_runs(X, center, w_all, w_index, codes, ks, weights, means, covs, chol, n_iter, until_iter,
+            tol, accelerate, step_max, scales, reg_covar, trace, n_trace,
+            state, component, collapsed):  # fmt: skip  # pragma: no cover - compiled
+    """Advance every run r (K = ks[r] components of the padded (R, Kmax, ...) arrays, in
+    place) on X with the row weights w_all[w_index[r]] (none when w_all has no columns)."""
+    for r in range(codes.shape[0]):
+        k = ks[r]
+        code = codes[r]
+        st, it, comp, coll, smax, nt = _run(
+            X, center, w_all[w_index[r]], code, weights[r, :k], means[r, :k],
+            covs[r, :k], chol[r, :k], n_iter[r], until_iter, tol, accelerate, step_max[r],
+            scales[r], reg_covar, trace[r], n_trace[r],
+        )  # fmt: skip
+        state[r], n_iter[r], component[r], collapsed[r] = st, it, comp, coll
+        step_max[r], n_trace[r] = smax, nt
+
+
+def advance_runs(
+    X: np.ndarray,
+    runs: list,
+    until_iter: int,
+    *,
+    w: np.ndarray | None,
+    reg_covar: float,
+    tol: float,
+    accelerate: bool,
+    scale: np.ndarray | None,
+    center: np.ndarray,
+) -> None:
+    """:func:`bayesgmm.core._loop.iterate` for runs the compiled loop covers (see the module's
+    docstring): every run advanced on its own, the results written back into each Run."""
+    from bayesgmm.core.em import Params
+
+    r_all = len(runs)
+    d = X.shape[1]
+    kmax = max(r.k for r in runs)
+    weights = np.zeros((r_all, kmax))
+    means = np.zeros((r_all, kmax, d))
+    covs = np.zeros((r_all, kmax, d, d))
+    chol = np.zeros((r_all, kmax, d, d))
+    ks = np.empty(r_all, dtype=np.int64)
+    codes = np.empty(r_all, dtype=np.int64)
+    n_iter = np.empty(r_all, dtype=np.int64)
+    n_trace = np.empty(r_all, dtype=np.int64)
+    step_max = np.empty(r_all)
+    for i, run in enumerate(runs):
+        k = run.k
+        ks[i], codes[i] = k, CODES[run.structure.name]
+        p = run.params
+        weights[i, :k], means[i, :k] = p.weights[0], p.means[0]
+        covs[i, :k], chol[i, :k] = p.covs[0], p.chol[0]
+        n_iter[i], n_trace[i], step_max[i] = run.n_iter, len(run.trace), run.step_max
+    own = runs[0].row_weight is not None
+    if own:
+        w_all = np.stack([r.row_weight for r in runs]).astype(np.float64, copy=False)
+        w_index = np.arange(r_all, dtype=np.int64)
+        scales = np.stack([r.scale for r in runs])
+    else:
+        w_all = np.empty((1, 0)) if w is None else np.asarray(w, dtype=np.float64)[None]
+        w_index = np.zeros(r_all, dtype=np.int64)
+        s = np.ones(d) if scale is None else np.asarray(scale, dtype=np.float64)
+        scales = np.broadcast_to(s, (r_all, d))
+    room = int(n_trace.max()) + until_iter - int(n_iter.min()) + 2
+    trace = np.empty((r_all, max(room, 1)))
+    for i, run in enumerate(runs):
+        trace[i, : len(run.trace)] = run.trace
+    state = np.zeros(r_all, dtype=np.int64)
+    component = np.full(r_all, -1, dtype=np.int64)
+    collapsed = np.zeros(r_all)
+    em_runs(
+        _plain(X), _plain(center), _plain(w_all), w_index,
+        codes, ks, weights, means, covs, chol, n_iter, int(until_iter), float(tol),
+        bool(accelerate), step_max, _plain(scales), float(reg_covar), trace,
+        n_trace, state, component, collapsed,
+    )  # fmt: skip
+    for i, run in enumerate(runs):
+        k = run.k
+        run.params = Params(
+            weights[i : i + 1, :k].copy(), means[i : i + 1, :k].copy(),
+            covs[i : i + 1, :k].copy(), chol[i : i + 1, :k].copy(),
+        )  # fmt: skip
+        run.trace.extend(trace[i, len(run.trace) : n_trace[i]].tolist())
+        run.n_iter, run.step_max = int(n_iter[i]), float(step_max[i])
+        if state[i] == CONVERGED:
+            run.converged = True
+        elif state[i] == SINGULAR:
+            run.reason = (
+                f"component {component[i]}: its covariance became singular (points tied or "
+                "duplicated)"
+            )
+        elif state[i] == EMPTY:
+            run.reason = (
+                f"component {component[i]}: its weight collapsed to {collapsed[i]:.2g} (empty)"
+            )
+
+
+def _plain(a: np.ndarray) -> np.ndarray:
+    """A writeable C-contiguous float64 array (one compiled specialisation for all callers: a
+    read-only or strided array would be compiled again)."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return a if a.flags.writeable else a.copy()

@@ -1,0 +1,145 @@
+"""The compiled EM loop (bayesgmm.core._compiled) against the numpy loop it replaces on small
+data: from the same start, every structure must end in the same state (the numpy loop is the
+reference; both implement _loop's rules), and its small linear algebra must match numpy's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bayesgmm as bg
+from bayesgmm.core import _compiled
+from bayesgmm.core.structures import STRUCTURES
+
+MULTIVARIATE = [n for n, s in STRUCTURES.items() if not s.univariate]
+
+
+@pytest.fixture(scope="module")
+def iris_X() -> np.ndarray:
+    return bg.datasets.load_iris().select_dtypes("number").to_numpy()
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """The compiled loop, loaded (compiled first when its cache is cold: up to minutes)."""
+    if not _compiled.AVAILABLE:  # pragma: no cover - numba comes with pytensor
+        pytest.skip("numba is not installed")
+    assert _compiled.ready(wait=900), "the compiled EM loop did not become ready"
+    return _compiled
+
+
+def _fit_both(monkeypatch, X, **kwargs):
+    out = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("BAYESGMM_COMPILED", flag)
+        out[flag] = bg.fit_em(X, **kwargs)
+    return out["1"], out["0"]
+
+
+def _same_run(a, b, rtol=1e-10):
+    assert a.n_iter == b.n_iter
+    assert a.converged == b.converged
+    assert a.degenerate == b.degenerate
+    assert a.loglik == pytest.approx(b.loglik, rel=rtol)
+    # Along the way the two differ by rounding, which a slow path (a hundred SQUAREM steps on a
+    # nearly flat ridge) can amplify to 1e-8 before both settle on the same optimum.
+    np.testing.assert_allclose(a.loglik_trace, b.loglik_trace, rtol=1e-6)
+    np.testing.assert_allclose(a.model.weights, b.model.weights, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(a.model.means, b.model.means, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(a.model.covariances, b.model.covariances, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("structure", MULTIVARIATE)
+def test_every_structure_as_the_numpy_loop(compiled, monkeypatch, faithful, structure):
+    # SQUAREM on (the default), K = 4 from the hierarchical start: the whole trace agrees.
+    a, b = _fit_both(monkeypatch, faithful, n_components=4, covariance_type=structure, n_init=1)
+    _same_run(a, b)
+
+
+@pytest.mark.parametrize("structure", ["VEI", "EVE", "VVE", "VEV", "EEI", "VVV"])
+def test_weights_regularisation_and_plain_em(compiled, monkeypatch, iris_X, structure):
+    w = np.random.default_rng(3).uniform(0.5, 2.0, iris_X.shape[0])
+    kwargs = dict(n_components=3, covariance_type=structure, n_init=1, sample_weight=w)
+    _same_run(*_fit_both(monkeypatch, iris_X, **kwargs, reg_covar=1e-4))
+    _same_run(*_fit_both(monkeypatch, iris_X, **kwargs, accelerate=False, max_iter=40))
+
+
+@pytest.mark.parametrize("structure", ["E", "V"])
+def test_one_feature(compiled, monkeypatch, galaxies, structure):
+    _same_run(*_fit_both(monkeypatch, galaxies, n_components=4, covariance_type=structure))
+
+
+def test_restarts_and_bootstrap_weights(compiled, monkeypatch, faithful):
+    # Several starts (short round, then the best on) and a batch of replicates with their own
+    # row weights.
+    _same_run(*_fit_both(monkeypatch, faithful, n_components=3, covariance_type="VVV", n_init=5))
+    out = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("BAYESGMM_COMPILED", flag)
+        fit = bg.fit_em(faithful, n_components=2, covariance_type="EEE")
+        out[flag] = bg.bootstrap_em(fit, faithful, n_boot=20, rng=5)
+    np.testing.assert_allclose(
+        out["1"]["sample_stats"]["loglik"], out["0"]["sample_stats"]["loglik"], rtol=1e-10
+    )
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_allclose(
+            out["1"]["posterior"][name], out["0"]["posterior"][name], rtol=1e-6, atol=1e-8
+        )
+
+
+def test_degenerate_run_ends_the_same_way(compiled, monkeypatch):
+    # Three tight clusters of two tied points each plus spread: VVV at K = 4 collapses.
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.normal(size=(40, 2)), np.repeat([[5.0, 5.0], [9.0, -3.0]], 3, axis=0)]
+    with pytest.warns(bg.DegenerateFitWarning):
+        a, b = _fit_both(monkeypatch, X, n_components=4, covariance_type="VVV", n_init=1)
+    assert a.degenerate and b.degenerate
+    assert a.degenerate_reason.split(":")[0] == b.degenerate_reason.split(":")[0]
+
+
+def test_select_em_table_as_the_numpy_loop(compiled, monkeypatch, faithful):
+    tables = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("BAYESGMM_COMPILED", flag)
+        tables[flag] = bg.select_em(faithful, n_components=range(1, 5), n_jobs=1).table
+    np.testing.assert_allclose(tables["1"].to_numpy(), tables["0"].to_numpy(), rtol=1e-8)
+
+
+def test_small_linear_algebra(compiled):
+    rng = np.random.default_rng(1)
+    for d in (1, 2, 3, 6):
+        A = rng.normal(size=(d, d + 2))
+        S = A @ A.T
+        values, vectors = np.empty(d), np.empty((d, d))
+        compiled._eigh(S, values, vectors)
+        np.testing.assert_allclose(values, np.linalg.eigvalsh(S), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, S, atol=1e-11)
+        np.testing.assert_allclose(vectors.T @ vectors, np.eye(d), atol=1e-12)
+        assert compiled._det_root(S) == pytest.approx(np.linalg.det(S) ** (1 / d), rel=1e-12)
+        assert np.isnan(compiled._det_root(-S)) if d % 2 else True
+        inv = np.empty((d, d))
+        compiled._inv(S, inv)
+        np.testing.assert_allclose(inv @ S, np.eye(d), atol=1e-9)
+        G = rng.normal(size=(d, d))
+        polar = np.empty((d, d))
+        compiled._neg_polar(G, polar)
+        u, _, vt = np.linalg.svd(G)
+        np.testing.assert_allclose(polar, -(u @ vt), atol=1e-12)
+        L = np.zeros((d, d))
+        assert compiled._cholesky(S, L)
+        np.testing.assert_allclose(L, np.linalg.cholesky(S), rtol=1e-12, atol=1e-12)
+    # A rank-deficient g (a zero column, as the second majoriser gives in two dimensions):
+    # its orthogonal factor is still orthogonal, as LAPACK's.
+    G = np.array([[0.0, -2376.6], [0.0, -86476.5]])
+    polar = np.empty((2, 2))
+    compiled._neg_polar(G, polar)
+    np.testing.assert_allclose(polar.T @ polar, np.eye(2), atol=1e-12)
+    u, _, vt = np.linalg.svd(G)
+    np.testing.assert_allclose(np.abs(polar[:, 1]), np.abs(u @ vt)[:, 1], atol=1e-12)
+
+
+def test_not_ready_means_the_numpy_loop(monkeypatch, faithful):
+    monkeypatch.setenv("BAYESGMM_COMPILED", "0")
+    assert not _compiled.ready()
+    fit = bg.fit_em(faithful, n_components=2)
+    assert fit.converged
