@@ -196,6 +196,20 @@ def _partition_key(labels: np.ndarray) -> bytes:
     return rank[inverse.reshape(-1)].tobytes()
 
 
+def _distinct(starts: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The starts whose partitions (hard assignments of one-hot responsibilities) differ."""
+    seen: set[bytes] = set()
+    out = []
+    for label, start in starts:
+        if isinstance(start, np.ndarray):
+            key = _partition_key(start.argmax(axis=1))
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append((label, start))
+    return out
+
+
 def _parse_ks(n_components: Any) -> list[int]:
     if isinstance(n_components, int | np.integer) and not isinstance(n_components, bool):
         ks = [int(n_components)]
@@ -335,7 +349,12 @@ def select_em(
     elif sub is not None:
         starts = {k: make_starts(method, filled, k, gen, 1, tree) for k in usable}
     else:
-        starts = {k: make_starts(method, filled, k, gen, n_init, tree) for k in usable}
+        # One start at K = 1 (every start is the one-cluster partition), and restarts that
+        # repeat a partition already among a cell's starts are dropped.
+        starts = {
+            k: _distinct(make_starts(method, filled, k, gen, n_init if k > 1 else 1, tree))
+            for k in usable
+        }
     settings = {"reg_covar": float(reg_covar), "tol": float(tol), "max_iter": int(max_iter),
                 "accelerate": bool(accelerate)}  # fmt: skip
     job = _GridJob(arr, names, w, priors, float(reg_covar), settings, filled, lab)
