@@ -16,7 +16,7 @@ from bayesgmm.core._passes import (
     run_pass,
 )
 from bayesgmm.core._validation import as_data, as_rng
-from bayesgmm.core.structures import CovarianceStructure, get_structure
+from bayesgmm.core.structures import STRUCTURES, CovarianceStructure, get_structure
 
 __all__ = ["GaussianMixture"]
 
@@ -181,7 +181,8 @@ class GaussianMixture:
     @property
     def structure(self) -> CovarianceStructure:
         """The covariance structure object."""
-        return get_structure(self.covariance_type)
+        # covariance_type is always a registered name (set from a parsed structure).
+        return STRUCTURES[self.covariance_type]
 
     @property
     def n_parameters(self) -> int:
