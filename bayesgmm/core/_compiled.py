@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def warm() -> None:
     covs = np.broadcast_to(np.eye(2), (r_all, k, 2, 2)).copy()
     means = np.stack([X[:k]] * r_all)
     em_runs(
-        X, X.mean(axis=0), np.empty((1, 0)), np.zeros(r_all, dtype=np.int64), codes,
+        np.arange(r_all, dtype=np.int64), X, X.mean(axis=0), np.empty((1, 0)),
+        np.zeros(r_all, dtype=np.int64), codes,
         np.full(r_all, k, dtype=np.int64), np.full((r_all, k), 0.5), means, covs, covs.copy(),
         np.zeros(r_all, dtype=np.int64), 4, 1e-8, True, np.ones(r_all), np.ones((r_all, 2)),
         0.0, np.empty((r_all, 8)), np.zeros(r_all, dtype=np.int64),
@@ -182,7 +184,7 @@ def warm() -> None:
 # -- small dense linear algebra (scalar loops: they compile in a fraction of numpy.linalg's
 #    time, and D is small) -------------------------------------------------------------------
 
-_jit = njit(cache=True, error_model="numpy")
+_jit = njit(cache=True, error_model="numpy", nogil=True)
 
 
 @_jit
@@ -1085,12 +1087,13 @@ def _get(p_w, p_m, p_c, p_l, slot, weights, means, covs, chol):  # pragma: no co
 
 
 @_jit
-def em_runs(X, center, w_all, w_index, codes, ks, weights, means, covs, chol, n_iter, until_iter,
-            tol, accelerate, step_max, scales, reg_covar, trace, n_trace,
+def em_runs(todo, X, center, w_all, w_index, codes, ks, weights, means, covs, chol, n_iter,
+            until_iter, tol, accelerate, step_max, scales, reg_covar, trace, n_trace,
             state, component, collapsed):  # fmt: skip  # pragma: no cover - compiled
-    """Advance every run r (K = ks[r] components of the padded (R, Kmax, ...) arrays, in
-    place) on X with the row weights w_all[w_index[r]] (none when w_all has no columns)."""
-    for r in range(codes.shape[0]):
+    """Advance each run r in ``todo`` (K = ks[r] components of the padded (R, Kmax, ...)
+    arrays, in place) on X with the row weights w_all[w_index[r]] (none when w_all has no
+    columns). Threads may share the arrays, each with its own runs: the GIL is released."""
+    for r in todo:
         k = ks[r]
         code = codes[r]
         st, it, comp, coll, smax, nt = _run(
@@ -1154,12 +1157,22 @@ def advance_runs(
     state = np.zeros(r_all, dtype=np.int64)
     component = np.full(r_all, -1, dtype=np.int64)
     collapsed = np.zeros(r_all)
-    em_runs(
+    args = (
         _plain(X), _plain(center), _plain(w_all), w_index,
         codes, ks, weights, means, covs, chol, n_iter, int(until_iter), float(tol),
         bool(accelerate), step_max, _plain(scales), float(reg_covar), trace,
         n_trace, state, component, collapsed,
     )  # fmt: skip
+    shares = _shares(ks, threads())
+    if len(shares) == 1:
+        em_runs(shares[0], *args)
+    else:
+        # Short-lived threads (none outlives the call, so a later fork stays safe).
+        workers = [threading.Thread(target=em_runs, args=(share, *args)) for share in shares]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
     for i, run in enumerate(runs):
         k = run.k
         run.params = Params(
@@ -1179,6 +1192,33 @@ def advance_runs(
             run.reason = (
                 f"component {component[i]}: its weight collapsed to {collapsed[i]:.2g} (empty)"
             )
+
+
+#: Threads the compiled loop may use (1 in forked worker processes, which share the cores).
+_THREADS = {"n": os.cpu_count() or 1}
+
+
+def threads(n: int | None = None) -> int:
+    """The compiled loop's thread count; with ``n``, set it first."""
+    if n is not None:
+        _THREADS["n"] = max(1, int(n))
+    return _THREADS["n"]
+
+
+def _shares(ks: np.ndarray, n_threads: int) -> list[np.ndarray]:
+    """The runs dealt to ``n_threads`` threads, largest K first to the least loaded (a run's
+    cost grows with its K), as int64 index arrays; one share when a thread would idle."""
+    order = np.argsort(-ks, kind="stable")
+    n_threads = min(n_threads, ks.shape[0])
+    if n_threads <= 1:
+        return [order.astype(np.int64)]
+    loads = np.zeros(n_threads)
+    parts: list[list[int]] = [[] for _ in range(n_threads)]
+    for r in order:
+        t = int(np.argmin(loads))
+        parts[t].append(int(r))
+        loads[t] += ks[r]
+    return [np.asarray(p, dtype=np.int64) for p in parts]
 
 
 def _plain(a: np.ndarray) -> np.ndarray:

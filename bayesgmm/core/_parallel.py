@@ -33,10 +33,14 @@ def resolve_n_jobs(n_jobs: object, default: int) -> int:
 
 
 def single_threaded_blas() -> None:
-    """Worker processes already use every core: BLAS inside each runs on one thread."""
+    """Worker processes already use every core: BLAS (and the compiled EM loop) inside each
+    runs on one thread."""
     from threadpoolctl import threadpool_limits
 
+    from bayesgmm.core._compiled import threads
+
     threadpool_limits(1)
+    threads(1)
 
 
 def can_fork(workers: int) -> bool:
