@@ -278,8 +278,11 @@ def start_model(
     prior: ResolvedPrior | None,
     reg_covar: float,
     names: tuple[str, ...] | None,
+    ml_failed: Degenerate | None = None,
 ) -> GaussianMixture:
-    """The mixture EM starts from: the given one, or an M-step from the start's responsibilities."""
+    """The mixture EM starts from: the given one, or an M-step from the start's responsibilities
+    (``ml_failed``: the maximum-likelihood M-step is known to fail so, and only its MAP rescue
+    is tried)."""
     if isinstance(start, GaussianMixture):
         if start.covariance_type == structure.name:
             return start
@@ -291,6 +294,8 @@ def start_model(
         Xs, ws, resp0 = X, w, start
     with cold_inner_limit(START_INNER_MAX):
         try:
+            if ml_failed is not None:
+                raise ml_failed
             return m_step(
                 Xs, resp0, structure, sample_weight=ws, prior=prior, reg_covar=reg_covar,
                 feature_names=names,
@@ -324,6 +329,7 @@ def start_models(
     M-step per structure; the others (and any start whose batched M-step fails, for the MAP
     rescue) go one at a time. A start without a valid mixture gives its :class:`Degenerate`."""
     out: list[GaussianMixture | Degenerate | None] = [None] * len(starts)
+    failed: dict[int, Degenerate] = {}  # batched ML M-steps that failed: only the rescue is left
     # The feature matrix is (D(D+1)/2 + D + 1) × n: built whole only when that is small.
     d = X.shape[1]
     small = X.shape[0] * (d * (d + 1) // 2 + d + 1) <= START_BATCH_MAX_ENTRIES
@@ -367,15 +373,19 @@ def start_models(
             st = starts[batchable[rows[0]]][0]
             sub = stats.take(idx, diagonal=st.scatter_kind == "diag")
             with cold_inner_limit(START_INNER_MAX):
-                params, bad, _ = m_step_batch(sub, center, st, None, reg_covar, mask[idx])
+                params, bad, reasons = m_step_batch(sub, center, st, None, reg_covar, mask[idx])
             for jj, j in enumerate(rows):
                 if bad[jj] < 0:
                     k = resps[j].shape[1]
                     out[batchable[j]] = to_model(params.member(jj, k), 0, st, names)
+                else:
+                    failed[batchable[j]] = Degenerate(int(bad[jj]), reasons[jj])
     for i, (structure, start) in enumerate(starts):
         if out[i] is None:
             try:
-                out[i] = start_model(X, start, structure, w, priors[i], reg_covar, names)
+                out[i] = start_model(
+                    X, start, structure, w, priors[i], reg_covar, names, failed.get(i)
+                )
             except Degenerate as err:
                 out[i] = err
     return [m for m in out if m is not None]
