@@ -237,6 +237,26 @@ def _cholesky(a, out):  # pragma: no cover - compiled
 
 
 @_jit
+def _pivot(m, c):  # pragma: no cover - compiled
+    """Partial pivoting: the row r ≥ c with the largest |m[r, c]| (the first such)."""
+    p = c
+    big = abs(m[c, c])
+    for r in range(c + 1, m.shape[0]):
+        if abs(m[r, c]) > big:
+            big = abs(m[r, c])
+            p = r
+    return p
+
+
+@_jit
+def _swap_rows(m, a, b):  # pragma: no cover - compiled
+    for j in range(m.shape[1]):
+        t = m[a, j]
+        m[a, j] = m[b, j]
+        m[b, j] = t
+
+
+@_jit
 def _det_root(a):  # pragma: no cover - compiled
     """|A|^(1/d) by LU with partial pivoting; NaN where A is not finite or its determinant is
     not positive (numpy's slogdet, as structures._det_root)."""
@@ -248,20 +268,12 @@ def _det_root(a):  # pragma: no cover - compiled
     sign = 1.0
     logdet = 0.0
     for c in range(d):
-        p = c
-        big = abs(m[c, c])
-        for r in range(c + 1, d):
-            if abs(m[r, c]) > big:
-                big = abs(m[r, c])
-                p = r
-        if big == 0.0:
+        p = _pivot(m, c)
+        if m[p, c] == 0.0:
             return np.nan
         if p != c:
             sign = -sign
-            for j in range(d):
-                t = m[c, j]
-                m[c, j] = m[p, j]
-                m[p, j] = t
+            _swap_rows(m, c, p)
         piv = m[c, c]
         if piv < 0:
             sign = -sign
@@ -289,23 +301,13 @@ def _inv(a, out):  # pragma: no cover - compiled
         for j in range(d):
             out[i, j] = 1.0 if i == j else 0.0
     for c in range(d):
-        p = c
-        big = abs(m[c, c])
-        for r in range(c + 1, d):
-            if abs(m[r, c]) > big:
-                big = abs(m[r, c])
-                p = r
-        if big == 0.0:
+        p = _pivot(m, c)
+        if m[p, c] == 0.0:
             _fill(out, np.nan)
             return
         if p != c:
-            for j in range(d):
-                t = m[c, j]
-                m[c, j] = m[p, j]
-                m[p, j] = t
-                t = out[c, j]
-                out[c, j] = out[p, j]
-                out[p, j] = t
+            _swap_rows(m, c, p)
+            _swap_rows(out, c, p)
         piv = m[c, c]
         for j in range(d):
             m[c, j] /= piv
@@ -630,6 +632,17 @@ def _common_orientation(w, n, previous, equal_volume, out):  # pragma: no cover 
 
 
 @_jit
+def _pooled_volume(g, n, n_total):  # pragma: no cover - compiled
+    """The equal volume of EVI and EVV: Σ_k |W_k|^(1/d) (the diagonal's for EVI) over the
+    components present, divided by n."""
+    total = 0.0
+    for j in range(g.shape[0]):
+        if n[j] > 0:
+            total += g[j]
+    return total / n_total
+
+
+@_jit
 def _covariances(code, n, w, previous, out):  # pragma: no cover - compiled
     """The structure's maximum-likelihood covariances into ``out`` (K, D, D) from the counts
     n (K,) and the scatter matrices W (K, D, D) about the new means (the diagonal structures
@@ -656,21 +669,17 @@ def _covariances(code, n, w, previous, out):  # pragma: no cover - compiled
             for j in range(k):
                 for i in range(d):
                     out[j, i, i] = total / (d * n_total)
-    elif code == 2 or code == 5:  # EEI, VVI
-        for i in range(d):
-            total = 0.0
-            for j in range(k):
-                total += w[j, i, i]
-            for j in range(k):
-                out[j, i, i] = total / n_total if code == 2 else w[j, i, i] / n[j]
-    elif code == 6 or code == 13:  # EEE, VVV
+    elif code == 2 or code == 5 or code == 6 or code == 13:  # EEI, VVI, EEE, VVV
+        pooled = code == 2 or code == 6
         for a in range(d):
             for b in range(d):
+                if code <= 5 and a != b:
+                    continue  # EEI, VVI: the diagonal only
                 total = 0.0
                 for j in range(k):
                     total += w[j, a, b]
                 for j in range(k):
-                    out[j, a, b] = total / n_total if code == 6 else w[j, a, b] / n[j]
+                    out[j, a, b] = total / n_total if pooled else w[j, a, b] / n[j]
     elif code == 3 or code == 4:  # VEI, EVI
         values = np.empty((k, d))
         for j in range(k):
@@ -683,12 +692,9 @@ def _covariances(code, n, w, previous, out):  # pragma: no cover - compiled
                     out[j, i, i] = lam[j] * shape[i]
         else:
             g = np.empty(k)
-            lam_e = 0.0
             for j in range(k):
                 g[j] = _geomean(values[j])
-                if n[j] > 0:
-                    lam_e += g[j]
-            lam_e /= n_total
+            lam_e = _pooled_volume(g, n, n_total)
             for j in range(k):
                 for i in range(d):
                     out[j, i, i] = lam_e * values[j, i] / g[j]
@@ -733,12 +739,9 @@ def _covariances(code, n, w, previous, out):  # pragma: no cover - compiled
         _common_orientation(w, n, previous, code == 8, out)
     elif code == 12:  # EVV
         g = np.empty(k)
-        lam_e = 0.0
         for j in range(k):
             g[j] = _det_root(w[j])
-            if n[j] > 0:
-                lam_e += g[j]
-        lam_e /= n_total
+        lam_e = _pooled_volume(g, n, n_total)
         for j in range(k):
             for a in range(d):
                 for b in range(d):
