@@ -22,6 +22,7 @@ import numpy as np
 
 from bayesgmm.core._compiled import advance_runs
 from bayesgmm.core._compiled import ready as compiled_ready
+from bayesgmm.core._compiled import suits as compiled_suits
 from bayesgmm.core._missing import Missingness, missing_pass
 from bayesgmm.core._moments import mean_cov
 from bayesgmm.core._passes import (
@@ -203,7 +204,7 @@ def iterate(
         raise ValueError("runs on their own data sets take complete data only")
     if (
         isinstance(X, np.ndarray)
-        and X.shape[0] < SHARED_PASS_MAX_ROWS
+        and compiled_suits(*X.shape)
         and prior is None
         and missing is None
         and labels is None

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from bayesgmm.core._compiled import ready as compiled_ready
+from bayesgmm.core._compiled import suits as compiled_suits
 from bayesgmm.core._engine import (
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
@@ -28,7 +29,6 @@ from bayesgmm.core._engine import (
     start_data,
     start_models,
 )
-from bayesgmm.core._loop import SHARED_PASS_MAX_ROWS
 from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
 from bayesgmm.core._validation import as_rng, count_distinct_rows
 from bayesgmm.core.em import Degenerate
@@ -178,12 +178,12 @@ SCREEN_ROWS = 20_000
 CROSS_SCREEN = {"short_iter": 5, "keep": 1}
 
 
-def _n_workers(n_jobs: int | None, n_obs: int, n_structures: int) -> int:
+def _n_workers(n_jobs: int | None, n_obs: int, n_structures: int, n_features: int = 1) -> int:
     """Processes for the grid: one per structure up to the cores, for data small enough that a
     pass runs in one thread (larger data already use every core inside each pass)."""
     if n_jobs is not None:
         return min(resolve_n_jobs(n_jobs, 1), n_structures)
-    if n_obs < SHARED_PASS_MAX_ROWS and compiled_ready():
+    if compiled_suits(n_obs, n_features) and compiled_ready():
         # The compiled loop runs its runs on every core in this process (threads): cheaper
         # than forking (faithful's grid 3.0 s against 3.4-4.1 s in two processes).
         return 1
@@ -290,9 +290,9 @@ def select_em(
         Worker processes; the covariance structures are dealt to them in turn, and each
         worker's share runs as one batch. scikit-learn's convention for explicit values (-1:
         every core, -2: all but one); None: this process when the compiled EM loop is loaded
-        (under 50,000 rows; it runs on every core in threads), else one per core for small
-        data (under 4096 rows, where a pass runs in one thread) and 1 otherwise. Results do
-        not depend on it.
+        and suits the data (rows × features² up to 60,000; it runs on every core in threads),
+        else one per core for small data (under 4096 rows, where a pass runs in one thread)
+        and 1 otherwise. Results do not depend on it.
     labels : array_like (n_obs,) of int, optional
         Semi-supervised EM in every cell (see :func:`fit_em`): each K starts from its labelled
         rows, without restarts or cross-starts; a K with an unlabelled component fails.
@@ -368,7 +368,7 @@ def select_em(
     settings = {"reg_covar": float(reg_covar), "tol": float(tol), "max_iter": int(max_iter),
                 "accelerate": bool(accelerate)}  # fmt: skip
     job = _GridJob(arr, names, w, priors, float(reg_covar), settings, filled, lab)
-    workers = _n_workers(n_jobs, arr.shape[0], len(structures))
+    workers = _n_workers(n_jobs, arr.shape[0], len(structures), arr.shape[1])
     cells = {s: _screened_starts(sub, s, starts) for s in structures}
     results: dict[tuple[str, int], EMResult] = {}
     keep = None if sub is None else {"keep": 1}
