@@ -20,6 +20,7 @@ cached on disk (``cache=True``); set ``BAYESGMM_COMPILED=0`` to use the numpy lo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -102,6 +103,7 @@ _STATE: dict[str, bool] = {"loaded": False, "spawned": False}
 _STALE_LOCK_S = 900.0
 
 
+@functools.cache
 def _marker_paths() -> tuple[Path, Path]:
     """The marker written when the cache is complete, and the lock held while compiling, in
     numba's cache directory for this module (one per source, numba, Python and CPU)."""
