@@ -144,3 +144,15 @@ def test_cross_starts_include_splits_of_the_fit_at_k_minus_1(galaxies):
     )
     labels = [label for by_k in cells.values() for starts in by_k.values() for label, _ in starts]
     assert any(label.startswith("split 0 of V,") for label in labels)
+
+
+def test_restarts_repeating_a_partition_are_dropped():
+    from bayesgmm.core.init import labels_to_resp
+    from bayesgmm.core.select import _distinct
+
+    a = labels_to_resp(np.array([0, 0, 1, 1, 2]), 3)
+    same = labels_to_resp(np.array([2, 2, 0, 0, 1]), 3)  # the same partition, renamed
+    other = labels_to_resp(np.array([0, 1, 1, 2, 2]), 3)
+    kept = _distinct([("hc", a), ("kmeans++", same), ("kmeans++", other), ("mixture", "m")])
+    assert [label for label, _ in kept] == ["hc", "kmeans++", "mixture"]
+    assert kept[1][1] is other
