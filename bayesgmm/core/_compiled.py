@@ -64,8 +64,8 @@ _EMPTY_RTOL = 1e-10
 _LOG_2PI = math.log(2.0 * math.pi)
 #: A Cholesky pivot at or below this fraction of its diagonal entry counts as singular: so close
 #: to singular (a condition number of about 1e10 or more) that LAPACK's factorisation, from other
-#: rounding, may fail on the same matrix (mtcars's VVV,7 did at 1e-14; the numpy loop would
-#: have stopped there). Such a component is collapsed by the degeneracy rule anyway.
+#: rounding, may fail on the same matrix (a fit to mtcars's 32 rows did at 1e-14; the numpy loop
+#: would have stopped there). Such a component is collapsed by the degeneracy rule anyway.
 _PD_RTOL = 1e-10
 
 #: Run states returned by :func:`em_runs`.
