@@ -9,7 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from bayesgmm.core._loop import Run, finish, iterate, new_run
+from bayesgmm.core._loop import (
+    Run,
+    _collapse_reason,
+    _data_scale,
+    finish,
+    finish_many,
+    iterate,
+    new_run,
+)
 from bayesgmm.core._missing import fill_means, missingness
 from bayesgmm.core._moments import mean_cov
 from bayesgmm.core._passes import PassStats, features
@@ -229,7 +237,41 @@ def run_cells(
     }
     runs = {key: [new_run(m, label) for label, m in starts] for key, starts in cells.items()}
     advance(X, runs, max_iter, short_iter, keep, settings)
-    return {key: [finish(X, r, names, w, missing, labels) for r in rs] for key, rs in runs.items()}
+    scale = _data_scale(X, w)
+    chosen = {key: _best_run(X, rs, w, missing, center, scale) for key, rs in runs.items()}
+    return {key: [finish(X, run, names, w, missing, labels)] for key, run in chosen.items()}
+
+
+def _best_run(
+    X: np.ndarray,
+    runs: list[Run],
+    w: np.ndarray | None,
+    missing: Any,
+    center: np.ndarray,
+    scale: np.ndarray,
+) -> Run:
+    """The run :func:`best_result` would pick once every run is finished, without finishing
+    them all (each start's final E-step, responsibilities and criteria cost more than the
+    choice): a run that converged or failed ended at the mixture of its trace's last
+    log-likelihood, and it is degenerate when it failed or collapsed; runs stopped by the
+    iteration budget were not evaluated at their last mixture, and get one (batched) pass."""
+    if len(runs) == 1:
+        return runs[0]
+    ranked: dict[int, tuple[bool, float]] = {}
+    todo = []
+    for i, run in enumerate(runs):
+        if run.trace and (run.converged or run.reason is not None):
+            model = to_model(run.params, 0, run.structure, None)
+            collapsed = run.reason is not None or _collapse_reason(model, scale) is not None
+            ranked[i] = (collapsed, run.trace[-1])
+        else:
+            todo.append(i)
+    if todo:
+        done = finish_many(X, [runs[i] for i in todo], center, w, missing)
+        for j, i in enumerate(todo):
+            ranked[i] = (done.reasons[j] is not None, float(done.loglik[j]))
+    good = [i for i in range(len(runs)) if not ranked[i][0]] or list(range(len(runs)))
+    return runs[max(good, key=lambda i: ranked[i][1])]  # the first of equal ones
 
 
 def advance(
