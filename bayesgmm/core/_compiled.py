@@ -20,6 +20,7 @@ cached on disk (``cache=True``); set ``BAYESGMM_COMPILED=0`` to use the numpy lo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -1216,7 +1218,16 @@ def advance_runs(
 
 
 #: Threads the compiled loop may use (1 in forked worker processes, which share the cores).
-_THREADS = {"n": os.cpu_count() or 1}
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform says, as in a
+    container limited to a few of the machine's cores), else the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+_THREADS = {"n": _usable_cores()}
 
 
 def threads(n: int | None = None) -> int:
@@ -1224,6 +1235,19 @@ def threads(n: int | None = None) -> int:
     if n is not None:
         _THREADS["n"] = max(1, int(n))
     return _THREADS["n"]
+
+
+@contextlib.contextmanager
+def thread_limit(n: int | None) -> Iterator[None]:
+    """Within the block, at most ``n`` threads (None: no change), as a caller's ``n_jobs=1``
+    asks for one core."""
+    before = _THREADS["n"]
+    if n is not None:
+        _THREADS["n"] = max(1, min(before, int(n)))
+    try:
+        yield
+    finally:
+        _THREADS["n"] = before
 
 
 def _shares(ks: np.ndarray, n_threads: int) -> list[np.ndarray]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from bayesgmm.core._compiled import ready as compiled_ready
 from bayesgmm.core._compiled import suits as compiled_suits
+from bayesgmm.core._compiled import thread_limit
 from bayesgmm.core._engine import (
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
@@ -289,8 +290,9 @@ def select_em(
     n_jobs : int, optional
         Worker processes; the covariance structures are dealt to them in turn, and each
         worker's share runs as one batch. scikit-learn's convention for explicit values (-1:
-        every core, -2: all but one); None: this process when the compiled EM loop is loaded
-        and suits the data (rows × features² up to 60,000; it runs on every core in threads),
+        every core, -2: all but one; an explicit value also bounds the compiled loop's
+        threads); None: this process when the compiled EM loop is loaded and suits the data
+        (rows × features² up to 60,000; it runs on every core the process may use, in threads),
         else one per core for small data (under 4096 rows, where a pass runs in one thread)
         and 1 otherwise. Results do not depend on it.
     labels : array_like (n_obs,) of int, optional
@@ -372,12 +374,14 @@ def select_em(
     cells = {s: _screened_starts(sub, s, starts) for s in structures}
     results: dict[tuple[str, int], EMResult] = {}
     keep = None if sub is None else {"keep": 1}
-    for key, fits in _run_grid(job, workers, cells, keep, failures):
-        results[key] = best_result(fits)
-    if sub is None and cross_starts and len(structures) > 1:
-        cross = _cross_start_cells(results, structures, usable, filled)
-        for key, fits in _run_grid(job, workers, cross, CROSS_SCREEN, failures):
-            _keep_better(results, key, best_result(fits))
+    # An explicit n_jobs also bounds the compiled loop's threads (n_jobs=1: one core).
+    with thread_limit(None if n_jobs is None else resolve_n_jobs(n_jobs, 1)):
+        for key, fits in _run_grid(job, workers, cells, keep, failures):
+            results[key] = best_result(fits)
+        if sub is None and cross_starts and len(structures) > 1:
+            cross = _cross_start_cells(results, structures, usable, filled)
+            for key, fits in _run_grid(job, workers, cross, CROSS_SCREEN, failures):
+                _keep_better(results, key, best_result(fits))
     for key, fit in results.items():
         if fit.degenerate:
             failures[key] = fit.degenerate_reason or "degenerate"

@@ -143,3 +143,15 @@ def test_not_ready_means_the_numpy_loop(monkeypatch, faithful):
     assert not _compiled.ready()
     fit = bg.fit_em(faithful, n_components=2)
     assert fit.converged
+
+
+def test_n_jobs_bounds_the_threads(compiled, monkeypatch, faithful):
+    # scikit-learn's convention: n_jobs=1 is one core, also for the compiled loop's threads.
+    seen = []
+    deal = compiled._shares
+    monkeypatch.setattr(compiled, "_shares", lambda ks, n: seen.append(n) or deal(ks, n))
+    bg.select_em(faithful, n_components=[1, 2], covariance_types=["VVV", "EEE"], n_jobs=1)
+    assert seen and set(seen) == {1}
+    assert compiled.threads() >= 1  # restored after the call
+    with compiled.thread_limit(1):
+        assert compiled.threads() == 1
