@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,6 +140,8 @@ def ready(wait: float = 0.0) -> bool:
             warm()
             return True
         if not _compiling(lock):
+            if _STATE["spawned"] and wait > 0:
+                return False  # this process's compilation ended without its marker: it failed
             _spawn(lock)
         if time.monotonic() >= deadline:
             return False
@@ -198,6 +201,10 @@ def warm() -> None:
         0.0, np.empty((r_all, 8)), np.zeros(r_all, dtype=np.int64),
         np.zeros(r_all, dtype=np.int64), np.zeros(r_all, dtype=np.int64), np.zeros(r_all),
     )  # fmt: skip
+    resp = np.zeros((12, k))
+    resp[np.arange(12), np.arange(12) % k] = 1.0
+    first_steps(X, [(name, resp) for name in CODES], None, 0.0, 20)
+    first_steps(X, [("VVV", resp)], np.ones(12), 0.0, 20)
     _STATE["loaded"] = True
 
 
@@ -233,16 +240,17 @@ def _fill(dst, value):  # pragma: no cover - compiled
 
 
 @_jit
-def _cholesky(a, out):  # pragma: no cover - compiled
+def _cholesky(a, out, rtol):  # pragma: no cover - compiled
     """Lower Cholesky factor of ``a`` into ``out``; False when ``a`` is not positive definite
-    (or not finite), or so nearly singular (a pivot below _PD_RTOL of its diagonal entry) that
-    LAPACK's factorisation, from other rounding, might fail on it."""
+    (or not finite), or so nearly singular (a pivot below ``rtol`` of its diagonal entry:
+    _PD_RTOL in EM's steps) that LAPACK's factorisation, from other rounding, might fail on
+    it. A start's first M-step uses 0, as the numpy start's LAPACK factorisation does."""
     d = a.shape[0]
     for j in range(d):
         s = a[j, j]
         for p in range(j):
             s -= out[j, p] * out[j, p]
-        if not (s > _PD_RTOL * a[j, j]) or not math.isfinite(s):
+        if not (s > rtol * a[j, j]) or not math.isfinite(s):
             return False
         ljj = math.sqrt(s)
         out[j, j] = ljj
@@ -515,17 +523,30 @@ def _changed(new, old):  # pragma: no cover - compiled
 
 
 @_jit
-def _volumes_and_shape(values, n, previous):  # pragma: no cover - compiled
-    """structures._volumes_and_shape from the current volumes: volumes λ_k and one shape a
-    minimising Σ_k [n_k d log λ_k + Σ_j values_kj / (λ_k a_j)]."""
-    k, d = values.shape
+def _start_volumes(traces, n, previous, d):  # pragma: no cover - compiled
+    """structures._start_volumes: the current volumes |Σ_k|^(1/d), or tr(W_k)/(d n_k) on a
+    cold start (``previous`` without components)."""
+    k = n.shape[0]
     lam = np.ones(k)
     for j in range(k):
         if n[j] > 0:
-            lam[j] = _det_root(previous[j])
+            lam[j] = traces[j] / (d * n[j]) if previous.shape[0] == 0 else _det_root(previous[j])
+    return lam
+
+
+@_jit
+def _volumes_and_shape(values, n, previous, limit):  # pragma: no cover - compiled
+    """structures._volumes_and_shape from the current volumes: volumes λ_k and one shape a
+    minimising Σ_k [n_k d log λ_k + Σ_j values_kj / (λ_k a_j)]."""
+    k, d = values.shape
+    traces = np.zeros(k)
+    for j in range(k):
+        for i in range(d):
+            traces[j] += values[j, i]
+    lam = _start_volumes(traces, n, previous, d)
     a = np.zeros(d)
     new = np.ones(k)
-    for _ in range(_WARM_MAX):
+    for _ in range(limit):
         for i in range(d):
             a[i] = 0.0
             for j in range(k):
@@ -550,16 +571,22 @@ def _volumes_and_shape(values, n, previous):  # pragma: no cover - compiled
 
 
 @_jit
-def _common_orientation(w, n, previous, equal_volume, out):  # pragma: no cover - compiled
-    """structures._CommonOrientation.covariances (EVE, VVE) from the current covariances:
-    Browne & McNicholas's majorise-minimise steps for the common orientation D."""
+def _common_orientation(w, n, previous, equal_volume, out, limit):  # pragma: no cover
+    """structures._CommonOrientation.covariances (EVE, VVE) from the current covariances
+    (on a cold start, from the eigenvectors of Σ_k W_k): Browne & McNicholas's
+    majorise-minimise steps for the common orientation D."""
     k, d = w.shape[0], w.shape[1]
     n_total = 0.0
     for j in range(k):
         n_total += n[j]
     basis = np.zeros((d, d))
+    cold = previous.shape[0] == 0
     for j in range(k):
-        if n[j] > 0:
+        if cold:
+            for a in range(d):
+                for b in range(d):
+                    basis[a, b] += w[j, a, b]
+        elif n[j] > 0:
             c = n[j] * (j + 1)
             for a in range(d):
                 for b in range(d):
@@ -587,7 +614,7 @@ def _common_orientation(w, n, previous, equal_volume, out):  # pragma: no cover 
     g = np.empty(k)
     wr = np.empty((d, d))
     g_mat = np.empty((d, d))
-    for step in range(_WARM_MAX):
+    for step in range(limit):
         for j in range(k):
             for i in range(d):
                 s = 0.0
@@ -663,10 +690,11 @@ def _pooled_volume(g, n, n_total):  # pragma: no cover - compiled
 
 
 @_jit
-def _covariances(code, n, w, previous, out):  # pragma: no cover - compiled
+def _covariances(code, n, w, previous, out, limit):  # pragma: no cover - compiled
     """The structure's maximum-likelihood covariances into ``out`` (K, D, D) from the counts
     n (K,) and the scatter matrices W (K, D, D) about the new means (the diagonal structures
-    read their diagonals), the iterative ones starting from ``previous``."""
+    read their diagonals), the iterative ones starting from ``previous`` (a cold start when it
+    has no components) with at most ``limit`` inner iterations."""
     k, d = w.shape[0], w.shape[1]
     n_total = 0.0
     for j in range(k):
@@ -706,7 +734,7 @@ def _covariances(code, n, w, previous, out):  # pragma: no cover - compiled
             for i in range(d):
                 values[j, i] = w[j, i, i]
         if code == 3:
-            lam, shape = _volumes_and_shape(values, n, previous)
+            lam, shape = _volumes_and_shape(values, n, previous, limit)
             for j in range(k):
                 for i in range(d):
                     out[j, i, i] = lam[j] * shape[i]
@@ -719,14 +747,15 @@ def _covariances(code, n, w, previous, out):  # pragma: no cover - compiled
                 for i in range(d):
                     out[j, i, i] = lam_e * values[j, i] / g[j]
     elif code == 7:  # VEE
-        lam = np.ones(k)
+        traces = np.zeros(k)
         for j in range(k):
-            if n[j] > 0:
-                lam[j] = _det_root(previous[j])
+            for i in range(d):
+                traces[j] += w[j, i, i]
+        lam = _start_volumes(traces, n, previous, d)
         cm = np.zeros((d, d))
         c_inv = np.empty((d, d))
         new = np.ones(k)
-        for _ in range(_WARM_MAX):
+        for _ in range(limit):
             for a in range(d):
                 for b in range(d):
                     cm[a, b] = 0.0
@@ -756,7 +785,7 @@ def _covariances(code, n, w, previous, out):  # pragma: no cover - compiled
                 for b in range(d):
                     out[j, a, b] = lam[j] * cm[a, b]
     elif code == 8 or code == 9:  # EVE, VVE
-        _common_orientation(w, n, previous, code == 8, out)
+        _common_orientation(w, n, previous, code == 8, out, limit)
     elif code == 12:  # EVV
         g = np.empty(k)
         for j in range(k):
@@ -793,7 +822,7 @@ def _covariances(code, n, w, previous, out):  # pragma: no cover - compiled
                 for j in range(k):
                     scale[j, i] = total / n_total
         else:
-            lam, shape = _volumes_and_shape(omega, n, previous)
+            lam, shape = _volumes_and_shape(omega, n, previous, limit)
             for j in range(k):
                 for i in range(d):
                     scale[j, i] = lam[j] * shape[i]
@@ -890,6 +919,22 @@ def _evaluate(X, center, w, weights, means, chol, code, diag, prev_covs, reg_cov
                 for b in range(a + 1):
                     sums[j, f] += ga * xc[b]
                     f += 1
+    state, bad, collapsed = _m_step(sums, center, code, diag, prev_covs, reg_covar, _WARM_MAX,
+                                    _PD_RTOL, new_w, new_mu, new_cov, new_chol)  # fmt: skip
+    return loglik, state, bad, collapsed
+
+
+@_jit
+def _m_step(sums, center, code, diag, prev_covs, reg_covar, limit, rtol, new_w, new_mu,
+            new_cov, new_chol):  # fmt: skip  # pragma: no cover - compiled
+    """The M-step from a pass's sums about ``center`` (rows [n_k, Σ γ (x − c), packed
+    Σ γ (x − c)(x − c)ᵀ]) into (new_w, new_mu, new_cov, new_chol), the iterative structures
+    starting from ``prev_covs`` (cold when it has no components) with at most ``limit`` inner
+    iterations, and ``rtol`` the factorisation's pivot threshold (see _cholesky). Returns
+    (state, component, collapsed weight): RUNNING, or SINGULAR or EMPTY with the failing
+    component (an empty component is reported over a singular one)."""
+    k = sums.shape[0]
+    d = center.shape[0]
     total_n = 0.0
     for j in range(k):
         total_n += sums[j, 0]
@@ -918,21 +963,21 @@ def _evaluate(X, center, w, weights, means, chol, code, diag, prev_covs, reg_cov
             new_mu[j, i] += center[i]
         new_w[j] = n_j / total_n
     if empty >= 0:
-        return loglik, EMPTY, empty, sums[empty, 0] / total_n
+        return EMPTY, empty, sums[empty, 0] / total_n
     counts = np.empty(k)
     for j in range(k):
         counts[j] = sums[j, 0]
     scat = np.empty_like(scatter)
     _copy(scatter, scat)
-    _covariances(code, counts, scat, prev_covs, new_cov)
-    bad = _finish_covs(new_cov, reg_covar, new_chol)
+    _covariances(code, counts, scat, prev_covs, new_cov, limit)
+    bad = _finish_covs(new_cov, reg_covar, new_chol, rtol)
     if bad >= 0:
-        return loglik, SINGULAR, bad, 0.0
-    return loglik, RUNNING, -1, 0.0
+        return SINGULAR, bad, 0.0
+    return RUNNING, -1, 0.0
 
 
 @_jit
-def _finish_covs(covs, reg_covar, chol):  # pragma: no cover - compiled
+def _finish_covs(covs, reg_covar, chol, rtol):  # pragma: no cover - compiled
     """In place: ``reg_covar`` added to the diagonals; Cholesky factors into ``chol``; the
     first component that is not positive definite, or −1."""
     k, d = covs.shape[0], covs.shape[1]
@@ -940,7 +985,7 @@ def _finish_covs(covs, reg_covar, chol):  # pragma: no cover - compiled
     for j in range(k):
         for i in range(d):
             covs[j, i, i] += reg_covar
-        if not _cholesky(covs[j], chol[j]) and bad < 0:
+        if not _cholesky(covs[j], chol[j], rtol) and bad < 0:
             bad = j
     return bad
 
@@ -1081,10 +1126,10 @@ def _extrapolate(p_w, p_m, p_c, p_l, i0, i1, i2, scale, step_max, nonlinear,
                     scat[j, i, q] = p_c[3, j, i, q] * wpos[j]
         previous = np.empty_like(p_c[3])
         _copy(p_c[3], previous)
-        _covariances(code, wpos, scat, previous, p_c[3])
+        _covariances(code, wpos, scat, previous, p_c[3], _WARM_MAX)
     if valid:
         for j in range(k):
-            if not _cholesky(p_c[3, j], p_l[3, j]):
+            if not _cholesky(p_c[3, j], p_l[3, j], _PD_RTOL):
                 valid = False
                 break
     if capped and not valid:
@@ -1126,6 +1171,47 @@ def em_runs(todo, X, center, w_all, w_index, codes, ks, weights, means, covs, ch
         )  # fmt: skip
         state[r], n_iter[r], component[r], collapsed[r] = st, it, comp, coll
         step_max[r], n_trace[r] = smax, nt
+
+
+@_jit
+def start_steps(X, center, w, codes, ks, offsets, resp, reg_covar, limit, weights, means, covs,
+                chol, state, component, collapsed):  # fmt: skip  # pragma: no cover - compiled
+    """The first M-step of each start r: from its responsibilities resp[:, offsets[r] :
+    offsets[r] + ks[r]] (row weights ``w``, none when empty), cold, with at most ``limit``
+    inner iterations, into the padded (R, Kmax, ...) arrays; state[r] RUNNING, or SINGULAR or
+    EMPTY with the failing component."""
+    n_rows, d = X.shape
+    unweighted = w.shape[0] == 0
+    no_previous = np.empty((0, d, d))
+    xc = np.empty(d)
+    for r in range(ks.shape[0]):
+        k = ks[r]
+        off = offsets[r]
+        sums = np.zeros((k, 1 + d + d * (d + 1) // 2))
+        for row in range(n_rows):
+            for i in range(d):
+                xc[i] = X[row, i] - center[i]
+            wr = 1.0 if unweighted else w[row]
+            for j in range(k):
+                g = resp[row, off + j] * wr
+                if g == 0.0:
+                    continue
+                sums[j, 0] += g
+                f = 1
+                for i in range(d):
+                    sums[j, f] += g * xc[i]
+                    f += 1
+                for a in range(d):
+                    ga = g * xc[a]
+                    for b in range(a + 1):
+                        sums[j, f] += ga * xc[b]
+                        f += 1
+        code = codes[r]
+        st, bad, coll = _m_step(
+            sums, center, code, code <= 5, no_previous, reg_covar, limit, 0.0, weights[r, :k],
+            means[r, :k], covs[r, :k], chol[r, :k],
+        )  # fmt: skip
+        state[r], component[r], collapsed[r] = st, bad, coll
 
 
 def advance_runs(
@@ -1215,6 +1301,68 @@ def advance_runs(
             run.reason = (
                 f"component {component[i]}: its weight collapsed to {collapsed[i]:.2g} (empty)"
             )
+
+
+def first_steps(
+    X: np.ndarray,
+    starts: list[tuple[str, np.ndarray]],
+    w: np.ndarray | None,
+    reg_covar: float,
+    limit: int,
+) -> list[tuple[Any, int, float]]:
+    """The first M-step of each (structure name, responsibilities (N, K)) start, cold with at
+    most ``limit`` inner iterations, about the data's mean, as em.m_step_batch computes it
+    for a start. Per start: (Params of a batch of one, −1, 0.0) when it gives a valid
+    mixture; (None, j, weight) when component j is empty (its weight share); (None, j, −1.0)
+    when component j's covariance is singular."""
+    from bayesgmm.core.em import Params
+
+    r_all = len(starts)
+    d = X.shape[1]
+    ks = np.array([resp.shape[1] for _, resp in starts], dtype=np.int64)
+    offsets = np.zeros(r_all, dtype=np.int64)
+    offsets[1:] = np.cumsum(ks)[:-1]
+    codes = np.array([CODES[name] for name, _ in starts], dtype=np.int64)
+    resp = _plain(np.concatenate([r for _, r in starts], axis=1))
+    kmax = int(ks.max())
+    weights = np.zeros((r_all, kmax))
+    means = np.zeros((r_all, kmax, d))
+    covs = np.zeros((r_all, kmax, d, d))
+    chol = np.zeros((r_all, kmax, d, d))
+    state = np.zeros(r_all, dtype=np.int64)
+    component = np.full(r_all, -1, dtype=np.int64)
+    collapsed = np.zeros(r_all)
+    w_arr = np.empty(0) if w is None else _plain(w)
+    start_steps(
+        _plain(X), _plain(X.mean(axis=0)), w_arr, codes, ks, offsets, resp, float(reg_covar),
+        int(limit), weights, means, covs, chol, state, component, collapsed,
+    )  # fmt: skip
+    # The factorisation above accepts any positive pivot; where one is below _PD_RTOL of its
+    # diagonal entry, LAPACK's (which the numpy start uses, and the final model will) decides.
+    with np.errstate(divide="ignore", invalid="ignore"):  # (the padding's zeros)
+        ratio = np.diagonal(chol, axis1=-2, axis2=-1) ** 2 / np.diagonal(covs, axis1=-2, axis2=-1)
+    for i in np.flatnonzero(
+        (state == RUNNING) & (np.where(ratio > 0, ratio, 1.0) < _PD_RTOL).any(axis=(1, 2))
+    ):
+        k = int(ks[i])
+        for j in range(k):
+            try:
+                np.linalg.cholesky(covs[i, j])
+            except np.linalg.LinAlgError:
+                state[i], component[i] = SINGULAR, j
+                break
+    out: list[tuple[Any, int, float]] = []
+    for i in range(r_all):
+        k = int(ks[i])
+        if state[i] == RUNNING:
+            p = Params(weights[i : i + 1, :k], means[i : i + 1, :k], covs[i : i + 1, :k],
+                       chol[i : i + 1, :k])  # fmt: skip
+            out.append((p, -1, 0.0))
+        else:
+            out.append(
+                (None, int(component[i]), float(collapsed[i]) if state[i] == EMPTY else -1.0)
+            )
+    return out
 
 
 #: Threads the compiled loop may use (1 in forked worker processes, which share the cores).

@@ -4,13 +4,19 @@ validation of the data and settings, the starts, and the multi-start EM run of a
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from bayesgmm.core._compiled import first_steps
+from bayesgmm.core._compiled import ready as compiled_ready
+from bayesgmm.core._compiled import suits as compiled_suits
 from bayesgmm.core._loop import (
     Run,
+    StartPoint,
     _collapse_reason,
     _data_scale,
     finish,
@@ -26,7 +32,7 @@ from bayesgmm.core._validation import (
     check_sample_weight,
     integer_valued,
 )
-from bayesgmm.core.em import Degenerate, m_step, m_step_batch, to_model
+from bayesgmm.core.em import Degenerate, _stats_from_resp, m_step, m_step_batch, to_model
 from bayesgmm.core.init import (
     hc_tree,
     kmeans_plus_plus_labels,
@@ -183,7 +189,7 @@ def run_cells(
     X: np.ndarray,
     names: tuple[str, ...] | None,
     w: np.ndarray | None,
-    cells: dict[Any, list[tuple[str, GaussianMixture]]],
+    cells: Mapping[Any, Sequence[tuple[str, GaussianMixture | StartPoint]]],
     *,
     priors: dict[Any, ResolvedPrior | None],
     reg_covar: float,
@@ -365,12 +371,16 @@ def start_models(
     priors: list[ResolvedPrior | None],
     reg_covar: float,
     names: tuple[str, ...] | None,
-) -> list[GaussianMixture | Degenerate]:
+    *,
+    light: bool = False,
+) -> list[GaussianMixture | StartPoint | Degenerate]:
     """:func:`start_model` for many starts at once: the maximum-likelihood M-steps from
     responsibilities on all rows share one product with the feature matrix and one batched
-    M-step per structure; the others (and any start whose batched M-step fails, for the MAP
-    rescue) go one at a time. A start without a valid mixture gives its :class:`Degenerate`."""
-    out: list[GaussianMixture | Degenerate | None] = [None] * len(starts)
+    M-step per structure (or, with ``light`` on data the compiled loop covers, run compiled
+    and returned as :class:`StartPoint`); the MAP rescues of the starts whose M-step fails
+    are batched by structure and K; the others go one at a time. A start without a valid
+    mixture gives its :class:`Degenerate`."""
+    out: list[GaussianMixture | StartPoint | Degenerate | None] = [None] * len(starts)
     failed: dict[int, Degenerate] = {}  # batched ML M-steps that failed: only the rescue is left
     # The feature matrix is (D(D+1)/2 + D + 1) × n: built whole only when that is small.
     d = X.shape[1]
@@ -380,6 +390,19 @@ def start_models(
         for i, (_, start) in enumerate(starts)
         if small and priors[i] is None and isinstance(start, np.ndarray)
     ]
+    if batchable and light and compiled_suits(*X.shape) and compiled_ready():
+        firsts = first_steps(
+            X, [(starts[i][0].name, np.asarray(starts[i][1])) for i in batchable], w,
+            reg_covar, START_INNER_MAX,
+        )  # fmt: skip
+        for i, (first, comp, weight) in zip(batchable, firsts, strict=True):
+            if first is not None:
+                out[i] = StartPoint(first, starts[i][0])
+            elif weight >= 0:
+                failed[i] = Degenerate(comp, f"its weight collapsed to {weight:.2g} (empty)")
+            else:
+                failed[i] = Degenerate(comp, _SINGULAR)
+        batchable = []
     if batchable:
         center = X.mean(axis=0)
         feats = features(X, center, "full")  # (F, n): [packed second moments | x − c | 1]
@@ -422,6 +445,8 @@ def start_models(
                     out[batchable[j]] = to_model(params.member(jj, k), 0, st, names)
                 else:
                     failed[batchable[j]] = Degenerate(int(bad[jj]), reasons[jj])
+    if small:
+        _rescue_many(X, starts, w, reg_covar, names, failed, out)
     for i, (structure, start) in enumerate(starts):
         if out[i] is None:
             try:
@@ -431,6 +456,59 @@ def start_models(
             except Degenerate as err:
                 out[i] = err
     return [m for m in out if m is not None]
+
+
+_SINGULAR = "its covariance became singular (points tied or duplicated)"
+
+
+def _rescue_many(
+    X: np.ndarray,
+    starts: list[tuple[CovarianceStructure, Any]],
+    w: np.ndarray | None,
+    reg_covar: float,
+    names: tuple[str, ...] | None,
+    failed: dict[int, Degenerate],
+    out: list[Any],
+) -> None:
+    """:func:`start_model`'s MAP rescue for the failed maximum-likelihood starts (all rows,
+    no prior), batched by structure and K: one product with the feature matrix per group and
+    one batched M-step (the rescue's prior depends on K). Fills ``out``; a start the rescue
+    cannot save keeps its maximum-likelihood failure."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i in failed:
+        if out[i] is None and isinstance(starts[i][1], np.ndarray):
+            groups.setdefault((starts[i][0].name, starts[i][1].shape[1]), []).append(i)
+    if not groups:
+        return
+    center = X.mean(axis=0)
+    rescue_priors: dict[int, ResolvedPrior | None] = {}
+    for (_, k), rows in groups.items():
+        if k not in rescue_priors:
+            try:
+                rescue_priors[k] = ConjugatePrior().resolve(X, k, w)
+            except ValueError:
+                rescue_priors[k] = None
+        prior = rescue_priors[k]
+        structure = starts[rows[0]][0]
+        if prior is None:
+            for i in rows:
+                out[i] = failed[i]
+            continue
+        kind = structure.scatter_kind
+        stats = [_stats_from_resp(X, np.asarray(starts[i][1]), w, kind, center) for i in rows]
+        batch = PassStats(
+            np.zeros(len(rows)),
+            np.concatenate([s.counts for s in stats]),
+            np.concatenate([s.sum_x for s in stats]),
+            np.concatenate([s.scatter for s in stats]),
+        )
+        with cold_inner_limit(START_INNER_MAX):
+            params, bad, _ = m_step_batch(batch, center, structure, prior, reg_covar)
+        for j, i in enumerate(rows):
+            out[i] = failed[i]
+            if bad[j] < 0:
+                with contextlib.suppress(ValueError):
+                    out[i] = to_model(params.member(j, k), 0, structure, names)
 
 
 def _check_not_constant(X: np.ndarray, w: np.ndarray | None) -> None:

@@ -98,8 +98,17 @@ class Run:
         return int(self.params.weights.shape[1])
 
 
+@dataclass(frozen=True)
+class StartPoint:
+    """A start's first mixture as EM's arrays (a batch of one), without the checks and
+    factorisation of building a GaussianMixture (the compiled first M-step made them)."""
+
+    params: Params
+    structure: CovarianceStructure
+
+
 def new_run(
-    model: GaussianMixture,
+    model: GaussianMixture | StartPoint,
     label: str,
     *,
     row_weight: np.ndarray | None = None,
@@ -107,9 +116,12 @@ def new_run(
 ) -> Run:
     """A run starting at ``model``; with ``row_weight`` (N,) it weights the batch's rows its own
     way, with ``data`` (N, D) it runs on its own data set (all runs of a batch then do)."""
-    p = Params(
-        model.weights[None], model.means[None], model.covariances[None], model.cholesky[None]
-    )
+    if isinstance(model, StartPoint):
+        p = model.params
+    else:
+        p = Params(
+            model.weights[None], model.means[None], model.covariances[None], model.cholesky[None]
+        )
     scale = None
     if row_weight is not None or data is not None:
         if data is None:

@@ -30,6 +30,7 @@ from bayesgmm.core._engine import (
     start_data,
     start_models,
 )
+from bayesgmm.core._loop import StartPoint
 from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
 from bayesgmm.core._validation import as_rng, count_distinct_rows
 from bayesgmm.core.em import Degenerate
@@ -146,8 +147,9 @@ def _run_group(
         [job.priors[key[1]] for key, _, _, _ in items],
         job.reg_covar,
         job.names,
+        light=True,
     )
-    models: dict[tuple[str, int], list[tuple[str, GaussianMixture]]] = {}
+    models: dict[tuple[str, int], list[tuple[str, GaussianMixture | StartPoint]]] = {}
     failed: dict[tuple[str, int], str] = {}
     for (key, label, _, _), model in zip(items, built, strict=True):
         if key in failed:

@@ -105,6 +105,53 @@ def test_select_em_table_as_the_numpy_loop(compiled, monkeypatch, faithful):
     np.testing.assert_allclose(tables["1"].to_numpy(), tables["0"].to_numpy(), rtol=1e-8)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_first_m_step_as_numpy(compiled, iris_X, weighted):
+    # Every structure's cold first M-step (20 inner iterations at most, as a start's) from a
+    # hard partition and from soft responsibilities, against em.m_step_batch on the same
+    # statistics: what select_em's starts begin from.
+    from bayesgmm.core.em import _stats_from_resp, m_step_batch
+    from bayesgmm.core.init import labels_to_resp
+    from bayesgmm.core.structures import cold_inner_limit, get_structure
+
+    rng = np.random.default_rng(7)
+    X = iris_X
+    w = rng.uniform(0.5, 2.0, X.shape[0]) if weighted else None
+    hard = labels_to_resp(np.arange(X.shape[0]) % 4, 4)
+    soft = rng.dirichlet(np.ones(3), size=X.shape[0])
+    starts = [(name, resp) for name in MULTIVARIATE for resp in (hard, soft)]
+    firsts = compiled.first_steps(X, starts, w, 1e-6, 20)
+    center = X.mean(axis=0)
+    for (name, resp), (params, comp, _) in zip(starts, firsts, strict=True):
+        st = get_structure(name, X.shape[1])
+        stats = _stats_from_resp(X, resp, w, st.scatter_kind, center)
+        with cold_inner_limit(20):
+            ref, bad, _ = m_step_batch(stats, center, st, None, 1e-6)
+        assert bad[0] < 0 and comp == -1 and params is not None, name
+        np.testing.assert_allclose(params.weights, ref.weights, rtol=1e-12)
+        np.testing.assert_allclose(params.means, ref.means, rtol=1e-10)
+        np.testing.assert_allclose(params.covs, ref.covs, rtol=1e-8, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(params.chol, ref.chol, rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+def test_first_m_step_failures(compiled, iris_X):
+    X = iris_X
+    empty = labels_to_resp_cols(np.zeros(X.shape[0], dtype=int), 2)  # component 1 empty
+    single = np.zeros((X.shape[0], 2))
+    single[:, 0] = 1.0
+    single[0] = [0.0, 1.0]  # component 1 holds one point: singular for VVV, not for EII
+    out = compiled.first_steps(X, [("VVV", empty), ("VVV", single), ("EII", single)], None, 0.0, 20)
+    assert out[0][0] is None and out[0][1] == 1 and out[0][2] == 0.0  # empty: weight 0
+    assert out[1][0] is None and out[1][1] == 1 and out[1][2] == -1.0  # singular
+    assert out[2][0] is not None
+
+
+def labels_to_resp_cols(labels: np.ndarray, k: int) -> np.ndarray:
+    resp = np.zeros((labels.shape[0], k))
+    resp[np.arange(labels.shape[0]), labels] = 1.0
+    return resp
+
+
 def test_small_linear_algebra(compiled):
     rng = np.random.default_rng(1)
     for d in (1, 2, 3, 6):
@@ -126,7 +173,7 @@ def test_small_linear_algebra(compiled):
         u, _, vt = np.linalg.svd(G)
         np.testing.assert_allclose(polar, -(u @ vt), atol=1e-12)
         L = np.zeros((d, d))
-        assert compiled._cholesky(S, L)
+        assert compiled._cholesky(S, L, compiled._PD_RTOL)
         np.testing.assert_allclose(L, np.linalg.cholesky(S), rtol=1e-12, atol=1e-12)
     # A rank-deficient g (a zero column, as the second majoriser gives in two dimensions):
     # its orthogonal factor is still orthogonal, as LAPACK's.
