@@ -205,6 +205,7 @@ def warm() -> None:
     resp[np.arange(12), np.arange(12) % k] = 1.0
     first_steps(X, [(name, resp) for name in CODES], None, 0.0, 20)
     first_steps(X, [("VVV", resp)], np.ones(12), 0.0, 20)
+    hc_merges(X, 1.0)
     _STATE["loaded"] = True
 
 
@@ -285,12 +286,12 @@ def _swap_rows(m, a, b):  # pragma: no cover - compiled
 
 
 @_jit
-def _det_root(a):  # pragma: no cover - compiled
-    """|A|^(1/d) by LU with partial pivoting; NaN where A is not finite or its determinant is
-    not positive (numpy's slogdet, as structures._det_root)."""
+def _slogdet(a):  # pragma: no cover - compiled
+    """(sign, log|A|) by LU with partial pivoting, as numpy's slogdet: sign 0 (and −inf) when
+    a pivot is exactly 0; NaN sign when A is not finite."""
     d = a.shape[0]
     if not _finite(a):
-        return np.nan
+        return np.nan, np.nan
     m = np.empty_like(a)
     _copy(a, m)
     sign = 1.0
@@ -298,7 +299,7 @@ def _det_root(a):  # pragma: no cover - compiled
     for c in range(d):
         p = _pivot(m, c)
         if m[p, c] == 0.0:
-            return np.nan
+            return 0.0, -np.inf
         if p != c:
             sign = -sign
             _swap_rows(m, c, p)
@@ -310,8 +311,16 @@ def _det_root(a):  # pragma: no cover - compiled
             f = m[r, c] / piv
             for j in range(c + 1, d):
                 m[r, j] -= f * m[c, j]
+    return sign, logdet
+
+
+@_jit
+def _det_root(a):  # pragma: no cover - compiled
+    """|A|^(1/d) by LU with partial pivoting; NaN where A is not finite or its determinant is
+    not positive (numpy's slogdet, as structures._det_root)."""
+    sign, logdet = _slogdet(a)
     if sign > 0:
-        return math.exp(logdet / d)
+        return math.exp(logdet / a.shape[0])
     return np.nan
 
 
@@ -1174,17 +1183,18 @@ def em_runs(todo, X, center, w_all, w_index, codes, ks, weights, means, covs, ch
 
 
 @_jit
-def start_steps(X, center, w, codes, ks, offsets, resp, reg_covar, limit, weights, means, covs,
-                chol, state, component, collapsed):  # fmt: skip  # pragma: no cover - compiled
-    """The first M-step of each start r: from its responsibilities resp[:, offsets[r] :
-    offsets[r] + ks[r]] (row weights ``w``, none when empty), cold, with at most ``limit``
-    inner iterations, into the padded (R, Kmax, ...) arrays; state[r] RUNNING, or SINGULAR or
-    EMPTY with the failing component."""
+def start_steps(todo, X, center, w, codes, ks, offsets, resp, reg_covar, limit, weights, means,
+                covs, chol, state, component, collapsed):  # fmt: skip  # pragma: no cover
+    """The first M-step of each start r in ``todo``: from its responsibilities resp[:,
+    offsets[r] : offsets[r] + ks[r]] (row weights ``w``, none when empty), cold, with at most
+    ``limit`` inner iterations, into the padded (R, Kmax, ...) arrays; state[r] RUNNING, or
+    SINGULAR or EMPTY with the failing component. Threads may share the arrays, each with its
+    own starts."""
     n_rows, d = X.shape
     unweighted = w.shape[0] == 0
     no_previous = np.empty((0, d, d))
     xc = np.empty(d)
-    for r in range(ks.shape[0]):
+    for r in todo:
         k = ks[r]
         off = offsets[r]
         sums = np.zeros((k, 1 + d + d * (d + 1) // 2))
@@ -1272,16 +1282,7 @@ def advance_runs(
         bool(accelerate), step_max, _plain(scales), float(reg_covar), trace,
         n_trace, state, component, collapsed,
     )  # fmt: skip
-    shares = _shares(ks, threads())
-    if len(shares) == 1:
-        em_runs(shares[0], *args)
-    else:
-        # Short-lived threads (none outlives the call, so a later fork stays safe).
-        workers = [threading.Thread(target=em_runs, args=(share, *args)) for share in shares]
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join()
+    _in_threads(em_runs, _shares(ks, threads()), args)
     for i, run in enumerate(runs):
         k = run.k
         run.params = Params(
@@ -1301,6 +1302,163 @@ def advance_runs(
             run.reason = (
                 f"component {component[i]}: its weight collapsed to {collapsed[i]:.2g} (empty)"
             )
+
+
+# -- the hierarchical tree (bayesgmm.core.hc.hierarchical_tree, VVV criterion) ---------------
+
+
+@_jit
+def _logaddexp(a, b):  # pragma: no cover - compiled
+    """numpy's logaddexp."""
+    if a == b:
+        return a + math.log(2.0)
+    t = a - b
+    if t > 0:
+        return a + math.log1p(math.exp(-t))
+    return b + math.log1p(math.exp(t))
+
+
+@_jit
+def _hc_term(n, w, ridge, scaled):  # pragma: no cover - compiled
+    """A cluster's term n log(det(W/n) + (tr W + α)/n), the determinant 0 while n ≤ d (hc._cost)."""
+    d = w.shape[0]
+    tr = 0.0
+    for i in range(d):
+        tr += w[i, i]
+    log_term = math.log((tr + ridge) / n)
+    if n > d:
+        for a in range(d):
+            for b in range(d):
+                scaled[a, b] = w[a, b] / n
+        sign, logdet = _slogdet(scaled)
+        if sign > 0:
+            log_term = _logaddexp(logdet, log_term)
+    return n * log_term
+
+
+@_jit
+def _hc_pair(i, o, counts, means, W, own, ridge, wm, scaled):  # pragma: no cover - compiled
+    """The cost of merging the clusters in positions i and o (hc's merge_costs, same order of
+    operations)."""
+    d = means.shape[1]
+    n_i, n_o = counts[i], counts[o]
+    n = n_i + n_o
+    coef = n_i * n_o / n
+    for a in range(d):
+        da = means[o, a] - means[i, a]
+        for b in range(d):
+            wm[a, b] = W[i, a, b] + W[o, a, b] + coef * da * (means[o, b] - means[i, b])
+    return _hc_term(n, wm, ridge, scaled) - (own[i] + own[o])
+
+
+@_jit
+def _hc_rescan(j, cost, col_min, col_arg):  # pragma: no cover - compiled
+    """Column j's least cost among rows 0..j−1 and the last row that has it."""
+    col_min[j] = np.inf
+    col_arg[j] = 0
+    if j == 0:
+        return
+    best = np.inf
+    arg = j - 1
+    for r in range(j - 1, -1, -1):  # from the last row: the last of equal costs wins
+        if cost[r, j] < best:
+            best = cost[r, j]
+            arg = r
+    col_min[j], col_arg[j] = cost[arg, j], arg
+
+
+@_jit
+def hc_merges(Z, ridge):  # pragma: no cover - compiled
+    """hc.hierarchical_tree's merges (criterion VVV) for the rows of Z with regularisation
+    ``ridge`` (α already scaled): the same bookkeeping, tie rules and order of operations."""
+    m, d = Z.shape
+    counts = np.ones(m)
+    means = Z.copy()
+    W = np.zeros((m, d, d))
+    own = np.empty(m)
+    wm = np.empty((d, d))
+    scaled = np.empty((d, d))
+    for r in range(m):
+        own[r] = _hc_term(1.0, W[r], ridge, scaled)
+    rep = np.arange(m)
+    cost = np.full((m, m), np.inf)
+    for j in range(1, m):
+        for i in range(j):
+            cost[i, j] = _hc_pair(j, i, counts, means, W, own, ridge, wm, scaled)
+    col_min = np.full(m, np.inf)
+    col_arg = np.zeros(m, dtype=np.int64)
+    for j in range(m):
+        _hc_rescan(j, cost, col_min, col_arg)
+    merges = np.empty((max(m - 1, 0), 2), dtype=np.int64)
+    delta = np.empty(d)
+    for stage in range(m - 1):
+        g = m - stage
+        j = g - 1
+        best = col_min[j]
+        for y in range(g - 2, -1, -1):  # the largest j among equal least costs
+            if col_min[y] < best:
+                best = col_min[y]
+                j = y
+        i = col_arg[j]
+        merges[stage, 0], merges[stage, 1] = rep[i], rep[j]
+        n_i, n_j = counts[i], counts[j]
+        coef = n_i * n_j / (n_i + n_j)
+        for a in range(d):
+            delta[a] = means[j, a] - means[i, a]
+        for a in range(d):
+            for b in range(d):
+                W[i, a, b] = W[i, a, b] + W[j, a, b] + coef * (delta[a] * delta[b])
+        for a in range(d):
+            means[i, a] = (n_i * means[i, a] + n_j * means[j, a]) / (n_i + n_j)
+        counts[i] = n_i + n_j
+        own[i] = _hc_term(counts[i], W[i], ridge, scaled)
+        top = g - 1
+        if j != top:  # the cluster in the last position moves into position j
+            counts[j], own[j], rep[j] = counts[top], own[top], rep[top]
+            for a in range(d):
+                means[j, a] = means[top, a]
+                for b in range(d):
+                    W[j, a, b] = W[top, a, b]
+            for r in range(j):
+                cost[r, j] = cost[r, top]
+            for c in range(j + 1, top):
+                cost[j, c] = cost[c, top]
+        for r in range(m):
+            cost[r, top] = np.inf
+            cost[top, r] = np.inf
+        col_min[top] = np.inf
+        if g <= 2:
+            continue
+        for o in range(top):
+            if o == i:
+                continue
+            v = _hc_pair(i, o, counts, means, W, own, ridge, wm, scaled)
+            if o < i:
+                cost[o, i] = v
+            else:
+                cost[i, o] = v
+        lo = i
+        _hc_rescan(i, cost, col_min, col_arg)
+        if j != top:
+            _hc_rescan(j, cost, col_min, col_arg)
+            lo = min(i, j)
+        r1, r2 = min(i, j), max(i, j)
+        for y in range(lo + 1, top):
+            if y == i or y == j:
+                continue
+            held = col_arg[y] == i or (j != top and col_arg[y] == j)
+            if held:
+                _hc_rescan(y, cost, col_min, col_arg)
+                continue
+            rows = (r1, r2) if j != top else (i, i)
+            for t in range(2 if j != top else 1):
+                r = rows[t]
+                if y > r:
+                    v = cost[r, y]
+                    if v < col_min[y] or (v == col_min[y] and r > col_arg[y]):
+                        col_min[y] = v
+                        col_arg[y] = r
+    return merges
 
 
 def first_steps(
@@ -1333,23 +1491,22 @@ def first_steps(
     component = np.full(r_all, -1, dtype=np.int64)
     collapsed = np.zeros(r_all)
     w_arr = np.empty(0) if w is None else _plain(w)
-    start_steps(
+    args = (
         _plain(X), _plain(X.mean(axis=0)), w_arr, codes, ks, offsets, resp, float(reg_covar),
         int(limit), weights, means, covs, chol, state, component, collapsed,
     )  # fmt: skip
+    _in_threads(start_steps, _shares(ks, threads()), args)
     # The factorisation above accepts any positive pivot; where one is below _PD_RTOL of its
     # diagonal entry, LAPACK's (which the numpy start uses, and the final model will) decides.
     with np.errstate(divide="ignore", invalid="ignore"):  # (the padding's zeros)
         ratio = np.diagonal(chol, axis1=-2, axis2=-1) ** 2 / np.diagonal(covs, axis1=-2, axis2=-1)
-    for i in np.flatnonzero(
-        (state == RUNNING) & (np.where(ratio > 0, ratio, 1.0) < _PD_RTOL).any(axis=(1, 2))
-    ):
-        k = int(ks[i])
-        for j in range(k):
+    close = (state == RUNNING) & (np.where(ratio > 0, ratio, 1.0) < _PD_RTOL).any(axis=(1, 2))
+    for r in np.flatnonzero(close).tolist():
+        for j in range(int(ks[r])):
             try:
-                np.linalg.cholesky(covs[i, j])
+                np.linalg.cholesky(covs[r, j])
             except np.linalg.LinAlgError:
-                state[i], component[i] = SINGULAR, j
+                state[r], component[r] = SINGULAR, j
                 break
     out: list[tuple[Any, int, float]] = []
     for i in range(r_all):
@@ -1412,6 +1569,19 @@ def _shares(ks: np.ndarray, n_threads: int) -> list[np.ndarray]:
         parts[t].append(int(r))
         loads[t] += ks[r]
     return [np.asarray(p, dtype=np.int64) for p in parts]
+
+
+def _in_threads(kernel: Any, shares: list[np.ndarray], args: tuple) -> None:
+    """``kernel(share, *args)`` for each share, each in its own thread when there are several
+    (short-lived threads: none outlives the call, so a later fork stays safe)."""
+    if len(shares) == 1:
+        kernel(shares[0], *args)
+        return
+    workers = [threading.Thread(target=kernel, args=(share, *args)) for share in shares]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
 
 
 def _plain(a: np.ndarray) -> np.ndarray:

@@ -152,6 +152,24 @@ def labels_to_resp_cols(labels: np.ndarray, k: int) -> np.ndarray:
     return resp
 
 
+def test_hierarchical_tree_as_numpy(compiled, monkeypatch, faithful, iris_X):
+    # The compiled agglomeration must merge exactly as the numpy one (which matches mclust's
+    # hcVVV partitions), ties included: faithful's waiting times are whole minutes, and the
+    # third set has duplicated rows.
+    from bayesgmm.core import hc
+
+    rng = np.random.default_rng(2)
+    tied = np.round(rng.normal(size=(120, 3)), 1)
+    tied = np.r_[tied, tied[:15]]
+    for X in (np.asarray(faithful, dtype=float), iris_X, tied):
+        Z = hc.scaled_svd(X)
+        fast = hc.hierarchical_tree(Z)
+        monkeypatch.setattr(compiled, "ready", lambda wait=0.0: False)
+        slow = hc.hierarchical_tree(Z)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(fast.merges, slow.merges)
+
+
 def test_small_linear_algebra(compiled):
     rng = np.random.default_rng(1)
     for d in (1, 2, 3, 6):
