@@ -194,7 +194,8 @@ def warm() -> None:
     covs = np.broadcast_to(np.eye(2), (r_all, k, 2, 2)).copy()
     means = np.stack([X[:k]] * r_all)
     em_runs(
-        np.arange(r_all, dtype=np.int64), X, X.mean(axis=0), np.empty((1, 0)),
+        np.arange(r_all, dtype=np.int64), _plain((X - X.mean(axis=0)).T), X.mean(axis=0),
+        np.empty((1, 0)),
         np.zeros(r_all, dtype=np.int64), codes,
         np.full(r_all, k, dtype=np.int64), np.full((r_all, k), 0.5), means, covs, covs.copy(),
         np.zeros(r_all, dtype=np.int64), 4, 1e-8, True, np.ones(r_all), np.ones((r_all, 2)),
@@ -848,26 +849,29 @@ def _covariances(code, n, w, previous, out, limit):  # pragma: no cover - compil
 
 
 @_jit
-def _evaluate(X, center, w, weights, means, chol, code, diag, prev_covs, reg_covar, prec,
+def _evaluate(xct, center, w, weights, means, chol, code, diag, prev_covs, reg_covar, prec,
               sums, new_w, new_mu, new_cov, new_chol):  # fmt: skip  # pragma: no cover
     """One E-step at (weights, means, chol) and the M-step from it into (new_w, new_mu,
-    new_cov, new_chol). Returns (log-likelihood, state, component, collapsed weight): state
-    RUNNING, or SINGULAR or EMPTY with the failing component (the numpy loop's rules: an empty
-    component is reported over a singular one).
+    new_cov, new_chol), on the data about their ``center``, transposed: ``xct`` (D, N).
+    Returns (log-likelihood, state, component, collapsed weight): state RUNNING, or SINGULAR
+    or EMPTY with the failing component (the numpy loop's rules: an empty component is
+    reported over a singular one).
 
     As the numpy pass, the statistics are sums about the data's ``center`` (n_k, Σ γ (x − c),
-    Σ γ (x − c)(x − c)ᵀ, one pass over the rows) and the scatter about the new means follows
-    from them; the Mahalanobis distances come from L⁻¹ (x − μ), with L⁻¹ computed once."""
-    n_rows, d = X.shape
+    Σ γ (x − c)(x − c)ᵀ) and the scatter about the new means follows from them; the
+    Mahalanobis distances come from L⁻¹ (x − μ), with L⁻¹ computed once. Every loop over the
+    rows is innermost, over contiguous memory (a component at a time); each sum still adds
+    the rows in order, so the results are those of a row-by-row pass to the last bit."""
+    d, n_rows = xct.shape
     k = weights.shape[0]
-    const = np.empty(k)
-    shift = np.empty((k, d))  # L⁻¹ (μ − c)
+    lj = np.empty((k, n_rows))  # log π_k N(x | k), then the responsibilities
+    y = np.empty(n_rows)
     for j in range(k):
         logdet = 0.0
         for i in range(d):
             logdet += math.log(chol[j, i, i])
         lw = math.log(weights[j]) if weights[j] > 0 else -np.inf
-        const[j] = lw - logdet - 0.5 * d * _LOG_2PI
+        const = lw - logdet - 0.5 * d * _LOG_2PI
         # L⁻¹ by forward substitution, row by row (lower triangular).
         for i in range(d):
             for col in range(d):
@@ -878,56 +882,70 @@ def _evaluate(X, center, w, weights, means, chol, code, diag, prev_covs, reg_cov
                 for p in range(col, i):
                     t -= chol[j, i, p] * prec[j, p, col]
                 prec[j, i, col] = t / chol[j, i, i]
+        maha = lj[j]
+        for r in range(n_rows):
+            maha[r] = 0.0
         for i in range(d):
-            t = 0.0
+            shift = 0.0  # (L⁻¹ (μ − c))_i
             for p in range(i + 1):
-                t += prec[j, i, p] * (means[j, p] - center[p])
-            shift[j, i] = t
-    # sums[j] = [n_k, Σ γ (x − c) (D), Σ γ (x − c)(x − c)ᵀ (lower triangle, row by row)]
+                shift += prec[j, i, p] * (means[j, p] - center[p])
+            for r in range(n_rows):
+                y[r] = -shift
+            for p in range(i + 1):
+                a = prec[j, i, p]
+                xp = xct[p]
+                for r in range(n_rows):
+                    y[r] += a * xp[r]
+            for r in range(n_rows):
+                maha[r] += y[r] * y[r]
+        for r in range(n_rows):
+            maha[r] = const - 0.5 * maha[r]
+    top = np.full(n_rows, -np.inf)
     for j in range(k):
-        for f in range(sums.shape[1]):
-            sums[j, f] = 0.0
+        row = lj[j]
+        for r in range(n_rows):
+            if row[r] > top[r]:
+                top[r] = row[r]
+    total = np.zeros(n_rows)
+    for j in range(k):
+        row = lj[j]
+        for r in range(n_rows):
+            z = row[r] - top[r]
+            e = math.exp(z) if z > _LOG_FLOOR else 0.0
+            row[r] = e
+            total[r] += e
     loglik = 0.0
-    xc = np.empty(d)
-    lj = np.empty(k)
     unweighted = w.shape[0] == 0
     for r in range(n_rows):
-        for i in range(d):
-            xc[i] = X[r, i] - center[i]
-        top = -np.inf
-        for j in range(k):
-            maha = 0.0
-            for i in range(d):
-                t = -shift[j, i]
-                for p in range(i + 1):
-                    t += prec[j, i, p] * xc[p]
-                maha += t * t
-            lj[j] = const[j] - 0.5 * maha
-            if lj[j] > top:
-                top = lj[j]
-        total = 0.0
-        for j in range(k):
-            z = lj[j] - top
-            e = math.exp(z) if z > _LOG_FLOOR else 0.0
-            lj[j] = e
-            total += e
         wr = 1.0 if unweighted else w[r]
-        loglik += wr * (math.log(total) + top)
-        scale = wr / total
-        for j in range(k):
-            g = lj[j] * scale
-            if g == 0.0:
-                continue
-            sums[j, 0] += g
-            f = 1
-            for i in range(d):
-                sums[j, f] += g * xc[i]
+        loglik += wr * (math.log(total[r]) + top[r])
+        total[r] = wr / total[r]  # now each row's scale
+    # sums[j] = [n_k, Σ γ (x − c) (D), Σ γ (x − c)(x − c)ᵀ (lower triangle, row by row)]
+    for j in range(k):
+        g = lj[j]
+        for r in range(n_rows):
+            g[r] *= total[r]
+        acc = 0.0
+        for r in range(n_rows):
+            acc += g[r]
+        sums[j, 0] = acc
+        f = 1
+        for i in range(d):
+            xi = xct[i]
+            acc = 0.0
+            for r in range(n_rows):
+                acc += g[r] * xi[r]
+            sums[j, f] = acc
+            f += 1
+        for a in range(d):
+            xa = xct[a]
+            for b in range(a + 1):
+                xb = xct[b]
+                acc = 0.0
+                for r in range(n_rows):
+                    acc += g[r] * xa[r] * xb[r]
+                sums[j, f] = acc
                 f += 1
-            for a in range(d):
-                ga = g * xc[a]
-                for b in range(a + 1):
-                    sums[j, f] += ga * xc[b]
-                    f += 1
     state, bad, collapsed = _m_step(sums, center, code, diag, prev_covs, reg_covar, _WARM_MAX,
                                     _PD_RTOL, new_w, new_mu, new_cov, new_chol)  # fmt: skip
     return loglik, state, bad, collapsed
@@ -1003,12 +1021,12 @@ def _finish_covs(covs, reg_covar, chol, rtol):  # pragma: no cover - compiled
 
 
 @_jit
-def _run(X, center, w, code, weights, means, covs, chol, n_iter, until_iter, tol,
+def _run(xct, center, w, code, weights, means, covs, chol, n_iter, until_iter, tol,
          accelerate, step_max, scale, reg_covar, trace, n_trace):  # fmt: skip  # pragma: no cover
     """Advance one run in place (parameters, trace) until it converges, fails or has done
     ``until_iter`` iterations; returns (state, n_iter, component, collapsed weight, step_max,
     trace length). The rules are _Batch.plain_step's and _Batch.extrapolate's."""
-    d = X.shape[1]
+    d = xct.shape[0]
     k = weights.shape[0]
     prec = np.empty((k, d, d))
     sums = np.empty((k, 1 + d + d * (d + 1) // 2))
@@ -1030,8 +1048,8 @@ def _run(X, center, w, code, weights, means, covs, chol, n_iter, until_iter, tol
     while True:
         nxt = (cur + 1) % 3
         ll, state, bad, collapsed = _evaluate(
-            X, center, w, p_w[cur], p_m[cur], p_l[cur], code, diag, p_c[cur], reg_covar, prec, sums,
-            p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
+            xct, center, w, p_w[cur], p_m[cur], p_l[cur], code, diag, p_c[cur], reg_covar, prec,
+            sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
         )  # fmt: skip
         prev = trace[n_trace - 1] if n_trace > 0 else -np.inf
         trace[n_trace] = ll
@@ -1061,7 +1079,7 @@ def _run(X, center, w, code, weights, means, covs, chol, n_iter, until_iter, tol
             continue  # on from θ2
         nxt = i0  # θ0's slot is free: the trial's M-step goes there
         ll, state, bad, collapsed = _evaluate(
-            X, center, w, p_w[3], p_m[3], p_l[3], code, diag, p_c[3], reg_covar, prec, sums,
+            xct, center, w, p_w[3], p_m[3], p_l[3], code, diag, p_c[3], reg_covar, prec, sums,
             p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
         )  # fmt: skip
         ok = state == RUNNING and ll >= trace[n_trace - 1]
@@ -1164,17 +1182,18 @@ def _get(p_w, p_m, p_c, p_l, slot, weights, means, covs, chol):  # pragma: no co
 
 
 @_jit
-def em_runs(todo, X, center, w_all, w_index, codes, ks, weights, means, covs, chol, n_iter,
+def em_runs(todo, xct, center, w_all, w_index, codes, ks, weights, means, covs, chol, n_iter,
             until_iter, tol, accelerate, step_max, scales, reg_covar, trace, n_trace,
             state, component, collapsed):  # fmt: skip  # pragma: no cover - compiled
     """Advance each run r in ``todo`` (K = ks[r] components of the padded (R, Kmax, ...)
-    arrays, in place) on X with the row weights w_all[w_index[r]] (none when w_all has no
-    columns). Threads may share the arrays, each with its own runs: the GIL is released."""
+    arrays, in place) on the data about ``center``, transposed (``xct``, D × N), with the row
+    weights w_all[w_index[r]] (none when w_all has no columns). Threads may share the arrays,
+    each with its own runs: the GIL is released."""
     for r in todo:
         k = ks[r]
         code = codes[r]
         st, it, comp, coll, smax, nt = _run(
-            X, center, w_all[w_index[r]], code, weights[r, :k], means[r, :k],
+            xct, center, w_all[w_index[r]], code, weights[r, :k], means[r, :k],
             covs[r, :k], chol[r, :k], n_iter[r], until_iter, tol, accelerate, step_max[r],
             scales[r], reg_covar, trace[r], n_trace[r],
         )  # fmt: skip
@@ -1277,7 +1296,7 @@ def advance_runs(
     component = np.full(r_all, -1, dtype=np.int64)
     collapsed = np.zeros(r_all)
     args = (
-        _plain(X), _plain(center), _plain(w_all), w_index,
+        _plain((X - center).T), _plain(center), _plain(w_all), w_index,
         codes, ks, weights, means, covs, chol, n_iter, int(until_iter), float(tol),
         bool(accelerate), step_max, _plain(scales), float(reg_covar), trace,
         n_trace, state, component, collapsed,
