@@ -14,6 +14,10 @@ Covered: complete data in memory, maximum likelihood (``reg_covar`` allowed), th
 weights or each run's own. The numpy loop keeps the rest (a prior, missing values, labels,
 runs on their own data sets, dask arrays) and is the reference the tests compare against.
 
+Two more pieces of select_em's work on small data are compiled here: the starts' first
+M-step (:func:`first_steps`, cold, as em.m_step_batch's for a start) and the hierarchical
+tree (:func:`hc_merges`, hc.hierarchical_tree's VVV agglomeration, merge for merge).
+
 numba comes with PyMC (PyTensor depends on it). The functions are compiled on first use and
 cached on disk (``cache=True``); set ``BAYESGMM_COMPILED=0`` to use the numpy loop everywhere.
 """
@@ -128,7 +132,8 @@ def ready(wait: float = 0.0) -> bool:
     """Whether the compiled loop is loaded in this process (loading it from the cache when the
     cache is complete). When it is not, start its compilation in the background (once; never
     from a forked worker, whose parent has already decided) and return False, the numpy loop
-    serving meanwhile; with ``wait`` > 0, wait up to that many seconds for it."""
+    serving meanwhile; with ``wait`` > 0, wait up to that many seconds for it (less when the
+    compilation this process started ends without its marker: it failed)."""
     if not enabled():
         return False
     if _STATE["loaded"]:
@@ -140,7 +145,7 @@ def ready(wait: float = 0.0) -> bool:
             warm()
             return True
         if not _compiling(lock):
-            if _STATE["spawned"] and wait > 0:
+            if _STATE["spawned"] and wait > 0 and not marker.exists():
                 return False  # this process's compilation ended without its marker: it failed
             _spawn(lock)
         if time.monotonic() >= deadline:

@@ -210,6 +210,21 @@ def test_not_ready_means_the_numpy_loop(monkeypatch, faithful):
     assert fit.converged
 
 
+def test_waiting_ends_when_the_compilation_failed(monkeypatch, tmp_path):
+    # This process started the background compilation, which ended (its lock is gone) without
+    # writing the marker: waiting longer cannot help, so ready() says no at once.
+    import time
+
+    monkeypatch.delenv("BAYESGMM_COMPILED", raising=False)
+    marker, lock = tmp_path / "loop.ready", tmp_path / "loop.lock"
+    monkeypatch.setattr(_compiled, "_marker_paths", lambda: (marker, lock))
+    monkeypatch.setitem(_compiled._STATE, "loaded", False)
+    monkeypatch.setitem(_compiled._STATE, "spawned", True)
+    start = time.monotonic()
+    assert not _compiled.ready(wait=60)
+    assert time.monotonic() - start < 5
+
+
 def test_n_jobs_bounds_the_threads(compiled, monkeypatch, faithful):
     # scikit-learn's convention: n_jobs=1 is one core, also for the compiled loop's threads.
     seen = []
