@@ -182,6 +182,8 @@ def compile_cache() -> None:
     """Compile the loop (or load it from the cache), then write the marker; what the
     background process runs."""
     marker, lock = _marker_paths()
+    with contextlib.suppress(OSError, AttributeError):  # (no nice() on Windows)
+        os.nice(19)  # the user's own work, which the numpy loop serves meanwhile, comes first
     try:
         warm()
         marker.write_text("ok")
