@@ -199,13 +199,16 @@ def run_cells(
     short_iter: int = SHORT_ITER,
     keep: int = KEEP_AFTER_SHORT,
     labels: np.ndarray | None = None,
+    only_new: bool = False,
 ) -> dict[Any, list[EMResult]]:
     """Run EM from every start of every cell (cells keyed e.g. by K or by (structure, K); each
     start's structure is its mixture's), all in one batch, and return the finished runs of
     each cell.
 
     With several starts in a cell, every start first runs ``short_iter`` iterations; then the
-    first start and the ``keep`` best other starts go on to convergence.
+    first start and the ``keep`` best other starts go on to convergence. With ``only_new``
+    (the first start is a fit the caller already has), a cell whose best run is its first
+    start returns no result.
     """
     if len(cells) > 1 and any(p is not None for p in priors.values()):
         out: dict[Any, list[EMResult]] = {}
@@ -223,6 +226,7 @@ def run_cells(
                 short_iter=short_iter,
                 keep=keep,
                 labels=labels,
+                only_new=only_new,
             )
         return out
     prior = next(iter(priors.values()), None)
@@ -245,7 +249,10 @@ def run_cells(
     advance(X, runs, max_iter, short_iter, keep, settings)
     scale = _data_scale(X, w)
     chosen = {key: _best_run(X, rs, w, missing, center, scale) for key, rs in runs.items()}
-    return {key: [finish(X, run, names, w, missing, labels)] for key, run in chosen.items()}
+    return {
+        key: [] if only_new and run is runs[key][0] else [finish(X, run, names, w, missing, labels)]
+        for key, run in chosen.items()
+    }
 
 
 def _best_run(
@@ -267,8 +274,9 @@ def _best_run(
     todo = []
     for i, run in enumerate(runs):
         if run.trace and (run.converged or run.reason is not None):
-            model = to_model(run.params, 0, run.structure, None)
-            collapsed = run.reason is not None or _collapse_reason(model, scale) is not None
+            collapsed = (
+                run.reason is not None or _collapse_reason(run.params.covs[0], scale) is not None
+            )
             ranked[i] = (collapsed, run.trace[-1])
         else:
             todo.append(i)

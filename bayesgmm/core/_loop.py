@@ -499,10 +499,11 @@ def _data_scale(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     return np.sqrt(np.where(var > 0, var, 1.0))
 
 
-def _collapse_reason(model: GaussianMixture, scale: np.ndarray) -> str | None:
-    """Why a fitted mixture is degenerate, or None: a covariance with an eigenvalue that is a
-    vanishing fraction of the data's variance in the same (standardised) direction."""
-    std = model.covariances / (scale[:, None] * scale[None, :])
+def _collapse_reason(covariances: np.ndarray, scale: np.ndarray) -> str | None:
+    """Why a fitted mixture (its covariances, K × D × D) is degenerate, or None: a covariance
+    with an eigenvalue that is a vanishing fraction of the data's variance in the same
+    (standardised) direction."""
+    std = covariances / (scale[:, None] * scale[None, :])
     smallest = np.linalg.eigvalsh(std)[:, 0]
     if (smallest < DEGENERACY_RTOL).any():
         j = int(np.argmin(smallest))
@@ -541,7 +542,9 @@ def finish_many(
     reasons: list[str | None] = []
     for run, model in zip(runs, models, strict=True):
         scale = run.scale if run.scale is not None else _data_scale(X, w)
-        reason = run.reason if run.reason is not None else _collapse_reason(model, scale)
+        reason = (
+            run.reason if run.reason is not None else _collapse_reason(model.covariances, scale)
+        )
         reasons.append(None if reason is None else f"{reason}. {_REMEDY}")
     return Finished(np.asarray(loglik, dtype=np.float64), models, reasons)
 
@@ -588,7 +591,7 @@ def run_result(
     trace = list(run.trace)
     if not run.converged or not trace:
         trace.append(loglik)
-    reason = run.reason if run.reason is not None else _collapse_reason(model, scale)
+    reason = run.reason if run.reason is not None else _collapse_reason(model.covariances, scale)
     p = model.n_parameters
     return EMResult(
         model=model,

@@ -169,6 +169,7 @@ def _run_group(
         labels=job.labels,
         short_iter=screen.get("short_iter", SHORT_ITER),
         keep=screen.get("keep", KEEP_AFTER_SHORT),
+        only_new=bool(screen.get("only_new", False)),
     )
     return fits, failed
 
@@ -178,7 +179,9 @@ SCREEN_ROWS = 20_000
 
 #: Cross-starts are screened harder than restarts: a few iterations from each other structure's
 #: partition, and only the best one goes on (beside the cell's own fit).
-CROSS_SCREEN = {"short_iter": 5, "keep": 1}
+#: (Each cell's own fit runs again beside its cross-starts, as their first start; when it stays
+#: the best, nothing new is finished.)
+CROSS_SCREEN = {"short_iter": 5, "keep": 1, "only_new": True}
 
 
 def _n_workers(n_jobs: int | None, n_obs: int, n_structures: int, n_features: int = 1) -> int:
@@ -383,7 +386,8 @@ def select_em(
         if sub is None and cross_starts and len(structures) > 1:
             cross = _cross_start_cells(results, structures, usable, filled)
             for key, fits in _run_grid(job, workers, cross, CROSS_SCREEN, failures):
-                _keep_better(results, key, best_result(fits))
+                if fits:
+                    _keep_better(results, key, best_result(fits))
     for key, fit in results.items():
         if fit.degenerate:
             failures[key] = fit.degenerate_reason or "degenerate"
