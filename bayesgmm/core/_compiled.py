@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import heapq
 import math
 import os
 import subprocess
@@ -1588,12 +1589,13 @@ def _shares(ks: np.ndarray, n_threads: int) -> list[np.ndarray]:
     n_threads = min(n_threads, ks.shape[0])
     if n_threads <= 1:
         return [order.astype(np.int64)]
-    loads = np.zeros(n_threads)
+    # A heap of (load, thread): the least loaded thread, the first of equal ones.
+    heap = [(0, t) for t in range(n_threads)]
     parts: list[list[int]] = [[] for _ in range(n_threads)]
-    for r in order:
-        t = int(np.argmin(loads))
-        parts[t].append(int(r))
-        loads[t] += ks[r]
+    for r, k in zip(order.tolist(), ks[order].tolist(), strict=True):
+        load, t = heapq.heappop(heap)
+        parts[t].append(r)
+        heapq.heappush(heap, (load + k, t))
     return [np.asarray(p, dtype=np.int64) for p in parts]
 
 
