@@ -928,35 +928,43 @@ def _evaluate(xct, center, w, weights, means, chol, code, diag, prev_covs, reg_c
         wr = 1.0 if unweighted else w[r]
         loglik += wr * (math.log(total[r]) + top[r])
         total[r] = wr / total[r]  # now each row's scale
-    # sums[j] = [n_k, Σ γ (x − c) (D), Σ γ (x − c)(x − c)ᵀ (lower triangle, row by row)]
     for j in range(k):
         g = lj[j]
         for r in range(n_rows):
             g[r] *= total[r]
-        acc = 0.0
-        for r in range(n_rows):
-            acc += g[r]
-        sums[j, 0] = acc
-        f = 1
-        for i in range(d):
-            xi = xct[i]
-            acc = 0.0
-            for r in range(n_rows):
-                acc += g[r] * xi[r]
-            sums[j, f] = acc
-            f += 1
-        for a in range(d):
-            xa = xct[a]
-            for b in range(a + 1):
-                xb = xct[b]
-                acc = 0.0
-                for r in range(n_rows):
-                    acc += g[r] * xa[r] * xb[r]
-                sums[j, f] = acc
-                f += 1
+        _moment_sums(xct, g, sums[j])
     state, bad, collapsed = _m_step(sums, center, code, diag, prev_covs, reg_covar, _WARM_MAX,
                                     _PD_RTOL, new_w, new_mu, new_cov, new_chol)  # fmt: skip
     return loglik, state, bad, collapsed
+
+
+@_jit
+def _moment_sums(xct, g, out):  # pragma: no cover - compiled
+    """One component's sums from its (weighted) responsibilities g (N,) and the data about
+    their centre, transposed (``xct``, D × N): out = [Σ g, Σ g (x − c) (D), Σ g (x − c)(x − c)ᵀ
+    (lower triangle, row by row)], each adding the rows in order."""
+    d, n_rows = xct.shape
+    acc = 0.0
+    for r in range(n_rows):
+        acc += g[r]
+    out[0] = acc
+    f = 1
+    for i in range(d):
+        xi = xct[i]
+        acc = 0.0
+        for r in range(n_rows):
+            acc += g[r] * xi[r]
+        out[f] = acc
+        f += 1
+    for a in range(d):
+        xa = xct[a]
+        for b in range(a + 1):
+            xb = xct[b]
+            acc = 0.0
+            for r in range(n_rows):
+                acc += g[r] * xa[r] * xb[r]
+            out[f] = acc
+            f += 1
 
 
 @_jit
@@ -1210,39 +1218,26 @@ def em_runs(todo, xct, center, w_all, w_index, codes, ks, weights, means, covs, 
 
 
 @_jit
-def start_steps(todo, X, center, w, codes, ks, offsets, resp, reg_covar, limit, weights, means,
-                covs, chol, state, component, collapsed):  # fmt: skip  # pragma: no cover
-    """The first M-step of each start r in ``todo``: from its responsibilities resp[:,
-    offsets[r] : offsets[r] + ks[r]] (row weights ``w``, none when empty), cold, with at most
-    ``limit`` inner iterations, into the padded (R, Kmax, ...) arrays; state[r] RUNNING, or
-    SINGULAR or EMPTY with the failing component. Threads may share the arrays, each with its
-    own starts."""
-    n_rows, d = X.shape
+def start_steps(todo, xct, center, w, codes, ks, offsets, respt, reg_covar, limit, weights,
+                means, covs, chol, state, component, collapsed):  # fmt: skip  # pragma: no cover
+    """The first M-step of each start r in ``todo``: from its responsibilities respt[offsets[r]
+    : offsets[r] + ks[r]] (K × N, transposed; row weights ``w``, none when empty) and the data
+    about ``center``, transposed (``xct``), cold, with at most ``limit`` inner iterations,
+    into the padded (R, Kmax, ...) arrays; state[r] RUNNING, or SINGULAR or EMPTY with the
+    failing component. Threads may share the arrays, each with its own starts."""
+    d, n_rows = xct.shape
     unweighted = w.shape[0] == 0
     no_previous = np.empty((0, d, d))
-    xc = np.empty(d)
+    g = np.empty(n_rows)
     for r in todo:
         k = ks[r]
         off = offsets[r]
-        sums = np.zeros((k, 1 + d + d * (d + 1) // 2))
-        for row in range(n_rows):
-            for i in range(d):
-                xc[i] = X[row, i] - center[i]
-            wr = 1.0 if unweighted else w[row]
-            for j in range(k):
-                g = resp[row, off + j] * wr
-                if g == 0.0:
-                    continue
-                sums[j, 0] += g
-                f = 1
-                for i in range(d):
-                    sums[j, f] += g * xc[i]
-                    f += 1
-                for a in range(d):
-                    ga = g * xc[a]
-                    for b in range(a + 1):
-                        sums[j, f] += ga * xc[b]
-                        f += 1
+        sums = np.empty((k, 1 + d + d * (d + 1) // 2))
+        for j in range(k):
+            resp = respt[off + j]
+            for row in range(n_rows):
+                g[row] = resp[row] if unweighted else resp[row] * w[row]
+            _moment_sums(xct, g, sums[j])
         code = codes[r]
         st, bad, coll = _m_step(
             sums, center, code, code <= 5, no_previous, reg_covar, limit, 0.0, weights[r, :k],
@@ -1508,7 +1503,7 @@ def first_steps(
     offsets = np.zeros(r_all, dtype=np.int64)
     offsets[1:] = np.cumsum(ks)[:-1]
     codes = np.array([CODES[name] for name, _ in starts], dtype=np.int64)
-    resp = _plain(np.concatenate([r for _, r in starts], axis=1))
+    respt = _plain(np.concatenate([r.T for _, r in starts], axis=0))  # (Σ K, N)
     kmax = int(ks.max())
     weights = np.zeros((r_all, kmax))
     means = np.zeros((r_all, kmax, d))
@@ -1518,9 +1513,10 @@ def first_steps(
     component = np.full(r_all, -1, dtype=np.int64)
     collapsed = np.zeros(r_all)
     w_arr = np.empty(0) if w is None else _plain(w)
+    center = X.mean(axis=0)
     args = (
-        _plain(X), _plain(X.mean(axis=0)), w_arr, codes, ks, offsets, resp, float(reg_covar),
-        int(limit), weights, means, covs, chol, state, component, collapsed,
+        _plain((X - center).T), _plain(center), w_arr, codes, ks, offsets, respt,
+        float(reg_covar), int(limit), weights, means, covs, chol, state, component, collapsed,
     )  # fmt: skip
     _in_threads(start_steps, _shares(ks, threads()), args)
     # The factorisation above accepts any positive pivot; where one is below _PD_RTOL of its
