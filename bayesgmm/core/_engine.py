@@ -32,7 +32,7 @@ from bayesgmm.core._validation import (
     check_sample_weight,
     integer_valued,
 )
-from bayesgmm.core.em import Degenerate, _stats_from_resp, m_step, m_step_batch, to_model
+from bayesgmm.core.em import Degenerate, m_step, m_step_batch, to_model
 from bayesgmm.core.init import (
     hc_tree,
     kmeans_plus_plus_labels,
@@ -411,33 +411,17 @@ def start_models(
             else:
                 failed[i] = Degenerate(comp, _SINGULAR)
         batchable = []
+    center = X.mean(axis=0)
+    feats: list[np.ndarray] = []  # (F, n): [packed second moments | x − c | 1], built once
+
+    def start_stats(resps: list[np.ndarray]) -> tuple[PassStats, np.ndarray]:
+        if not feats:
+            feats.append(features(X, center, "full"))
+        return _start_stats(feats[0], resps, w, d)
+
     if batchable:
-        center = X.mean(axis=0)
-        feats = features(X, center, "full")  # (F, n): [packed second moments | x − c | 1]
         resps = [np.asarray(starts[i][1]) for i in batchable]
-        wide = np.concatenate(resps, axis=1)
-        if w is not None:
-            wide = wide * w[:, None]
-        sums = wide.T @ feats.T  # (Σ K, F)
-        t = sums.shape[1] - d - 1
-        kmax = max(r.shape[1] for r in resps)
-        r_all = len(batchable)
-        counts = np.zeros((r_all, kmax))
-        sum_x = np.zeros((r_all, kmax, d))
-        second = np.zeros((r_all, kmax, t))
-        mask = np.zeros((r_all, kmax), dtype=bool)
-        pos = 0
-        for j, resp in enumerate(resps):
-            k = resp.shape[1]
-            block = sums[pos : pos + k]
-            counts[j, :k], sum_x[j, :k], second[j, :k] = (
-                block[:, -1],
-                block[:, t : t + d],
-                block[:, :t],
-            )
-            mask[j, :k] = True
-            pos += k
-        stats = PassStats(np.zeros(r_all), counts, sum_x, second)
+        stats, mask = start_stats(resps)
         groups: dict[str, list[int]] = {}
         for j, i in enumerate(batchable):
             groups.setdefault(starts[i][0].name, []).append(j)
@@ -454,7 +438,7 @@ def start_models(
                 else:
                     failed[batchable[j]] = Degenerate(int(bad[jj]), reasons[jj])
     if small:
-        _rescue_many(X, starts, w, reg_covar, names, failed, out)
+        _rescue_many(X, starts, w, reg_covar, names, failed, out, center, start_stats)
     for i, (structure, start) in enumerate(starts):
         if out[i] is None:
             try:
@@ -469,6 +453,33 @@ def start_models(
 _SINGULAR = "its covariance became singular (points tied or duplicated)"
 
 
+def _start_stats(
+    feats: np.ndarray, resps: list[np.ndarray], w: np.ndarray | None, d: int
+) -> tuple[PassStats, np.ndarray]:
+    """The pass statistics of many starts' responsibilities (N, K each) on the data's feature
+    matrix (:func:`features`, "full"), in one product, padded to the largest K; and the
+    (R, Kmax) mask of their real components."""
+    wide = np.concatenate(resps, axis=1)
+    if w is not None:
+        wide = wide * w[:, None]
+    sums = wide.T @ feats.T  # (Σ K, F)
+    t = sums.shape[1] - d - 1
+    kmax = max(r.shape[1] for r in resps)
+    r_all = len(resps)
+    counts = np.zeros((r_all, kmax))
+    sum_x = np.zeros((r_all, kmax, d))
+    second = np.zeros((r_all, kmax, t))
+    mask = np.zeros((r_all, kmax), dtype=bool)
+    pos = 0
+    for j, resp in enumerate(resps):
+        k = resp.shape[1]
+        block = sums[pos : pos + k]
+        counts[j, :k], sum_x[j, :k], second[j, :k] = block[:, -1], block[:, t : t + d], block[:, :t]
+        mask[j, :k] = True
+        pos += k
+    return PassStats(np.zeros(r_all), counts, sum_x, second), mask
+
+
 def _rescue_many(
     X: np.ndarray,
     starts: list[tuple[CovarianceStructure, Any]],
@@ -477,18 +488,18 @@ def _rescue_many(
     names: tuple[str, ...] | None,
     failed: dict[int, Degenerate],
     out: list[Any],
+    center: np.ndarray,
+    start_stats: Any,
 ) -> None:
     """:func:`start_model`'s MAP rescue for the failed maximum-likelihood starts (all rows,
-    no prior), batched by structure and K: one product with the feature matrix per group and
-    one batched M-step (the rescue's prior depends on K). Fills ``out``; a start the rescue
-    cannot save keeps its maximum-likelihood failure."""
+    no prior), batched by structure and K: one product with the feature matrix per group
+    (``start_stats``, :func:`_start_stats` on the shared one) and one batched M-step (the
+    rescue's prior depends on K). Fills ``out``; a start the rescue cannot save keeps its
+    maximum-likelihood failure."""
     groups: dict[tuple[str, int], list[int]] = {}
     for i in failed:
         if out[i] is None and isinstance(starts[i][1], np.ndarray):
             groups.setdefault((starts[i][0].name, starts[i][1].shape[1]), []).append(i)
-    if not groups:
-        return
-    center = X.mean(axis=0)
     rescue_priors: dict[int, ResolvedPrior | None] = {}
     for (_, k), rows in groups.items():
         if k not in rescue_priors:
@@ -502,14 +513,8 @@ def _rescue_many(
             for i in rows:
                 out[i] = failed[i]
             continue
-        kind = structure.scatter_kind
-        stats = [_stats_from_resp(X, np.asarray(starts[i][1]), w, kind, center) for i in rows]
-        batch = PassStats(
-            np.zeros(len(rows)),
-            np.concatenate([s.counts for s in stats]),
-            np.concatenate([s.sum_x for s in stats]),
-            np.concatenate([s.scatter for s in stats]),
-        )
+        stats, _ = start_stats([np.asarray(starts[i][1]) for i in rows])
+        batch = stats.take(np.arange(len(rows)), diagonal=structure.scatter_kind == "diag")
         with cold_inner_limit(START_INNER_MAX):
             params, bad, _ = m_step_batch(batch, center, structure, prior, reg_covar)
         for j, i in enumerate(rows):
