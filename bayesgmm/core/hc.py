@@ -114,9 +114,7 @@ def hierarchical_tree(
     """
     cost_of = _COSTS[criterion]
     m, d = Z.shape
-    counts = np.ones(m)
     means = np.array(Z, dtype=np.float64, copy=True)
-    W = np.zeros((m, d, d))
     centered = Z - Z.mean(axis=0)
     ridge = alpha * float(np.sum(centered * centered)) / (max(m, 1) * d)
     ridge = max(ridge, np.finfo(np.float64).eps)  # as mclust: α = max(α, ε)
@@ -124,6 +122,8 @@ def hierarchical_tree(
         # The same agglomeration compiled (bayesgmm.core._compiled.hc_merges): on wreath's
         # 1,000 rows about 0.7 s here, a fraction of that compiled.
         return HierarchicalTree(np.arange(m), _compiled.hc_merges(means, ridge))
+    counts = np.ones(m)
+    W = np.zeros((m, d, d))
     own = cost_of(counts, W, ridge)
     rep = np.arange(m)  # the initial cluster (row) that stands for the cluster in each position
 
