@@ -16,7 +16,8 @@ runs on their own data sets, dask arrays) and is the reference the tests compare
 
 Two more pieces of select_em's work on small data are compiled here: the starts' first
 M-step (:func:`first_steps`, cold, as em.m_step_batch's for a start) and the hierarchical
-tree (:func:`hc_merges`, hc.hierarchical_tree's VVV agglomeration, merge for merge).
+tree (:func:`hc_merges`, hc.hierarchical_tree's VVV agglomeration, merge for merge). On large
+data, the chunks of :func:`bayesgmm.core._passes.run_pass` run through :func:`pass_chunk`.
 
 numba comes with PyMC (PyTensor depends on it). The functions are compiled on first use and
 cached on disk (``cache=True``); set ``BAYESGMM_COMPILED=0`` to use the numpy loop everywhere.
@@ -215,6 +216,9 @@ def warm() -> None:
     first_steps(X, [(name, resp) for name in CODES], None, 0.0, 20)
     first_steps(X, [("VVV", resp)], np.ones(12), 0.0, 20)
     hc_merges(X, 1.0)
+    for w in (np.empty((0, 0)), np.ones((1, 12))):
+        pass_chunk(X, 0, 12, X.mean(axis=0), np.zeros((4, 6)), 2, False, w, True, 8,
+                   np.zeros((4, 6)), np.zeros(2))  # fmt: skip
     _STATE["loaded"] = True
 
 
@@ -1324,6 +1328,132 @@ def advance_runs(
             run.reason = (
                 f"component {component[i]}: its weight collapsed to {collapsed[i]:.2g} (empty)"
             )
+
+
+# -- one pass over large data (bayesgmm.core._passes.run_pass) -----------------------------------
+#
+# numpy's pass builds each chunk's feature matrix, multiplies, normalises and multiplies again,
+# each step a sweep over a few MB: the operands fall out of the core's cache between the steps,
+# BLAS re-packs them, and ~25 calls per chunk hold the GIL between them. Here a chunk is one
+# call, its rows taken a block at a time (a few hundred, so that the block's features stay in
+# cache for both products), and the products themselves are still BLAS's (np.dot).
+
+_LOG2E = 1.4426950408889634
+# ln 2 in two parts (Cody and Waite): k·_LN2_HI is exact for the |k| ≤ 87 that occur here.
+_LN2_HI = 0.693145751953125
+_LN2_LO = 1.42860682030941723212e-6
+
+
+@_jit
+def _exp_floored(a, bits):  # pragma: no cover - compiled
+    """In place: a ← exp(a), with exactly 0 where a ≤ _LOG_FLOOR (as the numpy pass) and NaN
+    kept. exp as 2^k · p(r), r = a − k ln 2 in [−ln2/2, ln2/2] and p its Taylor polynomial of
+    degree 13 (truncation < 2e-16 of the result; within 1 ulp of numpy's exp), written so that
+    the loop vectorises (libm's exp, called one value at a time, costs about five times as
+    much). ``bits`` is int64 scratch of at least a's length."""
+    n = a.shape[0]
+    for i in range(n):
+        x = a[i]
+        keep = x > _LOG_FLOOR
+        xs = x if keep else _LOG_FLOOR
+        k = math.floor(xs * _LOG2E + 0.5)
+        r = (xs - k * _LN2_HI) - k * _LN2_LO
+        p = 1.0 / 6227020800.0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+        p = p * r + 1.0 / 720.0
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        p = p * r + 1.0
+        p = p * r + 1.0
+        a[i] = p if keep else (0.0 if x <= _LOG_FLOOR else math.nan)
+        bits[i] = (np.int64(k) + 1023) << 52  # 2^k, as the bits of a float64
+    scale = bits[:n].view(np.float64)
+    for i in range(n):
+        a[i] *= scale[i]
+
+
+@_jit
+def pass_chunk(X, lo, hi, center, coef, n_batch, diag, w, want_sums, block, sums, loglik):
+    """Rows lo..hi of ``X`` (N, D) through the pass of :func:`bayesgmm.core._passes.run_pass`
+    for a batch of R = ``n_batch`` mixtures, given its ``coef`` (M, F) (M = R·K components,
+    component-major; features of kind "full", or "diag" when ``diag``, about ``center``).
+    Adds Σ_n w_n log p(x_n) of each mixture to ``loglik`` (R,) and, when ``want_sums``, the
+    sums [second moments | Σ γ (x − c) | Σ γ] of each component to ``sums`` (M, F). ``w`` is
+    (0, 0) for unit weights, (1, N) for one weight vector, (R, N) for one per mixture."""
+    d = X.shape[1]
+    m, f = coef.shape
+    k = m // n_batch
+    t = f - d - 1
+    bits = np.empty(block, dtype=np.int64)
+    top = np.empty(block)
+    total = np.empty(block)
+    for b0 in range(lo, hi, block):
+        b1 = min(b0 + block, hi)
+        nb = b1 - b0
+        feats = np.empty((f, nb))
+        for i in range(d):
+            c = center[i]
+            row = feats[t + i]
+            for r in range(nb):
+                row[r] = X[b0 + r, i] - c
+        q = 0
+        for i in range(d):
+            xi = feats[t + i]
+            for j in range(i, i + 1 if diag else d):
+                xj = feats[t + j]
+                row = feats[q]
+                for r in range(nb):
+                    row[r] = xi[r] * xj[r]
+                q += 1
+        ones = feats[f - 1]
+        for r in range(nb):
+            ones[r] = 1.0
+        lj = np.dot(coef, feats)  # log p(x, z = m), (M, nb)
+        for rr in range(n_batch):
+            for r in range(nb):
+                top[r] = -np.inf
+            for j in range(k):
+                row = lj[j * n_batch + rr]
+                for r in range(nb):
+                    if row[r] > top[r]:
+                        top[r] = row[r]
+            for r in range(nb):
+                total[r] = 0.0
+            for j in range(k):
+                row = lj[j * n_batch + rr]
+                for r in range(nb):
+                    row[r] -= top[r]
+                _exp_floored(row, bits)
+                for r in range(nb):
+                    total[r] += row[r]
+            acc = 0.0
+            if w.shape[0] == 0:
+                for r in range(nb):
+                    acc += math.log(total[r]) + top[r]
+                    total[r] = 1.0 / total[r]
+            else:
+                wr = w[min(rr, w.shape[0] - 1)]
+                for r in range(nb):
+                    acc += wr[b0 + r] * (math.log(total[r]) + top[r])
+                    total[r] = wr[b0 + r] / total[r]
+            loglik[rr] += acc
+            if want_sums:
+                for j in range(k):
+                    row = lj[j * n_batch + rr]
+                    for r in range(nb):
+                        row[r] *= total[r]
+        if want_sums:
+            part = np.dot(feats, lj.T)  # (F, M)
+            for j in range(m):
+                for q in range(f):
+                    sums[j, q] += part[q, j]
 
 
 # -- the hierarchical tree (bayesgmm.core.hc.hierarchical_tree, VVV criterion) ---------------

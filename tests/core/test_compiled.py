@@ -235,3 +235,71 @@ def test_n_jobs_bounds_the_threads(compiled, monkeypatch, faithful):
     assert compiled.threads() >= 1  # restored after the call
     with compiled.thread_limit(1):
         assert compiled.threads() == 1
+
+
+def test_exp_as_numpy(compiled):
+    # The pass's exp: within 1 ulp of numpy's over the range it sees ([−60, 0] after the
+    # shift by each row's largest term), exactly 0 at and below the floor, NaN kept.
+    rng = np.random.default_rng(3)
+    a = np.r_[rng.uniform(-60, 0, 20_000), 0.0, -1e-300, -30.0, -59.999]
+    out = a.copy()
+    compiled._exp_floored(out, np.empty(a.size, dtype=np.int64))
+    ref = np.exp(a)
+    assert np.all(np.abs(out - ref) <= np.spacing(ref))
+    special = np.array([-60.0, -61.0, -np.inf, np.nan, -745.0])
+    compiled._exp_floored(special, np.empty(5, dtype=np.int64))
+    np.testing.assert_array_equal(special[[0, 1, 2, 4]], 0.0)
+    assert np.isnan(special[3])
+
+
+# numpy's pass, on the pool's threads (where np.errstate does not reach): BLAS may multiply the
+# padding's −inf by 0.
+@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul")
+@pytest.mark.parametrize("diagonal", [False, True])
+@pytest.mark.parametrize("weights", ["none", "shared", "per-mixture"])
+def test_pass_as_numpy(compiled, monkeypatch, diagonal, weights):
+    # The compiled chunk of run_pass against the numpy chunk: a batch of 3 mixtures, one of
+    # them padded (a zero weight: log 0 = −inf), over enough rows for the thread pool and a
+    # last, partial block; the same sums up to rounding.
+    from bayesgmm.core import _passes
+
+    rng = np.random.default_rng(4)
+    n, d, k, r = 9_001, 4, 3, 3
+    X = rng.normal(size=(n, d)) * [1.0, 3.0, 0.5, 2.0] + 100.0
+    w = rng.dirichlet(np.full(k, 3.0), size=r)
+    w[2, 2] = 0.0
+    w[2] /= w[2].sum()
+    means = rng.normal(size=(r, k, d)) + 100.0
+    A = rng.normal(size=(r, k, d, d))
+    covs = A @ np.swapaxes(A, 2, 3) / d + np.eye(d)
+    if diagonal:
+        covs = covs * np.eye(d)
+    p = _passes.mixture_density(w, means, np.linalg.cholesky(covs), diagonal, X.mean(axis=0))
+    sw = {"none": None, "shared": rng.uniform(0, 2, n), "per-mixture": rng.uniform(0, 2, (r, n))}
+    kind = "diag" if diagonal else "full"
+    fast = _passes.run_pass(X, p, sample_weight=sw[weights], stats=kind)
+    assert _passes._compiled_ready(X, p, None, None, None)
+    monkeypatch.setattr(compiled, "ready", lambda wait=0.0: False)
+    slow = _passes.run_pass(X, p, sample_weight=sw[weights], stats=kind)
+    none = _passes.run_pass(X, p, sample_weight=sw[weights])
+    monkeypatch.undo()
+    for a, b in [(fast.loglik, slow.loglik), (fast.counts, slow.counts),
+                 (fast.sum_x, slow.sum_x), (fast.scatter, slow.scatter)]:  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9 * np.abs(b).max())
+    np.testing.assert_allclose(_passes.run_pass(X, p, sample_weight=sw[weights]).loglik,
+                               none.loglik, rtol=1e-12)  # fmt: skip
+    assert fast.counts[2, 2] == 0.0  # the padded component gets nothing, exactly
+
+
+def test_em_on_large_data_as_numpy(compiled, monkeypatch):
+    # A whole fit on rows enough for the pass's thread pool, compiled chunk against numpy's.
+    rng = np.random.default_rng(5)
+    X = np.r_[rng.normal(size=(6_000, 3)), rng.normal(size=(4_000, 3)) * 2 + 4]
+    fits = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("BAYESGMM_COMPILED", flag)
+        fits[flag] = bg.fit_em(X, 2, covariance_type="VVV", init="kmeans++", rng=0)
+    a, b = fits["1"], fits["0"]
+    assert a.n_iter == b.n_iter
+    assert a.loglik == pytest.approx(b.loglik, rel=1e-12)
+    np.testing.assert_allclose(a.model.means, b.model.means, rtol=1e-9)
