@@ -207,9 +207,14 @@ def _use_direct(m: int, d: int) -> bool:
     """Whether full covariances are better evaluated as whitened coordinates L⁻¹(x − μ) (cost
     ~D² M per row, no large temporary) than as D(D+1)/2 quadratic features (memory-bound when
     that count dwarfs the D·M outputs)."""
-    # Measured (N = 1e5, alternating runs): direct wins at (D, M) = (10, 3), (15, 3), (50, 10),
-    # features at (10, 10); (20, 10) and (30, 10) tie.
-    return d * (d + 1) // 2 > m * d
+    # Measured (N = 1e5, alternating runs), numpy's pass: direct wins at (D, M) = (10, 3),
+    # (15, 3), (50, 10), features at (10, 10); (20, 10) and (30, 10) tie. The compiled chunk
+    # (features in cache) moves the balance: features win at (10, 3) 3.3 against 11.8 ms,
+    # (20, 3), (30, 5), (50, 10) 139 against 173; (30, 3), (50, 7), (100, 15) tie; direct
+    # wins at (50, 3) 57 against 84, (50, 5), (100, 10): about where D(D+1)/2 > 4 D·M.
+    from bayesgmm.core import _compiled
+
+    return d * (d + 1) // 2 > (4 if _compiled.ready() else 1) * m * d
 
 
 def features(rows: np.ndarray, center: np.ndarray, kind: str) -> np.ndarray:
