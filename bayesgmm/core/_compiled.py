@@ -603,11 +603,20 @@ def _common_orientation(w, n, previous, equal_volume, out, limit):  # pragma: no
         n_total += n[j]
     basis = np.zeros((d, d))
     cold = previous.shape[0] == 0
+    n_live = 0
+    for j in range(k):
+        if n[j] > 0:
+            n_live += 1
     for j in range(k):
         if cold:
             for a in range(d):
                 for b in range(d):
                     basis[a, b] += w[j, a, b]
+        elif n_live == 1:  # D is this W's eigenvectors exactly (structures._CommonOrientation)
+            if n[j] > 0:
+                for a in range(d):
+                    for b in range(d):
+                        basis[a, b] += w[j, a, b]
         elif n[j] > 0:
             c = n[j] * (j + 1)
             for a in range(d):

@@ -554,6 +554,7 @@ class _CommonOrientation(CovarianceStructure):
     G = Σ_k (W_k − ω_k I) D₀ V_k⁻¹. Every other step uses their second majoriser instead, from
     V_k⁻¹ ≼ β_k I (β_k the largest 1/v_kj): G = Σ_k W_k D₀ (V_k⁻¹ − β_k I); the two together
     converge much faster than either. Steps for D and for the v_k alternate from the current D.
+    With one live component, D is that component's W's eigenvectors, exactly.
     """
 
     scatter_kind = "full"
@@ -572,6 +573,12 @@ class _CommonOrientation(CovarianceStructure):
             # coefficients keep its eigenvalues apart even when one Σ_k is spherical.
             coef = np.where(live, n, 0.0) * np.arange(1, n.shape[-1] + 1)
             basis = (coef[..., None, None] * previous).sum(axis=-3)
+            # With one live component, D is W's eigenvectors exactly (a full covariance, as
+            # VVV's); the steps from the previous D would only approach them.
+            single = live.sum(axis=-1) == 1
+            if single.any():
+                own = np.where(live[..., None, None], w, 0.0).sum(axis=-3)
+                basis = np.where(single[..., None, None], own, basis)
         basis, bad_basis = _finite_or_eye(basis)
         _, rot = np.linalg.eigh(basis)
         w_ok, bad_w = _finite_or_eye(w)

@@ -269,3 +269,24 @@ def test_map_is_the_penalised_optimum(name):
     assert s.constraint_violation(got) is None
     if name == "VVV":
         np.testing.assert_allclose(got, (scatter + scale) / (counts + d + 2 + d + 2)[:, None, None])
+
+
+@pytest.mark.parametrize("compiled", ["1", "0"])
+@pytest.mark.parametrize("name", ["EVE", "VVE", "VEE", "EEV", "VEV", "EVV"])
+def test_one_component_is_the_full_covariance(monkeypatch, name, compiled):
+    # With K = 1 every ellipsoidal structure is the unconstrained covariance, whose maximum
+    # is closed (the sample covariance, derivation: VVV's M-step). From a warm start whose
+    # orientation is far from the data's, EM must reach it, not stop short (select_em's
+    # subsample starts on large data did for VVE,1, by 0.02 in the log-likelihood).
+    monkeypatch.setenv("BAYESGMM_COMPILED", compiled)
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(400, 4)) @ rng.normal(size=(4, 4)) * 3.0
+    rot = np.linalg.qr(rng.normal(size=(4, 4)))[0]
+    start = bg.GaussianMixture(
+        np.ones(1), X.mean(axis=0)[None], (rot @ np.diag([9.0, 4.0, 1.0, 0.25]) @ rot.T)[None],
+        "VVV",
+    )
+    fit = bg.fit_em(X, 1, covariance_type=name, init=start)
+    exact = bg.fit_em(X, 1, covariance_type="VVV")
+    assert fit.loglik == pytest.approx(exact.loglik, rel=1e-12)
+    np.testing.assert_allclose(fit.model.covariances, exact.model.covariances, rtol=1e-8)
