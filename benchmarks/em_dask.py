@@ -145,6 +145,11 @@ def main() -> None:
     import bayesgmm as bg
 
     warnings.simplefilter("ignore")
+    from bayesgmm.core import _compiled
+
+    # The compiled code users run once numba's cache is built (in the background, the first
+    # time): wait for it rather than time the numpy fallback by accident.
+    print(f"compiled: {'yes' if _compiled.ready(wait=900) else 'no (BAYESGMM_COMPILED=0?)'}")
     store = Path(args.store)
     n_mem = max(args.n // 20, args.chunk)
     print(f"data: {args.n:,} × {args.d} float64 ({8 * args.n * args.d / 1e9:.2f} GB), "

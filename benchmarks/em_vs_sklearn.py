@@ -10,6 +10,9 @@ cancel). Peak memory is the largest traced allocation (tracemalloc) during a sep
     uv run python benchmarks/em_vs_sklearn.py --quick    # N = 1e4 and 1e5 only
     uv run python benchmarks/em_vs_sklearn.py --n 1000000 --d 10 --k 10 --cov full
 
+The compiled pass is waited for (its numba cache is built in the background the first time:
+about a minute and a half); with BAYESGMM_COMPILED=0 numpy's pass is timed instead.
+
 The machine's OPENBLAS_CORETYPE setting slows a current numpy; unset it (and OPENBLAS_L2_SIZE)
 for this command alone when it is set, and say which kernel ran (printed below).
 """
@@ -150,6 +153,12 @@ def main() -> None:
 
     blas = [(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()]
     print(f"BLAS: {blas}; bayesgmm threads: {bg.core._passes.n_threads()}")
+    # The pass's compiled chunk is what users run once numba's cache is built (a minute in the
+    # background, the first time): wait for it rather than time numpy's pass by accident.
+    from bayesgmm.core import _compiled
+
+    compiled = _compiled.ready(wait=900)
+    print(f"compiled pass: {'yes' if compiled else 'no: numpy pass (BAYESGMM_COMPILED=0?)'}")
     print(
         f"{'N':>9s} {'D':>3s} {'K':>3s} {'cov':>5s} | {'ours ms':>9s} {'sk ms':>9s} {'ratio':>8s} |"
         f" {'ours MB':>8s} {'sk MB':>8s} | {'loglik ours':>16s} {'loglik sklearn':>16s} {'rel':>8s}"

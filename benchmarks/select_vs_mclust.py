@@ -147,6 +147,11 @@ def main() -> None:
         "--only", choices=["default", "mclust-like"], help="time one of our settings only"
     )
     args = parser.parse_args()
+    from bayesgmm.core import _compiled
+
+    # The compiled code users run once numba's cache is built (in the background, the first
+    # time): wait for it rather than time the numpy fallback by accident.
+    print(f"compiled: {'yes' if _compiled.ready(wait=900) else 'no (BAYESGMM_COMPILED=0?)'}")
 
     if args.mclust_data:
         X = mclust_data(args.mclust_data)

@@ -283,7 +283,9 @@ def test_one_component_is_the_full_covariance(monkeypatch, name, compiled):
     X = rng.normal(size=(400, 4)) @ rng.normal(size=(4, 4)) * 3.0
     rot = np.linalg.qr(rng.normal(size=(4, 4)))[0]
     start = bg.GaussianMixture(
-        np.ones(1), X.mean(axis=0)[None], (rot @ np.diag([9.0, 4.0, 1.0, 0.25]) @ rot.T)[None],
+        np.ones(1),
+        X.mean(axis=0)[None],
+        (rot @ np.diag([9.0, 4.0, 1.0, 0.25]) @ rot.T)[None],
         "VVV",
     )
     fit = bg.fit_em(X, 1, covariance_type=name, init=start)
