@@ -360,20 +360,16 @@ def _compiled_ready(
 
 
 def _compiled_chunk(
-    X: np.ndarray,
-    lo: int,
-    hi: int,
-    p: DensityParams,
-    w: np.ndarray | None,
-    stats: Literal["none", "full", "diag"],
+    X: np.ndarray, rows: tuple[int, int], p: DensityParams, w: np.ndarray | None, sums: bool
 ) -> PassStats:
-    """:func:`_one_chunk` through the compiled chunk, for what :func:`_compiled_ready` allows.
-    The same sums up to rounding (its exp is within 1 ulp of numpy's)."""
+    """:func:`_one_chunk` (``rows`` lo..hi) through the compiled chunk, for what
+    :func:`_compiled_ready` allows. The same sums up to rounding (its exp is within 1 ulp of
+    numpy's)."""
     from bayesgmm.core._compiled import pass_chunk
 
-    r, k = p.n_batch, p.n_components
+    lo, hi = rows
+    r = p.n_batch
     m, f = p.coef.shape
-    d = p.means.shape[1]
     if w is None:
         w2 = np.empty((0, 0))
     else:
@@ -381,18 +377,25 @@ def _compiled_chunk(
     # Rows per block: the block's features (F × block) and log-joints (M × block) stay in
     # the core's cache (measured at 1e6 × 10, K = 10: 256 rows 53 ms a pass, 2048 rows 83).
     block = max(64, min(512, 2**17 // (8 * max(f, m))))
-    sums = np.zeros((m, f))
+    out = np.zeros((m, f))
     loglik = np.zeros(r)
     pass_chunk(
         X, lo, hi, np.ascontiguousarray(p.center, dtype=np.float64),
-        np.ascontiguousarray(p.coef), r, p.kind == "diag", w2, stats != "none", block, sums,
-        loglik,
+        np.ascontiguousarray(p.coef), r, p.kind == "diag", w2, sums, block, out, loglik,
     )  # fmt: skip
-    if stats == "none":
+    return _pass_stats(loglik, out if sums else None, p)
+
+
+def _pass_stats(loglik: np.ndarray, sums: np.ndarray | None, p: DensityParams) -> PassStats:
+    """A chunk's :class:`PassStats` from its per-component sums (M, F), component-major:
+    [second moments | Σ γ (x − c) | Σ γ]; None: the log-likelihoods only."""
+    r, k = p.n_batch, p.n_components
+    d = p.means.shape[1]
+    if sums is None:
         return PassStats(loglik, np.zeros((r, k)), np.zeros((r, k, d)), None)
-    sums3 = sums.reshape(k, r, -1).swapaxes(0, 1)
-    t = f - d - 1
-    return PassStats(loglik, sums3[:, :, -1], sums3[:, :, t : t + d], sums3[:, :, :t])
+    by_run = sums.reshape(k, r, -1).swapaxes(0, 1)
+    t = by_run.shape[2] - d - 1
+    return PassStats(loglik, by_run[:, :, -1], by_run[:, :, t : t + d], by_run[:, :, :t])
 
 
 def _one_chunk(
@@ -408,7 +411,7 @@ def _one_chunk(
     compiled: bool = False,
 ) -> PassStats:
     if compiled:
-        return _compiled_chunk(X, lo, hi, p, w, stats)
+        return _compiled_chunk(X, (lo, hi), p, w, stats != "none")
     r, k = p.n_batch, p.n_components
     d = p.means.shape[1]
     feats = features(X[lo:hi], p.center, p.kind)
@@ -431,7 +434,7 @@ def _one_chunk(
     else:
         loglik = logp.sum(axis=1)
     if stats == "none":
-        return PassStats(loglik, np.zeros((r, k)), np.zeros((r, k, d)), None)
+        return _pass_stats(loglik, None, p)
     # [second moments | Σx | Σ1], (M, F). As (F × c)(c × M), BLAS's long inner dimension is
     # the one it handles well: about 30% faster than resp @ feats.T, the same sums.
     sums = (feats @ resp.T).T
@@ -443,9 +446,7 @@ def _one_chunk(
         for j in range(sums.shape[0]):
             second[j] = ((xt * resp[j]) @ xt.T)[iu, ju]
         sums = np.concatenate([second, sums], axis=1)
-    sums = sums.reshape(k, r, -1).swapaxes(0, 1)
-    t = sums.shape[2] - d - 1
-    return PassStats(loglik, sums[:, :, -1], sums[:, :, t : t + d], sums[:, :, :t])
+    return _pass_stats(loglik, sums, p)
 
 
 #: Bytes of one block's (components × rows) temporaries when a pass over few rows is cut by
