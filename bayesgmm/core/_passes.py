@@ -248,7 +248,12 @@ def features(rows: np.ndarray, center: np.ndarray, kind: str) -> np.ndarray:
 def chunk_log_joint(feats: np.ndarray, p: DensityParams) -> np.ndarray:
     """log p(x_n, z_n = m) for a chunk, from its :func:`features` (F, c); returns (M, c)."""
     if p.kind != "direct" or p.prec_aug is None:
-        return p.coef @ feats
+        # A padded component's constant is log 0 = −inf: BLAS may multiply it by the zeros
+        # of its own padding and raise the invalid flag for lanes it then drops (the result is
+        # −inf, as it should be). Said here, in the thread that runs the chunk: np.errstate
+        # does not reach the pass's threads from the caller's.
+        with np.errstate(invalid="ignore"):
+            return p.coef @ feats
     y = p.prec_aug @ feats  # (D·M, c): whitened coordinates, scaled by √½
     np.multiply(y, y, out=y)
     half_maha = y.reshape(-1, p.coef.shape[0], feats.shape[1]).sum(axis=0)
@@ -606,7 +611,8 @@ def run_pass_stacked(
     for lo in range(0, r, block):
         hi = min(lo + block, r)
         feats = feats_all[lo:hi]  # (b, F, N)
-        lj = np.ascontiguousarray(np.swapaxes(coef[lo:hi] @ feats, 0, 1))  # (K, b, N)
+        with np.errstate(invalid="ignore"):  # padding's −inf (see chunk_log_joint)
+            lj = np.ascontiguousarray(np.swapaxes(coef[lo:hi] @ feats, 0, 1))  # (K, b, N)
         logp = _log_normalise(lj.reshape(k * (hi - lo), n), hi - lo, k)  # (b, N)
         resp = np.swapaxes(lj, 0, 1)  # (b, K, N) responsibilities
         if sample_weight is not None:
