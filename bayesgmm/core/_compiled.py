@@ -870,10 +870,11 @@ def _covariances(code, n, w, previous, out, limit):  # pragma: no cover - compil
 
 
 @_jit
-def _evaluate(xct, center, w, weights, means, chol, code, diag, prev_covs, reg_covar, prec,
-              sums, new_w, new_mu, new_cov, new_chol):  # fmt: skip  # pragma: no cover
+def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs, reg_covar,
+              prec, sums, new_w, new_mu, new_cov, new_chol):  # fmt: skip  # pragma: no cover
     """One E-step at (weights, means, chol) and the M-step from it into (new_w, new_mu,
-    new_cov, new_chol), on the data about their ``center``, transposed: ``xct`` (D, N).
+    new_cov, new_chol), on the data about their ``center``, transposed: ``xct`` (D, N), and
+    their moment features ``feats`` (:func:`_features`).
     Returns (log-likelihood, state, component, collapsed weight): state RUNNING, or SINGULAR
     or EMPTY with the failing component (the numpy loop's rules: an empty component is
     reported over a singular one).
@@ -881,8 +882,10 @@ def _evaluate(xct, center, w, weights, means, chol, code, diag, prev_covs, reg_c
     As the numpy pass, the statistics are sums about the data's ``center`` (n_k, Σ γ (x − c),
     Σ γ (x − c)(x − c)ᵀ) and the scatter about the new means follows from them; the
     Mahalanobis distances come from L⁻¹ (x − μ), with L⁻¹ computed once. Every loop over the
-    rows is innermost, over contiguous memory (a component at a time); each sum still adds
-    the rows in order, so the results are those of a row-by-row pass to the last bit."""
+    rows is innermost, over contiguous memory (a component at a time), and vectorises: the
+    exponentials are :func:`_exp_floored`'s, and the sums one product of the responsibilities
+    with the features (BLAS; a sum added row by row waits on each addition: the two took
+    half the E-step's time)."""
     d, n_rows = xct.shape
     k = weights.shape[0]
     lj = np.empty((k, n_rows))  # log π_k N(x | k), then the responsibilities
@@ -928,13 +931,14 @@ def _evaluate(xct, center, w, weights, means, chol, code, diag, prev_covs, reg_c
             if row[r] > top[r]:
                 top[r] = row[r]
     total = np.zeros(n_rows)
+    bits = np.empty(n_rows, dtype=np.int64)
     for j in range(k):
         row = lj[j]
         for r in range(n_rows):
-            z = row[r] - top[r]
-            e = math.exp(z) if z > _LOG_FLOOR else 0.0
-            row[r] = e
-            total[r] += e
+            row[r] -= top[r]
+        _exp_floored(row, bits)
+        for r in range(n_rows):
+            total[r] += row[r]
     loglik = 0.0
     unweighted = w.shape[0] == 0
     for r in range(n_rows):
@@ -945,39 +949,44 @@ def _evaluate(xct, center, w, weights, means, chol, code, diag, prev_covs, reg_c
         g = lj[j]
         for r in range(n_rows):
             g[r] *= total[r]
-        _moment_sums(xct, g, sums[j])
+    _sums_into(feats, lj, sums)
     state, bad, collapsed = _m_step(sums, center, code, diag, prev_covs, reg_covar, _WARM_MAX,
                                     _PD_RTOL, new_w, new_mu, new_cov, new_chol)  # fmt: skip
     return loglik, state, bad, collapsed
 
 
 @_jit
-def _moment_sums(xct, g, out):  # pragma: no cover - compiled
-    """One component's sums from its (weighted) responsibilities g (N,) and the data about
-    their centre, transposed (``xct``, D × N): out = [Σ g, Σ g (x − c) (D), Σ g (x − c)(x − c)ᵀ
-    (lower triangle, row by row)], each adding the rows in order."""
+def _features(xct):  # pragma: no cover - compiled
+    """The rows' moment features (F, N), F = 1 + D + D(D + 1)/2: [1, x − c, the lower triangle
+    of (x − c)(x − c)ᵀ row by row], from the data about their centre, transposed (``xct``,
+    D × N): the layout of the sums the M-step reads."""
     d, n_rows = xct.shape
-    acc = 0.0
+    out = np.empty((1 + d + d * (d + 1) // 2, n_rows))
     for r in range(n_rows):
-        acc += g[r]
-    out[0] = acc
-    f = 1
+        out[0, r] = 1.0
     for i in range(d):
-        xi = xct[i]
-        acc = 0.0
-        for r in range(n_rows):
-            acc += g[r] * xi[r]
-        out[f] = acc
-        f += 1
+        out[1 + i] = xct[i]
+    f = 1 + d
     for a in range(d):
         xa = xct[a]
         for b in range(a + 1):
             xb = xct[b]
-            acc = 0.0
+            row = out[f]
             for r in range(n_rows):
-                acc += g[r] * xa[r] * xb[r]
-            out[f] = acc
+                row[r] = xa[r] * xb[r]
             f += 1
+    return out
+
+
+@_jit
+def _sums_into(feats, g, out):  # pragma: no cover - compiled
+    """The components' sums from their (weighted) responsibilities g (K, N) and the features
+    (F, N): out (K, F) = [Σ g, Σ g (x − c) (D), Σ g (x − c)(x − c)ᵀ (lower triangle, row by
+    row)], as one product."""
+    part = np.dot(feats, g.T)  # (F, K)
+    for j in range(out.shape[0]):
+        for f in range(out.shape[1]):
+            out[j, f] = part[f, j]
 
 
 @_jit
@@ -1050,7 +1059,7 @@ def _finish_covs(covs, reg_covar, chol, rtol):  # pragma: no cover - compiled
 
 
 @_jit
-def _run(xct, center, w, code, weights, means, covs, chol, n_iter, until_iter, tol,
+def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_iter, tol,
          accelerate, step_max, scale, reg_covar, trace, n_trace):  # fmt: skip  # pragma: no cover
     """Advance one run in place (parameters, trace) until it converges, fails or has done
     ``until_iter`` iterations; returns (state, n_iter, component, collapsed weight, step_max,
@@ -1077,7 +1086,7 @@ def _run(xct, center, w, code, weights, means, covs, chol, n_iter, until_iter, t
     while True:
         nxt = (cur + 1) % 3
         ll, state, bad, collapsed = _evaluate(
-            xct, center, w, p_w[cur], p_m[cur], p_l[cur], code, diag, p_c[cur], reg_covar, prec,
+            xct, feats, center, w, p_w[cur], p_m[cur], p_l[cur], code, diag, p_c[cur], reg_covar, prec,
             sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
         )  # fmt: skip
         prev = trace[n_trace - 1] if n_trace > 0 else -np.inf
@@ -1108,7 +1117,8 @@ def _run(xct, center, w, code, weights, means, covs, chol, n_iter, until_iter, t
             continue  # on from θ2
         nxt = i0  # θ0's slot is free: the trial's M-step goes there
         ll, state, bad, collapsed = _evaluate(
-            xct, center, w, p_w[3], p_m[3], p_l[3], code, diag, p_c[3], reg_covar, prec, sums,
+            xct, feats, center, w, p_w[3], p_m[3], p_l[3], code, diag, p_c[3], reg_covar, prec,
+            sums,
             p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
         )  # fmt: skip
         ok = state == RUNNING and ll >= trace[n_trace - 1]
@@ -1218,11 +1228,12 @@ def em_runs(todo, xct, center, w_all, w_index, codes, ks, weights, means, covs, 
     arrays, in place) on the data about ``center``, transposed (``xct``, D × N), with the row
     weights w_all[w_index[r]] (none when w_all has no columns). Threads may share the arrays,
     each with its own runs: the GIL is released."""
+    feats = _features(xct)
     for r in todo:
         k = ks[r]
         code = codes[r]
         st, it, comp, coll, smax, nt = _run(
-            xct, center, w_all[w_index[r]], code, weights[r, :k], means[r, :k],
+            xct, feats, center, w_all[w_index[r]], code, weights[r, :k], means[r, :k],
             covs[r, :k], chol[r, :k], n_iter[r], until_iter, tol, accelerate, step_max[r],
             scales[r], reg_covar, trace[r], n_trace[r],
         )  # fmt: skip
@@ -1231,30 +1242,22 @@ def em_runs(todo, xct, center, w_all, w_index, codes, ks, weights, means, covs, 
 
 
 @_jit
-def start_steps(todo, xct, center, w, codes, ks, offsets, respt, reg_covar, limit, weights,
-                means, covs, chol, state, component, collapsed):  # fmt: skip  # pragma: no cover
-    """The first M-step of each start r in ``todo``: from its responsibilities respt[offsets[r]
-    : offsets[r] + ks[r]] (K × N, transposed; row weights ``w``, none when empty) and the data
-    about ``center``, transposed (``xct``), cold, with at most ``limit`` inner iterations,
-    into the padded (R, Kmax, ...) arrays; state[r] RUNNING, or SINGULAR or EMPTY with the
-    failing component. Threads may share the arrays, each with its own starts."""
-    d, n_rows = xct.shape
-    unweighted = w.shape[0] == 0
+def start_steps(todo, center, codes, ks, offsets, sums_all, reg_covar, limit, weights, means,
+                covs, chol, state, component, collapsed):  # fmt: skip  # pragma: no cover
+    """The first M-step of each start r in ``todo``: from its components' sums
+    sums_all[offsets[r] : offsets[r] + ks[r]] (:func:`_sums_into`'s layout, about ``center``),
+    cold, with at most ``limit`` inner iterations, into the padded (R, Kmax, ...) arrays;
+    state[r] RUNNING, or SINGULAR or EMPTY with the failing component. Threads may share the
+    arrays, each with its own starts."""
+    d = center.shape[0]
     no_previous = np.empty((0, d, d))
-    g = np.empty(n_rows)
     for r in todo:
         k = ks[r]
         off = offsets[r]
-        sums = np.empty((k, 1 + d + d * (d + 1) // 2))
-        for j in range(k):
-            resp = respt[off + j]
-            for row in range(n_rows):
-                g[row] = resp[row] if unweighted else resp[row] * w[row]
-            _moment_sums(xct, g, sums[j])
         code = codes[r]
         st, bad, coll = _m_step(
-            sums, center, code, code <= 5, no_previous, reg_covar, limit, 0.0, weights[r, :k],
-            means[r, :k], covs[r, :k], chol[r, :k],
+            sums_all[off : off + k], center, code, code <= 5, no_previous, reg_covar, limit,
+            0.0, weights[r, :k], means[r, :k], covs[r, :k], chol[r, :k],
         )  # fmt: skip
         state[r], component[r], collapsed[r] = st, bad, coll
 
@@ -1639,10 +1642,28 @@ def first_steps(
     r_all = len(starts)
     d = X.shape[1]
     ks = np.array([resp.shape[1] for _, resp in starts], dtype=np.int64)
-    offsets = np.zeros(r_all, dtype=np.int64)
-    offsets[1:] = np.cumsum(ks)[:-1]
+    # A start shared by several structures (select_em's, the same array for each) is
+    # transposed, and its sums computed, once: each start reads its block of rows.
+    offsets = np.empty(r_all, dtype=np.int64)
+    first: dict[int, int] = {}
+    distinct: list[np.ndarray] = []
+    rows = 0
+    for i, (_, resp) in enumerate(starts):
+        at = first.get(id(resp))
+        if at is None:
+            at = first[id(resp)] = rows
+            distinct.append(resp)
+            rows += resp.shape[1]
+        offsets[i] = at
+    respt = np.empty((rows, X.shape[0]))  # (Σ K of the distinct starts, N)
+    for resp in distinct:
+        at = first[id(resp)]
+        respt[at : at + resp.shape[1]] = resp.T
+    center = X.mean(axis=0)
+    if w is not None:
+        respt *= w
+    sums_all = respt @ _features(_plain((X - center).T)).T  # (Σ K, F), one product
     codes = np.array([CODES[name] for name, _ in starts], dtype=np.int64)
-    respt = _plain(np.concatenate([r.T for _, r in starts], axis=0))  # (Σ K, N)
     kmax = int(ks.max())
     weights = np.zeros((r_all, kmax))
     means = np.zeros((r_all, kmax, d))
@@ -1651,11 +1672,9 @@ def first_steps(
     state = np.zeros(r_all, dtype=np.int64)
     component = np.full(r_all, -1, dtype=np.int64)
     collapsed = np.zeros(r_all)
-    w_arr = np.empty(0) if w is None else _plain(w)
-    center = X.mean(axis=0)
     args = (
-        _plain((X - center).T), _plain(center), w_arr, codes, ks, offsets, respt,
-        float(reg_covar), int(limit), weights, means, covs, chol, state, component, collapsed,
+        _plain(center), codes, ks, offsets, sums_all, float(reg_covar), int(limit), weights,
+        means, covs, chol, state, component, collapsed,
     )  # fmt: skip
     _in_threads(start_steps, _shares(ks, threads()), args)
     # The factorisation above accepts any positive pivot; where one is below _PD_RTOL of its
