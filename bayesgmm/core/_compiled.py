@@ -945,9 +945,10 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
             total[r] += row[r]
     loglik = 0.0
     unweighted = w.shape[0] == 0
+    _log_into(total, n_rows, y, bits)  # (y is free)
     for r in range(n_rows):
         wr = 1.0 if unweighted else w[r]
-        loglik += wr * (math.log(total[r]) + top[r])
+        loglik += wr * (y[r] + top[r])
         total[r] = wr / total[r]  # now each row's scale
     for j in range(k):
         g = lj[j]
@@ -1359,6 +1360,11 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693145751953125
 _LN2_LO = 1.42860682030941723212e-6
 _ROUNDER = 6755399441055744.0  # 1.5 · 2⁵²
+_TINY = 2.2250738585072014e-308  # the smallest normal float64
+_TWO54 = 18014398509481984.0
+_SQRT2 = math.sqrt(2.0)
+_MANTISSA = 0x000FFFFFFFFFFFFF
+_EXP_ONE = 0x3FF0000000000000
 #: The exponential's polynomial with fused multiply-adds (LLVM's ``contract``, the only fast-math
 #: liberty taken: each a·r + c then rounds once instead of twice, so it stays within 1 ulp of
 #: numpy's exp), which halves its cost: 2.1 → 0.9 ns a value, with the rounding trick above.
@@ -1402,6 +1408,48 @@ def _exp_floored(a, bits):  # pragma: no cover - compiled
         a[i] *= scale[i]
 
 
+@_jit_fma
+def _log_into(a, n, out, bits):  # pragma: no cover - compiled
+    """out[:n] ← log(a[:n]), within 2 ulp of numpy's log, vectorisable (libm's log, called one value at
+    a time, cost 3.7 ns a value against 1.7): a = 2^e · m with m in [√2/2, √2), then
+    log m = 2 atanh(s), s = (m − 1)/(m + 1), |s| ≤ 0.172, by its Taylor series to s²¹
+    (truncation below 1e-17 of the result), and e · ln 2 in two parts. Subnormal values are
+    scaled first; log 0 = −inf, log inf = inf, NaN for NaN and negative values. ``bits`` is
+    int64 scratch of at least ``n`` values; ``out`` may not be ``a``. (Whole arrays and a
+    count, not slices: a view of a slice, ``out[:n].view(...)``, stopped the loops vectorising,
+    4 ns a value.)"""
+    for i in range(n):
+        x = a[i]
+        out[i] = x * _TWO54 if x < _TINY else x
+    ob = out.view(np.int64)
+    for i in range(n):
+        bits[i] = (ob[i] & _MANTISSA) | _EXP_ONE  # the mantissa as a number in [1, 2)
+    mv = bits.view(np.float64)
+    for i in range(n):
+        x = a[i]
+        e = float((ob[i] >> 52) - 1023) - (54.0 if x < _TINY else 0.0)
+        m = mv[i]
+        big = m > _SQRT2
+        m = 0.5 * m if big else m
+        e = e + 1.0 if big else e
+        f = m - 1.0
+        t = f / (2.0 + f)
+        z = t * t
+        p = 1.0 / 21.0
+        p = p * z + 1.0 / 19.0
+        p = p * z + 1.0 / 17.0
+        p = p * z + 1.0 / 15.0
+        p = p * z + 1.0 / 13.0
+        p = p * z + 1.0 / 11.0
+        p = p * z + 1.0 / 9.0
+        p = p * z + 1.0 / 7.0
+        p = p * z + 1.0 / 5.0
+        p = p * z + 1.0 / 3.0
+        r = e * _LN2_HI + ((2.0 * t + 2.0 * t * (z * p)) + e * _LN2_LO)
+        ok = x > 0.0 and x < np.inf
+        out[i] = r if ok else (-np.inf if x == 0.0 else (np.inf if x == np.inf else np.nan))
+
+
 @_jit
 def pass_chunk(X, lo, hi, center, coef, n_batch, diag, w, want_sums, block, sums, loglik):
     """Rows lo..hi of ``X`` (N, D) through the pass of :func:`bayesgmm.core._passes.run_pass`
@@ -1417,6 +1465,7 @@ def pass_chunk(X, lo, hi, center, coef, n_batch, diag, w, want_sums, block, sums
     bits = np.empty(block, dtype=np.int64)
     top = np.empty(block)
     total = np.empty(block)
+    logs = np.empty(block)
     for b0 in range(lo, hi, block):
         b1 = min(b0 + block, hi)
         nb = b1 - b0
@@ -1457,14 +1506,15 @@ def pass_chunk(X, lo, hi, center, coef, n_batch, diag, w, want_sums, block, sums
                 for r in range(nb):
                     total[r] += row[r]
             acc = 0.0
+            _log_into(total, nb, logs, bits)
             if w.shape[0] == 0:
                 for r in range(nb):
-                    acc += math.log(total[r]) + top[r]
+                    acc += logs[r] + top[r]
                     total[r] = 1.0 / total[r]
             else:
                 wr = w[min(rr, w.shape[0] - 1)]
                 for r in range(nb):
-                    acc += wr[b0 + r] * (math.log(total[r]) + top[r])
+                    acc += wr[b0 + r] * (logs[r] + top[r])
                     total[r] = wr[b0 + r] / total[r]
             loglik[rr] += acc
             if want_sums:
