@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import heapq
 import math
 import os
 import subprocess
@@ -1325,7 +1324,7 @@ def advance_runs(
         bool(accelerate), step_max, _plain(scales), float(reg_covar), trace,
         n_trace, state, component, collapsed,
     )  # fmt: skip
-    _in_threads(em_runs, _shares(ks, threads()), args)
+    _in_threads(em_runs, ks, args)
     for i, run in enumerate(runs):
         k = run.k
         run.params = Params(
@@ -1737,7 +1736,7 @@ def first_steps(
         _plain(center), codes, ks, offsets, sums_all, float(reg_covar), int(limit), weights,
         means, covs, chol, state, component, collapsed,
     )  # fmt: skip
-    _in_threads(start_steps, _shares(ks, threads()), args)
+    _in_threads(start_steps, ks, args)
     # The factorisation above accepts any positive pivot; where one is below _PD_RTOL of its
     # diagonal entry, LAPACK's (which the numpy start uses, and the final model will) decides.
     with np.errstate(divide="ignore", invalid="ignore"):  # (the padding's zeros)
@@ -1797,30 +1796,34 @@ def thread_limit(n: int | None) -> Iterator[None]:
         _THREADS["n"] = before
 
 
-def _shares(ks: np.ndarray, n_threads: int) -> list[np.ndarray]:
-    """The runs dealt to ``n_threads`` threads, largest K first to the least loaded (a run's
-    cost grows with its K), as int64 index arrays; one share when a thread would idle."""
-    order = np.argsort(-ks, kind="stable")
-    n_threads = min(n_threads, ks.shape[0])
+def _in_threads(kernel: Any, ks: np.ndarray, args: tuple) -> None:
+    """``kernel(todo, *args)`` over all runs (``ks`` their K), on :func:`threads` threads that
+    each take the next few runs as they finish their last ones (largest K first: a run's cost
+    grows with its K, and its iterations are not known in advance), so that no thread idles
+    while another has a long queue (a fixed deal left one thread 10-30% longer). Short-lived
+    threads: none outlives the call, so a later fork stays safe."""
+    order = np.argsort(-ks, kind="stable").astype(np.int64)
+    n_threads = min(threads(), order.shape[0])
     if n_threads <= 1:
-        return [order.astype(np.int64)]
-    # A heap of (load, thread): the least loaded thread, the first of equal ones.
-    heap = [(0, t) for t in range(n_threads)]
-    parts: list[list[int]] = [[] for _ in range(n_threads)]
-    for r, k in zip(order.tolist(), ks[order].tolist(), strict=True):
-        load, t = heapq.heappop(heap)
-        parts[t].append(r)
-        heapq.heappush(heap, (load + k, t))
-    return [np.asarray(p, dtype=np.int64) for p in parts]
-
-
-def _in_threads(kernel: Any, shares: list[np.ndarray], args: tuple) -> None:
-    """``kernel(share, *args)`` for each share, each in its own thread when there are several
-    (short-lived threads: none outlives the call, so a later fork stays safe)."""
-    if len(shares) == 1:
-        kernel(shares[0], *args)
+        kernel(order, *args)
         return
-    workers = [threading.Thread(target=kernel, args=(share, *args)) for share in shares]
+    # Pieces of a few runs: enough of them to even out the threads' loads, few enough that the
+    # call per piece (numba checks each argument's type) stays negligible.
+    size = max(1, order.shape[0] // (8 * n_threads))
+    pieces = [order[i : i + size] for i in range(0, order.shape[0], size)]
+    lock = threading.Lock()
+    state = {"next": 0}
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = state["next"]
+                state["next"] = i + 1
+            if i >= len(pieces):
+                return
+            kernel(pieces[i], *args)
+
+    workers = [threading.Thread(target=work) for _ in range(n_threads)]
     for t in workers:
         t.start()
     for t in workers:

@@ -228,8 +228,10 @@ def test_waiting_ends_when_the_compilation_failed(monkeypatch, tmp_path):
 def test_n_jobs_bounds_the_threads(compiled, monkeypatch, faithful):
     # scikit-learn's convention: n_jobs=1 is one core, also for the compiled loop's threads.
     seen = []
-    deal = compiled._shares
-    monkeypatch.setattr(compiled, "_shares", lambda ks, n: seen.append(n) or deal(ks, n))
+    run = compiled._in_threads
+    monkeypatch.setattr(
+        compiled, "_in_threads", lambda *a: seen.append(compiled.threads()) or run(*a)
+    )
     bg.select_em(faithful, n_components=[1, 2], covariance_types=["VVV", "EEE"], n_jobs=1)
     assert seen and set(seen) == {1}
     assert compiled.threads() >= 1  # restored after the call
