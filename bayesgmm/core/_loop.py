@@ -556,10 +556,12 @@ def finish(
     w: np.ndarray | None,
     missing: Missingness | None = None,
     labels: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
 ) -> EMResult:
     """Final E-step at the run's mixture: log-likelihood, responsibilities and criteria (on the
     observed values of each row, with ``missing``; the joint log-likelihood of the labelled
-    rows, with ``labels``)."""
+    rows, with ``labels``). ``scale``: the features' spreads (:func:`_data_scale`), when the
+    caller has them."""
     model = to_model(run.params, 0, run.structure, names)
     resp = np.empty((X.shape[0], model.n_components))
     if missing is None:
@@ -574,7 +576,9 @@ def finish(
     n_obs = float(X.shape[0] if w is None else w.sum())
     p = model.n_parameters
     icl_value = icl(loglik, p, n_obs, resp, w)
-    return run_result(run, model, loglik, icl_value, resp, n_obs, _data_scale(X, w))
+    if scale is None:
+        scale = _data_scale(X, w)
+    return run_result(run, model, loglik, icl_value, resp, n_obs, scale)
 
 
 def run_result(
