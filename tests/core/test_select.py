@@ -85,6 +85,15 @@ def test_large_data_are_screened_on_a_subsample(faithful):
     assert (sel.best.covariance_type, sel.best.n_components) == ("EEE", 3)  # as mclust
 
 
+def test_a_tree_given_for_screened_data(faithful):
+    # A tree of the data (bg.hierarchical) is the full data's start; the screen's subsample
+    # builds its own (the full data's tree does not fit the subsample: that raised before).
+    tree = bg.hierarchical(faithful)
+    sel = bg.select_em(faithful, range(1, 4), ["EEE", "VVV"], init=tree, screen=200)
+    assert (sel.best.covariance_type, sel.best.n_components) == ("EEE", 3)
+    assert any(f.init.startswith("screen") for f in sel.results.values())
+
+
 def test_a_run_in_a_padded_batch_is_the_run_alone(galaxies):
     # Mixtures of different K share passes padded to the largest K. The padding is not a
     # parameter: SQUAREM's step lengths (and so every iterate) must be those of the run alone.
