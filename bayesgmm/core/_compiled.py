@@ -221,7 +221,7 @@ def warm() -> None:
     hc_merges(X, 1.0)
     for w in (np.empty((0, 0)), np.ones((1, 12))):
         pass_chunk(X, 0, 12, X.mean(axis=0), np.zeros((4, 6)), 2, False, w, True, 8,
-                   np.zeros((4, 6)), np.zeros(2))  # fmt: skip
+                   np.zeros((4, 6)), np.zeros(2), np.zeros((12, 4)), np.zeros((12, 2)))  # fmt: skip
     _STATE["loaded"] = True
 
 
@@ -1450,13 +1450,16 @@ def _log_into(a, n, out, bits):  # pragma: no cover - compiled
 
 
 @_jit
-def pass_chunk(X, lo, hi, center, coef, n_batch, diag, w, want_sums, block, sums, loglik):
+def pass_chunk(X, lo, hi, center, coef, n_batch, diag, w, want_sums, block, sums, loglik,
+               resp, logp):  # fmt: skip  # pragma: no cover - compiled
     """Rows lo..hi of ``X`` (N, D) through the pass of :func:`bayesgmm.core._passes.run_pass`
     for a batch of R = ``n_batch`` mixtures, given its ``coef`` (M, F) (M = R·K components,
     component-major; features of kind "full", or "diag" when ``diag``, about ``center``).
     Adds Σ_n w_n log p(x_n) of each mixture to ``loglik`` (R,) and, when ``want_sums``, the
     sums [second moments | Σ γ (x − c) | Σ γ] of each component to ``sums`` (M, F). ``w`` is
-    (0, 0) for unit weights, (1, N) for one weight vector, (R, N) for one per mixture."""
+    (0, 0) for unit weights, (1, N) for one weight vector, (R, N) for one per mixture. Writes
+    p(z_n = m | x_n) into ``resp`` (N, M) and log p(x_n) into ``logp`` (N, R) unless they are
+    (0, 0)."""
     d = X.shape[1]
     m, f = coef.shape
     k = m // n_batch
@@ -1509,13 +1512,25 @@ def pass_chunk(X, lo, hi, center, coef, n_batch, diag, w, want_sums, block, sums
             if w.shape[0] == 0:
                 for r in range(nb):
                     acc += logs[r] + top[r]
-                    total[r] = 1.0 / total[r]
             else:
                 wr = w[min(rr, w.shape[0] - 1)]
                 for r in range(nb):
                     acc += wr[b0 + r] * (logs[r] + top[r])
-                    total[r] = wr[b0 + r] / total[r]
             loglik[rr] += acc
+            if logp.shape[0] > 0:
+                for r in range(nb):
+                    logp[b0 + r, rr] = logs[r] + top[r]
+            for r in range(nb):
+                total[r] = 1.0 / total[r]
+            if resp.shape[0] > 0:
+                for j in range(k):
+                    row = lj[j * n_batch + rr]
+                    col = j * n_batch + rr
+                    for r in range(nb):
+                        resp[b0 + r, col] = row[r] * total[r]
+            if want_sums and w.shape[0] > 0:
+                for r in range(nb):
+                    total[r] *= wr[b0 + r]
             if want_sums:
                 for j in range(k):
                     row = lj[j * n_batch + rr]

@@ -352,20 +352,29 @@ def _compiled_ready(
     labels: np.ndarray | None,
 ) -> bool:
     """Whether the pass may run through the compiled chunk (:func:`._compiled.pass_chunk`):
-    statistics of quadratic features ("full" or "diag") on rows in C order, nothing written
-    per row, and the compiled functions loaded (:func:`._compiled.ready` starts their
-    compilation in the background when they are not)."""
-    if p.kind == "direct" or resp_out is not None or logp_out is not None or labels is not None:
+    statistics of quadratic features ("full" or "diag") on rows in C order, no labels, per-row
+    outputs (if any) C-ordered float64, and the compiled functions loaded
+    (:func:`._compiled.ready` starts their compilation in the background when they are not)."""
+    if p.kind == "direct" or labels is not None:
         return False
     if X.dtype != np.float64 or not X.flags.c_contiguous:
         return False
+    for out in (resp_out, logp_out):
+        if out is not None and (out.dtype != np.float64 or not out.flags.c_contiguous):
+            return False
     from bayesgmm.core import _compiled
 
     return _compiled.ready()
 
 
 def _compiled_chunk(
-    X: np.ndarray, rows: tuple[int, int], p: DensityParams, w: np.ndarray | None, sums: bool
+    X: np.ndarray,
+    rows: tuple[int, int],
+    p: DensityParams,
+    w: np.ndarray | None,
+    sums: bool,
+    resp_out: np.ndarray | None = None,
+    logp_out: np.ndarray | None = None,
 ) -> PassStats:
     """:func:`_one_chunk` (``rows`` lo..hi) through the compiled chunk, for what
     :func:`_compiled_ready` allows. The same sums up to rounding (its exp is within 1 ulp of
@@ -384,9 +393,12 @@ def _compiled_chunk(
     block = max(64, min(512, 2**17 // (8 * max(f, m))))
     out = np.zeros((m, f))
     loglik = np.zeros(r)
+    none = np.empty((0, 0))
     pass_chunk(
         X, lo, hi, np.ascontiguousarray(p.center, dtype=np.float64),
         np.ascontiguousarray(p.coef), r, p.kind == "diag", w2, sums, block, out, loglik,
+        none if resp_out is None else resp_out.reshape(X.shape[0], m),
+        none if logp_out is None else logp_out.reshape(X.shape[0], r),
     )  # fmt: skip
     return _pass_stats(loglik, out if sums else None, p)
 
@@ -416,7 +428,7 @@ def _one_chunk(
     compiled: bool = False,
 ) -> PassStats:
     if compiled:
-        return _compiled_chunk(X, (lo, hi), p, w, stats != "none")
+        return _compiled_chunk(X, (lo, hi), p, w, stats != "none", resp_out, logp_out)
     r, k = p.n_batch, p.n_components
     d = p.means.shape[1]
     feats = features(X[lo:hi], p.center, p.kind)

@@ -300,12 +300,18 @@ def test_pass_as_numpy(compiled, monkeypatch, diagonal, weights):
     p = _passes.mixture_density(w, means, np.linalg.cholesky(covs), diagonal, X.mean(axis=0))
     sw = {"none": None, "shared": rng.uniform(0, 2, n), "per-mixture": rng.uniform(0, 2, (r, n))}
     kind = "diag" if diagonal else "full"
-    fast = _passes.run_pass(X, p, sample_weight=sw[weights], stats=kind)
-    assert _passes._compiled_ready(X, p, None, None, None)
+    outs = {name: (np.empty((n, k * r)), np.empty((n, r))) for name in ("fast", "slow")}
+    fast = _passes.run_pass(X, p, sample_weight=sw[weights], stats=kind,
+                            resp_out=outs["fast"][0], logp_out=outs["fast"][1])  # fmt: skip
+    assert _passes._compiled_ready(X, p, *outs["fast"], None)
     monkeypatch.setattr(compiled, "ready", lambda wait=0.0: False)
-    slow = _passes.run_pass(X, p, sample_weight=sw[weights], stats=kind)
+    slow = _passes.run_pass(X, p, sample_weight=sw[weights], stats=kind,
+                            resp_out=outs["slow"][0], logp_out=outs["slow"][1])  # fmt: skip
     none = _passes.run_pass(X, p, sample_weight=sw[weights])
     monkeypatch.undo()
+    # The per-row outputs (responsibilities, unweighted, and log p(x_n)) as numpy's.
+    np.testing.assert_allclose(outs["fast"][0], outs["slow"][0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(outs["fast"][1], outs["slow"][1], rtol=1e-13)
     for a, b in [(fast.loglik, slow.loglik), (fast.counts, slow.counts),
                  (fast.sum_x, slow.sum_x), (fast.scatter, slow.scatter)]:  # fmt: skip
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9 * np.abs(b).max())
