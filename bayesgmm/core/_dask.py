@@ -124,7 +124,8 @@ def _scale(var: np.ndarray) -> np.ndarray:
 
 def _check_block(block: np.ndarray, info: dict | None) -> None:
     """A non-finite value stops the pass with where it is (chunk and row), never a NaN sum.
-    (Every kernel calls it first: the worker's malloc is tuned here too.)"""
+    (The moments' kernel calls it first, the pass's kernel when its block's log-likelihood is
+    not finite; each tunes the worker's malloc first.)"""
     _tune_malloc()
     if np.isfinite(block).all():
         return
@@ -274,13 +275,18 @@ def chunked_pass(
 
     def kernel(block: np.ndarray, *rest: Any, block_info: dict | None = None) -> np.ndarray:
         info = None if block_info is None else block_info[0]
-        _check_block(block, info)
+        _tune_malloc()
         if replicates is not None:
             assert info is not None
             s = _replicate_pass(block, p, replicates, info["chunk-location"][0], stats)
         else:
             w = rest[0][:, 0] if rest else None
             s = run_pass(block, p, sample_weight=w, stats=stats, parallel=False)
+        # A NaN or inf in the block makes its log-likelihood NaN or infinite (any weight): the
+        # block is scanned for it only then, which names the row (a scan of every block on
+        # every pass cost 2-3% of the pass).
+        if not np.isfinite(s.loglik).all():
+            _check_block(block, info)
         parts = [s.loglik, s.counts, s.sum_x]
         parts.append(s.scatter if s.scatter is not None else np.zeros(shapes[3]))
         return np.concatenate([a.ravel() for a in parts])[None, :]

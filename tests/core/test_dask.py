@@ -101,6 +101,17 @@ def test_bad_input_says_where(data):
     late[1950, 1] = np.nan
     with pytest.raises(ValueError, match=r"missing value \(NaN\) in chunk 19 \(row 1950\)"):
         bg.fit_em(da.from_array(late, chunks=(100, 3)), 2)
+    # The pass itself (which scans a block only when its log-likelihood is not finite), for
+    # data that changed after the first pass's moments were taken.
+    from bayesgmm.core._dask import chunked_pass
+    from bayesgmm.core._passes import mixture_density
+
+    m = bg.fit_em(data, 2).model
+    p = mixture_density(m.weights[None], m.means[None], m.cholesky[None], False, data.mean(0))
+    for bad, what in ((np.inf, "infinite value"), (np.nan, "missing value")):
+        late[1950, 1] = bad
+        with pytest.raises(ValueError, match=what + r".* in chunk 19 \(row 1950\)"):
+            chunked_pass(da.from_array(late, chunks=(100, 3)), p, stats="full")
     with pytest.raises(ValueError, match="prior= is not available for dask input"):
         bg.fit_em(Xd, 2, prior=bg.ConjugatePrior())
     with pytest.raises(ValueError, match="init for a dask array"):
