@@ -1090,8 +1090,8 @@ def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_
     while True:
         nxt = (cur + 1) % 3
         ll, state, bad, collapsed = _evaluate(
-            xct, feats, center, w, p_w[cur], p_m[cur], p_l[cur], code, diag, p_c[cur], reg_covar, prec,
-            sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
+            xct, feats, center, w, p_w[cur], p_m[cur], p_l[cur], code, diag, p_c[cur], reg_covar,
+            prec, sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
         )  # fmt: skip
         prev = trace[n_trace - 1] if n_trace > 0 else -np.inf
         trace[n_trace] = ll
@@ -1409,8 +1409,8 @@ def _exp_floored(a, bits):  # pragma: no cover - compiled
 
 @_jit_fma
 def _log_into(a, n, out, bits):  # pragma: no cover - compiled
-    """out[:n] ← log(a[:n]), within 2 ulp of numpy's log, vectorisable (libm's log, called one value at
-    a time, cost 3.7 ns a value against 1.7): a = 2^e · m with m in [√2/2, √2), then
+    """out[:n] ← log(a[:n]), within 2 ulp of numpy's log, vectorisable (libm's log, called one
+    value at a time, cost 3.7 ns a value against 1.7): a = 2^e · m with m in [√2/2, √2), then
     log m = 2 atanh(s), s = (m − 1)/(m + 1), |s| ≤ 0.172, by its Taylor series to s²¹
     (truncation below 1e-17 of the result), and e · ln 2 in two parts. Subnormal values are
     scaled first; log 0 = −inf, log inf = inf, NaN for NaN and negative values. ``bits`` is

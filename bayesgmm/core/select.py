@@ -302,7 +302,8 @@ def select_em(
         worker's share runs as one batch. scikit-learn's convention for explicit values (-1:
         every core, -2: all but one; an explicit value also bounds the compiled loop's
         threads); None: this process when the compiled EM loop is loaded and suits the data
-        (rows × (1 + D + D(D + 1)/2) up to 150,000, e.g. 5,000 × 5; it runs on every core the process may use, in threads),
+        (rows × (1 + D + D(D + 1)/2) up to 150,000, e.g. 5,000 × 5; it runs on every core
+        the process may use, in threads),
         else one per core for small data (under 4096 rows, where a pass runs in one thread)
         and 1 otherwise. Results do not depend on it.
     labels : array_like (n_obs,) of int, optional
