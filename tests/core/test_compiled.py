@@ -239,6 +239,16 @@ def test_n_jobs_bounds_the_threads(compiled, monkeypatch, faithful):
         assert compiled.threads() == 1
 
 
+def test_threads_do_not_change_the_results(compiled, faithful):
+    # The compiled loop's threads take runs as they go: which thread runs which run changes
+    # from call to call, the results must not.
+    grid = dict(n_components=range(1, 6), covariance_types=["VVV", "EEE", "VEV", "EII"])
+    many = bg.select_em(faithful, **grid)
+    with compiled.thread_limit(1):
+        one = bg.select_em(faithful, **grid)
+    np.testing.assert_array_equal(many.loglik.to_numpy(), one.loglik.to_numpy())
+
+
 def test_exp_as_numpy(compiled):
     # The pass's exp: within 1 ulp of numpy's over the range it sees ([−60, 0] after the
     # shift by each row's largest term), exactly 0 at and below the floor, NaN kept.

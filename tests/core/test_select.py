@@ -85,6 +85,34 @@ def test_large_data_are_screened_on_a_subsample(faithful):
     assert (sel.best.covariance_type, sel.best.n_components) == ("EEE", 3)  # as mclust
 
 
+def test_screen_and_full_data_share_one_tree(monkeypatch):
+    # When the subsample is larger than the tree's row cap, one tree (on rows of the
+    # subsample) serves the screen and the full data: built once, its rows are rows of X.
+    from bayesgmm.core import init, select
+
+    rng = np.random.default_rng(2)
+    X = np.r_[rng.normal(size=(1_200, 2)), rng.normal(size=(800, 2)) * 0.5 + 3.0]
+    monkeypatch.setattr(init, "hc_max_rows", lambda d: 100)
+    built = []
+    tree_of = select.hc_tree
+    monkeypatch.setattr(
+        select, "hc_tree", lambda *a, **k: built.append(a[0].shape) or tree_of(*a, **k)
+    )
+    starts = []
+    run = select.make_starts
+    monkeypatch.setattr(
+        select, "make_starts", lambda *a: starts.append((a[1].shape[0], a[5])) or run(*a)
+    )
+    sel = bg.select_em(X, range(1, 4), ["VVV", "EII"], screen=1_200)
+    assert built == [(300, 2)]  # one tree, on the 300-row subsample
+    full = [hc for n, hc in starts if n == X.shape[0]]
+    assert full and all(hc is not None and hc[1].shape == (100,) for hc in full)
+    assert all(hc[1].max() < X.shape[0] for hc in full)
+    for fit in sel.results.values():
+        np.testing.assert_allclose(fit.loglik, fit.model.score(X), rtol=1e-10)
+    assert (sel.best.covariance_type, sel.best.n_components) == ("VVV", 2)
+
+
 def test_a_tree_given_for_screened_data(faithful):
     # A tree of the data (bg.hierarchical) is the full data's start; the screen's subsample
     # builds its own (the full data's tree does not fit the subsample: that raised before).
