@@ -200,6 +200,7 @@ def run_cells(
     keep: int = KEEP_AFTER_SHORT,
     labels: np.ndarray | None = None,
     only_new: bool = False,
+    lazy: bool = False,
 ) -> dict[Any, list[EMResult]]:
     """Run EM from every start of every cell (cells keyed e.g. by K or by (structure, K); each
     start's structure is its mixture's), all in one batch, and return the finished runs of
@@ -208,7 +209,8 @@ def run_cells(
     With several starts in a cell, every start first runs ``short_iter`` iterations; then the
     first start and the ``keep`` best other starts go on to convergence. With ``only_new``
     (the first start is a fit the caller already has), a cell whose best run is its first
-    start returns no result.
+    start returns no result. With ``lazy``, the results compute their responsibilities on
+    first access (:func:`~bayesgmm.core._loop.finish`).
     """
     if len(cells) > 1 and any(p is not None for p in priors.values()):
         out: dict[Any, list[EMResult]] = {}
@@ -227,6 +229,7 @@ def run_cells(
                 keep=keep,
                 labels=labels,
                 only_new=only_new,
+                lazy=lazy,
             )
         return out
     prior = next(iter(priors.values()), None)
@@ -254,7 +257,7 @@ def run_cells(
     return {
         key: []
         if only_new and run is runs[key][0]
-        else [finish(X, run, names, w, missing, labels, scale)]
+        else [finish(X, run, names, w, missing, labels, scale, lazy)]
         for key, run in chosen.items()
     }
 

@@ -557,12 +557,33 @@ def finish(
     missing: Missingness | None = None,
     labels: np.ndarray | None = None,
     scale: np.ndarray | None = None,
+    lazy: bool = False,
 ) -> EMResult:
     """Final E-step at the run's mixture: log-likelihood, responsibilities and criteria (on the
     observed values of each row, with ``missing``; the joint log-likelihood of the labelled
     rows, with ``labels``). ``scale``: the features' spreads (:func:`_data_scale`), when the
-    caller has them."""
+    caller has them. With ``lazy``, the result computes its responsibilities again when they
+    are first asked for instead of keeping this pass's (see EMResult)."""
     model = to_model(run.params, 0, run.structure, names)
+    resp, final = _final_pass(X, model, w, missing, labels)
+    loglik = float(final.loglik[0])
+    n_obs = float(X.shape[0] if w is None else w.sum())
+    p = model.n_parameters
+    icl_value = icl(loglik, p, n_obs, resp, w)
+    if scale is None:
+        scale = _data_scale(X, w)
+    held: Any = _Recompute(X, model, w, missing, labels) if lazy else resp
+    return run_result(run, model, loglik, icl_value, held, n_obs, scale)
+
+
+def _final_pass(
+    X: np.ndarray,
+    model: GaussianMixture,
+    w: np.ndarray | None,
+    missing: Missingness | None,
+    labels: np.ndarray | None,
+) -> tuple[np.ndarray, Any]:
+    """The responsibilities (N, K) at ``model`` and the pass's statistics."""
     resp = np.empty((X.shape[0], model.n_components))
     if missing is None:
         final = run_pass(X, model._params, sample_weight=w, resp_out=resp, labels=labels)
@@ -572,13 +593,21 @@ def finish(
             model.cholesky[None], model.structure.scatter_kind == "diag",
             model._params.center, sample_weight=w, resp_out=resp, labels=labels,
         )  # fmt: skip
-    loglik = float(final.loglik[0])
-    n_obs = float(X.shape[0] if w is None else w.sum())
-    p = model.n_parameters
-    icl_value = icl(loglik, p, n_obs, resp, w)
-    if scale is None:
-        scale = _data_scale(X, w)
-    return run_result(run, model, loglik, icl_value, resp, n_obs, scale)
+    return resp, final
+
+
+@dataclass(frozen=True, eq=False)
+class _Recompute:
+    """A finished fit's responsibilities, computed when called (the same pass as finish's)."""
+
+    X: np.ndarray
+    model: GaussianMixture
+    w: np.ndarray | None
+    missing: Missingness | None
+    labels: np.ndarray | None
+
+    def __call__(self) -> np.ndarray:
+        return _final_pass(self.X, self.model, self.w, self.missing, self.labels)[0]
 
 
 def run_result(

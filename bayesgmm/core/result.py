@@ -38,7 +38,9 @@ class EMResult:
         −2 loglik + p log n; −2 loglik + 2p; BIC − 2 Σ_n w_n log γ_{n, MAP(n)}. Smaller is better
         (mclust prints the negatives).
     responsibilities : ndarray (n, K)
-        p(z_n = k | x_n) at ``model``.
+        p(z_n = k | x_n) at ``model``. (select_em's cells on data above its ``screen`` size
+        compute theirs on first access, from the data they were fitted on, and keep it: a
+        grid's 126 matrices were 126 times the data's size.)
     degenerate : bool
         True when the fit collapsed; ``degenerate_reason`` then says which component and why.
     """
@@ -91,3 +93,26 @@ class EMResult:
         if self.degenerate:
             lines.append(f"  DEGENERATE: {self.degenerate_reason}")
         return "\n".join(lines)
+
+
+class _Responsibilities:
+    """EMResult's ``responsibilities``: an array, or a function of no arguments that computes
+    it, called on first access and its result kept (a data descriptor: the dataclass's
+    ``__init__`` stores through it)."""
+
+    slot = "_responsibilities"
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            raise AttributeError("responsibilities")  # (no default for the dataclass field)
+        value = obj.__dict__[self.slot]
+        if callable(value):
+            value = value()
+            obj.__dict__[self.slot] = value
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.slot] = value
+
+
+EMResult.responsibilities = _Responsibilities()  # type: ignore[assignment]

@@ -170,6 +170,7 @@ def _run_group(
         short_iter=screen.get("short_iter", SHORT_ITER),
         keep=screen.get("keep", KEEP_AFTER_SHORT),
         only_new=bool(screen.get("only_new", False)),
+        lazy=bool(screen.get("lazy", False)),
     )
     return fits, failed
 
@@ -425,7 +426,9 @@ def _select(
     workers = _n_workers(n_jobs, arr.shape[0], len(structures), arr.shape[1])
     cells = {s: _screened_starts(sub, s, starts) for s in structures}
     results: dict[tuple[str, int], EMResult] = {}
-    keep = None if sub is None else {"keep": 1}
+    # On screened (large) data each cell's responsibilities are computed when first asked for:
+    # kept, the grid's 126 (N, K) matrices were 126 times the data (5 GB for 10⁶ × 5 rows).
+    keep = None if sub is None else {"keep": 1, "lazy": True}
     # An explicit n_jobs also bounds the compiled loop's threads (n_jobs=1: one core).
     with thread_limit(None if n_jobs is None else resolve_n_jobs(n_jobs, 1)):
         for key, fits in _run_grid(job, workers, cells, keep, failures):

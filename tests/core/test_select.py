@@ -80,6 +80,14 @@ def test_large_data_are_screened_on_a_subsample(faithful):
         alone = bg.fit_em(faithful, k, covariance_type=structure)
         assert fit.loglik >= alone.loglik - 1e-6 * abs(alone.loglik), (structure, k)
     assert any(f.init.startswith("screen") for f in sel.results.values())
+    # On screened data no cell keeps its (N, K) responsibilities until they are asked for
+    # (126 of them were 126 times the data); then they are the model's, and kept.
+    fit = sel.results[("VVV", 2)]
+    assert callable(fit.__dict__["_responsibilities"])
+    np.testing.assert_allclose(fit.responsibilities, fit.model.responsibilities(faithful),
+                               rtol=1e-10, atol=1e-14)  # fmt: skip
+    assert fit.responsibilities is fit.responsibilities
+    np.testing.assert_array_equal(fit.predict(), fit.model.predict(faithful))
     plain = bg.select_em(faithful, range(1, 5), ["EII", "EEE", "VVV"])
     assert not any(f.init.startswith("screen") for f in plain.results.values())
     assert (sel.best.covariance_type, sel.best.n_components) == ("EEE", 3)  # as mclust
