@@ -219,6 +219,8 @@ def warm() -> None:
     first_steps(X, [(name, resp) for name in CODES], None, 0.0, 20)
     first_steps(X, [("VVV", resp)], np.ones(12), 0.0, 20)
     hc_merges(X, 1.0)
+    log_map_sum(np.full((12, 2), 0.5), np.empty(0))
+    log_map_sum(np.full((12, 2), 0.5), np.ones(12))
     for w in (np.empty((0, 0)), np.ones((1, 12))):
         pass_chunk(X, 0, 12, X.mean(axis=0), np.zeros((4, 6)), 2, False, w, True, 8,
                    np.zeros((4, 6)), np.zeros(2), np.zeros((12, 4)), np.zeros((12, 2)))  # fmt: skip
@@ -1541,6 +1543,24 @@ def pass_chunk(X, lo, hi, center, coef, n_batch, diag, w, want_sums, block, sums
             for j in range(m):
                 for q in range(f):
                     sums[j, q] += part[q, j]
+
+
+@_jit
+def log_map_sum(resp, w):  # pragma: no cover - compiled
+    """Σ_n w_n log max(max_k resp[n, k], tiny) (ICL's hard-assignment term; ``w`` empty for unit
+    weights), one pass over the rows: numpy's row maxima of a long (N, K) matrix with few
+    columns cost 50-100 ms at 10⁶ rows, as much as the pass that computed it."""
+    n, k = resp.shape
+    tiny = 2.2250738585072014e-308
+    acc = 0.0
+    for r in range(n):
+        top = resp[r, 0]
+        for j in range(1, k):
+            if resp[r, j] > top:
+                top = resp[r, j]
+        v = math.log(top if top > tiny else tiny)
+        acc += v if w.shape[0] == 0 else w[r] * v
+    return acc
 
 
 # -- the hierarchical tree (bayesgmm.core.hc.hierarchical_tree, VVV criterion) ---------------

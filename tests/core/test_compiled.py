@@ -249,6 +249,20 @@ def test_threads_do_not_change_the_results(compiled, faithful):
     np.testing.assert_array_equal(many.loglik.to_numpy(), one.loglik.to_numpy())
 
 
+def test_icl_term_as_numpy(compiled, monkeypatch):
+    # ICL's Σ_n w_n log max_k γ_nk on long data (one compiled pass) against numpy's row maxima.
+    from bayesgmm.core.criteria import icl
+
+    rng = np.random.default_rng(6)
+    resp = rng.dirichlet(np.full(4, 0.3), size=20_000)
+    resp[5] = [1.0, 0.0, 0.0, 0.0]
+    w = rng.uniform(0, 2, 20_000)
+    fast = [icl(-1000.0, 7, 20_000.0, resp), icl(-1000.0, 7, 20_000.0, resp, w)]
+    monkeypatch.setattr(compiled, "ready", lambda wait=0.0: False)
+    slow = [icl(-1000.0, 7, 20_000.0, resp), icl(-1000.0, 7, 20_000.0, resp, w)]
+    np.testing.assert_allclose(fast, slow, rtol=1e-12)
+
+
 def test_exp_as_numpy(compiled):
     # The pass's exp: within 1 ulp of numpy's over the range it sees ([−60, 0] after the
     # shift by each row's largest term), exactly 0 at and below the floor, NaN kept.
