@@ -387,7 +387,7 @@ def _select(
         sub_w = None if w is None else w[rows]
         sub_init = "hc" if isinstance(init, HierarchicalResult) else init
         sub_hc = None
-        if sub_init == "hc":
+        if isinstance(sub_init, str) and sub_init.lower() == "hc":
             # One tree serves both rounds: built on rows of the subsample (mclust's 2,000),
             # it is the screen's hierarchical start and, those rows being rows of the data,
             # the full data's (two trees took 1.8 s of select_em's 30 on 10⁵ × 5 rows).
