@@ -205,9 +205,9 @@ def warm() -> None:
     r_all = codes.shape[0]
     covs = np.broadcast_to(np.eye(2), (r_all, k, 2, 2)).copy()
     means = np.stack([X[:k]] * r_all)
+    xct = _plain((X - X.mean(axis=0)).T)
     em_runs(
-        np.arange(r_all, dtype=np.int64), _plain((X - X.mean(axis=0)).T), X.mean(axis=0),
-        np.empty((1, 0)),
+        np.arange(r_all, dtype=np.int64), xct, _features(xct), X.mean(axis=0), np.empty((1, 0)),
         np.zeros(r_all, dtype=np.int64), codes,
         np.full(r_all, k, dtype=np.int64), np.full((r_all, k), 0.5), means, covs, covs.copy(),
         np.zeros(r_all, dtype=np.int64), 4, 1e-8, True, np.ones(r_all), np.ones((r_all, 2)),
@@ -1227,14 +1227,14 @@ def _get(p_w, p_m, p_c, p_l, slot, weights, means, covs, chol):  # pragma: no co
 
 
 @_jit
-def em_runs(todo, xct, center, w_all, w_index, codes, ks, weights, means, covs, chol, n_iter,
-            until_iter, tol, accelerate, step_max, scales, reg_covar, trace, n_trace,
+def em_runs(todo, xct, feats, center, w_all, w_index, codes, ks, weights, means, covs, chol,
+            n_iter, until_iter, tol, accelerate, step_max, scales, reg_covar, trace, n_trace,
             state, component, collapsed):  # fmt: skip  # pragma: no cover - compiled
     """Advance each run r in ``todo`` (K = ks[r] components of the padded (R, Kmax, ...)
-    arrays, in place) on the data about ``center``, transposed (``xct``, D × N), with the row
-    weights w_all[w_index[r]] (none when w_all has no columns). Threads may share the arrays,
-    each with its own runs: the GIL is released."""
-    feats = _features(xct)
+    arrays, in place) on the data about ``center``, transposed (``xct``, D × N), and their
+    moment features ``feats`` (:func:`_features`, built once by the caller for all threads),
+    with the row weights w_all[w_index[r]] (none when w_all has no columns). Threads may share
+    the arrays, each with its own runs: the GIL is released."""
     for r in todo:
         k = ks[r]
         code = codes[r]
@@ -1320,8 +1320,9 @@ def advance_runs(
     state = np.zeros(r_all, dtype=np.int64)
     component = np.full(r_all, -1, dtype=np.int64)
     collapsed = np.zeros(r_all)
+    xct = _plain((X - center).T)
     args = (
-        _plain((X - center).T), _plain(center), _plain(w_all), w_index,
+        xct, _features(xct), _plain(center), _plain(w_all), w_index,
         codes, ks, weights, means, covs, chol, n_iter, int(until_iter), float(tol),
         bool(accelerate), step_max, _plain(scales), float(reg_covar), trace,
         n_trace, state, component, collapsed,
