@@ -1849,21 +1849,27 @@ def _in_threads(kernel: Any, ks: np.ndarray, args: tuple) -> None:
     pieces = [order[i : i + size] for i in range(0, order.shape[0], size)]
     lock = threading.Lock()
     state = {"next": 0}
+    errors: list[BaseException] = []
 
     def work() -> None:
-        while True:
+        while not errors:
             with lock:
                 i = state["next"]
                 state["next"] = i + 1
             if i >= len(pieces):
                 return
-            kernel(pieces[i], *args)
+            try:
+                kernel(pieces[i], *args)
+            except BaseException as err:  # raised in the caller: never half-advanced runs
+                errors.append(err)
 
     workers = [threading.Thread(target=work) for _ in range(n_threads)]
     for t in workers:
         t.start()
     for t in workers:
         t.join()
+    if errors:
+        raise errors[0]
 
 
 def _plain(a: np.ndarray) -> np.ndarray:

@@ -249,6 +249,22 @@ def test_threads_do_not_change_the_results(compiled, faithful):
     np.testing.assert_array_equal(many.loglik.to_numpy(), one.loglik.to_numpy())
 
 
+def test_a_kernel_error_reaches_the_caller(compiled, monkeypatch):
+    # A piece that fails in one of the threads raises in the caller: never runs left
+    # half-advanced behind a traceback printed by the thread.
+    monkeypatch.setitem(compiled._THREADS, "n", 2)
+    done = np.zeros(40)
+
+    def kernel(todo: np.ndarray, out: np.ndarray) -> None:
+        if 5 in todo:
+            raise RuntimeError("piece failed")
+        out[todo] = 1.0
+
+    with pytest.raises(RuntimeError, match="piece failed"):
+        compiled._in_threads(kernel, np.arange(40) % 3 + 1, (done,))
+    assert done.sum() < 40
+
+
 def test_icl_term_as_numpy(compiled, monkeypatch):
     # ICL's Σ_n w_n log max_k γ_nk on long data (one compiled pass) against numpy's row maxima.
     from bayesgmm.core.criteria import icl
