@@ -107,18 +107,27 @@ def enabled() -> bool:
 # numba compiles these functions in about a minute on a small machine (2 cores; seconds of it
 # per function, mostly numba's own front end), and caches the result on disk. Nobody should
 # wait that minute: the first time a process needs the loop and finds no cache, it starts one
-# background process that compiles it (and writes a marker when done), and goes on with the
-# numpy loop; later calls (and later processes) load the cache in well under a second.
+# background process that compiles it, and goes on with the numpy code; later calls (and later
+# processes) load the cache in well under a second.
+#
+# The background process compiles in stages, cheapest first, and writes a marker after each, so
+# that each piece serves as soon as it is compiled: the chunk pass of large data (and ICL's
+# term) in ~6 s, the hierarchical tree in ~8 s more, then the EM loop and the starts' M-steps
+# (~55 s). (A user's first select_em on 10⁵ × 5 rows, with no cache: the full-data passes,
+# half of its time, waited for the whole minute before.)
 
-_STATE: dict[str, bool] = {"loaded": False, "spawned": False}
+#: The stages, in the order compiled: what each serves.
+STAGES = ("pass", "hc", "loop")
+_STATE: dict[str, Any] = {"loaded": set(), "spawned": False}
 #: A compile that has run this long is presumed dead, and another may start.
 _STALE_LOCK_S = 900.0
 
 
 @functools.cache
-def _marker_paths() -> tuple[Path, Path]:
-    """The marker written when the cache is complete, and the lock held while compiling, in
-    numba's cache directory for this module (one per source, numba, Python and CPU)."""
+def _marker_paths(stage: str = "loop") -> tuple[Path, Path]:
+    """The marker written when a stage of the cache is complete ("loop", the last, marks it
+    whole), and the lock held while compiling, in numba's cache directory for this module (one
+    per source, numba, Python and CPU)."""
     import llvmlite.binding
     import numba
 
@@ -130,24 +139,26 @@ def _marker_paths() -> tuple[Path, Path]:
     key.update(Path(__file__).read_bytes())
     key.update(f"{numba.__version__} {sys.version} {llvmlite.binding.get_host_cpu_name()}".encode())
     stem = f"bayesgmm-em-{key.hexdigest()[:16]}"
-    return directory / f"{stem}.ready", directory / f"{stem}.lock"
+    done = f"{stem}.ready" if stage == "loop" else f"{stem}.{stage}.ready"
+    return directory / done, directory / f"{stem}.lock"
 
 
-def ready(wait: float = 0.0) -> bool:
-    """Whether the compiled loop is loaded in this process (loading it from the cache when the
-    cache is complete). When it is not, start its compilation in the background (once; never
-    from a forked worker, whose parent has already decided) and return False, the numpy loop
-    serving meanwhile; with ``wait`` > 0, wait up to that many seconds for it (less when the
+def ready(wait: float = 0.0, stage: str = "loop") -> bool:
+    """Whether the compiled functions of ``stage`` (see :data:`STAGES`; "loop", the default, is
+    all of them) are loaded in this process, loading them from the cache when that stage of it
+    is complete. When they are not, start the compilation in the background (once; never from a
+    forked worker, whose parent has already decided) and return False, the numpy code serving
+    meanwhile; with ``wait`` > 0, wait up to that many seconds for them (less when the
     compilation this process started ends without its marker: it failed)."""
     if not enabled():
         return False
-    if _STATE["loaded"]:
+    if stage in _STATE["loaded"]:
         return True
-    marker, lock = _marker_paths()
+    marker, lock = _marker_paths(stage)
     deadline = time.monotonic() + wait
     while True:
-        if marker.exists():
-            warm()
+        if marker.exists() or (stage != "loop" and _marker_paths("loop")[0].exists()):
+            _load(stage)
             return True
         if not _compiling(lock):
             if _STATE["spawned"] and wait > 0 and not marker.exists():
@@ -156,6 +167,14 @@ def ready(wait: float = 0.0) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.5)
+
+
+def _load(stage: str) -> None:
+    """Load (or compile) ``stage``'s functions in this process; "loop" loads every stage."""
+    for name in STAGES if stage == "loop" else (stage,):
+        if name not in _STATE["loaded"]:
+            _WARM[name]()
+            _STATE["loaded"].add(name)
 
 
 def _compiling(lock: Path) -> bool:
@@ -177,27 +196,60 @@ def _spawn(lock: Path) -> None:
             [sys.executable, "-c", "from bayesgmm.core._compiled import compile_cache; "
              "compile_cache()"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            **_detached(),
         )  # fmt: skip
     except OSError:  # pragma: no cover - no place to write, or no way to start a process
         pass
 
 
+def _detached() -> dict[str, Any]:
+    """Popen's arguments that keep the compilation alive when the user interrupts their own
+    work (Ctrl-C signals the terminal's foreground process group): a process group of its own
+    (Python ≥ 3.11, POSIX), in the user's session. Not a session of its own: Linux's autogroups
+    share the CPU equally between sessions whatever their processes' nice, so the compilation
+    took one of two cores from the user's work (a first select_em on 10⁵ × 5 rows, cold cache:
+    100-117 s, against 33-42 s with the same stages at the lowest priority in the session)."""
+    if os.name != "posix":  # pragma: no cover
+        return {}
+    return {"process_group": 0}
+
+
 def compile_cache() -> None:
-    """Compile the loop (or load it from the cache), then write the marker; what the
-    background process runs."""
-    marker, lock = _marker_paths()
+    """Compile every stage (or load it from the cache), writing each stage's marker as it is
+    done; what the background process runs."""
+    lock = _marker_paths()[1]
     with contextlib.suppress(OSError, AttributeError):  # (no nice() on Windows)
-        os.nice(19)  # the user's own work, which the numpy loop serves meanwhile, comes first
+        os.nice(19)  # the user's own work, which the numpy code serves meanwhile, comes first
     try:
-        warm()
-        marker.write_text("ok")
+        for stage in STAGES:  # cheapest first, each usable as soon as its marker is written
+            _load(stage)
+            _marker_paths(stage)[0].write_text("ok")
     finally:
         lock.unlink(missing_ok=True)
 
 
 def warm() -> None:
-    """Compile or load the loop in this process (one tiny problem of each structure)."""
+    """Compile or load every stage in this process (one tiny problem of each kind)."""
+    _load("loop")
+
+
+def _warm_pass() -> None:
+    """The chunk pass of large data and ICL's term."""
+    X = np.random.default_rng(0).normal(size=(12, 2))
+    log_map_sum(np.full((12, 2), 0.5), np.empty(0))
+    log_map_sum(np.full((12, 2), 0.5), np.ones(12))
+    for w in (np.empty((0, 0)), np.ones((1, 12))):
+        pass_chunk(X, 0, 12, X.mean(axis=0), np.zeros((4, 6)), 2, False, w, True, 8,
+                   np.zeros((4, 6)), np.zeros(2), np.zeros((12, 4)), np.zeros((12, 2)))  # fmt: skip
+
+
+def _warm_hc() -> None:
+    """The hierarchical tree."""
+    hc_merges(np.random.default_rng(0).normal(size=(12, 2)), 1.0)
+
+
+def _warm_loop() -> None:
+    """The EM loop and the starts' first M-steps (one tiny problem of each structure)."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(12, 2))
     k = 2
@@ -218,13 +270,9 @@ def warm() -> None:
     resp[np.arange(12), np.arange(12) % k] = 1.0
     first_steps(X, [(name, resp) for name in CODES], None, 0.0, 20)
     first_steps(X, [("VVV", resp)], np.ones(12), 0.0, 20)
-    hc_merges(X, 1.0)
-    log_map_sum(np.full((12, 2), 0.5), np.empty(0))
-    log_map_sum(np.full((12, 2), 0.5), np.ones(12))
-    for w in (np.empty((0, 0)), np.ones((1, 12))):
-        pass_chunk(X, 0, 12, X.mean(axis=0), np.zeros((4, 6)), 2, False, w, True, 8,
-                   np.zeros((4, 6)), np.zeros(2), np.zeros((12, 4)), np.zeros((12, 2)))  # fmt: skip
-    _STATE["loaded"] = True
+
+
+_WARM = {"pass": _warm_pass, "hc": _warm_hc, "loop": _warm_loop}
 
 
 # -- small dense linear algebra (scalar loops: they compile in a fraction of numpy.linalg's

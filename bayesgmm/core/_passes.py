@@ -215,7 +215,7 @@ def _use_direct(m: int, d: int) -> bool:
     # wins at (50, 3) 57 against 84, (50, 5), (100, 10): about where D(D+1)/2 > 4 D·M.
     from bayesgmm.core import _compiled
 
-    return d * (d + 1) // 2 > (4 if _compiled.ready() else 1) * m * d
+    return d * (d + 1) // 2 > (4 if _compiled.ready(stage="pass") else 1) * m * d
 
 
 def features(rows: np.ndarray, center: np.ndarray, kind: str) -> np.ndarray:
@@ -364,7 +364,7 @@ def _compiled_ready(
             return False
     from bayesgmm.core import _compiled
 
-    return _compiled.ready()
+    return _compiled.ready(stage="pass")
 
 
 def _compiled_chunk(

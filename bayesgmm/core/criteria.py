@@ -38,7 +38,7 @@ def icl(
         resp.shape[0] >= 10_000
         and resp.dtype == np.float64
         and resp.flags.c_contiguous
-        and _compiled.ready()
+        and _compiled.ready(stage="pass")
     ):
         w = np.empty(0) if sample_weight is None else np.ascontiguousarray(sample_weight, float)
         ent = float(_compiled.log_map_sum(resp, w))

@@ -118,7 +118,7 @@ def hierarchical_tree(
     centered = Z - Z.mean(axis=0)
     ridge = alpha * float(np.sum(centered * centered)) / (max(m, 1) * d)
     ridge = max(ridge, np.finfo(np.float64).eps)  # as mclust: α = max(α, ε)
-    if criterion == "VVV" and m > 1 and _compiled.ready():
+    if criterion == "VVV" and m > 1 and _compiled.ready(stage="hc"):
         # The same agglomeration compiled (bayesgmm.core._compiled.hc_merges): on wreath's
         # 1,000 rows about 0.7 s here, a fraction of that compiled.
         return HierarchicalTree(np.arange(m), _compiled.hc_merges(means, ridge))

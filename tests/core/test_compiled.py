@@ -164,7 +164,7 @@ def test_hierarchical_tree_as_numpy(compiled, monkeypatch, faithful, iris_X):
     for X in (np.asarray(faithful, dtype=float), iris_X, tied):
         Z = hc.scaled_svd(X)
         fast = hc.hierarchical_tree(Z)
-        monkeypatch.setattr(compiled, "ready", lambda wait=0.0: False)
+        monkeypatch.setattr(compiled, "ready", lambda wait=0.0, stage="loop": False)
         slow = hc.hierarchical_tree(Z)
         monkeypatch.undo()
         np.testing.assert_array_equal(fast.merges, slow.merges)
@@ -217,12 +217,33 @@ def test_waiting_ends_when_the_compilation_failed(monkeypatch, tmp_path):
 
     monkeypatch.delenv("BAYESGMM_COMPILED", raising=False)
     marker, lock = tmp_path / "loop.ready", tmp_path / "loop.lock"
-    monkeypatch.setattr(_compiled, "_marker_paths", lambda: (marker, lock))
-    monkeypatch.setitem(_compiled._STATE, "loaded", False)
+    monkeypatch.setattr(_compiled, "_marker_paths", lambda stage="loop": (marker, lock))
+    monkeypatch.setitem(_compiled._STATE, "loaded", set())
     monkeypatch.setitem(_compiled._STATE, "spawned", True)
     start = time.monotonic()
     assert not _compiled.ready(wait=60)
     assert time.monotonic() - start < 5
+
+
+def test_each_stage_serves_once_compiled(monkeypatch, tmp_path):
+    # The background compilation writes a marker per stage: the chunk pass serves as soon as
+    # its own is there, while the loop (a later stage) still waits for its marker.
+    monkeypatch.delenv("BAYESGMM_COMPILED", raising=False)
+    markers = {stage: tmp_path / f"{stage}.ready" for stage in _compiled.STAGES}
+    lock = tmp_path / "em.lock"
+    lock.write_text("compiling")  # a compilation in progress: nothing more is started
+    monkeypatch.setattr(_compiled, "_marker_paths", lambda stage="loop": (markers[stage], lock))
+    monkeypatch.setitem(_compiled._STATE, "loaded", set())
+    loaded = []
+    monkeypatch.setattr(_compiled, "_WARM", {s: (lambda s=s: loaded.append(s)) for s in markers})
+    assert not _compiled.ready(stage="pass") and not _compiled.ready()
+    markers["pass"].write_text("ok")
+    assert _compiled.ready(stage="pass")
+    assert not _compiled.ready(stage="hc") and not _compiled.ready()
+    assert loaded == ["pass"]
+    markers["loop"].write_text("ok")  # the whole cache: every stage loads
+    assert _compiled.ready(stage="hc") and _compiled.ready()
+    assert loaded == ["pass", "hc", "loop"]
 
 
 def test_n_jobs_bounds_the_threads(compiled, monkeypatch, faithful):
@@ -274,7 +295,7 @@ def test_icl_term_as_numpy(compiled, monkeypatch):
     resp[5] = [1.0, 0.0, 0.0, 0.0]
     w = rng.uniform(0, 2, 20_000)
     fast = [icl(-1000.0, 7, 20_000.0, resp), icl(-1000.0, 7, 20_000.0, resp, w)]
-    monkeypatch.setattr(compiled, "ready", lambda wait=0.0: False)
+    monkeypatch.setattr(compiled, "ready", lambda wait=0.0, stage="loop": False)
     slow = [icl(-1000.0, 7, 20_000.0, resp), icl(-1000.0, 7, 20_000.0, resp, w)]
     np.testing.assert_allclose(fast, slow, rtol=1e-12)
 
@@ -344,7 +365,7 @@ def test_pass_as_numpy(compiled, monkeypatch, diagonal, weights):
     fast = _passes.run_pass(X, p, sample_weight=sw[weights], stats=kind,
                             resp_out=outs["fast"][0], logp_out=outs["fast"][1])  # fmt: skip
     assert _passes._compiled_ready(X, p, *outs["fast"], None)
-    monkeypatch.setattr(compiled, "ready", lambda wait=0.0: False)
+    monkeypatch.setattr(compiled, "ready", lambda wait=0.0, stage="loop": False)
     slow = _passes.run_pass(X, p, sample_weight=sw[weights], stats=kind,
                             resp_out=outs["slow"][0], logp_out=outs["slow"][1])  # fmt: skip
     none = _passes.run_pass(X, p, sample_weight=sw[weights])
