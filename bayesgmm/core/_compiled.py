@@ -205,10 +205,14 @@ def _spawn(lock: Path) -> None:
 def _detached() -> dict[str, Any]:
     """Popen's arguments that keep the compilation alive when the user interrupts their own
     work (Ctrl-C signals the terminal's foreground process group): a process group of its own
-    (Python ≥ 3.11, POSIX), in the user's session. Not a session of its own: Linux's autogroups
-    share the CPU equally between sessions whatever their processes' nice, so the compilation
-    took one of two cores from the user's work (a first select_em on 10⁵ × 5 rows, cold cache:
-    100-117 s, against 33-42 s with the same stages at the lowest priority in the session)."""
+    (POSIX), in the user's session, where it competes as one more thread of the user's.
+
+    Not a session of its own: Linux's autogroups share the CPU equally between sessions, so the
+    compilation took one of two cores from the user's work (a first select_em on 10⁵ × 5 rows,
+    cold cache, 2 cores: 77.6 s, everything in numpy until the compilation ended at 69 s; with
+    the stages, 100-117 s). Not at the lowest priority either: it then waits for idle cores,
+    and work that keeps every core busy (a test suite on all cores, a batch of fits) went on in
+    numpy for minutes (the suite's 2:07 became 6:21). At an equal share per thread: 65.0 s."""
     if os.name != "posix":  # pragma: no cover
         return {}
     return {"process_group": 0}
@@ -218,8 +222,6 @@ def compile_cache() -> None:
     """Compile every stage (or load it from the cache), writing each stage's marker as it is
     done; what the background process runs."""
     lock = _marker_paths()[1]
-    with contextlib.suppress(OSError, AttributeError):  # (no nice() on Windows)
-        os.nice(19)  # the user's own work, which the numpy code serves meanwhile, comes first
     try:
         for stage in STAGES:  # cheapest first, each usable as soon as its marker is written
             _load(stage)

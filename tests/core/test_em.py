@@ -124,7 +124,10 @@ def test_default_tol_reaches_eee3_optimum(faithful):
     assert fit.loglik == pytest.approx(polished.loglik, abs=1e-4)
 
 
-def test_same_seed_same_result(faithful):
+def test_same_seed_same_result(monkeypatch, faithful):
+    # One code path for both calls: on a cold numba cache a stage of the compiled code can
+    # become ready between them, and its sums agree with numpy's to rounding only.
+    monkeypatch.setenv("BAYESGMM_COMPILED", "0")
     a = bg.fit_em(faithful, 4, init="random", n_init=3, rng=5)
     b = bg.fit_em(faithful, 4, init="random", n_init=3, rng=np.random.default_rng(5))
     assert a.loglik == b.loglik
