@@ -219,7 +219,7 @@ def load_lazy(path: str, columns: str | None = None) -> tuple[Any, list[str]]:
                 f"has {store.shape[1]}."
             )
 
-        X = da.from_zarr(str(p))
+        X = da.from_zarr(store)  # the array opened above: zarr's local store, not fsspec's
         if columns:
             wanted = [c.strip() for c in columns.split(",") if c.strip()]
             unknown = [c for c in wanted if c not in names]
