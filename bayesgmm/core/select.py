@@ -59,7 +59,9 @@ class SelectionResult:
     loglik : pandas.DataFrame
         The log-likelihood of each cell.
     failures : dict[(str, int), str]
-        Why each NaN cell is NaN.
+        Why each NaN cell is NaN: no valid start (a start whose first M-step, and that step's
+        MAP rescue, give no valid mixture is dropped; the cell fails when all of its starts
+        are), too few distinct rows for K, or a degenerate fit.
     results : dict[(str, int), EMResult]
         Every fit that ran, degenerate ones included.
     best : EMResult
@@ -149,16 +151,17 @@ def _run_group(
         job.names,
         light=True,
     )
+    # A start without a valid mixture (even after its MAP rescue) is dropped; a cell fails only
+    # when none of its starts is valid.
     models: dict[tuple[str, int], list[tuple[str, GaussianMixture | StartPoint]]] = {}
     failed: dict[tuple[str, int], str] = {}
     for (key, label, _, _), model in zip(items, built, strict=True):
-        if key in failed:
-            continue
         if isinstance(model, Degenerate):
-            failed[key] = f"no valid start: {model}"
-            models.pop(key, None)
+            failed.setdefault(key, f"no valid start: {model}")
         else:
             models.setdefault(key, []).append((label, model))
+    for key in models:
+        failed.pop(key, None)
     fits = run_cells(
         job.X,
         job.names,
@@ -435,7 +438,9 @@ def _select(
             results[key] = best_result(fits)
         if sub is None and cross_starts and len(structures) > 1:
             cross = _cross_start_cells(results, structures, usable, filled)
-            for key, fits in _run_grid(job, workers, cross, CROSS_SCREEN, failures):
+            # Every cell offered cross-starts has its fit already: a cross-start that cannot
+            # start is no failure of the cell.
+            for key, fits in _run_grid(job, workers, cross, CROSS_SCREEN, {}):
                 if fits:
                     _keep_better(results, key, best_result(fits))
     for key, fit in results.items():

@@ -201,3 +201,40 @@ def test_restarts_repeating_a_partition_are_dropped():
     kept = _distinct([("hc", a), ("kmeans++", same), ("kmeans++", other), ("mixture", "m")])
     assert [label for label, _ in kept] == ["hc", "kmeans++", "mixture"]
     assert kept[1][1] is other
+
+
+def test_a_start_that_cannot_start_does_not_end_its_cell(monkeypatch, faithful):
+    # A start without a valid mixture (even after its MAP rescue) is dropped: the cell fails
+    # only when none of its starts is valid, and a cross-start that cannot start is no failure
+    # of the cell it was offered to (whose fit the first round already gave).
+    from bayesgmm.core import select
+    from bayesgmm.core.em import Degenerate
+
+    X = np.asarray(faithful, dtype=float)
+    real = select.start_models
+    real_group = select._run_group
+    spoiled = {"own": 0, "cross": 0}
+    cell_of: list[tuple[str, int, str]] = []  # (structure, K, label) of each start, in order
+
+    def group(task):
+        cells = task[1]
+        cell_of[:] = [(s, k, label) for s, by_k in cells.items() for k, cell in by_k.items()
+                      for label, _ in cell]  # fmt: skip
+        return real_group(task)
+
+    def spoil(X_, starts, *args, **kwargs):
+        out = real(X_, starts, *args, **kwargs)
+        for i, model in enumerate(out):
+            structure, k, label = cell_of[i]
+            # Every second start of the cell EEE,3 (its own starts and its cross-starts).
+            if (structure, k) == ("EEE", 3) and i % 2 and not isinstance(model, Degenerate):
+                out[i] = Degenerate(0, "spoiled by the test")
+                spoiled["cross" if label.startswith(("from ", "split ")) else "own"] += 1
+        return out
+
+    monkeypatch.setattr(select, "start_models", spoil)
+    monkeypatch.setattr(select, "_run_group", group)
+    sel = bg.select_em(X, n_components=[3], covariance_types=["EEE", "VVV"])
+    assert spoiled["own"] > 0 and spoiled["cross"] > 0
+    assert ("EEE", 3) not in sel.failures
+    assert np.isfinite(sel.bic.loc[3, "EEE"])
