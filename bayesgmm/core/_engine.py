@@ -5,6 +5,7 @@ validation of the data and settings, the starts, and the multi-start EM run of a
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -277,22 +278,36 @@ def _best_run(
     iteration budget were not evaluated at their last mixture, and get one (batched) pass."""
     if len(runs) == 1:
         return runs[0]
-    ranked: dict[int, tuple[bool, float]] = {}
+    loglik: dict[int, float] = {}
+    collapsed: dict[int, bool] = {}
     todo = []
     for i, run in enumerate(runs):
         if run.trace and (run.converged or run.reason is not None):
-            collapsed = (
-                run.reason is not None or _collapse_reason(run.params.covs[0], scale) is not None
-            )
-            ranked[i] = (collapsed, run.trace[-1])
+            loglik[i] = float(run.trace[-1])
+            if run.reason is not None:
+                collapsed[i] = True
         else:
             todo.append(i)
     if todo:
         done = finish_many(X, [runs[i] for i in todo], center, w, missing)
         for j, i in enumerate(todo):
-            ranked[i] = (done.reasons[j] is not None, float(done.loglik[j]))
-    good = [i for i in range(len(runs)) if not ranked[i][0]] or list(range(len(runs)))
-    return runs[max(good, key=lambda i: ranked[i][1])]  # the first of equal ones
+            loglik[i], collapsed[i] = float(done.loglik[j]), done.reasons[j] is not None
+    # The best run that did not collapse (the first of equal ones), else the best of all: the
+    # collapse test (an eigendecomposition per run) only as far down the ranking as needed.
+    order = sorted(range(len(runs)), key=lambda i: (-loglik[i], i))
+    if any(math.isnan(loglik[i]) for i in order):
+        order = list(range(len(runs)))  # (max's order, as before: NaN does not sort)
+        for i in order:
+            if i not in collapsed:
+                collapsed[i] = _collapse_reason(runs[i].params.covs[0], scale) is not None
+        good = [i for i in order if not collapsed[i]] or order
+        return runs[max(good, key=lambda i: loglik[i])]
+    for i in order:
+        if i not in collapsed:
+            collapsed[i] = _collapse_reason(runs[i].params.covs[0], scale) is not None
+        if not collapsed[i]:
+            return runs[i]
+    return runs[order[0]]
 
 
 def advance(

@@ -308,3 +308,32 @@ def test_predict_on_the_fitted_rows_and_on_new_rows(faithful):
     a = bg.fit_em(faithful, 3, n_init=3)
     b = bg.fit_em(faithful, 3, n_init=3)
     assert a.loglik == b.loglik
+
+
+def test_the_best_run_skips_collapsed_ones(monkeypatch):
+    # _best_run ranks a cell's finished runs without finishing them: the best by log-likelihood
+    # among those that did not collapse (the first of equal ones), else the best of all; the
+    # collapse test (an eigendecomposition) runs only as far down the ranking as needed.
+    from bayesgmm.core import _engine
+    from bayesgmm.core._loop import Run
+    from bayesgmm.core.em import Params
+    from bayesgmm.core.structures import get_structure
+
+    fine, flat = np.eye(2), np.diag([1.0, 1e-12])  # the second collapsed
+
+    def run(loglik: float, cov: np.ndarray) -> Run:
+        covs = np.stack([np.eye(2), cov])[None]
+        params = Params(np.full((1, 2), 0.5), np.zeros((1, 2, 2)), covs, np.linalg.cholesky(covs))
+        return Run(params, "start", get_structure("VVV"), trace=[loglik], converged=True)
+
+    scale = np.ones(2)
+    X = np.zeros((4, 2))
+    center = np.zeros(2)
+    runs = [run(-10.0, fine), run(-5.0, flat), run(-7.0, fine), run(-7.0, fine)]
+    checked = []
+    real = _engine._collapse_reason
+    monkeypatch.setattr(_engine, "_collapse_reason", lambda c, s: checked.append(1) or real(c, s))
+    assert _engine._best_run(X, runs, None, None, center, scale) is runs[2]
+    assert len(checked) == 2  # the collapsed best, then the first of the two at -7
+    collapsed = [run(-9.0, flat), run(-3.0, flat), run(-3.0, flat)]
+    assert _engine._best_run(X, collapsed, None, None, center, scale) is collapsed[1]
