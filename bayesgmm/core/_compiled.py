@@ -212,7 +212,8 @@ def _detached() -> dict[str, Any]:
     cold cache, 2 cores: 77.6 s, everything in numpy until the compilation ended at 69 s; with
     the stages, 100-117 s). Not at the lowest priority either: it then waits for idle cores,
     and work that keeps every core busy (a test suite on all cores, a batch of fits) went on in
-    numpy for minutes (the suite's 2:07 became 6:21). At an equal share per thread: 65.0 s."""
+    numpy for minutes (the cold test suite: 6:21, against 2:41 at an equal share per thread).
+    At an equal share per thread, that first select_em: 65.0 s."""
     if os.name != "posix":  # pragma: no cover
         return {}
     return {"process_group": 0}
