@@ -292,16 +292,12 @@ def _best_run(
         done = finish_many(X, [runs[i] for i in todo], center, w, missing)
         for j, i in enumerate(todo):
             loglik[i], collapsed[i] = float(done.loglik[j]), done.reasons[j] is not None
-    # The best run that did not collapse (the first of equal ones), else the best of all: the
-    # collapse test (an eigendecomposition per run) only as far down the ranking as needed.
-    order = sorted(range(len(runs)), key=lambda i: (-loglik[i], i))
-    if any(math.isnan(loglik[i]) for i in order):
-        order = list(range(len(runs)))  # (max's order, as before: NaN does not sort)
-        for i in order:
-            if i not in collapsed:
-                collapsed[i] = _collapse_reason(runs[i].params.covs[0], scale) is not None
-        good = [i for i in order if not collapsed[i]] or order
-        return runs[max(good, key=lambda i: loglik[i])]
+    # The best run that did not collapse (the first of equal ones; a NaN log-likelihood last),
+    # else the best of all: the collapse test (an eigendecomposition per run) only as far down
+    # the ranking as needed.
+    order = sorted(
+        range(len(runs)), key=lambda i: (math.inf if math.isnan(loglik[i]) else -loglik[i], i)
+    )
     for i in order:
         if i not in collapsed:
             collapsed[i] = _collapse_reason(runs[i].params.covs[0], scale) is not None
