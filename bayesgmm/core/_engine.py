@@ -253,13 +253,24 @@ def run_cells(
     # result, not once per batch and per cell (1 s of select_em's 31 on 10⁵ × 5 rows).
     scale = settings["scale"] = _data_scale(X, w)
     runs = {key: [new_run(m, label) for label, m in starts] for key, starts in cells.items()}
-    advance(X, runs, max_iter, short_iter, keep, settings)
+    pruned: dict[Any, list[Run]] = {}
+    advance(X, runs, max_iter, short_iter, keep, settings, pruned)
     chosen = {key: _best_run(X, rs, w, missing, center, scale) for key, rs in runs.items()}
+    # A cell whose every finished run failed or collapsed goes on with the starts its short
+    # round set aside (those not failed there): one of them may end at a valid mixture, as
+    # mclust's single start often does where our best starts climb onto a singularity.
+    spare = {key: pruned[key] for key, (_, ok) in chosen.items() if not ok and pruned.get(key)}
+    if spare:
+        iterate(X, [r for rs in spare.values() for r in rs], max_iter, **settings)
+        for key, rs in spare.items():
+            run, ok = _best_run(X, rs, w, missing, center, scale)
+            if ok:
+                chosen[key] = (run, ok)
     return {
         key: []
         if only_new and run is runs[key][0]
         else [finish(X, run, names, w, missing, labels, scale, lazy)]
-        for key, run in chosen.items()
+        for key, (run, _) in chosen.items()
     }
 
 
@@ -270,14 +281,16 @@ def _best_run(
     missing: Any,
     center: np.ndarray,
     scale: np.ndarray,
-) -> Run:
+) -> tuple[Run, bool]:
     """The run :func:`best_result` would pick once every run is finished, without finishing
     them all (each start's final E-step, responsibilities and criteria cost more than the
     choice): a run that converged or failed ended at the mixture of its trace's last
     log-likelihood, and it is degenerate when it failed or collapsed; runs stopped by the
-    iteration budget were not evaluated at their last mixture, and get one (batched) pass."""
+    iteration budget were not evaluated at their last mixture, and get one (batched) pass.
+    Returns the run and whether it is valid (neither failed nor collapsed; a lone run, with
+    nothing to choose from, is only checked for failure)."""
     if len(runs) == 1:
-        return runs[0]
+        return runs[0], runs[0].reason is None
     loglik: dict[int, float] = {}
     collapsed: dict[int, bool] = {}
     todo = []
@@ -302,8 +315,8 @@ def _best_run(
         if i not in collapsed:
             collapsed[i] = _collapse_reason(runs[i].params.covs[0], scale) is not None
         if not collapsed[i]:
-            return runs[i]
-    return runs[order[0]]
+            return runs[i], True
+    return runs[order[0]], False
 
 
 def advance(
@@ -313,6 +326,7 @@ def advance(
     short_iter: int,
     keep: int,
     settings: dict[str, Any],
+    pruned: dict[Any, list[Run]] | None = None,
 ) -> None:
     """EM for the runs of every cell (``settings``: :func:`iterate`'s keywords), in place.
 
@@ -320,7 +334,8 @@ def advance(
     ``short_iter`` iterations, then only the promising runs go on (Biernacki, Celeux &
     Govaert 2003), the first start always and the best ``keep`` of the others. (A cell whose
     starts all go on skips it: on 100,000 rows the screened grid's two starts per cell spent
-    57 s of 222 there.)"""
+    57 s of 222 there.) The runs set aside that had not failed go into ``pruned`` (per cell)
+    when it is given."""
     multi = [rs for rs in runs.values() if len(rs) > 1 + keep]
     if multi:
         iterate(X, [r for rs in multi for r in rs], min(short_iter, max_iter), **settings)
@@ -328,6 +343,8 @@ def advance(
             if len(rs) > 1 + keep:
                 alive = sorted(rs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
                 runs[key] = [rs[0], *alive[:keep]]
+                if pruned is not None:
+                    pruned[key] = [r for r in alive[keep:] if r.reason is None]
     iterate(X, [r for rs in runs.values() for r in rs], max_iter, **settings)
 
 

@@ -77,7 +77,7 @@ def fit_em(
         seeds (random responsibilities when ``init="random"``). With several starts each runs
         20 iterations first; the first start and the two best restarts then run to
         convergence ("short EM", Biernacki, Celeux & Govaert 2003). The best non-degenerate
-        log-likelihood wins.
+        log-likelihood wins; when all three end degenerate, the restarts set aside go on too.
     tol : float, default 1e-8
         Stop when |ℓ_t − ℓ_{t−1}| ≤ tol·|ℓ_t|. ``tol=0`` runs exactly ``max_iter`` iterations.
     max_iter : int, default 1000

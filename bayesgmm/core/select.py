@@ -297,7 +297,9 @@ def select_em(
         After the first pass, rerun each cell from the partitions the other structures found at
         the same K and from the splits of its own structure's fit at K − 1 (each component in
         turn split in two along its principal axis, moments kept): 5 EM iterations from each,
-        the best one then to convergence. Never makes a cell worse.
+        the best one then to convergence. Never makes a cell worse. A cell whose fit is
+        degenerate is offered them too (after the restarts its short round set aside), and a
+        valid fit from any of them replaces it.
     n_jobs : int, optional
         Worker processes; the covariance structures are dealt to them in turn, and each
         worker's share runs as one batch. scikit-learn's convention for explicit values (-1:
@@ -625,9 +627,11 @@ def _cross_start_cells(
         cells: dict[int, list[tuple[str, Any]]] = {}
         for k in usable:
             current = results.get((structure, k))
-            if current is None or current.degenerate:
+            if current is None:
                 continue
-            seen = {_partition_key(labels_of[(structure, k)])}
+            # (A degenerate fit is offered them too: a valid one from any of them replaces it.)
+            own = labels_of.get((structure, k))
+            seen = set() if own is None else {_partition_key(own)}
             extra = []
             for label, part, key in partitions[k]:
                 if key not in seen:
@@ -682,12 +686,12 @@ def _keep_better(
     results: dict[tuple[str, int], EMResult], key: tuple[str, int], refit: EMResult
 ) -> None:
     """A cross-start replaces the cell's fit only when it does better (the cell's own fit ran
-    again beside it, and converged at once)."""
+    again beside it, and converged at once), or when that fit is degenerate and it is not."""
     current = results[key]
     if (
         not refit.degenerate
         and refit.init != current.init
-        and refit.loglik > current.loglik + 1e-12 * abs(current.loglik)
+        and (current.degenerate or refit.loglik > current.loglik + 1e-12 * abs(current.loglik))
     ):
         results[key] = refit
 

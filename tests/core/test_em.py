@@ -313,7 +313,8 @@ def test_predict_on_the_fitted_rows_and_on_new_rows(faithful):
 def test_the_best_run_skips_collapsed_ones(monkeypatch):
     # _best_run ranks a cell's finished runs without finishing them: the best by log-likelihood
     # among those that did not collapse (the first of equal ones), else the best of all; the
-    # collapse test (an eigendecomposition) runs only as far down the ranking as needed.
+    # collapse test (an eigendecomposition) runs only as far down the ranking as needed; it
+    # says whether the run it returns is valid.
     from bayesgmm.core import _engine
     from bayesgmm.core._loop import Run
     from bayesgmm.core.em import Params
@@ -333,7 +334,8 @@ def test_the_best_run_skips_collapsed_ones(monkeypatch):
     checked = []
     real = _engine._collapse_reason
     monkeypatch.setattr(_engine, "_collapse_reason", lambda c, s: checked.append(1) or real(c, s))
-    assert _engine._best_run(X, runs, None, None, center, scale) is runs[2]
+    assert _engine._best_run(X, runs, None, None, center, scale) == (runs[2], True)
     assert len(checked) == 2  # the collapsed best, then the first of the two at -7
     collapsed = [run(-9.0, flat), run(-3.0, flat), run(-3.0, flat)]
-    assert _engine._best_run(X, collapsed, None, None, center, scale) is collapsed[1]
+    best, valid = _engine._best_run(X, collapsed, None, None, center, scale)
+    assert best is collapsed[1] and not valid
