@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +273,13 @@ def _warm_loop() -> None:
     resp[np.arange(12), np.arange(12) % k] = 1.0
     first_steps(X, [(name, resp) for name in CODES], None, 0.0, 20)
     first_steps(X, [("VVV", resp)], np.ones(12), 0.0, 20)
+    from bayesgmm.core.prior import ConjugatePrior
+
+    single = np.zeros((12, k))
+    single[:, 0] = 1.0
+    single[0] = [0.0, 1.0]  # a component on one point: every structure's MAP rescue runs
+    rescue = {k: ConjugatePrior().resolve(X, k)}
+    first_steps(X, [(name, single) for name in CODES], None, 0.0, 20, rescue)
 
 
 _WARM = {"pass": _warm_pass, "hc": _warm_hc, "loop": _warm_loop}
@@ -1299,13 +1306,118 @@ def em_runs(todo, xct, feats, center, w_all, w_index, codes, ks, weights, means,
 
 
 @_jit
+def _map_m_step(sums, center, code, kappa, mu_c, dof, scale, reg_covar, limit, new_w, new_mu,
+                new_cov, new_chol):  # fmt: skip  # pragma: no cover - compiled
+    """The MAP M-step under the conjugate prior (shrinkage ``kappa``, mean ``mu_c`` about
+    ``center``, ``dof``, ``scale`` Λ (D, D)) from a pass's sums, as em.m_step_batch computes it
+    with a prior (each structure's MAP in bayesgmm.core.structures), cold, into (new_w, new_mu,
+    new_cov, new_chol). Returns True when every covariance is positive definite (no empty
+    check: the prior keeps an empty component's covariance valid, as in numpy)."""
+    k = sums.shape[0]
+    d = center.shape[0]
+    diag = code <= 5
+    total_n = 0.0
+    for j in range(k):
+        total_n += sums[j, 0]
+    scatter = np.empty((k, d, d))
+    off = np.empty(d)
+    for j in range(k):
+        n_j = sums[j, 0]
+        low = n_j <= _EMPTY_RTOL * total_n
+        c = 1.0 if low else n_j
+        for i in range(d):
+            xbar = sums[j, 1 + i] / c
+            new_mu[j, i] = xbar  # x̄ for now (shifted coordinates)
+            off[i] = 0.0 if low else xbar - mu_c[i]
+        coef = kappa * n_j / (kappa + n_j)
+        f = 1 + d
+        for a in range(d):
+            for b in range(a + 1):
+                v = sums[j, f] - n_j * new_mu[j, a] * new_mu[j, b]
+                if diag and a == b and v < 0:
+                    v = 0.0
+                v += coef * off[a] * off[b]
+                scatter[j, a, b] = v
+                scatter[j, b, a] = v
+                f += 1
+        for i in range(d):
+            new_mu[j, i] = (sums[j, 1 + i] + kappa * mu_c[i]) / (n_j + kappa) + center[i]
+        new_w[j] = n_j / total_n
+    out = new_cov
+    for j in range(k):
+        for a in range(d):
+            for b in range(d):
+                out[j, a, b] = 0.0
+    tr_scale = 0.0
+    for i in range(d):
+        tr_scale += scale[i, i]
+    if code == 0 or code == 1:  # EII, VII (E, V): spherical, ς² = tr Λ / d
+        total = 0.0
+        for j in range(k):
+            tr = 0.0
+            for i in range(d):
+                tr += scatter[j, i, i]
+            total += tr
+            if code == 1:
+                lam = (tr_scale / d + tr) / ((sums[j, 0] + 1.0) * d + dof + 2.0)
+                for i in range(d):
+                    out[j, i, i] = lam
+        if code == 0:
+            lam = (tr_scale / d + total) / ((total_n + k) * d + dof + 2.0)
+            for j in range(k):
+                for i in range(d):
+                    out[j, i, i] = lam
+    elif code == 2 or code == 5:  # EEI, VVI: diagonal, ς²_i = Λ_ii
+        for i in range(d):
+            total = 0.0
+            for j in range(k):
+                total += scatter[j, i, i]
+            for j in range(k):
+                if code == 2:
+                    out[j, i, i] = (scale[i, i] + total) / (total_n + k + dof + 2.0)
+                else:
+                    out[j, i, i] = (scale[i, i] + scatter[j, i, i]) / (sums[j, 0] + dof + 3.0)
+    elif code == 6 or code == 13:  # EEE, VVV
+        for a in range(d):
+            for b in range(d):
+                total = 0.0
+                for j in range(k):
+                    total += scatter[j, a, b]
+                for j in range(k):
+                    if code == 6:
+                        out[j, a, b] = (scale[a, b] + total) / (total_n + k + dof + d + 1.0)
+                    else:
+                        out[j, a, b] = (scale[a, b] + scatter[j, a, b]) / (
+                            sums[j, 0] + dof + d + 2.0
+                        )
+    else:
+        # The coupled structures: their maximum-likelihood M-step on the VVV (full scatter) or
+        # VVI (diagonal) MAP terms, n_k + ν + d + 2 and W_k + Λ, or n_k + ν + 3 and W_k + diag Λ.
+        counts = np.empty(k)
+        for j in range(k):
+            counts[j] = sums[j, 0] + (dof + 3.0 if diag else dof + d + 2.0)
+            for a in range(d):
+                for b in range(d):
+                    if not diag:
+                        scatter[j, a, b] += scale[a, b]
+                    elif a == b:
+                        scatter[j, a, a] += scale[a, a]
+        _covariances(code, counts, scatter, np.empty((0, d, d)), out, limit)
+    return _finish_covs(out, reg_covar, new_chol, 0.0) < 0
+
+
+@_jit
 def start_steps(todo, center, codes, ks, offsets, sums_all, reg_covar, limit, weights, means,
-                covs, chol, state, component, collapsed):  # fmt: skip  # pragma: no cover
+                covs, chol, state, component, collapsed, rescue, kappa, mu_c, dof,
+                scales, rescued):  # fmt: skip  # pragma: no cover
     """The first M-step of each start r in ``todo``: from its components' sums
     sums_all[offsets[r] : offsets[r] + ks[r]] (:func:`_sums_into`'s layout, about ``center``),
     cold, with at most ``limit`` inner iterations, into the padded (R, Kmax, ...) arrays;
-    state[r] RUNNING, or SINGULAR or EMPTY with the failing component. Threads may share the
-    arrays, each with its own starts."""
+    state[r] RUNNING, or SINGULAR or EMPTY with the failing component. A start that fails
+    gets the MAP step under the conjugate prior (κ ``kappa``, mean ``mu_c`` about ``center``,
+    ``dof``, scale scales[K]) when rescue[K]; rescued[r] is 1 when that step is valid (state
+    keeps the maximum-likelihood failure). Threads may share the arrays, each with its own
+    starts."""
     d = center.shape[0]
     no_previous = np.empty((0, d, d))
     for r in todo:
@@ -1317,6 +1429,12 @@ def start_steps(todo, center, codes, ks, offsets, sums_all, reg_covar, limit, we
             0.0, weights[r, :k], means[r, :k], covs[r, :k], chol[r, :k],
         )  # fmt: skip
         state[r], component[r], collapsed[r] = st, bad, coll
+        if st != RUNNING and rescue[k]:
+            ok = _map_m_step(
+                sums_all[off : off + k], center, code, kappa, mu_c, dof, scales[k], reg_covar,
+                limit, weights[r, :k], means[r, :k], covs[r, :k], chol[r, :k],
+            )  # fmt: skip
+            rescued[r] = 1 if ok else 0
 
 
 def advance_runs(
@@ -1778,12 +1896,16 @@ def first_steps(
     w: np.ndarray | None,
     reg_covar: float,
     limit: int,
+    rescue: Mapping[int, Any] | None = None,
 ) -> list[tuple[Any, int, float]]:
     """The first M-step of each (structure name, responsibilities (N, K)) start, cold with at
     most ``limit`` inner iterations, about the data's mean, as em.m_step_batch computes it
     for a start. Per start: (Params of a batch of one, −1, 0.0) when it gives a valid
     mixture; (None, j, weight) when component j is empty (its weight share); (None, j, −1.0)
-    when component j's covariance is singular."""
+    when component j's covariance is singular. ``rescue`` maps K to a resolved conjugate prior
+    (or None): a start with K components whose maximum-likelihood step fails gets the MAP step
+    under it instead (em.m_step_batch with that prior), and its failure stands only when that
+    step fails too."""
     from bayesgmm.core.em import Params
 
     r_all = len(starts)
@@ -1819,27 +1941,43 @@ def first_steps(
     state = np.zeros(r_all, dtype=np.int64)
     component = np.full(r_all, -1, dtype=np.int64)
     collapsed = np.zeros(r_all)
+    # The rescue's prior per K: only its scale depends on K (κ, μ and ν are the data's).
+    can = np.zeros(kmax + 1, dtype=np.bool_)
+    scales = np.zeros((kmax + 1, d, d))
+    kappa, mu_c, dof = 0.0, np.zeros(d), 0.0
+    for k, prior in (rescue or {}).items():
+        if prior is not None and k <= kmax:
+            can[k] = True
+            scales[k] = prior.terms.scale
+            kappa, dof = float(prior.shrinkage), float(prior.terms.dof)
+            mu_c = _plain(np.asarray(prior.mean, dtype=np.float64) - center)
+    rescued = np.zeros(r_all, dtype=np.int64)
     args = (
         _plain(center), codes, ks, offsets, sums_all, float(reg_covar), int(limit), weights,
-        means, covs, chol, state, component, collapsed,
+        means, covs, chol, state, component, collapsed, can, kappa, mu_c, dof, scales, rescued,
     )  # fmt: skip
     _in_threads(start_steps, ks, args)
     # The factorisation above accepts any positive pivot; where one is below _PD_RTOL of its
     # diagonal entry, LAPACK's (which the numpy start uses, and the final model will) decides.
+    valid = (state == RUNNING) | (rescued == 1)
     with np.errstate(divide="ignore", invalid="ignore"):  # (the padding's zeros)
         ratio = np.diagonal(chol, axis1=-2, axis2=-1) ** 2 / np.diagonal(covs, axis1=-2, axis2=-1)
-    close = (state == RUNNING) & (np.where(ratio > 0, ratio, 1.0) < _PD_RTOL).any(axis=(1, 2))
+    close = valid & (np.where(ratio > 0, ratio, 1.0) < _PD_RTOL).any(axis=(1, 2))
     for r in np.flatnonzero(close).tolist():
         for j in range(int(ks[r])):
             try:
                 np.linalg.cholesky(covs[r, j])
             except np.linalg.LinAlgError:
-                state[r], component[r] = SINGULAR, j
+                if rescued[r]:
+                    rescued[r] = 0  # the maximum-likelihood failure stands
+                else:
+                    state[r], component[r] = SINGULAR, j
+                valid[r] = False
                 break
     out: list[tuple[Any, int, float]] = []
     for i in range(r_all):
         k = int(ks[i])
-        if state[i] == RUNNING:
+        if valid[i]:
             p = Params(weights[i : i + 1, :k], means[i : i + 1, :k], covs[i : i + 1, :k],
                        chol[i : i + 1, :k])  # fmt: skip
             out.append((p, -1, 0.0))

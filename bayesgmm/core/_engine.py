@@ -434,17 +434,21 @@ def start_models(
         if small and priors[i] is None and isinstance(start, np.ndarray)
     ]
     if batchable and light and compiled_suits(*X.shape) and compiled_ready():
+        # The MAP rescue (see start_model) runs compiled beside the maximum-likelihood step.
+        rescue = {k: _rescue_prior(X, k, w) for k in {starts[i][1].shape[1] for i in batchable}}
         firsts = first_steps(
             X, [(starts[i][0].name, np.asarray(starts[i][1])) for i in batchable], w,
-            reg_covar, START_INNER_MAX,
+            reg_covar, START_INNER_MAX, rescue,
         )  # fmt: skip
         for i, (first, comp, weight) in zip(batchable, firsts, strict=True):
             if first is not None:
                 out[i] = StartPoint(first, starts[i][0])
-            elif weight >= 0:
+                continue
+            if weight >= 0:
                 failed[i] = Degenerate(comp, f"its weight collapsed to {weight:.2g} (empty)")
             else:
                 failed[i] = Degenerate(comp, _SINGULAR)
+            out[i] = failed[i]  # (its rescue, when there is one, ran and failed too)
         batchable = []
     center = X.mean(axis=0)
     feats: list[np.ndarray] = []  # (F, n): [packed second moments | x − c | 1], built once
@@ -538,10 +542,7 @@ def _rescue_many(
     rescue_priors: dict[int, ResolvedPrior | None] = {}
     for (_, k), rows in groups.items():
         if k not in rescue_priors:
-            try:
-                rescue_priors[k] = ConjugatePrior().resolve(X, k, w)
-            except ValueError:
-                rescue_priors[k] = None
+            rescue_priors[k] = _rescue_prior(X, k, w)
         prior = rescue_priors[k]
         structure = starts[rows[0]][0]
         if prior is None:
@@ -557,6 +558,15 @@ def _rescue_many(
             if bad[j] < 0:
                 with contextlib.suppress(ValueError):
                     out[i] = to_model(params.member(j, k), 0, structure, names)
+
+
+def _rescue_prior(X: np.ndarray, k: int, w: np.ndarray | None) -> ResolvedPrior | None:
+    """The MAP rescue's prior for K components (mclust's default conjugate prior), or None
+    when the data give none (a constant feature)."""
+    try:
+        return ConjugatePrior().resolve(X, k, w)
+    except ValueError:
+        return None
 
 
 def _check_not_constant(X: np.ndarray, w: np.ndarray | None) -> None:

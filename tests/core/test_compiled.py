@@ -393,3 +393,45 @@ def test_em_on_large_data_as_numpy(compiled, monkeypatch):
     assert a.n_iter == b.n_iter
     assert a.loglik == pytest.approx(b.loglik, rel=1e-12)
     np.testing.assert_allclose(a.model.means, b.model.means, rtol=1e-9)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_map_rescue_as_numpy(compiled, iris_X, galaxies, weighted):
+    # A start whose maximum-likelihood first M-step fails (a component empty, or on one point)
+    # begins from its MAP M-step under mclust's default prior instead: compiled beside the first
+    # step, against em.m_step_batch with that prior on the same statistics, for every structure
+    # (E and V on one feature).
+    from bayesgmm.core.em import _stats_from_resp, m_step_batch
+    from bayesgmm.core.prior import ConjugatePrior
+    from bayesgmm.core.structures import cold_inner_limit, get_structure
+
+    rng = np.random.default_rng(3)
+    for X, names in (
+        (iris_X, MULTIVARIATE),
+        (np.asarray(galaxies, float).reshape(-1, 1), ["E", "V"]),
+    ):
+        n = X.shape[0]
+        w = rng.uniform(0.5, 2.0, n) if weighted else None
+        empty = labels_to_resp_cols(np.arange(n) % 2, 3)  # component 2 empty
+        single = labels_to_resp_cols(np.r_[2, np.arange(n - 1) % 2], 3)  # component 2: one row
+        priors = {3: ConjugatePrior().resolve(X, 3, w)}
+        starts = [(name, resp) for name in names for resp in (empty, single)]
+        plain = compiled.first_steps(X, starts, w, 0.0, 20)
+        firsts = compiled.first_steps(X, starts, w, 0.0, 20, priors)
+        center = X.mean(axis=0)
+        rescued = 0
+        for (name, resp), ml, (params, comp, _) in zip(starts, plain, firsts, strict=True):
+            if ml[0] is not None:  # the maximum-likelihood step holds: no rescue
+                np.testing.assert_array_equal(params.covs, ml[0].covs)
+                continue
+            rescued += 1
+            st = get_structure(name, X.shape[1])
+            stats = _stats_from_resp(X, resp, w, st.scatter_kind, center)
+            with cold_inner_limit(20):
+                ref, bad, _ = m_step_batch(stats, center, st, priors[3], 0.0)
+            assert bad[0] < 0 and comp == -1 and params is not None, name
+            np.testing.assert_allclose(params.weights, ref.weights, rtol=1e-12)
+            np.testing.assert_allclose(params.means, ref.means, rtol=1e-10, err_msg=name)
+            np.testing.assert_allclose(params.covs, ref.covs, rtol=1e-8, atol=1e-12, err_msg=name)
+            np.testing.assert_allclose(params.chol, ref.chol, rtol=1e-8, atol=1e-12, err_msg=name)
+        assert rescued >= len(names) + 1, rescued  # every empty start, and singletons
