@@ -435,7 +435,8 @@ def start_models(
     ]
     if batchable and light and compiled_suits(*X.shape) and compiled_ready():
         # The MAP rescue (see start_model) runs compiled beside the maximum-likelihood step.
-        rescue = {k: _rescue_prior(X, k, w) for k in {starts[i][1].shape[1] for i in batchable}}
+        ks = {np.asarray(starts[i][1]).shape[1] for i in batchable}
+        rescue = {k: _rescue_prior(X, k, w) for k in ks}
         firsts = first_steps(
             X, [(starts[i][0].name, np.asarray(starts[i][1])) for i in batchable], w,
             reg_covar, START_INNER_MAX, rescue,
