@@ -53,6 +53,31 @@ def test_kmeans_plus_plus_partition():
     assert _rand_index_perfect(labels, truth)
 
 
+def test_kmeans_plus_plus_draws_as_generator_choice():
+    # The seeding draws each new centre as numpy's Generator.choice(n, p=...) does (without its
+    # checks of p): the same rows from the same seed, and the generator left in the same state.
+    # Reference: the textbook loop written with rng.choice.
+    def reference(X, k, rng):
+        sd = X.std(axis=0)
+        Z = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        centers = [Z[rng.integers(Z.shape[0])]]
+        closest = ((Z - centers[0]) ** 2).sum(axis=1)
+        for _ in range(1, k):
+            c = Z[rng.choice(Z.shape[0], p=closest / closest.sum())]
+            centers.append(c)
+            closest = np.minimum(closest, ((Z - c) ** 2).sum(axis=1))
+        return (((Z[:, None, :] - np.array(centers)[None]) ** 2).sum(axis=2)).argmin(axis=1)
+
+    data = np.random.default_rng(5)
+    for seed in range(20):
+        X = data.normal(size=(int(data.integers(10, 300)), int(data.integers(1, 5))))
+        X[: X.shape[0] // 3] = X[0]  # tied rows: zero probabilities in p
+        k = int(data.integers(2, 9))
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        np.testing.assert_array_equal(kmeans_plus_plus_labels(X, k, a), reference(X, k, b))
+        assert a.random() == b.random()
+
+
 # -- mclust's own partitions (tests/reference/mclust_hc.json, written by make_mclust_hc.R) -----
 
 MCLUST_HC = Path(__file__).resolve().parents[1] / "reference" / "mclust_hc.json"
