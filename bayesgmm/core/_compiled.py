@@ -1014,7 +1014,7 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
         for r in range(n_rows):
             g[r] *= total[r]
     _sums_into(feats, lj, sums)
-    state, bad, collapsed = _m_step(sums, center, code, diag, prev_covs, reg_covar, _WARM_MAX,
+    state, bad, collapsed = _m_step(sums, center, code, diag, prev_covs, reg_covar, _warm(code),
                                     _PD_RTOL, new_w, new_mu, new_cov, new_chol)  # fmt: skip
     return loglik, state, bad, collapsed
 
@@ -1103,6 +1103,14 @@ def _m_step(sums, center, code, diag, prev_covs, reg_covar, limit, rtol, new_w, 
     if bad >= 0:
         return SINGULAR, bad, 0.0
     return RUNNING, -1, 0.0
+
+
+@_jit
+def _warm(code):  # pragma: no cover - compiled
+    """_WARM_MAX as a run-time integer: passed as the constant itself, numba would type it as
+    the literal 5 and compile _m_step and _covariances (every structure's M-step) a second
+    time for it, beside the start's run-time limit (a third of the loop's compile)."""
+    return _WARM_MAX if code >= 0 else 0
 
 
 @_jit
@@ -1256,7 +1264,7 @@ def _extrapolate(p_w, p_m, p_c, p_l, i0, i1, i2, scale, step_max, nonlinear,
                     scat[j, i, q] = p_c[3, j, i, q] * wpos[j]
         previous = np.empty_like(p_c[3])
         _copy(p_c[3], previous)
-        _covariances(code, wpos, scat, previous, p_c[3], _WARM_MAX)
+        _covariances(code, wpos, scat, previous, p_c[3], _warm(code))
     if valid:
         for j in range(k):
             if not _cholesky(p_c[3, j], p_l[3, j], _PD_RTOL):
