@@ -498,11 +498,24 @@ def _start_stats(
 ) -> tuple[PassStats, np.ndarray]:
     """The pass statistics of many starts' responsibilities (N, K each) on the data's feature
     matrix (:func:`features`, "full"), in one product, padded to the largest K; and the
-    (R, Kmax) mask of their real components."""
-    wide = np.concatenate(resps, axis=1)
+    (R, Kmax) mask of their real components. A start shared by several structures (the same
+    array) is multiplied once (select_em's first round offers each start to all 14: on a
+    5,000-row screen the product of every copy took 1.2 s)."""
+    at_of: dict[int, int] = {}
+    distinct: list[np.ndarray] = []
+    offsets = []
+    width = 0
+    for resp in resps:
+        at = at_of.get(id(resp))
+        if at is None:
+            at = at_of[id(resp)] = width
+            distinct.append(resp)
+            width += resp.shape[1]
+        offsets.append(at)
+    wide = np.concatenate(distinct, axis=1)
     if w is not None:
         wide = wide * w[:, None]
-    sums = wide.T @ feats.T  # (Σ K, F)
+    sums = wide.T @ feats.T  # (Σ K of the distinct starts, F)
     t = sums.shape[1] - d - 1
     kmax = max(r.shape[1] for r in resps)
     r_all = len(resps)
@@ -510,13 +523,11 @@ def _start_stats(
     sum_x = np.zeros((r_all, kmax, d))
     second = np.zeros((r_all, kmax, t))
     mask = np.zeros((r_all, kmax), dtype=bool)
-    pos = 0
-    for j, resp in enumerate(resps):
+    for j, (resp, pos) in enumerate(zip(resps, offsets, strict=True)):
         k = resp.shape[1]
         block = sums[pos : pos + k]
         counts[j, :k], sum_x[j, :k], second[j, :k] = block[:, -1], block[:, t : t + d], block[:, :t]
         mask[j, :k] = True
-        pos += k
     return PassStats(np.zeros(r_all), counts, sum_x, second), mask
 
 
