@@ -20,7 +20,7 @@ from bayesgmm.core._loop import (
     StartPoint,
     _collapse_reason,
     _data_scale,
-    finish,
+    finish_all,
     finish_many,
     iterate,
     new_run,
@@ -266,12 +266,10 @@ def run_cells(
             run, ok = _best_run(X, rs, w, missing, center, scale)
             if ok:
                 chosen[key] = (run, ok)
-    return {
-        key: []
-        if only_new and run is runs[key][0]
-        else [finish(X, run, names, w, missing, labels, scale, lazy)]
-        for key, (run, _) in chosen.items()
-    }
+    todo = [key for key, (run, _) in chosen.items() if not (only_new and run is runs[key][0])]
+    done = finish_all(X, [chosen[key][0] for key in todo], names, w, missing, labels, scale, lazy)
+    finished = dict(zip(todo, done, strict=True))
+    return {key: [finished[key]] if key in finished else [] for key in chosen}
 
 
 def _best_run(

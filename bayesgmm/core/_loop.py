@@ -576,6 +576,56 @@ def finish(
     return run_result(run, model, loglik, icl_value, held, n_obs, scale)
 
 
+def finish_all(
+    X: np.ndarray,
+    runs: list[Run],
+    names: tuple[str, ...] | None,
+    w: np.ndarray | None,
+    missing: Missingness | None = None,
+    labels: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    lazy: bool = False,
+) -> list[EMResult]:
+    """:func:`finish` for many runs: on complete data in memory whose responsibilities are kept,
+    the final E-steps of the runs with the same K (and the same kind of covariance) are one
+    pass for all of them (select_em's grid finishes a few hundred runs: one pass each was a
+    tenth of its time on the small data sets); otherwise one :func:`finish` per run."""
+    if (
+        lazy
+        or missing is not None
+        or labels is not None
+        or len(runs) < 2
+        or not isinstance(X, np.ndarray)
+    ):
+        return [finish(X, r, names, w, missing, labels, scale, lazy) for r in runs]
+    if scale is None:
+        scale = _data_scale(X, w)
+    n_obs = float(X.shape[0] if w is None else w.sum())
+    models = [to_model(r.params, 0, r.structure, names) for r in runs]
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, model in enumerate(models):
+        diagonal = model.structure.scatter_kind == "diag"
+        groups.setdefault((model.n_components, diagonal), []).append(i)
+    center = X.mean(axis=0) if w is None else w @ X / w.sum()
+    out: list[EMResult | None] = [None] * len(runs)
+    for (k, diagonal), idx in groups.items():
+        params = mixture_density(
+            np.stack([models[i].weights for i in idx]),
+            np.stack([models[i].means for i in idx]),
+            np.stack([models[i].cholesky for i in idx]),
+            diagonal,
+            center,
+        )
+        wide = np.empty((X.shape[0], k * len(idx)))  # column c·R + r: mixture r's component c
+        final = run_pass(X, params, sample_weight=w, resp_out=wide)
+        for j, i in enumerate(idx):
+            resp = np.ascontiguousarray(wide[:, j :: len(idx)])
+            loglik = float(final.loglik[j])
+            icl_value = icl(loglik, models[i].n_parameters, n_obs, resp, w)
+            out[i] = run_result(runs[i], models[i], loglik, icl_value, resp, n_obs, scale)
+    return [r for r in out if r is not None]
+
+
 def _final_pass(
     X: np.ndarray,
     model: GaussianMixture,

@@ -339,3 +339,27 @@ def test_the_best_run_skips_collapsed_ones(monkeypatch):
     collapsed = [run(-9.0, flat), run(-3.0, flat), run(-3.0, flat)]
     best, valid = _engine._best_run(X, collapsed, None, None, center, scale)
     assert best is collapsed[1] and not valid
+
+
+def test_finishing_many_runs_as_one_at_a_time(faithful):
+    # finish_all batches the final E-steps of runs with the same K and kind of covariance into
+    # one pass; each result must be finish's for that run alone (weights too).
+    from bayesgmm.core._loop import finish, finish_all, new_run
+
+    X = np.asarray(faithful, dtype=float)
+    w = np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0])
+    runs = []
+    for structure, k in [("VVV", 2), ("EEE", 2), ("VVI", 2), ("EII", 3), ("VVV", 3), ("VEV", 3)]:
+        fit = bg.fit_em(X, k, covariance_type=structure, max_iter=5, tol=0.0)
+        run = new_run(fit.model, fit.init)
+        run.trace, run.n_iter = list(fit.loglik_trace), fit.n_iter
+        runs.append(run)
+    for weights in (None, w):
+        together = finish_all(X, runs, None, weights)
+        for run, got in zip(runs, together, strict=True):
+            alone = finish(X, run, None, weights)
+            assert got.loglik == pytest.approx(alone.loglik, rel=1e-12)
+            assert got.icl == pytest.approx(alone.icl, rel=1e-10)
+            assert got.bic == pytest.approx(alone.bic, rel=1e-12)
+            assert got.degenerate == alone.degenerate
+            np.testing.assert_allclose(got.responsibilities, alone.responsibilities, atol=1e-12)
