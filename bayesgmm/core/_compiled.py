@@ -1079,15 +1079,7 @@ def _m_step(sums, center, code, diag, prev_covs, reg_covar, limit, rtol, new_w, 
         c = n_j if n_j > _EMPTY_RTOL * total_n else 1.0
         for i in range(d):
             new_mu[j, i] = sums[j, 1 + i] / c
-        f = 1 + d
-        for a in range(d):
-            for b in range(a + 1):
-                v = sums[j, f] - n_j * new_mu[j, a] * new_mu[j, b]
-                if diag and a == b and v < 0:
-                    v = 0.0
-                scatter[j, a, b] = v
-                scatter[j, b, a] = v
-                f += 1
+        _scatter_about(sums, j, new_mu[j], diag, scatter[j])
         for i in range(d):
             new_mu[j, i] += center[i]
         new_w[j] = n_j / total_n
@@ -1111,6 +1103,24 @@ def _warm(code):  # pragma: no cover - compiled
     the literal 5 and compile _m_step and _covariances (every structure's M-step) a second
     time for it, beside the start's run-time limit (a third of the loop's compile)."""
     return _WARM_MAX if code >= 0 else 0
+
+
+@_jit
+def _scatter_about(sums, j, mean, diag, out):  # pragma: no cover - compiled
+    """out (D, D) ← component j's scatter about its mean from a pass's sums about the centre:
+    Σ γ (x − c)(x − c)ᵀ − n_j x̄ x̄ᵀ, x̄ = ``mean`` (shifted coordinates); a negative diagonal
+    entry (rounding) is 0 for the diagonal structures."""
+    d = mean.shape[0]
+    n_j = sums[j, 0]
+    f = 1 + d
+    for a in range(d):
+        for b in range(a + 1):
+            v = sums[j, f] - n_j * mean[a] * mean[b]
+            if diag and a == b and v < 0:
+                v = 0.0
+            out[a, b] = v
+            out[b, a] = v
+            f += 1
 
 
 @_jit
@@ -1338,80 +1348,45 @@ def _map_m_step(sums, center, code, kappa, mu_c, dof, scale, reg_covar, limit, n
             new_mu[j, i] = xbar  # x̄ for now (shifted coordinates)
             off[i] = 0.0 if low else xbar - mu_c[i]
         coef = kappa * n_j / (kappa + n_j)
-        f = 1 + d
+        _scatter_about(sums, j, new_mu[j], diag, scatter[j])
         for a in range(d):
-            for b in range(a + 1):
-                v = sums[j, f] - n_j * new_mu[j, a] * new_mu[j, b]
-                if diag and a == b and v < 0:
-                    v = 0.0
-                v += coef * off[a] * off[b]
-                scatter[j, a, b] = v
-                scatter[j, b, a] = v
-                f += 1
+            for b in range(d):
+                scatter[j, a, b] += coef * off[a] * off[b]
         for i in range(d):
             new_mu[j, i] = (sums[j, 1 + i] + kappa * mu_c[i]) / (n_j + kappa) + center[i]
         new_w[j] = n_j / total_n
-    out = new_cov
-    for j in range(k):
-        for a in range(d):
-            for b in range(d):
-                out[j, a, b] = 0.0
+    # Every structure's MAP is its maximum-likelihood M-step on MAP terms n'_k and W'_k: the
+    # coupled ones' (and VVV's, VVI's) n_k + ν + d + 2 and W_k + Λ, or n_k + ν + 3 and W_k + diag
+    # Λ; the closed forms of mclust's conventions (structures.py) spread their prior terms over
+    # the k components: EII λ = (ς² + Σ tr W_k) / ((n + k) d + ν + 2) with ς² = tr Λ / d is the
+    # pooled ML λ = Σ tr W'_k / (d Σ n'_k) for W'_k = W_k + ς²/(k d) I, n'_k = n_k + 1 +
+    # (ν + 2)/(k d); likewise VII (k = 1 in those terms), EEI (n + k + ν + 2, diag Λ), EEE
+    # (n + k + ν + d + 1, Λ).
     tr_scale = 0.0
     for i in range(d):
         tr_scale += scale[i, i]
-    if code == 0 or code == 1:  # EII, VII (E, V): spherical, ς² = tr Λ / d
-        total = 0.0
-        for j in range(k):
-            tr = 0.0
-            for i in range(d):
-                tr += scatter[j, i, i]
-            total += tr
-            if code == 1:
-                lam = (tr_scale / d + tr) / ((sums[j, 0] + 1.0) * d + dof + 2.0)
-                for i in range(d):
-                    out[j, i, i] = lam
-        if code == 0:
-            lam = (tr_scale / d + total) / ((total_n + k) * d + dof + 2.0)
-            for j in range(k):
-                for i in range(d):
-                    out[j, i, i] = lam
-    elif code == 2 or code == 5:  # EEI, VVI: diagonal, ς²_i = Λ_ii
-        for i in range(d):
-            total = 0.0
-            for j in range(k):
-                total += scatter[j, i, i]
-            for j in range(k):
-                if code == 2:
-                    out[j, i, i] = (scale[i, i] + total) / (total_n + k + dof + 2.0)
-                else:
-                    out[j, i, i] = (scale[i, i] + scatter[j, i, i]) / (sums[j, 0] + dof + 3.0)
-    elif code == 6 or code == 13:  # EEE, VVV
+    if code == 0 or code == 1:  # EII, VII (E, V): ς² I spread over the components
+        share = 1.0 if code == 1 else float(k)
+        add_n = 1.0 + (dof + 2.0) / (share * d)
+        spherical = tr_scale / d / (share * d)
+        frac = 0.0
+    elif code == 2:  # EEI
+        add_n, spherical, frac = 1.0 + (dof + 2.0) / k, 0.0, 1.0 / k
+    elif code == 6:  # EEE
+        add_n, spherical, frac = 1.0 + (dof + d + 1.0) / k, 0.0, 1.0 / k
+    else:  # VVI and the diagonal coupled ones; VVV and the full coupled ones
+        add_n, spherical, frac = (dof + 3.0 if diag else dof + d + 2.0), 0.0, 1.0
+    counts = np.empty(k)
+    for j in range(k):
+        counts[j] = sums[j, 0] + add_n
         for a in range(d):
-            for b in range(d):
-                total = 0.0
-                for j in range(k):
-                    total += scatter[j, a, b]
-                for j in range(k):
-                    if code == 6:
-                        out[j, a, b] = (scale[a, b] + total) / (total_n + k + dof + d + 1.0)
-                    else:
-                        out[j, a, b] = (scale[a, b] + scatter[j, a, b]) / (
-                            sums[j, 0] + dof + d + 2.0
-                        )
-    else:
-        # The coupled structures: their maximum-likelihood M-step on the VVV (full scatter) or
-        # VVI (diagonal) MAP terms, n_k + ν + d + 2 and W_k + Λ, or n_k + ν + 3 and W_k + diag Λ.
-        counts = np.empty(k)
-        for j in range(k):
-            counts[j] = sums[j, 0] + (dof + 3.0 if diag else dof + d + 2.0)
-            for a in range(d):
+            scatter[j, a, a] += spherical + frac * scale[a, a]
+            if not diag:
                 for b in range(d):
-                    if not diag:
-                        scatter[j, a, b] += scale[a, b]
-                    elif a == b:
-                        scatter[j, a, a] += scale[a, a]
-        _covariances(code, counts, scatter, np.empty((0, d, d)), out, limit)
-    return _finish_covs(out, reg_covar, new_chol, 0.0) < 0
+                    if b != a:
+                        scatter[j, a, b] += frac * scale[a, b]
+    _covariances(code, counts, scatter, np.empty((0, d, d)), new_cov, limit)
+    return _finish_covs(new_cov, reg_covar, new_chol, 0.0) < 0
 
 
 @_jit
