@@ -1878,6 +1878,24 @@ def hc_merges(Z, ridge):  # pragma: no cover - compiled
     return merges
 
 
+def distinct_columns(arrays: list[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """The distinct arrays of a list (the same object counted once: select_em offers each start
+    to every structure) and, for each array of the list, the first column of its block once
+    the distinct ones are laid side by side."""
+    at_of: dict[int, int] = {}
+    distinct: list[np.ndarray] = []
+    offsets = []
+    width = 0
+    for a in arrays:
+        at = at_of.get(id(a))
+        if at is None:
+            at = at_of[id(a)] = width
+            distinct.append(a)
+            width += a.shape[1]
+        offsets.append(at)
+    return distinct, offsets
+
+
 def first_steps(
     X: np.ndarray,
     starts: list[tuple[str, np.ndarray]],
@@ -1901,21 +1919,10 @@ def first_steps(
     ks = np.array([resp.shape[1] for _, resp in starts], dtype=np.int64)
     # A start shared by several structures (select_em's, the same array for each) is
     # transposed, and its sums computed, once: each start reads its block of rows.
-    offsets = np.empty(r_all, dtype=np.int64)
-    first: dict[int, int] = {}
-    distinct: list[np.ndarray] = []
-    rows = 0
-    for i, (_, resp) in enumerate(starts):
-        at = first.get(id(resp))
-        if at is None:
-            at = first[id(resp)] = rows
-            distinct.append(resp)
-            rows += resp.shape[1]
-        offsets[i] = at
-    respt = np.empty((rows, X.shape[0]))  # (Σ K of the distinct starts, N)
-    for resp in distinct:
-        at = first[id(resp)]
-        respt[at : at + resp.shape[1]] = resp.T
+    distinct, at = distinct_columns([resp for _, resp in starts])
+    offsets = np.asarray(at, dtype=np.int64)
+    # (Σ K of the distinct starts, N), rows contiguous as the product has always read them
+    respt = np.ascontiguousarray(np.concatenate(distinct, axis=1).T)
     center = X.mean(axis=0)
     if w is not None:
         respt *= w
