@@ -69,6 +69,7 @@ _INNER_TOL = 1e-12
 _WARM_MAX = 5
 _LOG_FLOOR = -60.0
 _EMPTY_RTOL = 1e-10
+_EPS = 2.220446049250313e-16  # the machine epsilon of float64
 _LOG_2PI = math.log(2.0 * math.pi)
 #: A Cholesky pivot at or below this fraction of its diagonal entry counts as singular: so close
 #: to singular (a condition number of about 1e10 or more) that LAPACK's factorisation, from other
@@ -506,6 +507,7 @@ def _neg_polar(g, out):  # pragma: no cover - compiled
     v = np.zeros((d, d))
     for i in range(d):
         v[i, i] = 1.0
+    tol = d * _EPS
     for _ in range(60):
         rotated = False
         for p in range(d - 1):
@@ -517,7 +519,10 @@ def _neg_polar(g, out):  # pragma: no cover - compiled
                     alpha += u[r, p] * u[r, p]
                     beta += u[r, q] * u[r, q]
                     gamma += u[r, p] * u[r, q]
-                if gamma == 0.0 or abs(gamma) <= 1e-16 * math.sqrt(alpha * beta):
+                # Columns orthogonal to rounding (d ulps): a bound below the machine epsilon,
+                # which rounding cannot always reach, ran some calls through all 60 sweeps
+                # (2-3% of them; 8.3 sweeps on average against 6.2 for random 6 × 6).
+                if gamma == 0.0 or abs(gamma) <= tol * math.sqrt(alpha * beta):
                     continue
                 rotated = True
                 zeta = (beta - alpha) / (2.0 * gamma)
