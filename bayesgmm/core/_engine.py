@@ -39,6 +39,7 @@ from bayesgmm.core.init import (
     kmeans_plus_plus_labels,
     labels_to_resp,
     random_resp,
+    standardise,
 )
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ConjugatePrior, ResolvedPrior
@@ -180,9 +181,13 @@ def make_starts(
         starts.append(("mixture", parsed))
     else:
         starts.append(("user", parsed))
-    extra = "random" if isinstance(parsed, str) and parsed == "random" else "kmeans++"
+    if isinstance(parsed, str) and parsed == "random":
+        starts.extend(("random", random_resp(X.shape[0], k, gen)) for _ in range(n_init - 1))
+        return starts
+    Z = standardise(X) if n_init > 1 else X  # once for all the restarts
     for _ in range(n_init - 1):
-        starts.append((extra, _method_start(extra, X, k, gen, None)))
+        labels = kmeans_plus_plus_labels(Z, k, gen, standardised=True)
+        starts.append(("kmeans++", labels_to_resp(labels, k)))
     return starts
 
 

@@ -89,17 +89,25 @@ def hc_tree(
     return hierarchical_tree(scaled_svd(X[rows])), rows
 
 
+def standardise(X: np.ndarray) -> np.ndarray:
+    """Each feature centred and scaled to unit standard deviation (a constant one only
+    centred): what k-means++ seeds on, so that the partition does not depend on units."""
+    sd = X.std(axis=0)
+    return (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
 def kmeans_plus_plus_labels(
-    X: np.ndarray, k: int, rng: np.random.Generator, n_lloyd: int = 0
+    X: np.ndarray, k: int, rng: np.random.Generator, n_lloyd: int = 0, *, standardised: bool = False
 ) -> np.ndarray:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): each row joins its nearest seed.
 
     As scikit-learn's ``init_params="k-means++"``, no Lloyd iterations follow by default: they
     pull every start towards the same few k-means optima and cost the restarts their diversity.
-    Features are standardised first so that the partition does not depend on units.
+    Features are standardised first (:func:`standardise`) so that the partition does not depend
+    on units; ``standardised=True`` says ``X`` already is (a caller seeding many restarts on the
+    same data standardises it once).
     """
-    sd = X.std(axis=0)
-    Z = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    Z = X if standardised else standardise(X)
     n = Z.shape[0]
     sq_norm = np.einsum("ij,ij->i", Z, Z)
     centers = np.empty((k, Z.shape[1]))
