@@ -423,9 +423,9 @@ def start_models(
     """:func:`start_model` for many starts at once: the maximum-likelihood M-steps from
     responsibilities on all rows share one product with the feature matrix and one batched
     M-step per structure (or, with ``light`` on data the compiled loop covers, run compiled
-    and returned as :class:`StartPoint`); the MAP rescues of the starts whose M-step fails
-    are batched by structure and K; the others go one at a time. A start without a valid
-    mixture gives its :class:`Degenerate`."""
+    with their MAP rescues and returned as :class:`StartPoint`); otherwise the MAP rescues of
+    the starts whose M-step fails are batched by structure and K; the others go one at a
+    time. A start without a valid mixture gives its :class:`Degenerate`."""
     out: list[GaussianMixture | StartPoint | Degenerate | None] = [None] * len(starts)
     failed: dict[int, Degenerate] = {}  # batched ML M-steps that failed: only the rescue is left
     # The feature matrix is (D(D+1)/2 + D + 1) × n: built whole only when that is small.
