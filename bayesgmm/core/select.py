@@ -602,7 +602,7 @@ def _cross_start_cells(
     start missed; the grid becomes consistent and never worse), and from the splits of the
     same structure's fit at K − 1 (each component in turn, :func:`split_components`), beside
     its own fit. Starts that give a partition already on the list are dropped."""
-    labels_of: dict[tuple[str, int], np.ndarray] = {}
+    key_of: dict[tuple[str, int], bytes] = {}  # each valid fit's partition
     partitions: dict[int, list[tuple[str, np.ndarray, bytes]]] = {}
     for k in usable:
         found: list[tuple[str, np.ndarray, bytes]] = []
@@ -611,8 +611,8 @@ def _cross_start_cells(
             fit = results.get((structure, k))
             if fit is None or fit.degenerate:
                 continue
-            labels = labels_of[(structure, k)] = fit.predict()
-            key = _partition_key(labels)
+            labels = fit.predict()
+            key = key_of[(structure, k)] = _partition_key(labels)
             if np.count_nonzero(np.bincount(labels, minlength=k)) == k and key not in keys:
                 found.append((f"from {structure},{k}", labels, key))
                 keys.add(key)
@@ -630,8 +630,8 @@ def _cross_start_cells(
             if current is None:
                 continue
             # (A degenerate fit is offered them too: a valid one from any of them replaces it.)
-            own = labels_of.get((structure, k))
-            seen = set() if own is None else {_partition_key(own)}
+            own = key_of.get((structure, k))
+            seen = set() if own is None else {own}
             extra = []
             for label, part, key in partitions[k]:
                 if key not in seen:
