@@ -114,8 +114,8 @@ def enabled() -> bool:
 # The background process compiles in stages, cheapest first, and writes a marker after each, so
 # that each piece serves as soon as it is compiled: the chunk pass of large data (and ICL's
 # term) in ~5 s, the hierarchical tree in ~4 s more, then the EM loop and the starts' M-steps
-# (~50 s, on the 2-core AMD VM). (A user's first select_em on 10⁵ × 5 rows, with no cache: the full-data passes,
-# half of its time, waited for the whole minute before.)
+# (~50 s, on the 2-core AMD VM). (A user's first select_em on 10⁵ × 5 rows, with no cache: the
+# full-data passes, half of its time, waited for the whole minute before.)
 
 #: The stages, in the order compiled: what each serves.
 STAGES = ("pass", "hc", "loop")
