@@ -123,15 +123,24 @@ def test_bad_input_says_where(data):
         bg.bootstrap_em(bg.fit_em(data, 2), Xd, n_boot=2, kind="parametric")
 
 
-def test_a_local_cluster_of_two_processes_gives_the_same_answer_even_losing_a_worker(data):
+@pytest.mark.parametrize("held", ["persisted", "streamed"])
+def test_a_local_cluster_of_two_processes_gives_the_same_answer_even_losing_a_worker(
+    data, held, monkeypatch
+):
     # Two worker processes; after the first pass one is killed (SIGKILL), taking the chunks it
     # held. Dask recomputes them elsewhere (the nanny restarts the worker): the fit finishes
-    # with the in-memory answer, never with a partial sum.
+    # with the in-memory answer, never with a partial sum. Data small enough is persisted on
+    # the workers (a task per chunk); "streamed" is data read from its store every pass, where
+    # each task reads a run of chunks itself.
     import os
     import signal
 
     distributed = pytest.importorskip("distributed")
+    from bayesgmm.core import _dask
     from bayesgmm.core._dask import pass_log
+
+    if held == "streamed":
+        monkeypatch.setattr(_dask, "persist_if_small", lambda X: X)
 
     start = _start(data, "VVV")
     here = bg.fit_em(data, 3, init=start, accelerate=False)  # plain EM: more passes
@@ -150,11 +159,20 @@ def test_a_local_cluster_of_two_processes_gives_the_same_answer_even_losing_a_wo
             if len(passes) == 1:
                 os.kill(victim, signal.SIGKILL)
 
+        Xd = da.from_array(data, chunks=(100, 3))
+        if held == "streamed":  # 16 tasks (8 per worker thread) of one or two of the 20 chunks
+            runs = _dask._groups([Xd], 2)
+            assert runs is not None
+            assert sorted({len(g.keys) for g in runs}) == [1, 2]
+            assert sum(len(g.keys) for g in runs) == 20 and len(runs) == 16
         with pass_log(kill_one):
-            chunked = bg.fit_em(
-                da.from_array(data, chunks=(100, 3)), 3, init=start, accelerate=False
-            )
+            chunked = bg.fit_em(Xd, 3, init=start, accelerate=False)
         assert victim not in client.run(os.getpid).values()  # it was lost and replaced
+        if held == "streamed":  # a task that reads a bad chunk says where, as on one machine
+            late = data.copy()
+            late[1950, 1] = np.inf
+            with pytest.raises(ValueError, match=r"infinite value \(inf\) in chunk 19 \(row 1950"):
+                bg.fit_em(da.from_array(late, chunks=(100, 3)), 2)
     assert len(passes) > 1
     np.testing.assert_allclose(chunked.loglik, here.loglik, rtol=1e-10)
     # The recomputed chunks are summed in another order: rounding, then EM's stopping point
