@@ -171,24 +171,26 @@ def iterate(
     if not active:
         return
     ks = [r.k for r in active]
-    names = [r.structure.name for r in active]
-    # One batch per K when the MAP divisors depend on K, and per K and structure when the data
-    # are large enough that the padding's (and the shared full statistics') wasted arithmetic
-    # outweighs the per-call cost that batching saves.
+    # One batch per K when the MAP divisors depend on K, and per K and kind of statistics (full
+    # or diagonal scatter) when the data are large enough that the padding's wasted arithmetic
+    # outweighs the per-call cost that batching saves; there the structures of a kind share each
+    # pass (a pass's fixed cost, the rows' features and the threads' hand-offs, is about half
+    # of a one-cell pass at 10⁵ × 5: select_em's screened grid, its cells' runs until then
+    # batched per structure, 27.0 -> 21.7 s at 10⁵ × 3, 47.0 -> 36.7 s at 50,000 × 6, 70.1 ->
+    # 68.4 s at 60,000 × 10).
     # (On a dask array every batch costs a pass over the chunks, maybe read from their store:
     # one batch for all runs.)
     large = isinstance(X, np.ndarray) and X.shape[0] >= SHARED_PASS_MAX_ROWS
     # With missing values the per-pattern factorisations cost in proportion to the batch's
-    # padded components: one batch per K there too (no padding to factorise).
+    # padded components: one batch per K there too (no padding to factorise), and per structure.
     split = len(set(ks)) > 1 and (prior is not None or large or missing is not None)
-    if split or (large and len(set(names)) > 1):
-        keys = sorted({(k if split else 0, n) for k, n in zip(ks, names, strict=True)})
-        for kk, name in keys:
-            group = [
-                r
-                for r, k, n in zip(active, ks, names, strict=True)
-                if n == name and (not split or k == kk)
-            ]
+    tags = [
+        (k if split else 0, r.structure.scatter_kind if large else r.structure.name)
+        for r, k in zip(active, ks, strict=True)
+    ]
+    if (split or large) and len(set(tags)) > 1:
+        for tag in sorted(set(tags)):
+            group = [r for r, t in zip(active, tags, strict=True) if t == tag]
             iterate(
                 X,
                 group,

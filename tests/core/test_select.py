@@ -154,6 +154,50 @@ def test_a_run_in_a_padded_batch_is_the_run_alone(galaxies):
         np.testing.assert_allclose(together[k][0].loglik_trace, alone.loglik_trace, rtol=1e-12)
 
 
+def test_large_data_batch_the_structures_of_a_kind_and_each_run_is_the_run_alone(monkeypatch):
+    # From SHARED_PASS_MAX_ROWS rows on, the runs are batched per K and per kind of statistics
+    # (full or diagonal scatter): the structures of a kind share each pass, each under its own
+    # M-step. Each run ends where it ends alone (to rounding: a wider product sums in another
+    # order), and no batch mixes kinds or K.
+    from bayesgmm.core import _loop
+    from bayesgmm.core._engine import run_cells, start_model
+    from bayesgmm.core.init import labels_to_resp
+    from bayesgmm.core.structures import get_structure
+
+    rng = np.random.default_rng(3)
+    n = _loop.SHARED_PASS_MAX_ROWS
+    X = np.r_[rng.normal(size=(n // 2, 2)), rng.normal(size=(n // 2, 2)) * 0.5 + [2.0, 1.0]]
+    labels = (X[:, 0] > 1.0).astype(int) + (X[:, 1] > 2.0)
+    cells = {}
+    for name in ("EEE", "VVV", "VVI", "EII"):
+        for k in (2, 3):
+            lab = np.minimum(labels, k - 1)
+            start = start_model(X, labels_to_resp(lab, k), get_structure(name), None, None, 0.0,
+                                None)  # fmt: skip
+            cells[(name, k)] = [("labels", start)]
+    batches = []
+    real = _loop._Batch.pass_at
+
+    def spy(self, active, params, kind):
+        names = {r.structure.name for r in active}
+        batches.append(({r.structure.scatter_kind for r in active}, {r.k for r in active}, kind,
+                        names))  # fmt: skip
+        return real(self, active, params, kind)
+
+    monkeypatch.setattr(_loop._Batch, "pass_at", spy)
+    common = {"reg_covar": 0.0, "tol": 1e-8, "max_iter": 30}
+    together = run_cells(X, None, None, cells, priors=dict.fromkeys(cells), **common)
+    assert all(len(kinds) == 1 and len(ks) == 1 for kinds, ks, _, _ in batches)
+    assert {frozenset(names) for _, _, _, names in batches} >= {
+        frozenset({"EEE", "VVV"}),
+        frozenset({"VVI", "EII"}),
+    }
+    assert {kind for kinds, _, kind, _ in batches if kinds == {"diag"}} <= {"diag", "none"}
+    for key, starts in cells.items():
+        alone = run_cells(X, None, None, {key: starts}, priors={key: None}, **common)[key][0]
+        np.testing.assert_allclose(together[key][0].loglik_trace, alone.loglik_trace, rtol=1e-10)
+
+
 def test_split_components_preserve_each_component_moments(faithful):
     # Each split pair has its parent's weight, mean and covariance (Richardson & Green 1997's
     # moment-preserving split), and the other components are untouched.
