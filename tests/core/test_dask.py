@@ -138,6 +138,7 @@ def test_a_local_cluster_of_two_processes_gives_the_same_answer_even_losing_a_wo
     distributed = pytest.importorskip("distributed")
     from bayesgmm.core import _dask
     from bayesgmm.core._dask import pass_log
+    from bayesgmm.core.bootstrap import replicate_em
 
     if held == "streamed":
         monkeypatch.setattr(_dask, "persist_if_small", lambda X: X)
@@ -173,11 +174,22 @@ def test_a_local_cluster_of_two_processes_gives_the_same_answer_even_losing_a_wo
             late[1950, 1] = np.inf
             with pytest.raises(ValueError, match=r"infinite value \(inf\) in chunk 19 \(row 1950"):
                 bg.fit_em(da.from_array(late, chunks=(100, 3)), 2)
+            # Row weights (a second array, each task reading its chunks beside X's) and the
+            # bootstrap's per-chunk weight streams: the answers of one machine.
+            wts = np.random.default_rng(4).uniform(0.5, 2.0, data.shape[0])
+            w_dask = da.from_array(wts, chunks=100)
+            weighted = bg.fit_em(Xd, 3, init=start, accelerate=False, sample_weight=w_dask)
+            reps = replicate_em(here, Xd, n_boot=2, kind="weighted", rng=5)
     assert len(passes) > 1
     np.testing.assert_allclose(chunked.loglik, here.loglik, rtol=1e-10)
     # The recomputed chunks are summed in another order: rounding, then EM's stopping point
     # (a relative change of 1e-8 per iteration), move the parameters in their 8th digit.
     np.testing.assert_allclose(chunked.model.covariances, here.model.covariances, rtol=1e-6)
+    if held == "streamed":
+        alone = bg.fit_em(data, 3, init=start, accelerate=False, sample_weight=wts)
+        np.testing.assert_allclose(weighted.loglik, alone.loglik, rtol=1e-10)
+        threads = replicate_em(here, Xd, n_boot=2, kind="weighted", rng=5)  # dask's threads
+        np.testing.assert_allclose(reps.loglik, threads.loglik, rtol=1e-10)
 
 
 def test_select_em_screens_on_a_subsample_and_reports_full_data_numbers(data):
