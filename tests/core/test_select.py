@@ -198,6 +198,72 @@ def test_large_data_batch_the_structures_of_a_kind_and_each_run_is_the_run_alone
         np.testing.assert_allclose(together[key][0].loglik_trace, alone.loglik_trace, rtol=1e-10)
 
 
+def test_challengers_leave_the_lead_starts_untouched_and_go_on_only_when_ahead(galaxies):
+    # advance(lead=2): the first two starts run exactly as without the third (their short
+    # round is run on copies), and the third goes on only if it leads both after the short
+    # round; the cell's fit is then the best of the three.
+    from bayesgmm.core._engine import run_cells, start_model
+    from bayesgmm.core.init import hc_tree, kmeans_plus_plus_labels, labels_to_resp
+    from bayesgmm.core.structures import get_structure
+
+    X = galaxies
+    v = get_structure("V")
+    tree, _ = hc_tree(X, np.random.default_rng(0))
+    gen = np.random.default_rng(1)
+
+    def model(labels, k):
+        return start_model(X, labels_to_resp(labels, k), v, None, None, 0.0, None)
+
+    cells = {
+        k: [("hc", model(tree.cut(k), k))]
+        + [(f"km{i}", model(kmeans_plus_plus_labels(X, k, gen), k)) for i in range(3)]
+        for k in (4, 5, 6)
+    }
+    common = {"reg_covar": 0.0, "tol": 1e-8, "max_iter": 500}
+    pri = {k: None for k in cells}
+    alone = run_cells(X, None, None, {k: c[:2] for k, c in cells.items()}, priors=pri,
+                      keep=1, short_iter=1000, **common)  # fmt: skip
+    for i in (2, 3):
+        with_third = run_cells(X, None, None, {k: [*c[:2], c[i]] for k, c in cells.items()},
+                               priors=pri, keep=1, short_iter=5, lead=2, **common)  # fmt: skip
+        third = run_cells(X, None, None, {k: [c[i]] for k, c in cells.items()}, priors=pri,
+                          **common)  # fmt: skip
+        for k in cells:
+            best = with_third[k][0].loglik
+            # never below the two lead starts' fit
+            assert best >= alone[k][0].loglik - 1e-10 * abs(best)
+            if with_third[k][0].init == f"km{i}":  # the challenger won: it was ahead, then best
+                np.testing.assert_allclose(best, third[k][0].loglik, rtol=1e-10)
+
+
+def test_a_screens_runner_up_never_makes_a_cell_worse(monkeypatch):
+    # With the runner-up turned off (a gap of 0), every cell of a screened grid is at most as
+    # good as with it (rounding aside); and runners-up are offered.
+    from bayesgmm.core import _engine, select
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(scale=2.5, size=(5, 3))
+    X = np.concatenate([rng.normal(size=(700, 3)) * rng.uniform(0.5, 1.5) + c for c in centres])
+    offered = []
+    real = _engine._runners_up
+
+    def spy(*a):
+        out = real(*a)
+        offered.append(len(out))
+        return out
+
+    monkeypatch.setattr(_engine, "_runners_up", spy)
+    kw = {"screen": 2_000}
+    with_runner = bg.select_em(X, range(3, 8), ["VVV", "EEI", "VII"], **kw)
+    assert sum(offered) > 0
+    monkeypatch.setattr(_engine, "RUNNER_UP_GAP", 0.0)
+    monkeypatch.setattr(select, "RUNNER_UP_GAP", 0.0)
+    without = bg.select_em(X, range(3, 8), ["VVV", "EEI", "VII"], **kw)
+    for key, fit in with_runner.results.items():
+        other = without.results[key]
+        assert fit.loglik >= other.loglik - 1e-8 * abs(other.loglik), key
+
+
 def test_split_components_preserve_each_component_moments(faithful):
     # Each split pair has its parent's weight, mean and covariance (Richardson & Green 1997's
     # moment-preserving split), and the other components are untouched.
