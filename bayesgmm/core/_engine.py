@@ -374,13 +374,11 @@ def advance(
 
     Cells with more starts than go on get a short round first: every start runs
     ``short_iter`` iterations, then only the promising runs go on (Biernacki, Celeux &
-    Govaert 2003), the first start always and the best ``keep`` of the others. With ``lead``
-    > 1, the first ``lead`` starts always go on and the others are challengers: the best
-    ``keep`` of them go on only when they lead every lead start after the short round. (A cell whose
+    Govaert 2003), the first start always and the best ``keep`` of the others. (A cell whose
     starts all go on skips it: on 100,000 rows the screened grid's two starts per cell spent
-    57 s of 222 there.) The runs set aside that had not failed go into ``pruned`` (per cell)
-    when it is given."""
-
+    57 s of 222 there.) With ``lead`` > 1, the first ``lead`` starts always go on, untouched,
+    and the others are challengers (:func:`_challenge`). The runs set aside that had not
+    failed go into ``pruned`` (per cell) when it is given."""
     if lead > 1:
         _challenge(X, runs, min(short_iter, max_iter), keep, lead, settings, pruned)
     else:
