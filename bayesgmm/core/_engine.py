@@ -279,7 +279,7 @@ def run_cells(
     seconds = _runners_up(runs, chosen, scale) if runner_up else {}
     done = finish_all(X, [chosen[key][0] for key in todo] + list(seconds.values()), names, w,
                       missing, labels, scale, lazy)  # fmt: skip
-    finished = dict(zip(todo, done, strict=False))
+    finished = dict(zip(todo, done[: len(todo)], strict=True))
     second = dict(zip(seconds, done[len(todo) :], strict=True))
     return {
         key: ([finished[key]] if key in finished else []) + ([second[key]] if key in second else [])
