@@ -636,15 +636,17 @@ def select_em_chunked(
 ) -> Any:
     """:func:`~bayesgmm.core.select.select_em` on a dask collection: the whole grid (every
     start, restart and cross-start) on a seeded uniform subsample of ``screen // 4`` rows in
-    memory, then full-data EM for every cell from two starts, the subsample's best fit and the
-    hierarchical start, all cells' runs sharing each pass over the chunks."""
+    memory, then full-data EM for every cell from two lead starts, the subsample's best fit and
+    the hierarchical start, and the subsample's runner-up as a challenger (on only if it leads
+    both after 5 iterations, as in memory: :func:`~bayesgmm.core._engine.advance`), all cells'
+    runs sharing each pass over the chunks."""
     import pandas as pd
 
-    from bayesgmm.core._engine import make_starts, start_models
-    from bayesgmm.core._loop import iterate, new_run
+    from bayesgmm.core._engine import advance, make_starts, prepare_data, start_models
+    from bayesgmm.core._loop import new_run
     from bayesgmm.core._validation import as_rng
     from bayesgmm.core.init import hc_tree
-    from bayesgmm.core.select import _selection, select_em
+    from bayesgmm.core.select import _select, _selection
     from bayesgmm.core.structures import get_structure
 
     if options.get("prior") is not None:
@@ -670,8 +672,12 @@ def select_em_chunked(
     if options.get("n_jobs") is None:
         # One process: forking beside a distributed client's event-loop thread is unsafe.
         options["n_jobs"] = 1
-    screened = select_em(data, ks, structures, crit, rng=gen, sample_weight=w_sub, screen=None,
-                         **options)  # fmt: skip
+    # The screen reports each cell's runner-up too: its best distinct optimum close behind its
+    # best fit (see select_em's ``screen``).
+    runners: dict[tuple[str, int], Any] = {}
+    sub_arr, sub_names, sub_w = prepare_data(data, w_sub)
+    screened = _select(sub_arr, sub_names, sub_w, None, ks, structures, crit, gen, screen=None,
+                       runners_out=runners, **options)  # fmt: skip
     tree = hc_tree(sub, gen)
     failures = dict(screened.failures)
     cells: list[tuple[tuple[str, int], str, Any]] = []
@@ -691,19 +697,22 @@ def select_em_chunked(
     for ((s, k), _), model in zip(hc_items, built, strict=True):
         if hasattr(model, "n_components"):
             cells.append(((s, k), "hc", model))
-    runs = [new_run(m, label) for _, label, m in cells]
+    for key, second in runners.items():  # after each cell's lead starts
+        if not second.degenerate and not screened.results[key].degenerate:
+            cells.append((key, f"screen runner-up ({second.init})", second.model))
+    by_key: dict[tuple[str, int], list[Any]] = {}
+    for key, label, model in cells:
+        by_key.setdefault(key, []).append(new_run(model, label))
     settings = {"center": center, "w": w, "prior": None,
                 "reg_covar": float(options.get("reg_covar", 0.0)),
                 "tol": float(options.get("tol", 1e-8)),
                 "accelerate": bool(options.get("accelerate", True)),
                 "scale": _scale(var)}  # fmt: skip
-    iterate(arr, runs, int(options.get("max_iter", 1000)), **settings)
-    finished = finish_runs(arr, runs, names, w, var)
-    by_cell: dict[tuple[str, int], list[Any]] = {}
-    for (key, _, _), fit in zip(cells, finished, strict=True):
-        by_cell.setdefault(key, []).append(fit)
+    advance(arr, by_key, int(options.get("max_iter", 1000)), 5, 1, settings, lead=2)
+    finished = iter(finish_runs(arr, [r for rs in by_key.values() for r in rs], names, w, var))
     results = {}
-    for key, fits in by_cell.items():
+    for key, rs in by_key.items():
+        fits = [next(finished) for _ in rs]
         good = [f for f in fits if not f.degenerate]
         best = max(good or fits, key=lambda f: f.loglik)
         results[key] = best

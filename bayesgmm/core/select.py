@@ -276,8 +276,8 @@ def select_em(
         NaN marks a missing value, as in :func:`fit_em`. A dask array (or dask DataFrame, or
         xarray object backed by dask) is never gathered: the grid is screened on a seeded
         subsample of ``screen // 4`` rows in memory, then every cell runs EM over the chunks
-        from the subsample's best fit and the hierarchical start, all cells sharing each pass
-        (docs/scale.md).
+        from the subsample's best fit and the hierarchical start (and its runner-up, as for
+        ``screen`` below), all cells sharing each pass (docs/scale.md).
     n_components : int or iterable of int, default range(1, 10)
     covariance_types : "all" or iterable of str, default "all"
         "all" is every structure built (E and V for one feature, as mclust).

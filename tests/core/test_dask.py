@@ -212,6 +212,30 @@ def test_select_em_screens_on_a_subsample_and_reports_full_data_numbers(data):
     assert isinstance(sel.best.responsibilities, da.Array)
 
 
+def test_select_em_on_chunks_tries_the_screens_runner_up_and_never_does_worse(monkeypatch):
+    # As in memory, each cell's runner-up on the screen (a distinct optimum close behind its
+    # best there) challenges the two lead starts over the chunks: with it turned off (a gap of
+    # 0) no cell is better, and with it some runners-up go on and win their cells.
+    from bayesgmm.core import _engine, select
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(scale=2.5, size=(5, 3))
+    X = np.concatenate([rng.normal(size=(700, 3)) * rng.uniform(0.5, 1.5) + c for c in centres])
+    Xd = da.from_array(X, chunks=(500, 3))
+    grid = (range(3, 8), ["VVV", "EEI", "VII"])
+    with_runner = bg.select_em(Xd, *grid, screen=2_000)
+    monkeypatch.setattr(_engine, "RUNNER_UP_GAP", 0.0)
+    monkeypatch.setattr(select, "RUNNER_UP_GAP", 0.0)
+    without = bg.select_em(Xd, *grid, screen=2_000)
+    won = [key for key, fit in with_runner.results.items() if "runner-up" in fit.init]
+    assert won
+    assert not any("runner-up" in fit.init for fit in without.results.values())
+    for key, fit in with_runner.results.items():
+        other = without.results[key]
+        assert fit.loglik >= other.loglik - 1e-8 * abs(other.loglik), key
+        assert fit.loglik == pytest.approx(fit.model.score(X), rel=1e-10)
+
+
 @pytest.mark.parametrize("kind", ["nonparametric", "weighted"])
 def test_bootstrap_replicates_on_chunks_are_in_memory_fits_with_the_same_weights(data, kind):
     # Each replicate's row weights are drawn chunk by chunk from its own stream (never stored).
