@@ -266,7 +266,7 @@ def _warm_loop() -> None:
         np.arange(r_all, dtype=np.int64), xct, _features(xct), X.mean(axis=0), np.empty((1, 0)),
         np.zeros(r_all, dtype=np.int64), codes,
         np.full(r_all, k, dtype=np.int64), np.full((r_all, k), 0.5), means, covs, covs.copy(),
-        np.zeros(r_all, dtype=np.int64), 4, 1e-8, True, np.ones(r_all), np.ones((r_all, 2)),
+        np.zeros(r_all, dtype=np.int64), 4, 4, 1e-8, True, np.ones(r_all), np.ones((r_all, 2)),
         0.0, np.empty((r_all, 8)), np.zeros(r_all, dtype=np.int64),
         np.zeros(r_all, dtype=np.int64), np.zeros(r_all, dtype=np.int64), np.zeros(r_all),
     )  # fmt: skip
@@ -1146,11 +1146,14 @@ def _finish_covs(covs, reg_covar, chol, rtol):  # pragma: no cover - compiled
 
 
 @_jit
-def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_iter, tol,
-         accelerate, step_max, scale, reg_covar, trace, n_trace):  # fmt: skip  # pragma: no cover
+def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_iter,
+         pause_iter, tol, accelerate, step_max, scale, reg_covar, trace,
+         n_trace):  # fmt: skip  # pragma: no cover
     """Advance one run in place (parameters, trace) until it converges, fails or has done
-    ``until_iter`` iterations; returns (state, n_iter, component, collapsed weight, step_max,
-    trace length). The rules are _Batch.plain_step's and _Batch.extrapolate's."""
+    ``until_iter`` iterations, or pauses at the end of the first SQUAREM cycle (or plain step)
+    after ``pause_iter`` iterations; returns (state, n_iter, component, collapsed weight,
+    step_max, trace length). The rules are _Batch.plain_step's, _Batch.extrapolate's and
+    _Batch.pause's."""
     d = xct.shape[0]
     k = weights.shape[0]
     prec = np.empty((k, d, d))
@@ -1171,6 +1174,9 @@ def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_
     cur = 0  # the slot of the parameters the next step starts from
     phase = 0  # plain steps done in the current SQUAREM cycle
     while True:
+        if phase == 0 and n_iter >= pause_iter:  # between cycles: resumed, the same path
+            _get(p_w, p_m, p_c, p_l, cur, weights, means, covs, chol)
+            return RUNNING, n_iter, -1, 0.0, step_max, n_trace
         nxt = (cur + 1) % 3
         ll, state, bad, collapsed = _evaluate(
             xct, feats, center, w, p_w[cur], p_m[cur], p_l[cur], code, diag, p_c[cur], reg_covar,
@@ -1309,8 +1315,8 @@ def _get(p_w, p_m, p_c, p_l, slot, weights, means, covs, chol):  # pragma: no co
 
 @_jit
 def em_runs(todo, xct, feats, center, w_all, w_index, codes, ks, weights, means, covs, chol,
-            n_iter, until_iter, tol, accelerate, step_max, scales, reg_covar, trace, n_trace,
-            state, component, collapsed):  # fmt: skip  # pragma: no cover - compiled
+            n_iter, until_iter, pause_iter, tol, accelerate, step_max, scales, reg_covar, trace,
+            n_trace, state, component, collapsed):  # fmt: skip  # pragma: no cover - compiled
     """Advance each run r in ``todo`` (K = ks[r] components of the padded (R, Kmax, ...)
     arrays, in place) on the data about ``center``, transposed (``xct``, D × N), and their
     moment features ``feats`` (:func:`_features`, built once by the caller for all threads),
@@ -1321,8 +1327,8 @@ def em_runs(todo, xct, feats, center, w_all, w_index, codes, ks, weights, means,
         code = codes[r]
         st, it, comp, coll, smax, nt = _run(
             xct, feats, center, w_all[w_index[r]], code, weights[r, :k], means[r, :k],
-            covs[r, :k], chol[r, :k], n_iter[r], until_iter, tol, accelerate, step_max[r],
-            scales[r], reg_covar, trace[r], n_trace[r],
+            covs[r, :k], chol[r, :k], n_iter[r], until_iter, pause_iter, tol, accelerate,
+            step_max[r], scales[r], reg_covar, trace[r], n_trace[r],
         )  # fmt: skip
         state[r], n_iter[r], component[r], collapsed[r] = st, it, comp, coll
         step_max[r], n_trace[r] = smax, nt
@@ -1436,6 +1442,7 @@ def advance_runs(
     accelerate: bool,
     scale: np.ndarray | None,
     center: np.ndarray,
+    pause_at: int | None = None,
 ) -> None:
     """:func:`bayesgmm.core._loop.iterate` for runs the compiled loop covers (see the module's
     docstring): every run advanced on its own, the results written back into each Run."""
@@ -1475,7 +1482,9 @@ def advance_runs(
     # trace passed in holds that one, and what the call adds is appended to each Run's.
     had = np.fromiter((len(r.trace) > 0 for r in runs), dtype=np.int64, count=r_all)
     n_trace = had.copy()
-    trace = np.empty((r_all, max(until_iter - int(n_iter.min()) + 3, 1)))
+    pause = until_iter if pause_at is None else min(int(pause_at), until_iter)
+    # (A paused run ends its SQUAREM cycle: up to 2 iterations past ``pause``.)
+    trace = np.empty((r_all, max(min(until_iter, pause + 2) - int(n_iter.min()) + 3, 1)))
     trace[:, 0] = [r.trace[-1] if r.trace else np.nan for r in runs]
     state = np.zeros(r_all, dtype=np.int64)
     component = np.full(r_all, -1, dtype=np.int64)
@@ -1483,7 +1492,7 @@ def advance_runs(
     xct = _plain((X - center).T)
     args = (
         xct, _features(xct), _plain(center), _plain(w_all), w_index,
-        codes, ks, weights, means, covs, chol, n_iter, int(until_iter), float(tol),
+        codes, ks, weights, means, covs, chol, n_iter, int(until_iter), pause, float(tol),
         bool(accelerate), step_max, _plain(scales), float(reg_covar), trace,
         n_trace, state, component, collapsed,
     )  # fmt: skip

@@ -376,15 +376,17 @@ def advance(
     ``short_iter`` iterations, then only the promising runs go on (Biernacki, Celeux &
     Govaert 2003), the first start always and the best ``keep`` of the others. (A cell whose
     starts all go on skips it: on 100,000 rows the screened grid's two starts per cell spent
-    57 s of 222 there.) With ``lead`` > 1, the first ``lead`` starts always go on, untouched,
-    and the others are challengers (:func:`_challenge`). The runs set aside that had not
-    failed go into ``pruned`` (per cell) when it is given."""
+    57 s of 222 there.) With ``lead`` > 1, the first ``lead`` starts always go on and the others
+    are challengers (:func:`_challenge`). The short round pauses each run between SQUAREM
+    cycles (:func:`iterate`'s ``pause_at``): the runs that go on take the path they take
+    without it. The runs set aside that had not failed go into ``pruned`` (per cell) when it is
+    given."""
     if lead > 1:
-        _challenge(X, runs, min(short_iter, max_iter), keep, lead, settings, pruned)
+        _challenge(X, runs, max_iter, short_iter, keep, lead, settings, pruned)
     else:
         multi = [rs for rs in runs.values() if len(rs) > 1 + keep]
         if multi:
-            iterate(X, [r for rs in multi for r in rs], min(short_iter, max_iter), **settings)
+            iterate(X, [r for rs in multi for r in rs], max_iter, pause_at=short_iter, **settings)
             for key, rs in runs.items():
                 if len(rs) > 1 + keep:
                     alive = sorted(rs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
@@ -397,6 +399,7 @@ def advance(
 def _challenge(
     X: Any,
     runs: dict[Any, list[Run]],
+    max_iter: int,
     short_iter: int,
     keep: int,
     lead: int,
@@ -404,27 +407,18 @@ def _challenge(
     pruned: dict[Any, list[Run]] | None,
 ) -> None:
     """:func:`advance`'s short round with ``lead`` > 1: the challengers (the starts after the
-    first ``lead``) run ``short_iter`` iterations beside copies of the lead starts, and the
-    best ``keep`` of them stay only if they then lead every lead copy. The lead starts
-    themselves are untouched (their EM path is the one they take without challengers: a
-    short round splits SQUAREM's cycles, which moved converged fits by up to 6)."""
-    import copy
-
+    first ``lead``) run ``short_iter`` iterations (to the end of a SQUAREM cycle) beside the
+    lead starts, and the best ``keep`` of them stay only if they then lead every lead start.
+    The lead starts go on along the path they take without challengers (paused between
+    cycles; an earlier short round that split SQUAREM's cycles moved converged fits by up to
+    6, and then ran on copies of them)."""
     contested = {key: rs for key, rs in runs.items() if len(rs) > lead}
     if not contested:
         return
-    probes: dict[Any, list[Run]] = {}
+    batch = [r for rs in contested.values() for r in rs]
+    iterate(X, batch, max_iter, pause_at=short_iter, **settings)
     for key, rs in contested.items():
-        copies = []
-        for r in rs[:lead]:
-            c = copy.copy(r)
-            c.trace = list(r.trace)
-            copies.append(c)
-        probes[key] = copies
-    batch = [r for key, rs in contested.items() for r in (*probes[key], *rs[lead:])]
-    iterate(X, batch, short_iter, **settings)
-    for key, rs in contested.items():
-        bar = max((c.loglik for c in probes[key] if c.reason is None), default=-math.inf)
+        bar = max((r.loglik for r in rs[:lead] if r.reason is None), default=-math.inf)
         alive = sorted(rs[lead:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
         go = [r for r in alive[:keep] if r.reason is None and r.loglik > bar]
         runs[key] = [*rs[:lead], *go]

@@ -144,9 +144,14 @@ def iterate(
     missing: Missingness | None = None,
     labels: np.ndarray | None = None,
     scale: np.ndarray | None = None,
+    pause_at: int | None = None,
 ) -> None:
     """Advance every unfinished run until it converges, degenerates or has done ``until_iter``
-    iterations (M-steps); all active runs share each pass over the data.
+    iterations (M-steps); all active runs share each pass over the data. With ``pause_at``, a
+    run also stops, resumable, at the end of the first SQUAREM cycle (the first step, without
+    ``accelerate``) that leaves it with at least that many iterations: called again, it goes on
+    exactly as if it had not stopped (every decision on the way, such as whether a trial step
+    still fits the budget, is taken against ``until_iter``).
 
     With ``accelerate``, every two EM steps θ0 → θ1 → θ2 are followed by a SQUAREM extrapolation
     (Varadhan & Roland 2008, scheme S3) θ' = θ0 − 2αr + α²v, r = θ1 − θ0, v = θ2 − 2θ1 + θ0,
@@ -167,7 +172,8 @@ def iterate(
     deviations when the caller has them, spares the pass that computes them (a pass over the
     chunks, on a dask array).
     """
-    active = [r for r in runs if not r.finished and r.n_iter < until_iter]
+    stop = until_iter if pause_at is None else min(pause_at, until_iter)
+    active = [r for r in runs if not r.finished and r.n_iter < stop]
     if not active:
         return
     ks = [r.k for r in active]
@@ -204,6 +210,7 @@ def iterate(
                 missing=missing,
                 labels=labels,
                 scale=scale,
+                pause_at=pause_at,
             )
         return
     own_weights = {r.row_weight is not None for r in active}
@@ -230,7 +237,7 @@ def iterate(
             scale = _data_scale(X, w)
         advance_runs(
             X, active, until_iter, w=w, reg_covar=reg_covar, tol=tol, accelerate=accelerate,
-            scale=scale, center=center,
+            scale=scale, center=center, pause_at=pause_at,
         )  # fmt: skip
         return
     params, mask = stack_padded([r.params for r in active], max(ks))
@@ -242,6 +249,10 @@ def iterate(
         batch.scale = scale if scale is not None else _data_scale(X, w)
     mask_or_none = None if mask.all() else mask
     while active:
+        if pause_at is not None:  # between SQUAREM cycles
+            active, params, mask_or_none = batch.pause(active, params, mask_or_none, pause_at)
+            if not active:
+                break
         if not accelerate:
             active, params, mask_or_none = batch.plain_step(active, params, mask_or_none)
             continue
@@ -374,6 +385,17 @@ class _Batch:
             feats = self.own(active, f"features:{dens.kind}")
             return run_pass_stacked(feats, dens, sample_weight=w, stats=kind)
         return run_pass(self.X, dens, sample_weight=w, stats=kind, labels=self.labels)
+
+    def pause(self, active, params, mask, at):
+        """The runs with at least ``at`` iterations leave the batch at ``params``, resumable."""
+        keep = [i for i, run in enumerate(active) if run.n_iter < at]
+        if len(keep) == len(active):
+            return active, params, mask
+        for i, run in enumerate(active):
+            if run.n_iter >= at:
+                run.params = params.member(i, run.k)
+        idx = np.asarray(keep, dtype=np.intp)
+        return [active[i] for i in keep], params.take(idx), None if mask is None else mask[idx]
 
     def plain_step(self, active, params, mask, return_kept=False):
         """One EM step for every active run; runs that converge, degenerate or reach the

@@ -75,7 +75,8 @@ def fit_em(
     n_init : int, default 1
         Number of starts: the first from ``init``, the others from k-means++ with fresh random
         seeds (random responsibilities when ``init="random"``). With several starts each runs
-        20 iterations first; the first start and the two best restarts then run to
+        20 iterations first (to the end of a SQUAREM cycle: the runs that go on are not
+        moved by it); the first start and the two best restarts then run to
         convergence ("short EM", Biernacki, Celeux & Govaert 2003). The best non-degenerate
         log-likelihood wins; when all three end degenerate, the restarts set aside go on too.
     tol : float, default 1e-8
