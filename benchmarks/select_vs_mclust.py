@@ -16,10 +16,16 @@ when ``Rscript`` or its mclust package is missing (``apt-get install r-cran-mclu
 
     uv run python benchmarks/select_vs_mclust.py                 # faithful
     uv run python benchmarks/select_vs_mclust.py --simulated 20000 --d 4
+    uv run python benchmarks/select_vs_mclust.py --simulated 100000 --d 5 --only default \
+        --repeat 1 --mclust-runs 5
     uv run python benchmarks/select_vs_mclust.py --csv iris.csv      # numeric columns only
     uv run python benchmarks/select_vs_mclust.py --mclust-data acidity   # a data set of R's mclust
     uv run python benchmarks/select_vs_mclust.py --r-data "MASS::geyser" # any R data frame
     uv run python benchmarks/select_vs_mclust.py --panel --only default  # 25 public data sets
+
+``--mclust-runs R`` runs mclust R times instead and compares our table with each run and with
+the median of the R BICs of each cell: above 2,000 rows mclust's start is an unseeded random
+subset, and which optimum a cell reaches changes from run to run.
 
 ``--panel`` runs the default setting on 25 public data sets of R (mclust's, MASS's and R's own
 ``datasets``: 21 to 1,104 rows, 1 to 7 features), one line each and the totals. A cell that
@@ -194,6 +200,30 @@ def run_panel(repeat: int, kwargs: dict) -> None:
     print(f"total: mclust {total_theirs:.2f} s, ours {total_ours:.2f} s")
 
 
+def compare_runs(X: pd.DataFrame, runs: int, repeat: int, only: str | None) -> None:
+    """Our table against each of ``runs`` runs of mclust and against their median BIC per cell
+    (mclust's start on more than 2,000 rows is an unseeded random subset: which optimum a cell
+    reaches changes from run to run)."""
+    tables = []
+    for i in range(runs):
+        theirs = run_mclust(X, 1)
+        if theirs is None:
+            print("mclust: not run (Rscript with the mclust package is not installed).")
+            return
+        tables.append(theirs["table"])
+        print(f"mclust run {i + 1}: {theirs['seconds']:.2f} s", flush=True)
+    median = pd.concat(tables).groupby(level=0).median()
+    settings = {"default": {}, "mclust-like": MCLUST_LIKE}
+    for label, kwargs in settings.items():
+        if only and label != only:
+            continue
+        seconds, sel = run_ours(X, repeat, **kwargs)
+        print(f"bayesgmm {label:<11}: {seconds:.2f} s")
+        for i, table in enumerate(tables, start=1):
+            print(f"  against mclust run {i}: {compare_cells(sel.table, table)}")
+        print(f"  against the median of the {runs} runs: {compare_cells(sel.table, median)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", help="a CSV file of numeric columns to use instead")
@@ -205,6 +235,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per timing (best is kept)")
     parser.add_argument(
         "--only", choices=["default", "mclust-like"], help="time one of our settings only"
+    )
+    parser.add_argument(
+        "--mclust-runs",
+        type=int,
+        default=1,
+        help="run mclust this many times (above 2,000 rows each draws its own random subset) "
+        "and compare our table with each run and with the median of their BICs",
     )
     args = parser.parse_args()
     from bayesgmm.core import _compiled
@@ -240,6 +277,9 @@ def main() -> None:
         name = "faithful (272 × 2)"
 
     print(f"Data: {name}; grid: every structure × K = 1..9; best of {args.repeat} runs each.")
+    if args.mclust_runs > 1:
+        compare_runs(X, args.mclust_runs, args.repeat, args.only)
+        return
     theirs = run_mclust(X, args.repeat)
     if theirs is None:
         print("mclust: not run (Rscript with the mclust package is not installed).")
