@@ -642,7 +642,13 @@ def select_em_chunked(
     runs sharing each pass over the chunks."""
     import pandas as pd
 
-    from bayesgmm.core._engine import advance, make_starts, prepare_data, start_models
+    from bayesgmm.core._engine import (
+        advance,
+        make_starts,
+        prepare_data,
+        start_data,
+        start_models,
+    )
     from bayesgmm.core._loop import new_run
     from bayesgmm.core._validation import as_rng
     from bayesgmm.core.init import hc_tree
@@ -676,9 +682,13 @@ def select_em_chunked(
     # best fit (see select_em's ``screen``).
     runners: dict[tuple[str, int], Any] = {}
     sub_arr, sub_names, sub_w = prepare_data(data, w_sub)
+    # With mclust's start, one tree serves the screen and the full data, as in memory.
+    shared = None
+    if isinstance(options.get("init"), str) and options["init"].lower() == "hc":
+        shared = hc_tree(start_data(sub_arr, sub_w), gen)
     screened = _select(sub_arr, sub_names, sub_w, None, ks, structures, crit, gen, screen=None,
-                       runners_out=runners, **options)  # fmt: skip
-    tree = hc_tree(sub, gen)
+                       hc=shared, runners_out=runners, **options)  # fmt: skip
+    tree = shared if shared is not None else hc_tree(sub, gen)
     failures = dict(screened.failures)
     cells: list[tuple[tuple[str, int], str, Any]] = []
     for (structure, k), fit in screened.results.items():

@@ -276,3 +276,29 @@ def test_bootstrap_replicates_on_chunks_are_in_memory_fits_with_the_same_weights
     np.testing.assert_allclose(reps.loglik, done.loglik, rtol=1e-10)
     ours = np.array([m.means for m in done.models])
     np.testing.assert_allclose(np.sort(reps.means, axis=1), np.sort(ours, axis=1), rtol=1e-8)
+
+
+def test_select_em_on_chunks_builds_one_tree_for_the_screen_and_the_full_data(data, monkeypatch):
+    # As in memory, mclust's start on dask input is one hierarchical tree (on 2,000 rows of the
+    # subsample), the screen's start and the full data's: not a second tree after the screen.
+    from bayesgmm.core import _engine, init, select
+
+    built, labels = [], {}
+    real_tree, real_advance = init.hc_tree, _engine.advance
+
+    def tree_spy(*args, **kwargs):
+        out = real_tree(*args, **kwargs)
+        built.append(out[1])
+        return out
+
+    def advance_spy(X, runs, *args, **kwargs):
+        labels.update({key: [r.label for r in rs] for key, rs in runs.items()})
+        return real_advance(X, runs, *args, **kwargs)
+
+    monkeypatch.setattr(init, "hc_tree", tree_spy)
+    monkeypatch.setattr(select, "hc_tree", tree_spy)
+    monkeypatch.setattr(_engine, "advance", advance_spy)
+    X = np.concatenate([data, data + 0.5])  # 4,000 rows: a subsample of 3,000, a tree on 2,000
+    bg.select_em(da.from_array(X, chunks=(500, 3)), range(1, 4), ["VVV", "EEE"], screen=12_000)
+    assert len(built) == 1 and built[0].shape[0] == 2000
+    assert len(labels) == 6 and all("hc" in starts for starts in labels.values())
