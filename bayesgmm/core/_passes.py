@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,6 +76,15 @@ def _blas_controller():
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
+
+
+def serial_blas() -> Any:
+    """A context within which BLAS runs on one thread: inside our own threads (two levels of
+    threads would fight over the same cores), and around a grid of the compiled loop's calls,
+    whose threads otherwise share the cores with OpenBLAS's idle workers, which spin for a
+    while after each multithreaded product the calling thread makes between the loop's calls
+    (select_em on a 145 × 3 data set: 0.45 → 0.37 s, and 0.71 → 0.54 s of CPU)."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def shutdown_pool() -> None:
@@ -505,7 +514,7 @@ def _by_run_blocks(
     if n_threads() == 1 or len(bounds) == 1:
         parts = [one(b) for b in bounds]
     else:
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        with serial_blas():
             parts = list(_pool().map(one, bounds))
     scatter = None if parts[0].scatter is None else np.concatenate([q.scatter for q in parts])
     return PassStats(
@@ -573,7 +582,7 @@ def run_pass(
         return _sum_in_order(parts)
     # Our threads already use every core: BLAS inside them runs single-threaded, or two
     # levels of threads fight over the same cores.
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with serial_blas():
         return _sum_in_order(_pool().map(lambda b: _one_chunk(X, b[0], b[1], *args), bounds))
 
 

@@ -5,6 +5,7 @@ pandas is imported here only to build the table the user reads.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,7 @@ from bayesgmm.core._engine import (
 )
 from bayesgmm.core._loop import StartPoint
 from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
+from bayesgmm.core._passes import serial_blas
 from bayesgmm.core._validation import as_rng, count_distinct_rows
 from bayesgmm.core.em import Degenerate
 from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp, split_components
@@ -361,7 +363,15 @@ def select_em(
     )  # fmt: skip
 
 
-def _select(
+def _select(arr: np.ndarray, *args: Any, **kwargs: Any) -> SelectionResult:
+    """:func:`_select_grid`, with BLAS on one thread when the compiled loop runs the grid (see
+    :func:`~bayesgmm.core._passes.serial_blas`)."""
+    serial = compiled_suits(*arr.shape) and compiled_ready()
+    with serial_blas() if serial else contextlib.nullcontext():
+        return _select_grid(arr, *args, **kwargs)
+
+
+def _select_grid(
     arr: np.ndarray,
     names: tuple[str, ...] | None,
     w: np.ndarray | None,
