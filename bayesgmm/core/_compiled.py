@@ -1446,25 +1446,13 @@ def advance_runs(
 ) -> None:
     """:func:`bayesgmm.core._loop.iterate` for runs the compiled loop covers (see the module's
     docstring): every run advanced on its own, the results written back into each Run."""
-    from bayesgmm.core.em import Params
+    from bayesgmm.core.em import BatchRow
 
     r_all = len(runs)
     d = X.shape[1]
     ks = np.fromiter((r.params.weights.shape[1] for r in runs), dtype=np.int64, count=r_all)
     kmax = int(ks.max())
-    weights = np.zeros((r_all, kmax))
-    means = np.zeros((r_all, kmax, d))
-    covs = np.zeros((r_all, kmax, d, d))
-    chol = np.zeros((r_all, kmax, d, d))
-    # Packed a K at a time (one copy per array and K, not per run: on small data the grid's
-    # thousands of short runs made the packing a tenth of select_em's time).
-    for k in np.unique(ks).tolist():
-        idx = np.flatnonzero(ks == k)
-        ps = [runs[i].params for i in idx.tolist()]
-        weights[idx, :k] = np.concatenate([p.weights for p in ps])
-        means[idx, :k] = np.concatenate([p.means for p in ps])
-        covs[idx, :k] = np.concatenate([p.covs for p in ps])
-        chol[idx, :k] = np.concatenate([p.chol for p in ps])
+    weights, means, covs, chol = pack_params([r.params for r in runs], ks, kmax, d)
     codes = np.array([CODES[r.structure.name] for r in runs], dtype=np.int64)
     n_iter = np.fromiter((r.n_iter for r in runs), dtype=np.int64, count=r_all)
     step_max = np.fromiter((r.step_max for r in runs), dtype=np.float64, count=r_all)
@@ -1499,25 +1487,72 @@ def advance_runs(
     _in_threads(em_runs, ks, args)
     # Each run's parameters become views of this call's arrays (fresh ones each call: no later
     # call writes into them).
-    for i, (run, k, start, stop) in enumerate(
-        zip(runs, ks.tolist(), had.tolist(), n_trace.tolist(), strict=True)
-    ):
-        run.params = Params(
-            weights[i : i + 1, :k], means[i : i + 1, :k], covs[i : i + 1, :k], chol[i : i + 1, :k]
-        )
-        run.trace.extend(trace[i, start:stop].tolist())
-        run.n_iter, run.step_max = int(n_iter[i]), float(step_max[i])
-        if state[i] == CONVERGED:
+    arrays = (weights, means, covs, chol)
+    # The new log-likelihoods of all runs as one list (run after run), each run's a slice of it.
+    cols = np.arange(trace.shape[1])
+    added = trace[(cols >= had[:, None]) & (cols < n_trace[:, None])].tolist()
+    ends = np.cumsum(n_trace - had)
+    for run, i, k, start, stop, it, smax, st in zip(
+        runs, range(r_all), ks.tolist(), (ends - (n_trace - had)).tolist(), ends.tolist(),
+        n_iter.tolist(), step_max.tolist(), state.tolist(), strict=True,
+    ):  # fmt: skip
+        run.params = BatchRow(arrays, i, k)
+        run.trace.extend(added[start:stop])
+        run.n_iter, run.step_max = it, smax
+        if st == CONVERGED:
             run.converged = True
-        elif state[i] == SINGULAR:
+        elif st == SINGULAR:
             run.reason = (
                 f"component {component[i]}: its covariance became singular (points tied or "
                 "duplicated)"
             )
-        elif state[i] == EMPTY:
+        elif st == EMPTY:
             run.reason = (
                 f"component {component[i]}: its weight collapsed to {collapsed[i]:.2g} (empty)"
             )
+
+
+def pack_params(
+    params: list[Any], ks: np.ndarray, kmax: int, d: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The mixtures ``params`` (batches of one, K = ks[i] components) as padded (R, kmax, ...)
+    arrays of weights, means, covariances and Cholesky factors (what lies beyond a mixture's K
+    is not read: zeros, or its earlier batch's padding). Those
+    that are rows of an earlier batch (:class:`~bayesgmm.core.em.BatchRow`) are gathered from it
+    a batch at a time, the others copied a K at a time (one copy per array and batch or K, not
+    per run: on small data the grid's thousands of short runs made a per-run packing a tenth of
+    select_em's time)."""
+    from bayesgmm.core.em import BatchRow
+
+    out = (
+        np.zeros((len(params), kmax)),
+        np.zeros((len(params), kmax, d)),
+        np.zeros((len(params), kmax, d, d)),
+        np.zeros((len(params), kmax, d, d)),
+    )
+    rows: dict[int, tuple[tuple[np.ndarray, ...], list[int], list[int]]] = {}
+    loose: dict[int, list[int]] = {}
+    for i, (p, k) in enumerate(zip(params, ks.tolist(), strict=True)):
+        if type(p) is BatchRow:
+            group = rows.get(id(p.arrays))
+            if group is None:
+                group = rows[id(p.arrays)] = (p.arrays, [], [])
+            group[1].append(i)
+            group[2].append(p.row)
+        else:
+            loose.setdefault(k, []).append(i)
+    for arrays, dst, src in rows.values():
+        # (Their padding beyond each run's K comes along: the loop reads only a run's K.)
+        width = min(arrays[0].shape[1], kmax)
+        for a, b in zip(out, arrays, strict=True):
+            a[dst, :width] = b[src, :width]
+    for k, idx in loose.items():
+        ps = [params[i] for i in idx]
+        out[0][idx, :k] = np.concatenate([p.weights for p in ps])
+        out[1][idx, :k] = np.concatenate([p.means for p in ps])
+        out[2][idx, :k] = np.concatenate([p.covs for p in ps])
+        out[3][idx, :k] = np.concatenate([p.chol for p in ps])
+    return out
 
 
 # -- one pass over large data (bayesgmm.core._passes.run_pass) -----------------------------------
@@ -1920,13 +1955,13 @@ def first_steps(
 ) -> list[tuple[Any, int, float]]:
     """The first M-step of each (structure name, responsibilities (N, K)) start, cold with at
     most ``limit`` inner iterations, about the data's mean, as em.m_step_batch computes it
-    for a start. Per start: (Params of a batch of one, −1, 0.0) when it gives a valid
+    for a start. Per start: (its Params, a batch of one, −1, 0.0) when it gives a valid
     mixture; (None, j, weight) when component j is empty (its weight share); (None, j, −1.0)
     when component j's covariance is singular. ``rescue`` maps K to a resolved conjugate prior
     (or None): a start with K components whose maximum-likelihood step fails gets the MAP step
     under it instead (em.m_step_batch with that prior), and its failure stands only when that
     step fails too."""
-    from bayesgmm.core.em import Params
+    from bayesgmm.core.em import BatchRow
 
     r_all = len(starts)
     d = X.shape[1]
@@ -1984,12 +2019,10 @@ def first_steps(
                 valid[r] = False
                 break
     out: list[tuple[Any, int, float]] = []
-    for i in range(r_all):
-        k = int(ks[i])
-        if valid[i]:
-            p = Params(weights[i : i + 1, :k], means[i : i + 1, :k], covs[i : i + 1, :k],
-                       chol[i : i + 1, :k])  # fmt: skip
-            out.append((p, -1, 0.0))
+    arrays = (weights, means, covs, chol)
+    for i, (k, ok) in enumerate(zip(ks.tolist(), valid.tolist(), strict=True)):
+        if ok:
+            out.append((BatchRow(arrays, i, k), -1, 0.0))
         else:
             out.append(
                 (None, int(component[i]), float(collapsed[i]) if state[i] == EMPTY else -1.0)

@@ -33,6 +33,7 @@ from bayesgmm.core._passes import (
 )
 from bayesgmm.core.criteria import aic, bic, icl
 from bayesgmm.core.em import (
+    BatchRow,
     Params,
     batched_cholesky,
     m_step_batch,
@@ -95,7 +96,8 @@ class Run:
 
     @property
     def k(self) -> int:
-        return int(self.params.weights.shape[1])
+        p = self.params
+        return p.k if type(p) is BatchRow else int(p.weights.shape[1])
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,27 @@ class Params:
         )
 
 
+class BatchRow(Params):
+    """Mixture ``row`` (K = ``k`` components) of a batch's padded arrays ``arrays`` (weights,
+    means, covariances, Cholesky factors; (R, Kmax, ...)) as a batch of one, its views made
+    when first read: a compiled call hands back thousands of runs, most of which are only
+    packed into the next call (:func:`bayesgmm.core._compiled.pack_params` gathers them from
+    their batch without the views)."""
+
+    def __init__(self, arrays: tuple[np.ndarray, ...], row: int, k: int) -> None:
+        self.arrays = arrays
+        self.row = row
+        self.k = k
+
+    def _view(self, a: int) -> np.ndarray:
+        return self.arrays[a][self.row : self.row + 1, : self.k]
+
+    weights = property(lambda self: self._view(0))  # type: ignore[assignment]
+    means = property(lambda self: self._view(1))  # type: ignore[assignment]
+    covs = property(lambda self: self._view(2))  # type: ignore[assignment]
+    chol = property(lambda self: self._view(3))  # type: ignore[assignment]
+
+
 def stack_padded(parts: list[Params], kmax: int) -> tuple[Params, np.ndarray]:
     """Stack batches of one with K ≤ ``kmax`` components into one batch, padding each with
     zero-weight components (identity covariance) so that mixtures of different K share passes.
