@@ -22,6 +22,7 @@ __all__ = [
     "parse_init",
     "random_resp",
     "split_components",
+    "split_mixtures",
 ]
 
 INIT_METHODS = ("hc", "kmeans++", "random")
@@ -167,31 +168,48 @@ def split_components(model: GaussianMixture) -> tuple[np.ndarray, np.ndarray, np
     optimum a start from scratch misses, when the K + 1-th component belongs inside one of
     the K (on large data the subsample tree alone, on one feature the quantile classes).
     """
-    w, mu, cov = model.weights, model.means, model.covariances
-    k, d = mu.shape
+    return split_mixtures(model.weights[None], model.means[None], model.covariances[None])
+
+
+def split_mixtures(
+    w: np.ndarray, mu: np.ndarray, cov: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`split_components` of R mixtures of K components at once (weights (R, K), means
+    (R, K, D), covariances (R, K, D, D)): R·K mixtures of K + 1, mixture r's split s at row
+    r·K + s (select_em's cross-starts split every structure's fit at each K: one call per fit
+    was a few percent of its time on small data)."""
+    r, k, d = mu.shape
     lam, vec = np.linalg.eigh(cov)  # ascending: the principal pair is the last
-    half = 0.5 * np.sqrt(np.maximum(lam[:, -1], 0.0))[:, None] * vec[:, :, -1]  # (K, D)
+    half = 0.5 * np.sqrt(np.maximum(lam[..., -1], 0.0))[..., None] * vec[..., :, -1]  # (R, K, D)
     keep = ~np.eye(k, dtype=bool)  # row s: the components other than s
     weights = np.concatenate(
-        [np.broadcast_to(w, (k, k))[keep].reshape(k, k - 1), np.repeat(w[:, None] / 2, 2, 1)], 1
+        [
+            np.broadcast_to(w[:, None], (r, k, k))[:, keep].reshape(r, k, k - 1),
+            np.repeat(w[:, :, None] / 2, 2, axis=2),
+        ],
+        axis=2,
     )
     means = np.concatenate(
         [
-            np.broadcast_to(mu, (k, k, d))[keep].reshape(k, k - 1, d),
-            (mu - half)[:, None],
-            (mu + half)[:, None],
+            np.broadcast_to(mu[:, None], (r, k, k, d))[:, keep].reshape(r, k, k - 1, d),
+            (mu - half)[:, :, None],
+            (mu + half)[:, :, None],
         ],
-        axis=1,
+        axis=2,
     )
-    inner = cov - half[:, :, None] * half[:, None, :]
+    inner = cov - half[..., :, None] * half[..., None, :]
     covariances = np.concatenate(
         [
-            np.broadcast_to(cov, (k, k, d, d))[keep].reshape(k, k - 1, d, d),
-            np.repeat(inner[:, None], 2, axis=1),
+            np.broadcast_to(cov[:, None], (r, k, k, d, d))[:, keep].reshape(r, k, k - 1, d, d),
+            np.repeat(inner[:, :, None], 2, axis=2),
         ],
-        axis=1,
+        axis=2,
     )
-    return weights, means, covariances
+    return (
+        weights.reshape(r * k, k + 1),
+        means.reshape(r * k, k + 1, d),
+        covariances.reshape(r * k, k + 1, d, d),
+    )
 
 
 def parse_init(init: Any, X: np.ndarray, k: int) -> str | np.ndarray | GaussianMixture:

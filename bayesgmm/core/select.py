@@ -37,7 +37,7 @@ from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
 from bayesgmm.core._passes import serial_blas
 from bayesgmm.core._validation import as_rng, count_distinct_rows
 from bayesgmm.core.em import Degenerate
-from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp, split_components
+from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp, split_mixtures
 from bayesgmm.core.model import GaussianMixture, log_prob_many
 from bayesgmm.core.prior import ConjugatePrior
 from bayesgmm.core.result import EMResult
@@ -704,8 +704,11 @@ def _split_starts(
         ]
         if not fits:
             continue
-        parts = [split_components(fit.model) for _, fit in fits]
-        weights, means, covs = (np.concatenate(p, axis=0) for p in zip(*parts, strict=True))
+        weights, means, covs = split_mixtures(
+            np.stack([fit.model.weights for _, fit in fits]),
+            np.stack([fit.model.means for _, fit in fits]),
+            np.stack([fit.model.covariances for _, fit in fits]),
+        )
         total, k1 = weights.shape
         resp = np.empty((X.shape[0], k1 * total))  # column c·S + s: mixture s's component c
         log_prob_many(X, weights, means, covs, resp_out=resp)
