@@ -286,6 +286,22 @@ def test_split_components_preserve_each_component_moments(faithful):
         assert (np.linalg.eigvalsh(covs[j, 2:]) > 0).all()
 
 
+def test_split_mixtures_lays_out_each_mixtures_splits_in_turn(faithful):
+    # The batched splits of R mixtures are each mixture's own splits, mixture r's split s at
+    # row r·K + s (select_em's cross-starts read them so).
+    from bayesgmm.core.init import split_components, split_mixtures
+
+    models = [bg.fit_em(faithful, 3, covariance_type=s).model for s in ("VVV", "EEE", "VII")]
+    batched = split_mixtures(
+        np.stack([m.weights for m in models]),
+        np.stack([m.means for m in models]),
+        np.stack([m.covariances for m in models]),
+    )
+    for r, model in enumerate(models):
+        for got, alone in zip(batched, split_components(model), strict=True):
+            np.testing.assert_array_equal(got[3 * r : 3 * r + 3], alone)
+
+
 def test_cross_starts_include_splits_of_the_fit_at_k_minus_1(galaxies):
     # The second phase tries, in each cell, the splits of the same structure's fit at K − 1;
     # the cell keeps a split's fit only when it is better, so the grid is never worse than
