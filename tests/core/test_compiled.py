@@ -64,6 +64,14 @@ def test_weights_regularisation_and_plain_em(compiled, monkeypatch, iris_X, stru
     _same_run(*_fit_both(monkeypatch, iris_X, **kwargs, accelerate=False, max_iter=40))
 
 
+@pytest.mark.parametrize("structure", ["EII", "VVI", "EVE", "VVV"])
+def test_three_features(compiled, monkeypatch, iris_X, structure):
+    # D = 3, the last of the dimensions whose E-step takes each component in one sweep over the
+    # rows (D = 1 and 2 are galaxies' and faithful's, above and below).
+    kwargs = dict(n_components=3, covariance_type=structure, n_init=1)
+    _same_run(*_fit_both(monkeypatch, iris_X[:, 1:], **kwargs))
+
+
 @pytest.mark.parametrize("structure", ["E", "V"])
 def test_one_feature(compiled, monkeypatch, galaxies, structure):
     _same_run(*_fit_both(monkeypatch, galaxies, n_components=4, covariance_type=structure))
