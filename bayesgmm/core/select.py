@@ -33,7 +33,7 @@ from bayesgmm.core._engine import (
     start_models,
 )
 from bayesgmm.core._loop import StartPoint
-from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
+from bayesgmm.core._parallel import can_fork, cyclic_gc_paused, forked_pool, resolve_n_jobs
 from bayesgmm.core._passes import serial_blas
 from bayesgmm.core._validation import as_rng, count_distinct_rows
 from bayesgmm.core.em import Degenerate
@@ -364,10 +364,11 @@ def select_em(
 
 
 def _select(arr: np.ndarray, *args: Any, **kwargs: Any) -> SelectionResult:
-    """:func:`_select_grid`, with BLAS on one thread when the compiled loop runs the grid (see
-    :func:`~bayesgmm.core._passes.serial_blas`)."""
+    """:func:`_select_grid` without automatic cyclic garbage collection (see
+    :func:`~bayesgmm.core._parallel.cyclic_gc_paused`), and with BLAS on one thread when the
+    compiled loop runs the grid (see :func:`~bayesgmm.core._passes.serial_blas`)."""
     serial = compiled_suits(*arr.shape) and compiled_ready()
-    with serial_blas() if serial else contextlib.nullcontext():
+    with cyclic_gc_paused(), serial_blas() if serial else contextlib.nullcontext():
         return _select_grid(arr, *args, **kwargs)
 
 
