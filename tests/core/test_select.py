@@ -377,3 +377,38 @@ def test_a_cell_won_by_the_hierarchical_start_is_fit_ems_fit_from_it(faithful):
     for (structure, k), fit in won:
         alone = bg.fit_em(faithful, k, covariance_type=structure)
         assert fit.loglik == pytest.approx(alone.loglik, rel=1e-12), (structure, k)
+
+
+def test_the_grid_runs_without_cyclic_gc_and_restores_it(faithful, monkeypatch):
+    # Automatic cyclic collection is off during the grid and back as it was after, an error
+    # included (and left off when the caller had turned it off).
+    import gc
+
+    from bayesgmm.core import select
+
+    seen = []
+    grid = select._select_grid
+
+    def spy(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return grid(*args, **kwargs)
+
+    monkeypatch.setattr(select, "_select_grid", spy)
+    assert gc.isenabled()
+    bg.select_em(faithful, [1, 2], ["EII"])
+    assert seen == [False] and gc.isenabled()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("inside the grid")
+
+    monkeypatch.setattr(select, "_select_grid", fail)
+    with pytest.raises(RuntimeError, match="inside the grid"):
+        bg.select_em(faithful, [1, 2], ["EII"])
+    assert gc.isenabled()
+    monkeypatch.setattr(select, "_select_grid", spy)
+    gc.disable()
+    try:
+        bg.select_em(faithful, [1, 2], ["EII"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
