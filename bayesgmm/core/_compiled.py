@@ -1538,8 +1538,8 @@ def advance_runs(
     # call writes into them).
     arrays = (weights, means, covs, chol)
     # The new log-likelihoods of all runs as one list (run after run), each run's a slice of it.
-    cols = np.arange(trace.shape[1])
-    added = trace[(cols >= had[:, None]) & (cols < n_trace[:, None])].tolist()
+    cols = np.arange(int(n_trace.max()))
+    added = trace[:, : cols.shape[0]][(cols >= had[:, None]) & (cols < n_trace[:, None])].tolist()
     ends = np.cumsum(n_trace - had)
     for run, i, k, start, stop, it, smax, st in zip(
         runs, range(r_all), ks.tolist(), (ends - (n_trace - had)).tolist(), ends.tolist(),
@@ -1593,8 +1593,9 @@ def pack_params(
     for arrays, dst, src in rows.values():
         # (Their padding beyond each run's K comes along: the loop reads only a run's K.)
         width = min(arrays[0].shape[1], kmax)
+        to, of = np.asarray(dst), np.asarray(src)
         for a, b in zip(out, arrays, strict=True):
-            a[dst, :width] = b[src, :width]
+            a[to, :width] = b[of, :width]
     for k, idx in loose.items():
         ps = [params[i] for i in idx]
         out[0][idx, :k] = np.concatenate([p.weights for p in ps])
@@ -2019,8 +2020,14 @@ def first_steps(
     # transposed, and its sums computed, once: each start reads its block of rows.
     distinct, at = distinct_columns([resp for _, resp in starts])
     offsets = np.asarray(at, dtype=np.int64)
-    # (Σ K of the distinct starts, N), rows contiguous as the product has always read them
-    respt = np.ascontiguousarray(np.concatenate(distinct, axis=1).T)
+    # (Σ K of the distinct starts, N), rows contiguous as the product has always read them,
+    # each start's block copied into place (a concatenation then a transposed copy took twice
+    # as long for the grid's thousands of starts)
+    respt = np.empty((sum(a.shape[1] for a in distinct), X.shape[0]))
+    row = 0
+    for a in distinct:
+        respt[row : row + a.shape[1]] = a.T
+        row += a.shape[1]
     center = X.mean(axis=0)
     if w is not None:
         respt *= w
