@@ -213,21 +213,51 @@ def _partition_key(labels: np.ndarray) -> bytes:
     """A key that two label vectors share exactly when they define the same partition: the
     labels renamed in order of first appearance (so that a list of partitions is deduplicated
     by a set, not by comparing every pair)."""
-    shifted = np.asarray(labels).reshape(-1)
-    shifted = shifted - shifted.min()
-    ids, first = np.unique(shifted, return_index=True)
-    rank = np.zeros(ids[-1] + 1, dtype=np.int32)
-    rank[ids[np.argsort(first)]] = np.arange(ids.size, dtype=np.int32)
-    return rank[shifted].tobytes()
+    return _partition_keys(np.asarray(labels).reshape(1, -1))[0][0]
+
+
+#: Most (rows × labels × observations) booleans that _partition_keys compares at once.
+_KEY_BLOCK = 4_000_000
+
+
+def _partition_keys(labels: np.ndarray) -> tuple[list[bytes], list[int]]:
+    """:func:`_partition_key` of each row of ``labels`` (M, N), and the number of distinct
+    labels in each row, computed a block of rows at a time (one call per label vector was a
+    few percent of select_em's time on small data). The labels are a few components' (each
+    row is compared with every value from its smallest to the largest label)."""
+    lab = np.asarray(labels)
+    m, n = lab.shape
+    keys: list[bytes] = []
+    counts: list[int] = []
+    if m == 0:
+        return keys, counts
+    lab = lab - lab.min(axis=1, keepdims=True)
+    width = int(lab.max()) + 1
+    step = max(1, _KEY_BLOCK // (width * n))
+    ids = np.arange(width)
+    for lo in range(0, m, step):
+        block = lab[lo : lo + step]
+        rows = block.shape[0]
+        hit = block[:, None, :] == ids[:, None]  # (rows, width, N): label j at observation i
+        present = hit.any(axis=2)
+        first = np.where(present, hit.argmax(axis=2), n)  # each label's first appearance
+        rank = np.empty((rows, width), dtype=np.int32)
+        order = np.argsort(first, axis=1, kind="stable")
+        np.put_along_axis(rank, order, np.broadcast_to(ids.astype(np.int32), (rows, width)), 1)
+        keys.extend(row.tobytes() for row in np.take_along_axis(rank, block, axis=1))
+        counts.extend(present.sum(axis=1).tolist())
+    return keys, counts
 
 
 def _distinct(starts: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """The starts whose partitions (hard assignments of one-hot responsibilities) differ."""
+    arrays = [start for _, start in starts if isinstance(start, np.ndarray)]
+    keys = iter(_partition_keys(np.stack([a.argmax(axis=1) for a in arrays]))[0] if arrays else [])
     seen: set[bytes] = set()
     out = []
     for label, start in starts:
         if isinstance(start, np.ndarray):
-            key = _partition_key(start.argmax(axis=1))
+            key = next(keys)
             if key in seen:
                 continue
             seen.add(key)
@@ -645,13 +675,18 @@ def _cross_start_cells(
     for k in usable:
         found: list[tuple[str, np.ndarray, bytes]] = []
         keys: set[bytes] = set()
-        for structure in structures:
-            fit = results.get((structure, k))
-            if fit is None or fit.degenerate:
-                continue
-            labels = fit.predict()
-            key = key_of[(structure, k)] = _partition_key(labels)
-            if np.count_nonzero(np.bincount(labels, minlength=k)) == k and key not in keys:
+        fitted = [
+            (structure, fit.predict())
+            for structure in structures
+            if (fit := results.get((structure, k))) is not None and not fit.degenerate
+        ]
+        if not fitted:
+            partitions[k] = found
+            continue
+        fit_keys, sizes = _partition_keys(np.stack([labels for _, labels in fitted]))
+        for (structure, labels), key, size in zip(fitted, fit_keys, sizes, strict=True):
+            key_of[(structure, k)] = key
+            if size == k and key not in keys:
                 found.append((f"from {structure},{k}", labels, key))
                 keys.add(key)
         partitions[k] = found
@@ -677,10 +712,8 @@ def _cross_start_cells(
                         resp_of[key] = labels_to_resp(part, k)
                     extra.append((label, resp_of[key]))
                     seen.add(key)
-            for label, resp in splits.get((structure, k - 1), []):
-                part = resp.argmax(axis=1)
-                key = _partition_key(part)
-                if np.count_nonzero(np.bincount(part, minlength=k)) == k and key not in seen:
+            for label, resp, key, size in splits.get((structure, k - 1), []):
+                if size == k and key not in seen:
                     extra.append((label, resp))
                     seen.add(key)
             if extra:
@@ -692,11 +725,12 @@ def _cross_start_cells(
 
 def _split_starts(
     results: dict[tuple[str, int], EMResult], structures: list[str], ks: list[int], X: np.ndarray
-) -> dict[tuple[str, int], list[tuple[str, np.ndarray]]]:
+) -> dict[tuple[str, int], list[tuple[str, np.ndarray, bytes, int]]]:
     """The responsibilities (N, K + 1) of each split of each structure's fit at each K in
-    ``ks`` (none for a fit that is missing or degenerate), the splits of all structures at one K
-    computed in one batch."""
-    out: dict[tuple[str, int], list[tuple[str, np.ndarray]]] = {}
+    ``ks`` (none for a fit that is missing or degenerate), with its partition's key
+    (:func:`_partition_key`) and number of non-empty components; the splits of all structures
+    at one K computed in one batch."""
+    out: dict[tuple[str, int], list[tuple[str, np.ndarray, bytes, int]]] = {}
     for k in ks:
         fits = [
             (structure, fit)
@@ -713,11 +747,14 @@ def _split_starts(
         total, k1 = weights.shape
         resp = np.empty((X.shape[0], k1 * total))  # column c·S + s: mixture s's component c
         log_prob_many(X, weights, means, covs, resp_out=resp)
+        # Each split's partition (its key, and how many of its K + 1 components it fills).
+        keys, sizes = _partition_keys(resp.reshape(X.shape[0], k1, total).argmax(axis=1).T)
         at = 0
         for structure, fit in fits:
             name = f"{fit.model.covariance_type},{k}"
             out[(structure, k)] = [
-                (f"split {j} of {name}", resp[:, at + j :: total]) for j in range(k)
+                (f"split {j} of {name}", resp[:, at + j :: total], keys[at + j], sizes[at + j])
+                for j in range(k)
             ]
             at += k
     return out

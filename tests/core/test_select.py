@@ -69,6 +69,31 @@ def test_partition_key():
     assert a != _partition_key(np.array([0, 0, 1, 1, 2, 2]))
 
 
+def test_partition_keys_of_many_label_vectors(monkeypatch):
+    # Row by row, the batched keys equal when two rows are the same partition (whatever the
+    # names of the labels) and differ otherwise, with each row's number of distinct labels;
+    # blocks of rows give the same keys as one block.
+    from bayesgmm.core import select
+
+    rng = np.random.default_rng(4)
+    base = rng.integers(0, 4, size=(30, 25))
+    renamed = np.stack([rng.permutation(6)[row] for row in base])  # same partitions
+    labels = np.concatenate([base, renamed])
+    keys, counts = select._partition_keys(labels)
+    for i in range(30):
+        assert keys[i] == keys[30 + i]
+        assert counts[i] == counts[30 + i] == np.unique(base[i]).size
+        for j in range(i):
+            same = all(
+                (base[i] == base[i][a]) @ (base[j] == base[j][a]) == (base[i] == base[i][a]).sum()
+                and (base[i] == base[i][a]).sum() == (base[j] == base[j][a]).sum()
+                for a in range(25)
+            )
+            assert (keys[i] == keys[j]) == same
+    monkeypatch.setattr(select, "_KEY_BLOCK", 1)  # one row per block
+    assert select._partition_keys(labels) == (keys, counts)
+
+
 def test_large_data_are_screened_on_a_subsample(faithful):
     # Above `screen` rows the grid runs on a subsample of screen // 4 rows, then every cell
     # runs full-data EM from the screen's best fit and from the full data's hierarchical start.
