@@ -1051,9 +1051,7 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
     bits = np.empty(n_rows, dtype=np.int64)
     for j in range(k):
         row = lj[j]
-        for r in range(n_rows):
-            row[r] -= top[r]
-        _exp_floored(row, bits)
+        _exp_floored(row, top, bits)
         for r in range(n_rows):
             total[r] += row[r]
     loglik = 0.0
@@ -1630,15 +1628,16 @@ _jit_fma = njit(cache=True, error_model="numpy", nogil=True, fastmath={"contract
 
 
 @_jit_fma
-def _exp_floored(a, bits):  # pragma: no cover - compiled
-    """In place: a ← exp(a), with exactly 0 where a ≤ _LOG_FLOOR (as the numpy pass) and NaN
-    kept. exp as 2^k · p(r), r = a − k ln 2 in [−ln2/2, ln2/2] and p its Taylor polynomial of
-    degree 13 (truncation < 2e-16 of the result; within 1 ulp of numpy's exp), written so that
-    the loop vectorises (libm's exp, called one value at a time, costs about five times as
-    much). ``bits`` is int64 scratch of at least a's length."""
+def _exp_floored(a, shift, bits):  # pragma: no cover - compiled
+    """In place: a ← exp(a − shift), with exactly 0 where a − shift ≤ _LOG_FLOOR (as the numpy
+    pass) and NaN kept (the subtraction of each row's largest term done here, not in a sweep
+    of its own). exp as 2^k · p(r), r = x − k ln 2 in [−ln2/2, ln2/2] and p its Taylor
+    polynomial of degree 13 (truncation < 2e-16 of the result; within 1 ulp of numpy's exp),
+    written so that the loop vectorises (libm's exp, called one value at a time, costs about
+    five times as much). ``bits`` is int64 scratch of at least a's length."""
     n = a.shape[0]
     for i in range(n):
-        x = a[i]
+        x = a[i] - shift[i]
         keep = x > _LOG_FLOOR
         xs = x if keep else _LOG_FLOOR
         # k = round(xs · log2 e) by the 1.5 · 2⁵² trick (the sum's rounding drops the fraction):
@@ -1761,9 +1760,7 @@ def pass_chunk(X, lo, hi, center, coef, n_batch, diag, w, want_sums, block, sums
                 total[r] = 0.0
             for j in range(k):
                 row = lj[j * n_batch + rr]
-                for r in range(nb):
-                    row[r] -= top[r]
-                _exp_floored(row, bits)
+                _exp_floored(row, top, bits)
                 for r in range(nb):
                     total[r] += row[r]
             acc = 0.0
