@@ -988,7 +988,8 @@ def _small_maha(xct, prec, mean, center, const, out, top):  # pragma: no cover -
 
 @_jit
 def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs, reg_covar,
-              prec, sums, new_w, new_mu, new_cov, new_chol):  # fmt: skip  # pragma: no cover
+              prec, sums, new_w, new_mu, new_cov, new_chol, lj, rows,
+              bits):  # fmt: skip  # pragma: no cover
     """One E-step at (weights, means, chol) and the M-step from it into (new_w, new_mu,
     new_cov, new_chol), on the data about their ``center``, transposed: ``xct`` (D, N), and
     their moment features ``feats`` (:func:`_features`).
@@ -1005,9 +1006,14 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
     half the E-step's time)."""
     d, n_rows = xct.shape
     k = weights.shape[0]
-    lj = np.empty((k, n_rows))  # log π_k N(x | k), then the responsibilities
-    y = np.empty(n_rows)
-    top = np.full(n_rows, -np.inf)  # each row's largest term
+    # The caller's scratch (allocated once per run, not per iteration): lj (K, N) log π_k
+    # N(x | k), then the responsibilities; rows (3, N); bits (N,) int64.
+    y = rows[0]
+    top = rows[1]  # each row's largest term
+    total = rows[2]
+    for r in range(n_rows):
+        top[r] = -np.inf
+        total[r] = 0.0
     for j in range(k):
         logdet = 0.0
         for i in range(d):
@@ -1047,8 +1053,6 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
             maha[r] = const - 0.5 * maha[r]
             if maha[r] > top[r]:
                 top[r] = maha[r]
-    total = np.zeros(n_rows)
-    bits = np.empty(n_rows, dtype=np.int64)
     for j in range(k):
         row = lj[j]
         _exp_floored(row, top, bits)
@@ -1205,6 +1209,9 @@ def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_
     k = weights.shape[0]
     prec = np.empty((k, d, d))
     sums = np.empty((k, 1 + d + d * (d + 1) // 2))
+    lj = np.empty((k, xct.shape[1]))  # the E-step's scratch (see _evaluate)
+    rows = np.empty((3, xct.shape[1]))
+    bits = np.empty(xct.shape[1], dtype=np.int64)
     # Slots 0..2 hold θ0, θ1, θ2 of the SQUAREM cycle in turn; slot 3 the extrapolated trial.
     p_w = np.empty((4, k))
     p_m = np.empty((4, k, d))
@@ -1227,7 +1234,7 @@ def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_
         nxt = (cur + 1) % 3
         ll, state, bad, collapsed = _evaluate(
             xct, feats, center, w, p_w[cur], p_m[cur], p_l[cur], code, diag, p_c[cur], reg_covar,
-            prec, sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
+            prec, sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt], lj, rows, bits,
         )  # fmt: skip
         prev = trace[n_trace - 1] if n_trace > 0 else -np.inf
         trace[n_trace] = ll
@@ -1258,8 +1265,7 @@ def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_
         nxt = i0  # θ0's slot is free: the trial's M-step goes there
         ll, state, bad, collapsed = _evaluate(
             xct, feats, center, w, p_w[3], p_m[3], p_l[3], code, diag, p_c[3], reg_covar, prec,
-            sums,
-            p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt],
+            sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt], lj, rows, bits,
         )  # fmt: skip
         ok = state == RUNNING and ll >= trace[n_trace - 1]
         if step_max < 0:  # the step was cut to its bound: the bound learns from the outcome
