@@ -248,8 +248,11 @@ def _warm_pass() -> None:
 
 
 def _warm_hc() -> None:
-    """The hierarchical tree."""
-    hc_merges(np.random.default_rng(0).normal(size=(12, 2)), 1.0)
+    """The hierarchical tree and the k-means++ seedings."""
+    Z = np.random.default_rng(0).normal(size=(12, 2))
+    hc_merges(Z, 1.0)
+    kmeans_seeds(Z, np.zeros(2, dtype=np.int64), np.full((2, 2), 0.5),
+                 np.empty((2, 12), dtype=np.int64))  # fmt: skip
 
 
 def _warm_loop() -> None:
@@ -1884,6 +1887,73 @@ def _hc_rescan(j, cost, col_min, col_arg):  # pragma: no cover - compiled
             best = cost[r, j]
             arg = r
     col_min[j], col_arg[j] = cost[arg, j], arg
+
+
+@_jit
+def _sq_distances(Z, c, out):  # pragma: no cover - compiled
+    """out ← each row's Σ over the features of (z − c)², in order (init._sq_distances)."""
+    n, d = Z.shape
+    for i in range(n):
+        t = Z[i, 0] - c[0]
+        acc = t * t
+        for f in range(1, d):
+            t = Z[i, f] - c[f]
+            acc += t * t
+        out[i] = acc
+
+
+@_jit
+def kmeans_seeds(Z, firsts, uniforms, labels):  # pragma: no cover - compiled
+    """k-means++ seedings of the rows ``Z`` (init.kmeans_plus_plus_many's, with the same
+    arithmetic), K = uniforms.shape[1] + 1, seeding r from its first row firsts[r] and its
+    uniform draws uniforms[r], into labels[r] (each row's nearest seed, the first of equally
+    near ones). Returns False, at once, when a seeding finds every row on a seed already (its
+    draw would then have been a row, not a uniform)."""
+    n = Z.shape[0]
+    k = uniforms.shape[1] + 1
+    closest = np.empty(n)
+    dist = np.empty(n)
+    cdf = np.empty(n)
+    seeds = np.empty(k, dtype=np.int64)
+    for r in range(firsts.shape[0]):
+        seeds[0] = firsts[r]
+        _sq_distances(Z, Z[seeds[0]], closest)
+        for j in range(1, k):
+            # numpy's cumsum(closest)[-1], then cumsum(closest / total) / its last entry
+            total = closest[0]
+            for i in range(1, n):
+                total += closest[i]
+            if total <= 0:
+                return False
+            acc = closest[0] / total
+            cdf[0] = acc
+            for i in range(1, n):
+                acc += closest[i] / total
+                cdf[i] = acc
+            last = cdf[n - 1]
+            u = uniforms[r, j - 1]
+            pick = 0  # searchsorted(cdf / last, u, side="right")
+            for i in range(n):
+                if cdf[i] / last <= u:
+                    pick = i + 1
+                else:
+                    break
+            seeds[j] = pick
+            _sq_distances(Z, Z[pick], dist)
+            for i in range(n):
+                if dist[i] < closest[i]:
+                    closest[i] = dist[i]
+        # each row's nearest seed: the distances to seed 0, then smaller ones replace them
+        _sq_distances(Z, Z[seeds[0]], closest)
+        for i in range(n):
+            labels[r, i] = 0
+        for j in range(1, k):
+            _sq_distances(Z, Z[seeds[j]], dist)
+            for i in range(n):
+                if dist[i] < closest[i]:
+                    closest[i] = dist[i]
+                    labels[r, i] = j
+    return True
 
 
 @_jit

@@ -37,6 +37,7 @@ from bayesgmm.core.em import Degenerate, m_step, m_step_batch, to_model
 from bayesgmm.core.init import (
     hc_tree,
     kmeans_plus_plus_labels,
+    kmeans_plus_plus_many,
     labels_to_resp,
     random_resp,
     standardise,
@@ -184,10 +185,9 @@ def make_starts(
     if isinstance(parsed, str) and parsed == "random":
         starts.extend(("random", random_resp(X.shape[0], k, gen)) for _ in range(n_init - 1))
         return starts
-    Z = standardise(X) if n_init > 1 else X  # once for all the restarts
-    for _ in range(n_init - 1):
-        labels = kmeans_plus_plus_labels(Z, k, gen, standardised=True)
-        starts.append(("kmeans++", labels_to_resp(labels, k)))
+    if n_init > 1:
+        seeds = kmeans_plus_plus_many(standardise(X), k, gen, n_init - 1)
+        starts.extend(("kmeans++", labels_to_resp(labels, k)) for labels in seeds)
     return starts
 
 

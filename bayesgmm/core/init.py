@@ -19,6 +19,7 @@ __all__ = [
     "QuantileClasses",
     "hc_tree",
     "kmeans_plus_plus_labels",
+    "kmeans_plus_plus_many",
     "parse_init",
     "random_resp",
     "split_components",
@@ -106,43 +107,88 @@ def kmeans_plus_plus_labels(
     pull every start towards the same few k-means optima and cost the restarts their diversity.
     Features are standardised first (:func:`standardise`) so that the partition does not depend
     on units; ``standardised=True`` says ``X`` already is (a caller seeding many restarts on the
-    same data standardises it once).
+    same data standardises it once, and draws them with :func:`kmeans_plus_plus_many`).
     """
     Z = X if standardised else standardise(X)
-    n = Z.shape[0]
-    sq_norm = np.einsum("ij,ij->i", Z, Z)
-    centers = np.empty((k, Z.shape[1]))
-    centers[0] = Z[rng.integers(n)]
-    closest = np.maximum(sq_norm - 2 * Z @ centers[0] + centers[0] @ centers[0], 0.0)
-    for j in range(1, k):
-        total = closest.sum()
-        if total <= 0:
-            centers[j] = Z[rng.integers(n)]
-        else:
-            # rng.choice(n, p=closest / total) without its checks of p (they were most of the
-            # restarts' seeding time on small data): the same cumulative sums and the same one
-            # uniform draw, so the same row and the same stream (tested).
-            cdf = np.cumsum(closest / total)
-            cdf /= cdf[-1]
-            centers[j] = Z[int(np.searchsorted(cdf, rng.random(), side="right"))]
-        dist = np.maximum(sq_norm - 2 * Z @ centers[j] + centers[j] @ centers[j], 0.0)
-        np.minimum(closest, dist, out=closest)
-
-    def nearest() -> np.ndarray:
-        dist = -2 * Z @ centers.T + np.einsum("ij,ij->i", centers, centers)
-        return dist.argmin(axis=1)
-
-    labels = nearest()
+    labels = kmeans_plus_plus_many(Z, k, rng, 1)[0]
+    centers = np.zeros((k, Z.shape[1]))
     for _ in range(n_lloyd):
         for j in range(k):
             members = labels == j
-            if members.any():
+            if members.any():  # (an emptied cluster keeps its centre)
                 centers[j] = Z[members].mean(axis=0)
-        new = nearest()
+        new = _nearest(Z, centers)
         if np.array_equal(new, labels):
             break
         labels = new
     return labels
+
+
+def kmeans_plus_plus_many(
+    Z: np.ndarray, k: int, rng: np.random.Generator, count: int
+) -> np.ndarray:
+    """``count`` k-means++ seedings of the standardised rows ``Z`` (each row's label, (count,
+    N)), drawn one after another from ``rng`` as :func:`kmeans_plus_plus_labels` draws them.
+
+    Each new seed is drawn as numpy's ``Generator.choice(n, p=...)`` draws it (without its checks
+    of p: the same cumulative sums and the same one uniform draw, so the same row and the same
+    stream; tested), p proportional to each row's squared distance to its nearest seed so far.
+    Distances are sums over the features of (z − c)², in order. With the compiled functions
+    loaded, every draw is made first (a row, then K − 1 uniforms, per seeding) and the seedings
+    run in one compiled call, with the same arithmetic; should some seeding find every row on
+    a seed already (fewer distinct rows than K), the draws are taken back and the seedings made
+    here one draw at a time, as that case draws a row instead of a uniform (a restart's seeding
+    on small data was a quarter of select_em's time for one feature)."""
+    from bayesgmm.core import _compiled
+
+    n = Z.shape[0]
+    Z = np.ascontiguousarray(Z, dtype=np.float64)
+    if _compiled.ready(stage="hc"):
+        state = rng.bit_generator.state
+        firsts = np.empty(count, dtype=np.int64)
+        uniforms = np.empty((count, max(k - 1, 0)))
+        for r in range(count):
+            firsts[r] = rng.integers(n)
+            uniforms[r] = rng.random(k - 1)
+        labels = np.empty((count, n), dtype=np.int64)
+        if _compiled.kmeans_seeds(Z, firsts, uniforms, labels):
+            return labels
+        rng.bit_generator.state = state
+    return np.stack([_seeded_labels(Z, k, rng) for _ in range(count)])
+
+
+def _sq_distances(Z: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Each row's squared distance to ``c``: Σ over the features of (z − c)², in order (the
+    compiled seeding's arithmetic exactly)."""
+    out = (Z[:, 0] - c[0]) ** 2
+    for d in range(1, Z.shape[1]):
+        out += (Z[:, d] - c[d]) ** 2
+    return out
+
+
+def _nearest(Z: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Each row's nearest centre (the first of equally near ones)."""
+    return np.stack([_sq_distances(Z, c) for c in centers], axis=1).argmin(axis=1)
+
+
+def _seeded_labels(Z: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """One k-means++ seeding of ``Z``, drawing from ``rng`` as it goes (see
+    :func:`kmeans_plus_plus_many`)."""
+    n = Z.shape[0]
+    centers = np.empty((k, Z.shape[1]))
+    centers[0] = Z[rng.integers(n)]
+    closest = _sq_distances(Z, centers[0])
+    for j in range(1, k):
+        cdf = np.cumsum(closest)
+        total = cdf[-1]
+        if total <= 0:
+            centers[j] = Z[rng.integers(n)]
+        else:
+            cdf = np.cumsum(closest / total)
+            cdf /= cdf[-1]
+            centers[j] = Z[int(np.searchsorted(cdf, rng.random(), side="right"))]
+        np.minimum(closest, _sq_distances(Z, centers[j]), out=closest)
+    return _nearest(Z, centers)
 
 
 def random_resp(n: int, k: int, rng: np.random.Generator) -> np.ndarray:

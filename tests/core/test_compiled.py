@@ -443,3 +443,32 @@ def test_map_rescue_as_numpy(compiled, iris_X, galaxies, weighted):
             np.testing.assert_allclose(params.covs, ref.covs, rtol=1e-8, atol=1e-12, err_msg=name)
             np.testing.assert_allclose(params.chol, ref.chol, rtol=1e-8, atol=1e-12, err_msg=name)
         assert rescued >= len(names) + 1, rescued  # every empty start, and singletons
+
+
+def test_kmeans_seedings_as_numpy(compiled, monkeypatch):
+    # The compiled k-means++ seedings (every draw made first) give numpy's labels, one draw at a
+    # time, bit for bit, and leave the generator where numpy's leave it: ties and rounded data
+    # included, and a K above the distinct rows (a draw of a row instead of a uniform: the
+    # draws are taken back and numpy's seeding runs).
+    from bayesgmm.core import init
+
+    data = np.random.default_rng(1)
+    cases = []
+    for trial in range(40):
+        n, d, k = int(data.integers(2, 120)), int(data.integers(1, 8)), int(data.integers(1, 9))
+        X = data.normal(size=(n, d))
+        X[: n // 2] = X[0] if trial % 3 == 0 else X[: n // 2]
+        cases.append((np.round(X) if trial % 4 == 0 else X, k))
+    cases.append((np.repeat(np.eye(3), 5, axis=0), 5))  # 3 distinct rows, K = 5
+    calls = []
+    seeds = compiled.kmeans_seeds
+    monkeypatch.setattr(compiled, "kmeans_seeds", lambda *a: calls.append(seeds(*a)) or calls[-1])
+    for trial, (X, k) in enumerate(cases):
+        Z = init.standardise(X)
+        a, b = np.random.default_rng(trial), np.random.default_rng(trial)
+        fast = init.kmeans_plus_plus_many(Z, k, a, 3)
+        slow = np.stack([init._seeded_labels(np.ascontiguousarray(Z), k, b) for _ in range(3)])
+        np.testing.assert_array_equal(fast, slow)
+        assert a.random() == b.random()
+    # Every case ran compiled; the last (and a few with many tied rows) fell back.
+    assert len(calls) == len(cases) and not calls[-1] and sum(calls) > len(cases) // 2
