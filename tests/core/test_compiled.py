@@ -472,3 +472,27 @@ def test_kmeans_seedings_as_numpy(compiled, monkeypatch):
         assert a.random() == b.random()
     # Every case ran compiled; the last (and a few with many tied rows) fell back.
     assert len(calls) == len(cases) and not calls[-1] and sum(calls) > len(cases) // 2
+
+
+def test_the_compiled_grid_runs_with_blas_on_one_thread(compiled, monkeypatch, faithful):
+    # While the compiled loop runs select_em's grid, BLAS runs on one thread (its idle workers
+    # would otherwise spin on the loop's cores); before and after, as the caller had it.
+    from threadpoolctl import threadpool_info
+
+    from bayesgmm.core import select
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    seen = []
+    grid = select._select_grid
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return grid(*args, **kwargs)
+
+    monkeypatch.setattr(select, "_select_grid", spy)
+    before = blas_threads()
+    bg.select_em(faithful, [1, 2], ["EII", "VVV"])
+    assert seen and all(n == 1 for n in seen[0])
+    assert blas_threads() == before
