@@ -400,3 +400,20 @@ def test_a_paused_run_resumes_on_the_path_it_takes_without_the_pause(compiled, m
                 np.testing.assert_allclose(b.trace, a.trace, rtol=1e-12)
                 split_cycles += len(c.trace) != len(a.trace) or c.trace != a.trace
     assert split_cycles > 0
+
+
+def test_collapse_reasons_of_many_mixtures_as_one_at_a_time():
+    # The batched collapse test (finish_all's) says what the one-mixture test says, mixture by
+    # mixture: None for sound covariances, the component and its eigenvalue ratio otherwise.
+    from bayesgmm.core._loop import _collapse_reason, _collapse_reasons
+
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(6, 3, 2, 2))
+    covs = a @ np.swapaxes(a, -1, -2) + 0.1 * np.eye(2)
+    covs[2, 1] = [[1.0, 1.0], [1.0, 1.0 + 1e-14]]  # a collapsed component
+    covs[4, 0] = [[1e-14, 0.0], [0.0, 1.0]]
+    scale = np.array([1.5, 0.7])
+    got = _collapse_reasons(covs, scale)
+    assert got == [_collapse_reason(c, scale) for c in covs]
+    assert [g is not None for g in got] == [False, False, True, False, True, False]
+    assert got[2].startswith("component 1 collapsed") and got[4].startswith("component 0")
