@@ -4,6 +4,9 @@ reference; both implement _loop's rules), and its small linear algebra must matc
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -186,6 +189,8 @@ def test_small_linear_algebra(compiled):
         values, vectors = np.empty(d), np.empty((d, d))
         compiled._eigh(S, values, vectors)
         np.testing.assert_allclose(values, np.linalg.eigvalsh(S), rtol=1e-12, atol=1e-12)
+        # The EVE/VVE bound's eigenvalue: _eigh's largest, bit for bit (the same rotations).
+        assert compiled._top_eigenvalue(S, np.empty((d, d))) == values[-1]
         np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, S, atol=1e-11)
         np.testing.assert_allclose(vectors.T @ vectors, np.eye(d), atol=1e-12)
         assert compiled._det_root(S) == pytest.approx(np.linalg.det(S) ** (1 / d), rel=1e-12)
@@ -292,6 +297,25 @@ def test_a_kernel_error_reaches_the_caller(compiled, monkeypatch):
     with pytest.raises(RuntimeError, match="piece failed"):
         compiled._in_threads(kernel, np.arange(40) % 3 + 1, (done,))
     assert done.sum() < 40
+
+
+def test_the_calling_thread_is_one_of_the_workers(compiled, monkeypatch):
+    # Every run is advanced once, by the caller and threads started for the call (one fewer
+    # than the thread count), and none of those threads outlives the call.
+    monkeypatch.setitem(compiled._THREADS, "n", 3)
+    count = np.zeros(50, dtype=np.int64)
+    by: set[int] = set()
+    before = threading.active_count()
+
+    def kernel(todo: np.ndarray, out: np.ndarray) -> None:
+        by.add(threading.get_ident())
+        time.sleep(0.002)  # (each piece long enough that every worker gets one)
+        out[todo] += 1
+
+    compiled._in_threads(kernel, np.arange(50) % 4 + 1, (count,))
+    np.testing.assert_array_equal(count, 1)
+    assert threading.get_ident() in by and len(by) == 3
+    assert threading.active_count() == before
 
 
 def test_icl_term_as_numpy(compiled, monkeypatch):
