@@ -70,6 +70,8 @@ _WARM_MAX = 5
 _LOG_FLOOR = -60.0
 _EMPTY_RTOL = 1e-10
 _EPS = 2.220446049250313e-16  # the machine epsilon of float64
+#: _top_eigenvalue's closed form for D = 3 above this r (below, Jacobi's rotations).
+_TOP_CLOSED_R = -0.999
 _LOG_2PI = math.log(2.0 * math.pi)
 #: A Cholesky pivot at or below this fraction of its diagonal entry counts as singular: so close
 #: to singular (a condition number of about 1e10 or more) that LAPACK's factorisation, from other
@@ -499,10 +501,34 @@ def _eigh(a, values, vectors):  # pragma: no cover - compiled
 
 @_jit
 def _top_eigenvalue(a, m):  # pragma: no cover - compiled
-    """The largest eigenvalue of the symmetric ``a`` (``m``: D × D scratch), bit for bit
-    _eigh's: the same rotations of the same matrix, without the eigenvectors' updates (a third
-    of each rotation) or the sort (the EVE and VVE M-steps' bound ω_k needs this value only)."""
+    """The largest eigenvalue of the symmetric ``a`` (``m``: D × D scratch): the EVE and VVE
+    M-steps' bound ω_k, which needs this value only. In closed form for D ≤ 3: for D = 3 the
+    trigonometric solution of the characteristic cubic (Smith 1961), accurate to rounding
+    except where the two largest roots (nearly) coincide (cosine → −1), where acos's slope is
+    unbounded (5.000000023 for the roots 0, 5 and 5.000000005). There, and for D > 3: _eigh's
+    rotations, without the eigenvectors' updates or the sort."""
     d = a.shape[0]
+    if d == 1:
+        return a[0, 0]
+    if d == 2:
+        h = 0.5 * (a[0, 0] - a[1, 1])
+        return 0.5 * (a[0, 0] + a[1, 1]) + math.sqrt(h * h + a[0, 1] * a[0, 1])
+    if d == 3:  # λ = mid + 2 rad cos(acos(cosine)/3), B = (a − mid I)/rad, cosine = det(B)/2
+        off = a[0, 1] * a[0, 1] + a[0, 2] * a[0, 2] + a[1, 2] * a[1, 2]
+        mid = (a[0, 0] + a[1, 1] + a[2, 2]) / 3.0
+        b00, b11, b22 = a[0, 0] - mid, a[1, 1] - mid, a[2, 2] - mid
+        spread = b00 * b00 + b11 * b11 + b22 * b22 + 2.0 * off
+        if spread == 0.0:  # a multiple of the identity
+            return mid
+        rad = math.sqrt(spread / 6.0)
+        det = (
+            b00 * (b11 * b22 - a[1, 2] * a[1, 2])
+            - a[0, 1] * (a[0, 1] * b22 - a[1, 2] * a[0, 2])
+            + a[0, 2] * (a[0, 1] * a[1, 2] - b11 * a[0, 2])
+        )
+        cosine = det / (2.0 * rad * rad * rad)
+        if cosine > _TOP_CLOSED_R:  # (acos's error at most ~1e-15 / √(2 · 0.001): 2e-14)
+            return mid + 2.0 * rad * math.cos(math.acos(min(cosine, 1.0)) / 3.0)
     _copy(a, m)
     for _ in range(60):
         off = 0.0
@@ -752,15 +778,21 @@ def _common_orientation(w, n, previous, equal_volume, out, limit):  # pragma: no
     v = np.empty((k, d))
     inv_v = np.empty((k, d))
     g = np.empty(k)
-    wr = np.empty((d, d))
+    wr = np.empty((k, d, d))
     g_mat = np.empty((d, d))
     for step in range(limit):
+        # W_k D, once per step for both m_k = diag(Dᵀ W_k D) and the majoriser's G.
         for j in range(k):
+            for a in range(d):
+                for col in range(d):
+                    s = 0.0
+                    for b in range(d):
+                        s += w[j, a, b] * rot[b, col]
+                    wr[j, a, col] = s
             for i in range(d):
                 s = 0.0
                 for a in range(d):
-                    for b in range(d):
-                        s += rot[a, i] * w[j, a, b] * rot[b, i]
+                    s += rot[a, i] * wr[j, a, i]
                 m[j, i] = s
         if equal_volume:
             lam_sum = 0.0
@@ -798,16 +830,10 @@ def _common_orientation(w, n, previous, equal_volume, out, limit):  # pragma: no
                     beta = inv_v[j, i]
             for a in range(d):
                 for col in range(d):
-                    s = 0.0
-                    for b in range(d):
-                        s += w[j, a, b] * rot[b, col]
-                    wr[a, col] = s
-            for a in range(d):
-                for col in range(d):
                     if step % 2 == 0:  # W_k ≼ ω_k I
-                        g_mat[a, col] += (wr[a, col] - rot[a, col] * top[j]) * inv_v[j, col]
+                        g_mat[a, col] += (wr[j, a, col] - rot[a, col] * top[j]) * inv_v[j, col]
                     else:  # V_k⁻¹ ≼ β_k I
-                        g_mat[a, col] += wr[a, col] * (inv_v[j, col] - beta)
+                        g_mat[a, col] += wr[j, a, col] * (inv_v[j, col] - beta)
         _neg_polar(g_mat, rot)
     for j in range(k):
         for a in range(d):

@@ -189,8 +189,13 @@ def test_small_linear_algebra(compiled):
         values, vectors = np.empty(d), np.empty((d, d))
         compiled._eigh(S, values, vectors)
         np.testing.assert_allclose(values, np.linalg.eigvalsh(S), rtol=1e-12, atol=1e-12)
-        # The EVE/VVE bound's eigenvalue: _eigh's largest, bit for bit (the same rotations).
-        assert compiled._top_eigenvalue(S, np.empty((d, d))) == values[-1]
+        # The EVE/VVE bound's eigenvalue: in closed form up to D = 3, else _eigh's largest bit
+        # for bit (the same rotations).
+        top = compiled._top_eigenvalue(S, np.empty((d, d)))
+        if d <= 3:
+            assert top == pytest.approx(np.linalg.eigvalsh(S)[-1], rel=1e-14)
+        else:
+            assert top == values[-1]
         np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, S, atol=1e-11)
         np.testing.assert_allclose(vectors.T @ vectors, np.eye(d), atol=1e-12)
         assert compiled._det_root(S) == pytest.approx(np.linalg.det(S) ** (1 / d), rel=1e-12)
@@ -206,6 +211,24 @@ def test_small_linear_algebra(compiled):
         L = np.zeros((d, d))
         assert compiled._cholesky(S, L, compiled._PD_RTOL)
         np.testing.assert_allclose(L, np.linalg.cholesky(S), rtol=1e-12, atol=1e-12)
+    # The closed form where its cubic's roots coincide or nearly do (the acos at ±1), on
+    # rank-deficient and diagonal matrices, at every scale.
+    v = np.array([1.0, 2.0, 3.0]) / np.sqrt(14.0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    cases = [
+        np.eye(3) * 2.5,
+        np.diag([4.0, 4.0, 1.0]),
+        np.diag([4.0, 1.0, 1.0]),
+        q @ np.diag([5.0, 5.0 * (1 + 1e-9), 0.0]) @ q.T,
+        q @ np.diag([7.0, 1e-12, 1e-12]) @ q.T,
+        np.outer(v, v) * 1e-30,
+        np.outer(v, v) * 1e30,
+        np.array([[2.0, 1.0], [1.0, 2.0]]),
+        np.array([[1e-20, 0.0], [0.0, 3e-20]]),
+    ]
+    for S in cases:
+        top = compiled._top_eigenvalue(S, np.empty_like(S))
+        assert top == pytest.approx(np.linalg.eigvalsh(S)[-1], rel=1e-13, abs=0.0)
     # A rank-deficient g (a zero column, as the second majoriser gives in two dimensions):
     # its orthogonal factor is still orthogonal, as LAPACK's.
     G = np.array([[0.0, -2376.6], [0.0, -86476.5]])
