@@ -441,15 +441,12 @@ def _inv(a, out):  # pragma: no cover - compiled
 
 
 @_jit
-def _eigh(a, values, vectors):  # pragma: no cover - compiled
-    """Eigenvalues (ascending, into ``values``) and eigenvectors (columns of ``vectors``) of
-    the symmetric ``a``, by cyclic Jacobi rotations (accurate to rounding; D is small)."""
-    d = a.shape[0]
-    m = np.empty_like(a)
-    _copy(a, m)
-    for i in range(d):
-        for j in range(d):
-            vectors[i, j] = 1.0 if i == j else 0.0
+def _jacobi(m, vectors, with_vectors):  # pragma: no cover - compiled
+    """Cyclic Jacobi rotations of the symmetric ``m`` in place until it is diagonal to
+    rounding, its eigenvalues left on the diagonal; with ``with_vectors``, the rotations
+    accumulated into ``vectors`` (which start as the identity), else ``vectors`` untouched (the
+    rotations of ``m`` the same either way)."""
+    d = m.shape[0]
     for _ in range(60):
         off = 0.0
         total = 0.0
@@ -478,10 +475,24 @@ def _eigh(a, values, vectors):  # pragma: no cover - compiled
                     x, y = m[p, r], m[q, r]
                     m[p, r] = c * x - s * y
                     m[q, r] = s * x + c * y
-                for r in range(d):
-                    x, y = vectors[r, p], vectors[r, q]
-                    vectors[r, p] = c * x - s * y
-                    vectors[r, q] = s * x + c * y
+                if with_vectors:
+                    for r in range(d):
+                        x, y = vectors[r, p], vectors[r, q]
+                        vectors[r, p] = c * x - s * y
+                        vectors[r, q] = s * x + c * y
+
+
+@_jit
+def _eigh(a, values, vectors):  # pragma: no cover - compiled
+    """Eigenvalues (ascending, into ``values``) and eigenvectors (columns of ``vectors``) of
+    the symmetric ``a``, by cyclic Jacobi rotations (accurate to rounding; D is small)."""
+    d = a.shape[0]
+    m = np.empty_like(a)
+    _copy(a, m)
+    for i in range(d):
+        for j in range(d):
+            vectors[i, j] = 1.0 if i == j else 0.0
+    _jacobi(m, vectors, True)
     for i in range(d):
         values[i] = m[i, i]
     for i in range(d):  # selection sort, ascending
@@ -530,34 +541,7 @@ def _top_eigenvalue(a, m):  # pragma: no cover - compiled
         if cosine > _TOP_CLOSED_R:  # (acos's error at most ~1e-15 / √(2 · 0.001): 2e-14)
             return mid + 2.0 * rad * math.cos(math.acos(min(cosine, 1.0)) / 3.0)
     _copy(a, m)
-    for _ in range(60):
-        off = 0.0
-        total = 0.0
-        for i in range(d):
-            total += m[i, i] * m[i, i]
-            for j in range(i + 1, d):
-                off += m[i, j] * m[i, j]
-        if off == 0.0 or off <= 1e-32 * (total + off):
-            break
-        for p in range(d - 1):
-            for q in range(p + 1, d):
-                apq = m[p, q]
-                if apq == 0.0:
-                    continue
-                theta = (m[q, q] - m[p, p]) / (2.0 * apq)
-                t = 1.0 / (abs(theta) + math.sqrt(theta * theta + 1.0))
-                if theta < 0:
-                    t = -t
-                c = 1.0 / math.sqrt(t * t + 1.0)
-                s = t * c
-                for r in range(d):
-                    x, y = m[r, p], m[r, q]
-                    m[r, p] = c * x - s * y
-                    m[r, q] = s * x + c * y
-                for r in range(d):
-                    x, y = m[p, r], m[q, r]
-                    m[p, r] = c * x - s * y
-                    m[q, r] = s * x + c * y
+    _jacobi(m, m, False)
     top = m[0, 0]
     for i in range(1, d):
         if m[i, i] > top:
