@@ -1962,10 +1962,12 @@ def kmeans_seeds(Z, firsts, uniforms, labels):  # pragma: no cover - compiled
     closest = np.empty(n)
     dist = np.empty(n)
     cdf = np.empty(n)
-    seeds = np.empty(k, dtype=np.int64)
     for r in range(firsts.shape[0]):
-        seeds[0] = firsts[r]
-        _sq_distances(Z, Z[seeds[0]], closest)
+        # Each row's nearest seed as the seeds come: the distances to seed 0, then each
+        # nearer seed's (the first of equally near ones).
+        _sq_distances(Z, Z[firsts[r]], closest)
+        for i in range(n):
+            labels[r, i] = 0
         for j in range(1, k):
             # numpy's cumsum(closest)[-1], then cumsum(closest / total) / its last entry
             total = closest[0]
@@ -1986,17 +1988,7 @@ def kmeans_seeds(Z, firsts, uniforms, labels):  # pragma: no cover - compiled
                     pick = i + 1
                 else:
                     break
-            seeds[j] = pick
             _sq_distances(Z, Z[pick], dist)
-            for i in range(n):
-                if dist[i] < closest[i]:
-                    closest[i] = dist[i]
-        # each row's nearest seed: the distances to seed 0, then smaller ones replace them
-        _sq_distances(Z, Z[seeds[0]], closest)
-        for i in range(n):
-            labels[r, i] = 0
-        for j in range(1, k):
-            _sq_distances(Z, Z[seeds[j]], dist)
             for i in range(n):
                 if dist[i] < closest[i]:
                     closest[i] = dist[i]
