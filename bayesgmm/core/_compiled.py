@@ -1554,7 +1554,7 @@ def advance_runs(
 
     r_all = len(runs)
     d = X.shape[1]
-    ks = np.fromiter((r.params.weights.shape[1] for r in runs), dtype=np.int64, count=r_all)
+    ks = np.fromiter((r.k for r in runs), dtype=np.int64, count=r_all)  # (no BatchRow views)
     kmax = int(ks.max())
     weights, means, covs, chol = pack_params([r.params for r in runs], ks, kmax, d)
     codes = np.array([CODES[r.structure.name] for r in runs], dtype=np.int64)
