@@ -250,11 +250,13 @@ def _warm_pass() -> None:
 
 
 def _warm_hc() -> None:
-    """The hierarchical tree and the k-means++ seedings."""
+    """The hierarchical tree, the k-means++ seedings and the partitions' keys."""
     Z = np.random.default_rng(0).normal(size=(12, 2))
     hc_merges(Z, 1.0)
     kmeans_seeds(Z, np.zeros(2, dtype=np.int64), np.full((2, 2), 0.5),
                  np.empty((2, 12), dtype=np.int64))  # fmt: skip
+    partition_ranks(np.zeros((1, 3), dtype=np.int64), np.empty((1, 3), dtype=np.int32),
+                    np.empty(1, dtype=np.int64))  # fmt: skip
 
 
 def _warm_loop() -> None:
@@ -1628,12 +1630,6 @@ def pack_params(
     select_em's time)."""
     from bayesgmm.core.em import BatchRow
 
-    out = (
-        np.zeros((len(params), kmax)),
-        np.zeros((len(params), kmax, d)),
-        np.zeros((len(params), kmax, d, d)),
-        np.zeros((len(params), kmax, d, d)),
-    )
     rows: dict[int, tuple[tuple[np.ndarray, ...], list[int], list[int]]] = {}
     loose: dict[int, list[int]] = {}
     for i, (p, k) in enumerate(zip(params, ks.tolist(), strict=True)):
@@ -1645,18 +1641,41 @@ def pack_params(
             group[2].append(p.row)
         else:
             loose.setdefault(k, []).append(i)
+    # Each group a block of rows taken at once (numpy's take; a fancy-indexed assignment into
+    # the padded arrays cost 30 times as much: 2 ms for diabetes's 2,027 runs), then the blocks
+    # in the runs' order.
+    blocks: list[tuple[np.ndarray, ...]] = []
+    order: list[list[int]] = []
     for arrays, dst, src in rows.values():
         # (Their padding beyond each run's K comes along: the loop reads only a run's K.)
-        width = min(arrays[0].shape[1], kmax)
-        to, of = np.asarray(dst), np.asarray(src)
-        for a, b in zip(out, arrays, strict=True):
-            a[to, :width] = b[of, :width]
-    for k, idx in loose.items():
+        of = np.asarray(src)
+        blocks.append(tuple(_padded(b[of], kmax) for b in arrays))
+        order.append(dst)
+    for idx in loose.values():
         ps = [params[i] for i in idx]
-        out[0][idx, :k] = np.concatenate([p.weights for p in ps])
-        out[1][idx, :k] = np.concatenate([p.means for p in ps])
-        out[2][idx, :k] = np.concatenate([p.covs for p in ps])
-        out[3][idx, :k] = np.concatenate([p.chol for p in ps])
+        blocks.append(
+            tuple(
+                _padded(np.concatenate([getattr(p, name) for p in ps]), kmax)
+                for name in ("weights", "means", "covs", "chol")
+            )
+        )
+        order.append(idx)
+    if len(blocks) == 1 and order[0] == list(range(len(params))):
+        return blocks[0]  # type: ignore[return-value]
+    where = np.argsort(np.concatenate([np.asarray(o, dtype=np.intp) for o in order]))
+    out = tuple(np.concatenate([b[a] for b in blocks])[where] for a in range(4))
+    return out  # type: ignore[return-value]
+
+
+def _padded(a: np.ndarray, kmax: int) -> np.ndarray:
+    """Rows of a batch (R, K, ...) as C-contiguous (R, kmax, ...): cut to kmax, or padded with
+    zeros (``a``, a fresh array, itself when it has kmax components)."""
+    if a.shape[1] == kmax:
+        return a
+    if a.shape[1] > kmax:
+        return np.ascontiguousarray(a[:, :kmax])
+    out = np.zeros((a.shape[0], kmax) + a.shape[2:])
+    out[:, : a.shape[1]] = a
     return out
 
 
@@ -1948,6 +1967,29 @@ def _sq_distances(Z, c, out):  # pragma: no cover - compiled
             t = Z[i, f] - c[f]
             acc += t * t
         out[i] = acc
+
+
+@_jit
+def partition_ranks(labels, out, counts):  # pragma: no cover - compiled
+    """Each row of ``labels`` (M, N) renamed in order of first appearance into ``out`` (int32),
+    and its number of distinct labels into ``counts`` (select._partition_keys's ranks)."""
+    m, n = labels.shape
+    for i in range(m):
+        row = labels[i]
+        lo = row[0]
+        hi = row[0]
+        for j in range(n):
+            lo = min(lo, row[j])
+            hi = max(hi, row[j])
+        rank = np.full(hi - lo + 1, -1, dtype=np.int32)
+        seen = 0
+        for j in range(n):
+            v = row[j] - lo
+            if rank[v] < 0:
+                rank[v] = seen
+                seen += 1
+            out[i, j] = rank[v]
+        counts[i] = seen
 
 
 @_jit

@@ -19,6 +19,7 @@ from bayesgmm.core._loop import (
     Run,
     StartPoint,
     _collapse_reason,
+    _collapse_reasons,
     _data_scale,
     finish_all,
     finish_many,
@@ -264,15 +265,14 @@ def run_cells(
     runs = {key: [new_run(m, label) for label, m in starts] for key, starts in cells.items()}
     pruned: dict[Any, list[Run]] = {}
     advance(X, runs, max_iter, short_iter, keep, settings, pruned, lead)
-    chosen = {key: _best_run(X, rs, w, missing, center, scale) for key, rs in runs.items()}
+    chosen = _best_runs(X, runs, w, missing, center, scale)
     # A cell whose every finished run failed or collapsed goes on with the starts its short
     # round set aside (those not failed there): one of them may end at a valid mixture, as
     # mclust's single start often does where our best starts climb onto a singularity.
     spare = {key: pruned[key] for key, (_, ok) in chosen.items() if not ok and pruned.get(key)}
     if spare:
         iterate(X, [r for rs in spare.values() for r in rs], max_iter, **settings)
-        for key, rs in spare.items():
-            run, ok = _best_run(X, rs, w, missing, center, scale)
+        for key, (run, ok) in _best_runs(X, spare, w, missing, center, scale).items():
             if ok:
                 chosen[key] = (run, ok)
     todo = [key for key, (run, _) in chosen.items() if not (only_new and run is runs[key][0])]
@@ -315,49 +315,72 @@ def _runners_up(
     return out
 
 
-def _best_run(
+def _best_runs(
     X: np.ndarray,
-    runs: list[Run],
+    cells: Mapping[Any, list[Run]],
     w: np.ndarray | None,
     missing: Any,
     center: np.ndarray,
     scale: np.ndarray,
-) -> tuple[Run, bool]:
-    """The run :func:`best_result` would pick once every run is finished, without finishing
-    them all (each start's final E-step, responsibilities and criteria cost more than the
-    choice): a run that converged or failed ended at the mixture of its trace's last
-    log-likelihood, and it is degenerate when it failed or collapsed; runs stopped by the
-    iteration budget were not evaluated at their last mixture, and get one (batched) pass.
-    Returns the run and whether it is valid (neither failed nor collapsed; a lone run, with
-    nothing to choose from, is only checked for failure)."""
-    if len(runs) == 1:
-        return runs[0], runs[0].reason is None
-    loglik: dict[int, float] = {}
-    collapsed: dict[int, bool] = {}
-    todo = []
-    for i, run in enumerate(runs):
-        if run.trace and (run.converged or run.reason is not None):
-            loglik[i] = float(run.trace[-1])
-            if run.reason is not None:
-                collapsed[i] = True
-        else:
-            todo.append(i)
-    if todo:
-        done = finish_many(X, [runs[i] for i in todo], center, w, missing)
-        for j, i in enumerate(todo):
-            loglik[i], collapsed[i] = float(done.loglik[j]), done.reasons[j] is not None
-    # The best run that did not collapse (the first of equal ones; a NaN log-likelihood last),
-    # else the best of all: the collapse test (an eigendecomposition per run) only as far down
-    # the ranking as needed.
-    order = sorted(
-        range(len(runs)), key=lambda i: (math.inf if math.isnan(loglik[i]) else -loglik[i], i)
-    )
-    for i in order:
-        if i not in collapsed:
-            collapsed[i] = _collapse_reason(runs[i].params.covs[0], scale) is not None
-        if not collapsed[i]:
-            return runs[i], True
-    return runs[order[0]], False
+) -> dict[Any, tuple[Run, bool]]:
+    """For each cell, the run :func:`best_result` would pick once every run is finished,
+    without finishing them all (each start's final E-step, responsibilities and criteria cost
+    more than the choice): a run that converged or failed ended at the mixture of its trace's
+    last log-likelihood, and it is degenerate when it failed or collapsed; runs stopped by the
+    iteration budget were not evaluated at their last mixture, and get one (batched) pass per
+    cell. Returns each cell's run and whether it is valid (neither failed nor collapsed; a lone
+    run, with nothing to choose from, is only checked for failure)."""
+    out: dict[Any, tuple[Run, bool]] = {}
+    # Per cell: its runs ranked, each run's collapse when known, and the rank reached.
+    ranked: dict[Any, tuple[list[int], dict[int, bool]]] = {}
+    for key, runs in cells.items():
+        if len(runs) == 1:
+            out[key] = (runs[0], runs[0].reason is None)
+            continue
+        loglik: dict[int, float] = {}
+        collapsed: dict[int, bool] = {}
+        todo = []
+        for i, run in enumerate(runs):
+            if run.trace and (run.converged or run.reason is not None):
+                loglik[i] = float(run.trace[-1])
+                if run.reason is not None:
+                    collapsed[i] = True
+            else:
+                todo.append(i)
+        if todo:
+            done = finish_many(X, [runs[i] for i in todo], center, w, missing)
+            for j, i in enumerate(todo):
+                loglik[i], collapsed[i] = float(done.loglik[j]), done.reasons[j] is not None
+        # The best run that did not collapse (the first of equal ones; a NaN log-likelihood
+        # last), else the best of all.
+        order = sorted(
+            range(len(runs)), key=lambda i: (math.inf if math.isnan(loglik[i]) else -loglik[i], i)
+        )
+        ranked[key] = (order, collapsed)
+    # The collapse test (an eigendecomposition per run) only as far down each ranking as
+    # needed, the runs of all cells that need one tested together.
+    at = dict.fromkeys(ranked, 0)
+    while at:
+        tests: list[tuple[Any, int]] = []
+        for key in list(at):
+            order, collapsed = ranked[key]
+            pos = at[key]
+            while pos < len(order) and collapsed.get(order[pos]) is True:
+                pos += 1
+            at[key] = pos
+            if pos == len(order):
+                out[key] = (cells[key][order[0]], False)
+                del at[key]
+            elif order[pos] in collapsed:  # known, and not collapsed
+                out[key] = (cells[key][order[pos]], True)
+                del at[key]
+            else:
+                tests.append((key, order[pos]))
+        if tests:
+            covs = [cells[key][i].params.covs[0] for key, i in tests]
+            for (key, i), reason in zip(tests, _collapse_reasons(covs, scale), strict=True):
+                ranked[key][1][i] = reason is not None
+    return {key: out[key] for key in cells}
 
 
 def advance(

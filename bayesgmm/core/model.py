@@ -132,12 +132,14 @@ class GaussianMixture:
         covariances: np.ndarray,
         structure: CovarianceStructure,
         feature_names: tuple[str, ...] | None,
+        cholesky: np.ndarray | None = None,
     ) -> GaussianMixture:
         """Build from arrays EM itself produced (shapes, finiteness and symmetry hold by
         construction): only the Cholesky factorisation is checked. Raises ValueError when a
-        covariance is not positive definite."""
+        covariance is not positive definite. ``cholesky``: the factors, when the caller
+        computed them as this would (numpy's, positive diagonal)."""
         self = object.__new__(cls)
-        chol = _cholesky_or_raise(covariances)
+        chol = _cholesky_or_raise(covariances) if cholesky is None else cholesky
         set_ = object.__setattr__
         for name, value in (
             ("weights", weights),

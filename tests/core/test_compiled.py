@@ -543,3 +543,54 @@ def test_the_compiled_grid_runs_with_blas_on_one_thread(compiled, monkeypatch, f
     bg.select_em(faithful, [1, 2], ["EII", "VVV"])
     assert seen and all(n == 1 for n in seen[0])
     assert blas_threads() == before
+
+
+def test_partition_keys_as_numpy(compiled, monkeypatch):
+    # The compiled ranks (labels renamed in order of first appearance) give numpy's keys and
+    # counts byte for byte: negative and gapped labels, one row, one column, many rows.
+    from bayesgmm.core import select
+
+    rng = np.random.default_rng(3)
+    cases = [rng.integers(-3, 9, size=(m, n)) for m, n in [(1, 1), (1, 40), (7, 155), (60, 33)]]
+    cases.append(np.array([[5, 5, 9, 1, 9, 1, 0]]))
+    for labels in cases:
+        fast = select._partition_keys(labels)
+        monkeypatch.setenv("BAYESGMM_COMPILED", "0")
+        slow = select._partition_keys(labels)
+        monkeypatch.delenv("BAYESGMM_COMPILED")
+        assert fast == slow
+
+
+def test_packing_runs_from_several_batches(compiled):
+    # pack_params gathers runs that are rows of earlier batches (of several widths) and loose
+    # mixtures into one padded batch, each run's K components where they were, in the runs'
+    # order; what lies beyond a run's K is never read.
+    from bayesgmm.core.em import BatchRow, Params
+
+    rng = np.random.default_rng(0)
+    d = 2
+
+    def batch(r: int, k: int) -> tuple[np.ndarray, ...]:
+        return tuple(rng.normal(size=(r, k) + (d,) * a) for a in range(3)) + (
+            rng.normal(size=(r, k, d, d)),
+        )
+
+    wide, narrow = batch(5, 6), batch(4, 3)
+    loose = [Params(*(a[:1] for a in batch(1, 2))) for _ in range(3)]
+    params = [
+        BatchRow(wide, 3, 4), loose[0], BatchRow(narrow, 1, 3), BatchRow(wide, 0, 6),
+        loose[1], BatchRow(narrow, 2, 2), loose[2],
+    ]  # fmt: skip
+    ks = np.array([4, 2, 3, 6, 2, 2, 2])
+    for kmax in (6, 7):
+        out = compiled.pack_params(params, ks, kmax, d)
+        for a in out:
+            assert a.shape[:2] == (7, kmax) and a.flags.c_contiguous
+        for i, (p, k) in enumerate(zip(params, ks, strict=True)):
+            for got, want in zip(out, (p.weights, p.means, p.covs, p.chol), strict=True):
+                np.testing.assert_array_equal(got[i, :k], want[0, :k], err_msg=f"run {i}")
+    # All rows of one batch in order: its rows, taken (never the batch itself).
+    same = compiled.pack_params([BatchRow(wide, i, 6) for i in range(5)], np.full(5, 6), 6, d)
+    for got, want in zip(same, wide, strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert not np.shares_memory(got, want)

@@ -311,10 +311,10 @@ def test_predict_on_the_fitted_rows_and_on_new_rows(faithful):
 
 
 def test_the_best_run_skips_collapsed_ones(monkeypatch):
-    # _best_run ranks a cell's finished runs without finishing them: the best by log-likelihood
-    # among those that did not collapse (the first of equal ones), else the best of all; the
-    # collapse test (an eigendecomposition) runs only as far down the ranking as needed; it
-    # says whether the run it returns is valid.
+    # _best_runs ranks each cell's finished runs without finishing them: the best by
+    # log-likelihood among those that did not collapse (the first of equal ones), else the best
+    # of all; the collapse test (an eigendecomposition) runs only as far down each ranking as
+    # needed, the cells' tests together; it says whether the run it returns is valid.
     from bayesgmm.core import _engine
     from bayesgmm.core._loop import Run
     from bayesgmm.core.em import Params
@@ -322,23 +322,32 @@ def test_the_best_run_skips_collapsed_ones(monkeypatch):
 
     fine, flat = np.eye(2), np.diag([1.0, 1e-12])  # the second collapsed
 
-    def run(loglik: float, cov: np.ndarray) -> Run:
-        covs = np.stack([np.eye(2), cov])[None]
-        params = Params(np.full((1, 2), 0.5), np.zeros((1, 2, 2)), covs, np.linalg.cholesky(covs))
+    def run(loglik: float, cov: np.ndarray, k: int = 2) -> Run:
+        covs = np.stack([np.eye(2)] * (k - 1) + [cov])[None]
+        params = Params(np.full((1, k), 1 / k), np.zeros((1, k, 2)), covs, np.linalg.cholesky(covs))
         return Run(params, "start", get_structure("VVV"), trace=[loglik], converged=True)
 
     scale = np.ones(2)
     X = np.zeros((4, 2))
     center = np.zeros(2)
     runs = [run(-10.0, fine), run(-5.0, flat), run(-7.0, fine), run(-7.0, fine)]
+    collapsed = [run(-9.0, flat, 3), run(-3.0, flat, 3), run(-3.0, flat, 3)]
+    lone = [run(-1.0, flat)]
     checked = []
-    real = _engine._collapse_reason
-    monkeypatch.setattr(_engine, "_collapse_reason", lambda c, s: checked.append(1) or real(c, s))
-    assert _engine._best_run(X, runs, None, None, center, scale) == (runs[2], True)
-    assert len(checked) == 2  # the collapsed best, then the first of the two at -7
-    collapsed = [run(-9.0, flat), run(-3.0, flat), run(-3.0, flat)]
-    best, valid = _engine._best_run(X, collapsed, None, None, center, scale)
+    real = _engine._collapse_reasons
+    monkeypatch.setattr(
+        _engine, "_collapse_reasons", lambda c, s: checked.append(len(c)) or real(c, s)
+    )
+    cells = {"a": runs, "b": collapsed, "c": lone}
+    chosen = _engine._best_runs(X, cells, None, None, center, scale)
+    assert list(chosen) == ["a", "b", "c"]
+    assert chosen["a"] == (runs[2], True)
+    best, valid = chosen["b"]
     assert best is collapsed[1] and not valid
+    assert chosen["c"] == (lone[0], True)  # a lone run is only checked for failure
+    # Round 1: both cells' best (a's collapsed at -5, b's first at -3); round 2: a's first of
+    # the two at -7 and b's second at -3; round 3: b's last.
+    assert checked == [2, 2, 1]
 
 
 def test_finishing_many_runs_as_one_at_a_time(faithful):

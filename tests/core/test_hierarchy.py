@@ -164,3 +164,33 @@ def test_missing_values_say_what_to_do(data):
         bg.hierarchical(X)
     with pytest.raises(ValueError, match="the tree was built on 272 rows"):
         bg.hierarchical(data["faithful"]).labels_for(X[:10], 2)
+
+
+def test_cuts_follow_the_merges():
+    # A cut relabels each merge's second cluster as its first, in order (the definition,
+    # written as a pass over all ids per merge), then numbers the clusters by their ids; merge
+    # sequences with repeated or vanished ids included.
+    from bayesgmm.core.hc import HierarchicalTree
+
+    def by_definition(tree: HierarchicalTree, k: int) -> np.ndarray:
+        parent = np.arange(tree.n_initial)
+        for a, b in tree.merges[: tree.n_initial - k]:
+            parent[parent == b] = a
+        return np.unique(parent[tree.initial_labels], return_inverse=True)[1]
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        m = int(rng.integers(1, 30))
+        alive, merges = list(range(m)), []
+        for _ in range(m - 1):
+            if rng.random() < 0.15 or len(alive) < 2:  # any ids, even vanished or equal ones
+                a, b = (int(v) for v in rng.integers(m, size=2))
+            else:
+                a, b = (alive[int(i)] for i in rng.choice(len(alive), 2, replace=False))
+                alive.remove(b)
+            merges.append((a, b))
+        tree = HierarchicalTree(
+            rng.integers(0, m, size=40), np.array(merges, dtype=np.int64).reshape(-1, 2)
+        )
+        for k in range(1, m + 1):
+            np.testing.assert_array_equal(tree.cut(k), by_definition(tree, k))
