@@ -16,6 +16,7 @@ from bayesgmm.core._compiled import distinct_columns, first_steps
 from bayesgmm.core._compiled import ready as compiled_ready
 from bayesgmm.core._compiled import suits as compiled_suits
 from bayesgmm.core._loop import (
+    Resumed,
     Run,
     StartPoint,
     _collapse_reason,
@@ -475,6 +476,8 @@ def start_model(
     """The mixture EM starts from: the given one, or an M-step from the start's responsibilities
     (``ml_failed``: the maximum-likelihood M-step is known to fail so, and only its MAP rescue
     is tried)."""
+    if isinstance(start, Resumed) and start.model.covariance_type == structure.name:
+        return start  # type: ignore[return-value]  # (new_run resumes it)
     if isinstance(start, GaussianMixture):
         if start.covariance_type == structure.name:
             return start

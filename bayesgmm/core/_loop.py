@@ -45,7 +45,7 @@ from bayesgmm.core.prior import ResolvedPrior
 from bayesgmm.core.result import EMResult
 from bayesgmm.core.structures import CovarianceStructure
 
-__all__ = ["Finished", "Run", "finish", "finish_many", "iterate", "new_run"]
+__all__ = ["Finished", "Resumed", "Run", "finish", "finish_many", "iterate", "new_run"]
 
 #: Runs on data with fewer rows than this share passes across K and structures (padding to the
 #: largest K, full statistics for all): the per-pass costs saved (the feature matrix, the thread
@@ -109,8 +109,26 @@ class StartPoint:
     structure: CovarianceStructure
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """A fit that goes on from where it stopped, with its iterations, convergence and
+    log-likelihood: a finished fit (converged, or at the iteration budget) competes as it
+    stands (a cell's own fit beside its cross-starts; started again as a mixture, an
+    unconverged fit ran another ``max_iter`` iterations whose outcome the cell then
+    discarded)."""
+
+    model: GaussianMixture
+    n_iter: int
+    converged: bool
+    loglik: float
+
+    @property
+    def structure(self) -> CovarianceStructure:
+        return self.model.structure
+
+
 def new_run(
-    model: GaussianMixture | StartPoint,
+    model: GaussianMixture | StartPoint | Resumed,
     label: str,
     *,
     row_weight: np.ndarray | None = None,
@@ -118,6 +136,13 @@ def new_run(
 ) -> Run:
     """A run starting at ``model``; with ``row_weight`` (N,) it weights the batch's rows its own
     way, with ``data`` (N, D) it runs on its own data set (all runs of a batch then do)."""
+    if isinstance(model, Resumed):
+        run = new_run(model.model, label, row_weight=row_weight, data=data)
+        run.n_iter, run.converged = model.n_iter, model.converged
+        # (The log-likelihood at the mixture itself, which the next pass computes: in the
+        # trace of a run that goes on, it would end it there as converged.)
+        run.trace = [model.loglik] if model.converged else []
+        return run
     if isinstance(model, StartPoint):
         p = model.params
     else:

@@ -32,7 +32,7 @@ from bayesgmm.core._engine import (
     start_data,
     start_models,
 )
-from bayesgmm.core._loop import StartPoint
+from bayesgmm.core._loop import Resumed, StartPoint
 from bayesgmm.core._parallel import can_fork, cyclic_gc_paused, forked_pool, resolve_n_jobs
 from bayesgmm.core._passes import serial_blas
 from bayesgmm.core._validation import as_rng, count_distinct_rows
@@ -724,7 +724,14 @@ def _cross_start_cells(
                     extra.append((label, resp))
                     seen.add(key)
             if extra:
-                cells[k] = [(current.init, current.model), *extra]
+                # The cell's own fit competes as it stands (when it is sound; a degenerate
+                # one starts again from its mixture).
+                own_start: Any = (
+                    current.model
+                    if current.degenerate
+                    else Resumed(current.model, current.n_iter, current.converged, current.loglik)
+                )
+                cells[k] = [(current.init, own_start), *extra]
         if cells:
             cross[structure] = cells
     return cross

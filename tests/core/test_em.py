@@ -426,3 +426,34 @@ def test_collapse_reasons_of_many_mixtures_as_one_at_a_time():
     assert got == [_collapse_reason(c, scale) for c in covs]
     assert [g is not None for g in got] == [False, False, True, False, True, False]
     assert got[2].startswith("component 1 collapsed") and got[4].startswith("component 0")
+
+
+def test_a_resumed_fit_goes_on_from_where_it_stopped(faithful):
+    # select_em's cross-starts run beside each cell's own fit: that fit competes as it stands
+    # (its log-likelihood, iterations and convergence), is not run again when converged or
+    # at its budget, and otherwise goes on counting from its own iterations.
+    from bayesgmm.core._loop import Resumed, iterate, new_run
+
+    X = faithful
+    settings = {"center": X.mean(axis=0), "w": None, "prior": None, "reg_covar": 0.0,
+                "tol": 1e-8, "scale": X.std(axis=0), "accelerate": True}  # fmt: skip
+    done = bg.fit_em(X, 4, covariance_type="VVV", n_init=1)
+    short = bg.fit_em(X, 4, covariance_type="VVV", n_init=1, max_iter=4)
+    assert done.converged and done.n_iter > 10 and not short.converged and short.n_iter == 4
+    runs = [
+        new_run(Resumed(f.model, f.n_iter, f.converged, f.loglik), "own") for f in (done, short)
+    ]
+    for run, fit in zip(runs, (done, short), strict=True):
+        assert run.n_iter == fit.n_iter and run.converged == fit.converged
+        assert run.structure.name == "VVV"
+    # (A converged fit's trace ends at its log-likelihood; one that goes on gets it from its
+    # next pass, which must not look like convergence.)
+    assert runs[0].trace == [done.loglik] and runs[1].trace == []
+    iterate(X, runs, 4, **settings)  # the budget the short fit had: neither moves
+    assert [r.n_iter for r in runs] == [done.n_iter, 4] and runs[1].trace == []
+    iterate(X, runs, 1000, **settings)
+    assert runs[0].n_iter == done.n_iter and runs[0].trace == [done.loglik]
+    assert runs[1].converged and runs[1].n_iter > 4
+    assert runs[1].trace[0] == pytest.approx(short.loglik, rel=1e-12)
+    assert np.all(np.diff(runs[1].trace) >= 0)
+    assert runs[1].loglik == pytest.approx(done.loglik, abs=1e-3)  # (the same optimum)
