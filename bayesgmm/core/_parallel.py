@@ -69,11 +69,15 @@ def can_fork(workers: int) -> bool:
     server or spawn: those re-import the caller's script, and a user's unguarded analysis
     script would then run again.
     """
-    return (
-        workers > 1
-        and threading.active_count() == 1
-        and "fork" in multiprocessing.get_all_start_methods()
-    )
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    # Our own idle threads (the passes' pool, the compiled loop's workers) stop first: they
+    # start again on demand.
+    from bayesgmm.core._compiled import stop_workers
+
+    shutdown_pool()
+    stop_workers()
+    return threading.active_count() == 1
 
 
 @contextmanager

@@ -323,22 +323,71 @@ def test_a_kernel_error_reaches_the_caller(compiled, monkeypatch):
 
 
 def test_the_calling_thread_is_one_of_the_workers(compiled, monkeypatch):
-    # Every run is advanced once, by the caller and threads started for the call (one fewer
-    # than the thread count), and none of those threads outlives the call.
+    # Every run is advanced once, by the caller and idle worker threads (one fewer than the
+    # thread count), which the next call wakes again instead of starting new ones; none is
+    # running after a call, and stop_workers (run before any fork) leaves none behind.
+    from bayesgmm.core._parallel import can_fork, shutdown_pool
+
+    shutdown_pool()  # (the passes' idle threads, should an earlier test have left them)
+    compiled.stop_workers()
     monkeypatch.setitem(compiled._THREADS, "n", 3)
-    count = np.zeros(50, dtype=np.int64)
-    by: set[int] = set()
     before = threading.active_count()
+    seen: list[set[int]] = []
 
     def kernel(todo: np.ndarray, out: np.ndarray) -> None:
-        by.add(threading.get_ident())
+        seen[-1].add(threading.get_ident())
         time.sleep(0.002)  # (each piece long enough that every worker gets one)
         out[todo] += 1
 
-    compiled._in_threads(kernel, np.arange(50) % 4 + 1, (count,))
-    np.testing.assert_array_equal(count, 1)
-    assert threading.get_ident() in by and len(by) == 3
+    for _ in range(2):
+        count = np.zeros(50, dtype=np.int64)
+        seen.append(set())
+        by = seen[-1]
+        compiled._in_threads(kernel, np.arange(50) % 4 + 1, (count,))
+        np.testing.assert_array_equal(count, 1)
+        assert threading.get_ident() in by and len(by) == 3
+        assert threading.active_count() == before + 2  # two idle workers
+        assert len(compiled._IDLE) == 2
+    assert seen[0] == seen[1]  # the same threads, woken twice
+    assert can_fork(2)  # (idle workers are stopped first)
+    assert threading.active_count() == before and not compiled._IDLE
+    seen.append(set())
+    compiled._in_threads(kernel, np.arange(4) + 1, (np.zeros(4, dtype=np.int64),))
+    compiled.stop_workers()
     assert threading.active_count() == before
+
+
+def test_a_fork_finds_no_worker_running(compiled, monkeypatch):
+    # The idle workers are stopped before a fork (os.register_at_fork): the child starts with
+    # the caller's thread alone (Python warns about forking a threaded process), and both
+    # processes start workers again on demand.
+    import os
+    import warnings
+
+    monkeypatch.setitem(compiled._THREADS, "n", 2)
+    out = np.zeros(8, dtype=np.int64)
+
+    def kernel(todo: np.ndarray, out: np.ndarray) -> None:
+        out[todo] += 1
+
+    from bayesgmm.core._parallel import shutdown_pool
+
+    shutdown_pool()
+    compiled._in_threads(kernel, np.arange(8) + 1, (out,))
+    assert compiled._IDLE
+    if threading.active_count() > 1 + len(compiled._IDLE):
+        pytest.skip("another thread runs in this process (Python would warn about any fork)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            ok = threading.active_count() == 1 and not compiled._IDLE
+            compiled._in_threads(kernel, np.arange(8) + 1, (out,))
+            os._exit(0 if ok and (out == 2).all() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    compiled._in_threads(kernel, np.arange(8) + 1, (out,))
+    np.testing.assert_array_equal(out, 2)
 
 
 def test_icl_term_as_numpy(compiled, monkeypatch):
