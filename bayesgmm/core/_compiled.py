@@ -73,6 +73,8 @@ _EPS = 2.220446049250313e-16  # the machine epsilon of float64
 #: _top_eigenvalue's closed form for D = 3 above this r (below, Jacobi's rotations).
 _TOP_CLOSED_R = -0.999
 _LOG_2PI = math.log(2.0 * math.pi)
+#: The largest D whose Mahalanobis sweep is written out (_small_maha).
+_SMALL_D = 6
 #: A Cholesky pivot at or below this fraction of its diagonal entry counts as singular: so close
 #: to singular (a condition number of about 1e10 or more) that LAPACK's factorisation, from other
 #: rounding, may fail on the same matrix (a fit to mtcars's 32 rows did at 1e-14; the numpy loop
@@ -992,12 +994,13 @@ def _covariances(code, n, w, previous, out, limit):  # pragma: no cover - compil
 
 @_jit
 def _small_maha(xct, prec, mean, center, const, out, top):  # pragma: no cover - compiled
-    """out ← const − ½ |L⁻¹ (x − μ)|² and top ← max(top, out) for D ≤ 3 (``prec`` L⁻¹, the
+    """out ← const − ½ |L⁻¹ (x − μ)|² and top ← max(top, out) for D ≤ 6 (``prec`` L⁻¹, the
     rows ``xct`` about ``center``, transposed): _evaluate's loop with every sum in the same
-    order, in one sweep over the rows instead of one per term (15 for D = 3, each a load and a
-    store of a row vector)."""
+    order, in one sweep over the rows instead of one per term (15 for D = 3, 33 for D = 6,
+    each a load and a store of a row vector; 1.0 → 0.32 µs a component at D = 6, 200 rows),
+    each D written out so that its terms stay in registers."""
     d, n_rows = xct.shape
-    s0 = 0.0  # (L⁻¹ (μ − c))_0, then _1, _2: summed from 0.0 as there
+    s0 = 0.0  # (L⁻¹ (μ − c))_0, then _1, ...: summed from 0.0 as there
     s0 += prec[0, 0] * (mean[0] - center[0])
     a00 = prec[0, 0]
     x0 = xct[0]
@@ -1024,16 +1027,68 @@ def _small_maha(xct, prec, mean, center, const, out, top):  # pragma: no cover -
                 top[r] = v
         return
     s2 = 0.0
-    s2 += prec[2, 0] * (mean[0] - center[0])
-    s2 += prec[2, 1] * (mean[1] - center[1])
-    s2 += prec[2, 2] * (mean[2] - center[2])
+    for p in range(3):
+        s2 += prec[2, p] * (mean[p] - center[p])
     a20, a21, a22 = prec[2, 0], prec[2, 1], prec[2, 2]
     x2 = xct[2]
+    if d == 3:
+        for r in range(n_rows):
+            y0 = -s0 + a00 * x0[r]
+            y1 = (-s1 + a10 * x0[r]) + a11 * x1[r]
+            y2 = ((-s2 + a20 * x0[r]) + a21 * x1[r]) + a22 * x2[r]
+            v = const - 0.5 * ((y0 * y0 + y1 * y1) + y2 * y2)
+            out[r] = v
+            if v > top[r]:
+                top[r] = v
+        return
+    s3 = 0.0
+    for p in range(4):
+        s3 += prec[3, p] * (mean[p] - center[p])
+    a30, a31, a32, a33 = prec[3, 0], prec[3, 1], prec[3, 2], prec[3, 3]
+    x3 = xct[3]
+    if d == 4:
+        for r in range(n_rows):
+            y0 = -s0 + a00 * x0[r]
+            y1 = (-s1 + a10 * x0[r]) + a11 * x1[r]
+            y2 = ((-s2 + a20 * x0[r]) + a21 * x1[r]) + a22 * x2[r]
+            y3 = (((-s3 + a30 * x0[r]) + a31 * x1[r]) + a32 * x2[r]) + a33 * x3[r]
+            v = const - 0.5 * (((y0 * y0 + y1 * y1) + y2 * y2) + y3 * y3)
+            out[r] = v
+            if v > top[r]:
+                top[r] = v
+        return
+    s4 = 0.0
+    for p in range(5):
+        s4 += prec[4, p] * (mean[p] - center[p])
+    a40, a41, a42, a43, a44 = prec[4, 0], prec[4, 1], prec[4, 2], prec[4, 3], prec[4, 4]
+    x4 = xct[4]
+    if d == 5:
+        for r in range(n_rows):
+            y0 = -s0 + a00 * x0[r]
+            y1 = (-s1 + a10 * x0[r]) + a11 * x1[r]
+            y2 = ((-s2 + a20 * x0[r]) + a21 * x1[r]) + a22 * x2[r]
+            y3 = (((-s3 + a30 * x0[r]) + a31 * x1[r]) + a32 * x2[r]) + a33 * x3[r]
+            y4 = ((((-s4 + a40 * x0[r]) + a41 * x1[r]) + a42 * x2[r]) + a43 * x3[r]) + a44 * x4[r]
+            v = const - 0.5 * ((((y0 * y0 + y1 * y1) + y2 * y2) + y3 * y3) + y4 * y4)
+            out[r] = v
+            if v > top[r]:
+                top[r] = v
+        return
+    s5 = 0.0
+    for p in range(6):
+        s5 += prec[5, p] * (mean[p] - center[p])
+    a50, a51, a52, a53 = prec[5, 0], prec[5, 1], prec[5, 2], prec[5, 3]
+    a54, a55 = prec[5, 4], prec[5, 5]
+    x5 = xct[5]
     for r in range(n_rows):
         y0 = -s0 + a00 * x0[r]
         y1 = (-s1 + a10 * x0[r]) + a11 * x1[r]
         y2 = ((-s2 + a20 * x0[r]) + a21 * x1[r]) + a22 * x2[r]
-        v = const - 0.5 * ((y0 * y0 + y1 * y1) + y2 * y2)
+        y3 = (((-s3 + a30 * x0[r]) + a31 * x1[r]) + a32 * x2[r]) + a33 * x3[r]
+        y4 = ((((-s4 + a40 * x0[r]) + a41 * x1[r]) + a42 * x2[r]) + a43 * x3[r]) + a44 * x4[r]
+        y5 = (((((-s5 + a50 * x0[r]) + a51 * x1[r]) + a52 * x2[r]) + a53 * x3[r]) + a54 * x4[r])
+        y5 = y5 + a55 * x5[r]
+        v = const - 0.5 * (((((y0 * y0 + y1 * y1) + y2 * y2) + y3 * y3) + y4 * y4) + y5 * y5)
         out[r] = v
         if v > top[r]:
             top[r] = v
@@ -1084,7 +1139,7 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
                     t -= chol[j, i, p] * prec[j, p, col]
                 prec[j, i, col] = t / chol[j, i, i]
         maha = lj[j]
-        if d <= 3:
+        if d <= _SMALL_D:
             _small_maha(xct, prec[j], means[j], center, const, maha, top)
             continue
         for r in range(n_rows):

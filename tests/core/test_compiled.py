@@ -69,10 +69,20 @@ def test_weights_regularisation_and_plain_em(compiled, monkeypatch, iris_X, stru
 
 @pytest.mark.parametrize("structure", ["EII", "VVI", "EVE", "VVV"])
 def test_three_features(compiled, monkeypatch, iris_X, structure):
-    # D = 3, the last of the dimensions whose E-step takes each component in one sweep over the
-    # rows (D = 1 and 2 are galaxies' and faithful's, above and below).
+    # D = 3 (D = 1 and 2 are galaxies' and faithful's, above and below; 4 iris's).
     kwargs = dict(n_components=3, covariance_type=structure, n_init=1)
     _same_run(*_fit_both(monkeypatch, iris_X[:, 1:], **kwargs))
+
+
+@pytest.mark.parametrize("d", [5, 6, 7])
+def test_five_to_seven_features(compiled, monkeypatch, iris_X, d):
+    # The E-step takes each component in one sweep over the rows up to D = 6, written out for
+    # each D (7: the general loop): iris with products of its columns as further features.
+    X = np.column_stack([iris_X, iris_X[:, 0] * iris_X[:, 1], iris_X[:, 2] * iris_X[:, 3],
+                         iris_X[:, 0] * iris_X[:, 3]])[:, :d]  # fmt: skip
+    for structure in ("EII", "VVV"):
+        kwargs = dict(n_components=3, covariance_type=structure, n_init=1)
+        _same_run(*_fit_both(monkeypatch, X, **kwargs))
 
 
 @pytest.mark.parametrize("structure", ["E", "V"])
