@@ -1086,7 +1086,7 @@ def _small_maha(xct, prec, mean, center, const, out, top):  # pragma: no cover -
         y2 = ((-s2 + a20 * x0[r]) + a21 * x1[r]) + a22 * x2[r]
         y3 = (((-s3 + a30 * x0[r]) + a31 * x1[r]) + a32 * x2[r]) + a33 * x3[r]
         y4 = ((((-s4 + a40 * x0[r]) + a41 * x1[r]) + a42 * x2[r]) + a43 * x3[r]) + a44 * x4[r]
-        y5 = (((((-s5 + a50 * x0[r]) + a51 * x1[r]) + a52 * x2[r]) + a53 * x3[r]) + a54 * x4[r])
+        y5 = ((((-s5 + a50 * x0[r]) + a51 * x1[r]) + a52 * x2[r]) + a53 * x3[r]) + a54 * x4[r]
         y5 = y5 + a55 * x5[r]
         v = const - 0.5 * (((((y0 * y0 + y1 * y1) + y2 * y2) + y3 * y3) + y4 * y4) + y5 * y5)
         out[r] = v
@@ -2273,7 +2273,16 @@ def first_steps(
     with np.errstate(divide="ignore", invalid="ignore"):  # (the padding's zeros)
         ratio = np.diagonal(chol, axis1=-2, axis2=-1) ** 2 / np.diagonal(covs, axis1=-2, axis2=-1)
     close = valid & (np.where(ratio > 0, ratio, 1.0) < _PD_RTOL).any(axis=(1, 2))
-    for r in np.flatnonzero(close).tolist():
+    suspects = np.flatnonzero(close).tolist()
+    if suspects:
+        # All their components in one LAPACK call; one at a time only when some fails (a
+        # call per component was a tenth of this function's time on diabetes).
+        try:
+            np.linalg.cholesky(np.concatenate([covs[r, : ks[r]] for r in suspects]))
+            suspects = []
+        except np.linalg.LinAlgError:
+            pass
+    for r in suspects:
         for j in range(int(ks[r])):
             try:
                 np.linalg.cholesky(covs[r, j])

@@ -64,10 +64,11 @@ _REMEDY = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Run:
     """The state of one EM run (one start), resumable: short runs from many starts are
-    advanced together and only the promising ones are carried on."""
+    advanced together and only the promising ones are carried on. (Slots: select_em makes a
+    few thousand of them on small data.)"""
 
     params: Params  # a batch of one
     label: str
