@@ -658,9 +658,10 @@ def finish_all(
     lazy: bool = False,
 ) -> list[EMResult]:
     """:func:`finish` for many runs: on complete data in memory whose responsibilities are kept,
-    the final E-steps of the runs with the same K (and the same kind of covariance) are one
-    pass for all of them (select_em's grid finishes a few hundred runs: one pass each was a
-    tenth of its time on the small data sets); otherwise one :func:`finish` per run."""
+    the final E-steps of the runs with the same kind of covariance (and, on large data, the
+    same K) are one pass for all of them (select_em's grid finishes a few hundred runs: one
+    pass each was a tenth of its time on the small data sets, one per K a twentieth of
+    acidity's); otherwise one :func:`finish` per run."""
     if (
         lazy
         or missing is not None
@@ -672,43 +673,53 @@ def finish_all(
     if scale is None:
         scale = _data_scale(X, w)
     n_obs = float(X.shape[0] if w is None else w.sum())
+    # One pass per kind of covariance (per K too on large data, where padding a K = 1 fit to the
+    # largest K costs more than a pass: SHARED_PASS_MAX_ROWS, as iterate's batches): each
+    # mixture padded with zero-weight components, which change none of its numbers.
+    large = X.shape[0] >= SHARED_PASS_MAX_ROWS
     groups: dict[tuple[int, bool], list[int]] = {}
     for i, run in enumerate(runs):
-        groups.setdefault((run.k, run.structure.scatter_kind == "diag"), []).append(i)
+        groups.setdefault((run.k if large else 0, run.structure.scatter_kind == "diag"), []).append(
+            i
+        )
     center = X.mean(axis=0) if w is None else w @ X / w.sum()
     models: list[Any] = [None] * len(runs)
     passes = []
-    for (k, diagonal), idx in groups.items():
+    for (_, diagonal), idx in groups.items():
         # The group's mixtures as stacked arrays, factorised in one call (a model and a
         # factorisation per run were a third of the time here on small data).
-        ps = [runs[i].params for i in idx]
-        weights = np.concatenate([p.weights for p in ps])
-        means = np.concatenate([p.means for p in ps])
-        covs = np.concatenate([p.covs for p in ps])
-        chol = _cholesky_many(covs)
-        for j, i in enumerate(idx):
+        ks = [runs[i].k for i in idx]
+        k = max(ks)
+        params_of = [runs[i].params for i in idx]
+        weights, means, covs, chol = _stack_finished(params_of, ks, k)
+        factors = _cholesky_many(covs)
+        for j, (i, kj) in enumerate(zip(idx, ks, strict=True)):
             models[i] = GaussianMixture._trusted(
-                weights[j], means[j], covs[j], runs[i].structure, names,
-                None if chol is None else chol[j],
+                weights[j, :kj], means[j, :kj], covs[j, :kj], runs[i].structure, names,
+                None if factors is None else factors[j, :kj],
             )  # fmt: skip
-        if chol is None:
-            chol = np.stack([models[i].cholesky for i in idx])
+        if factors is not None:
+            chol = factors
+        else:  # (each model factorised its own; the padding stays the identity)
+            for j, i in enumerate(idx):
+                chol[j, : ks[j]] = models[i].cholesky
         params = mixture_density(weights, means, chol, diagonal, center)
         wide = np.empty((X.shape[0], k * len(idx)))  # column c·R + r: mixture r's component c
         final = run_pass(X, params, sample_weight=w, resp_out=wide)
         # ICL's entropy terms of all R mixtures at once, when icl would take numpy's sum (each
-        # row's sum over its contiguous N values: the same order as icl's).
+        # row's sum over its contiguous N values: the same order as icl's; a padded
+        # component's responsibility is 0, below every row's largest).
         ent = None
         if w is None and X.shape[0] < ICL_COMPILED_ROWS:
             top = wide.reshape(X.shape[0], k, len(idx)).max(axis=1).T  # (R, N)
             ent = np.log(np.maximum(np.ascontiguousarray(top), np.finfo(float).tiny)).sum(axis=1)
-        passes.append((idx, wide, final.loglik, ent))
+        passes.append((idx, ks, wide, final.loglik, ent))
     collapse = _collapse_reasons([m.covariances for m in models], scale)
     out: list[EMResult | None] = [None] * len(runs)
-    for idx, wide, logliks, ent in passes:
+    for idx, ks, wide, logliks, ent in passes:
         for j, i in enumerate(idx):
             model = models[i]
-            resp = np.ascontiguousarray(wide[:, j :: len(idx)])
+            resp = np.ascontiguousarray(wide[:, j :: len(idx)][:, : ks[j]])
             loglik = float(logliks[j])
             if ent is not None:
                 icl_value = bic(loglik, model.n_parameters, n_obs) - 2.0 * float(ent[j])
@@ -716,6 +727,30 @@ def finish_all(
                 icl_value = icl(loglik, model.n_parameters, n_obs, resp, w)
             out[i] = run_result(runs[i], model, loglik, icl_value, resp, n_obs, scale, collapse[i])
     return [r for r in out if r is not None]
+
+
+def _stack_finished(
+    params: list[Params], ks: list[int], kmax: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Finished runs' mixtures (batches of one, K = ks[r]) as (R, kmax, ...) weights, means,
+    covariances and Cholesky factors, each padded with zero-weight components (zero means,
+    identity covariances)."""
+    r, d = len(params), params[0].means.shape[-1]
+    if all(k == kmax for k in ks):
+        return (
+            np.concatenate([p.weights for p in params]),
+            np.concatenate([p.means for p in params]),
+            np.concatenate([p.covs for p in params]),
+            np.concatenate([p.chol for p in params]),
+        )
+    weights = np.zeros((r, kmax))
+    means = np.zeros((r, kmax, d))
+    covs = np.broadcast_to(np.eye(d), (r, kmax, d, d)).copy()
+    chol = covs.copy()
+    for j, (p, k) in enumerate(zip(params, ks, strict=True)):
+        weights[j, :k], means[j, :k] = p.weights[0], p.means[0]
+        covs[j, :k], chol[j, :k] = p.covs[0], p.chol[0]
+    return weights, means, covs, chol
 
 
 def _cholesky_many(covs: np.ndarray) -> np.ndarray | None:

@@ -351,8 +351,9 @@ def test_the_best_run_skips_collapsed_ones(monkeypatch):
 
 
 def test_finishing_many_runs_as_one_at_a_time(faithful):
-    # finish_all batches the final E-steps of runs with the same K and kind of covariance into
-    # one pass; each result must be finish's for that run alone (weights too).
+    # finish_all batches the final E-steps of runs with the same kind of covariance into one
+    # pass (each mixture padded to the largest K); each result must be finish's for that run
+    # alone (weights too).
     from bayesgmm.core._loop import finish, finish_all, new_run
 
     X = np.asarray(faithful, dtype=float)
