@@ -997,8 +997,8 @@ def _small_maha(xct, prec, mean, center, const, out, top):  # pragma: no cover -
     """out ← const − ½ |L⁻¹ (x − μ)|² and top ← max(top, out) for D ≤ 6 (``prec`` L⁻¹, the
     rows ``xct`` about ``center``, transposed): _evaluate's loop with every sum in the same
     order, in one sweep over the rows instead of one per term (15 for D = 3, 33 for D = 6,
-    each a load and a store of a row vector; 1.0 → 0.32 µs a component at D = 6, 200 rows),
-    each D written out so that its terms stay in registers."""
+    each a load and a store of a row vector; 1.0 → 0.35 µs a component at D = 6, 200 rows),
+    its terms in registers."""
     d, n_rows = xct.shape
     s0 = 0.0  # (L⁻¹ (μ − c))_0, then _1, ...: summed from 0.0 as there
     s0 += prec[0, 0] * (mean[0] - center[0])
@@ -1041,54 +1041,36 @@ def _small_maha(xct, prec, mean, center, const, out, top):  # pragma: no cover -
             if v > top[r]:
                 top[r] = v
         return
+    # D = 4 to 6: one loop, the terms beyond the fourth under conditions on D that the compiler
+    # lifts out of the loop (the same bits as a loop per D, ~10% slower, a third of the code).
     s3 = 0.0
     for p in range(4):
         s3 += prec[3, p] * (mean[p] - center[p])
+    s45 = np.zeros(2)
+    for i in range(4, d):
+        for p in range(i + 1):
+            s45[i - 4] += prec[i, p] * (mean[p] - center[p])
     a30, a31, a32, a33 = prec[3, 0], prec[3, 1], prec[3, 2], prec[3, 3]
     x3 = xct[3]
-    if d == 4:
-        for r in range(n_rows):
-            y0 = -s0 + a00 * x0[r]
-            y1 = (-s1 + a10 * x0[r]) + a11 * x1[r]
-            y2 = ((-s2 + a20 * x0[r]) + a21 * x1[r]) + a22 * x2[r]
-            y3 = (((-s3 + a30 * x0[r]) + a31 * x1[r]) + a32 * x2[r]) + a33 * x3[r]
-            v = const - 0.5 * (((y0 * y0 + y1 * y1) + y2 * y2) + y3 * y3)
-            out[r] = v
-            if v > top[r]:
-                top[r] = v
-        return
-    s4 = 0.0
-    for p in range(5):
-        s4 += prec[4, p] * (mean[p] - center[p])
-    a40, a41, a42, a43, a44 = prec[4, 0], prec[4, 1], prec[4, 2], prec[4, 3], prec[4, 4]
-    x4 = xct[4]
-    if d == 5:
-        for r in range(n_rows):
-            y0 = -s0 + a00 * x0[r]
-            y1 = (-s1 + a10 * x0[r]) + a11 * x1[r]
-            y2 = ((-s2 + a20 * x0[r]) + a21 * x1[r]) + a22 * x2[r]
-            y3 = (((-s3 + a30 * x0[r]) + a31 * x1[r]) + a32 * x2[r]) + a33 * x3[r]
-            y4 = ((((-s4 + a40 * x0[r]) + a41 * x1[r]) + a42 * x2[r]) + a43 * x3[r]) + a44 * x4[r]
-            v = const - 0.5 * ((((y0 * y0 + y1 * y1) + y2 * y2) + y3 * y3) + y4 * y4)
-            out[r] = v
-            if v > top[r]:
-                top[r] = v
-        return
-    s5 = 0.0
-    for p in range(6):
-        s5 += prec[5, p] * (mean[p] - center[p])
-    a50, a51, a52, a53 = prec[5, 0], prec[5, 1], prec[5, 2], prec[5, 3]
-    a54, a55 = prec[5, 4], prec[5, 5]
-    x5 = xct[5]
+    x4 = xct[4] if d > 4 else x3
+    x5 = xct[5] if d > 5 else x3
     for r in range(n_rows):
         y0 = -s0 + a00 * x0[r]
         y1 = (-s1 + a10 * x0[r]) + a11 * x1[r]
         y2 = ((-s2 + a20 * x0[r]) + a21 * x1[r]) + a22 * x2[r]
         y3 = (((-s3 + a30 * x0[r]) + a31 * x1[r]) + a32 * x2[r]) + a33 * x3[r]
-        y4 = ((((-s4 + a40 * x0[r]) + a41 * x1[r]) + a42 * x2[r]) + a43 * x3[r]) + a44 * x4[r]
-        y5 = ((((-s5 + a50 * x0[r]) + a51 * x1[r]) + a52 * x2[r]) + a53 * x3[r]) + a54 * x4[r]
-        y5 = y5 + a55 * x5[r]
-        v = const - 0.5 * (((((y0 * y0 + y1 * y1) + y2 * y2) + y3 * y3) + y4 * y4) + y5 * y5)
+        q = ((y0 * y0 + y1 * y1) + y2 * y2) + y3 * y3
+        if d > 4:
+            y = -s45[0] + prec[4, 0] * x0[r]
+            y = ((y + prec[4, 1] * x1[r]) + prec[4, 2] * x2[r]) + prec[4, 3] * x3[r]
+            y = y + prec[4, 4] * x4[r]
+            q = q + y * y
+            if d > 5:
+                y = -s45[1] + prec[5, 0] * x0[r]
+                y = ((y + prec[5, 1] * x1[r]) + prec[5, 2] * x2[r]) + prec[5, 3] * x3[r]
+                y = (y + prec[5, 4] * x4[r]) + prec[5, 5] * x5[r]
+                q = q + y * y
+        v = const - 0.5 * q
         out[r] = v
         if v > top[r]:
             top[r] = v
