@@ -476,8 +476,10 @@ def start_model(
     """The mixture EM starts from: the given one, or an M-step from the start's responsibilities
     (``ml_failed``: the maximum-likelihood M-step is known to fail so, and only its MAP rescue
     is tried)."""
-    if isinstance(start, Resumed) and start.model.covariance_type == structure.name:
-        return start  # type: ignore[return-value]  # (new_run resumes it)
+    if isinstance(start, Resumed):
+        if start.model.covariance_type == structure.name:
+            return start  # type: ignore[return-value]  # (new_run resumes it)
+        start = start.model  # another structure's fit: a start like any mixture
     if isinstance(start, GaussianMixture):
         if start.covariance_type == structure.name:
             return start
