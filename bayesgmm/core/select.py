@@ -798,8 +798,6 @@ def _selection(
     """The tables (rows K, columns structure; NaN where a cell failed) and the best cell."""
     import pandas as pd
 
-    index = pd.Index(ks, name="K")
-    columns = pd.Index(structures, name="structure")
     valid = [[(s, k) in results and (s, k) not in failures for s in structures] for k in ks]
 
     def frame(attr: str) -> pd.DataFrame:
@@ -815,7 +813,9 @@ def _selection(
             ],
             dtype=np.float64,
         ).reshape(len(ks), len(structures))
-        return pd.DataFrame(data, index=index, columns=columns)
+        # (Axes of its own: a name set on one table's axis stays on that table.)
+        index = pd.Index(ks, name="K")
+        return pd.DataFrame(data, index=index, columns=pd.Index(structures, name="structure"))
 
     bic_t, icl_t, ll_t = frame("bic"), frame("icl"), frame("loglik")
     table = bic_t if crit == "bic" else icl_t
