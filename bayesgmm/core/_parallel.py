@@ -34,14 +34,20 @@ def resolve_n_jobs(n_jobs: object, default: int) -> int:
 
 
 def single_threaded_blas() -> None:
-    """Worker processes already use every core: BLAS (and the compiled EM loop) inside each
-    runs on one thread."""
+    """Worker processes already use every core: BLAS, the compiled EM loop and the passes over
+    large data inside each run on one thread (the passes' count was the parent's, one per
+    core, in every worker)."""
+    import os
+
     from threadpoolctl import threadpool_limits
 
+    from bayesgmm.core import _passes
     from bayesgmm.core._compiled import threads
 
     threadpool_limits(1)
     threads(1)
+    os.environ["BAYESGMM_NUM_THREADS"] = "1"  # (this worker's environment only)
+    _passes.n_threads.cache_clear()
 
 
 @contextmanager

@@ -653,3 +653,32 @@ def test_packing_runs_from_several_batches(compiled):
     for got, want in zip(same, wide, strict=True):
         np.testing.assert_array_equal(got, want)
         assert not np.shares_memory(got, want)
+
+
+def _thread_counts(_: int) -> tuple[int, int, int]:
+    from threadpoolctl import threadpool_info
+
+    from bayesgmm.core import _passes
+
+    blas = max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
+    return _compiled.threads(), _passes.n_threads(), blas
+
+
+def test_forked_workers_run_every_layer_on_one_thread(monkeypatch):
+    # Worker processes already use every core: inside each, BLAS, the compiled loop and the
+    # passes over large data run on one thread (the passes' count was the parent's before),
+    # and the parent's settings are untouched.
+    import os
+
+    from bayesgmm.core import _passes
+    from bayesgmm.core._parallel import can_fork, forked_pool
+
+    monkeypatch.delenv("BAYESGMM_NUM_THREADS", raising=False)
+    _passes.n_threads.cache_clear()
+    before = _passes.n_threads()
+    if not can_fork(2):
+        pytest.skip("this process cannot fork now (another thread runs)")
+    with forked_pool(2) as pool:
+        counts = list(pool.map(_thread_counts, range(2)))
+    assert counts == [(1, 1, 1), (1, 1, 1)]
+    assert _passes.n_threads() == before and "BAYESGMM_NUM_THREADS" not in os.environ
