@@ -695,7 +695,8 @@ def finish_all(
         ks = [runs[i].k for i in idx]
         k = max(ks)
         params_of = [runs[i].params for i in idx]
-        weights, means, covs, chol = _stack_finished(params_of, ks, k)
+        padded, _ = stack_padded(params_of, k)
+        weights, means, covs, chol = padded.weights, padded.means, padded.covs, padded.chol
         factors = _cholesky_many(covs)
         for j, (i, kj) in enumerate(zip(idx, ks, strict=True)):
             models[i] = GaussianMixture._trusted(
@@ -731,30 +732,6 @@ def finish_all(
                 icl_value = icl(loglik, model.n_parameters, n_obs, resp, w)
             out[i] = run_result(runs[i], model, loglik, icl_value, resp, n_obs, scale, collapse[i])
     return [r for r in out if r is not None]
-
-
-def _stack_finished(
-    params: list[Params], ks: list[int], kmax: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Finished runs' mixtures (batches of one, K = ks[r]) as (R, kmax, ...) weights, means,
-    covariances and Cholesky factors, each padded with zero-weight components (zero means,
-    identity covariances)."""
-    r, d = len(params), params[0].means.shape[-1]
-    if all(k == kmax for k in ks):
-        return (
-            np.concatenate([p.weights for p in params]),
-            np.concatenate([p.means for p in params]),
-            np.concatenate([p.covs for p in params]),
-            np.concatenate([p.chol for p in params]),
-        )
-    weights = np.zeros((r, kmax))
-    means = np.zeros((r, kmax, d))
-    covs = np.broadcast_to(np.eye(d), (r, kmax, d, d)).copy()
-    chol = covs.copy()
-    for j, (p, k) in enumerate(zip(params, ks, strict=True)):
-        weights[j, :k], means[j, :k] = p.weights[0], p.means[0]
-        covs[j, :k], chol[j, :k] = p.covs[0], p.chol[0]
-    return weights, means, covs, chol
 
 
 def _cholesky_many(covs: np.ndarray) -> np.ndarray | None:
