@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -1046,10 +1047,14 @@ def _small_maha(xct, prec, mean, center, const, out, top):  # pragma: no cover -
     s3 = 0.0
     for p in range(4):
         s3 += prec[3, p] * (mean[p] - center[p])
-    s45 = np.zeros(2)
-    for i in range(4, d):
-        for p in range(i + 1):
-            s45[i - 4] += prec[i, p] * (mean[p] - center[p])
+    s4 = 0.0
+    s5 = 0.0
+    if d > 4:
+        for p in range(5):
+            s4 += prec[4, p] * (mean[p] - center[p])
+    if d > 5:
+        for p in range(6):
+            s5 += prec[5, p] * (mean[p] - center[p])
     a30, a31, a32, a33 = prec[3, 0], prec[3, 1], prec[3, 2], prec[3, 3]
     x3 = xct[3]
     x4 = xct[4] if d > 4 else x3
@@ -1061,12 +1066,12 @@ def _small_maha(xct, prec, mean, center, const, out, top):  # pragma: no cover -
         y3 = (((-s3 + a30 * x0[r]) + a31 * x1[r]) + a32 * x2[r]) + a33 * x3[r]
         q = ((y0 * y0 + y1 * y1) + y2 * y2) + y3 * y3
         if d > 4:
-            y = -s45[0] + prec[4, 0] * x0[r]
+            y = -s4 + prec[4, 0] * x0[r]
             y = ((y + prec[4, 1] * x1[r]) + prec[4, 2] * x2[r]) + prec[4, 3] * x3[r]
             y = y + prec[4, 4] * x4[r]
             q = q + y * y
             if d > 5:
-                y = -s45[1] + prec[5, 0] * x0[r]
+                y = -s5 + prec[5, 0] * x0[r]
                 y = ((y + prec[5, 1] * x1[r]) + prec[5, 2] * x2[r]) + prec[5, 3] * x3[r]
                 y = (y + prec[5, 4] * x4[r]) + prec[5, 5] * x5[r]
                 q = q + y * y
@@ -1606,7 +1611,7 @@ def advance_runs(
     ks_l, codes_l, iters_l, steps_l, had_l, last_l = zip(*fields, strict=True)
     ks = np.array(ks_l, dtype=np.int64)
     kmax = int(ks.max())
-    weights, means, covs, chol = pack_params([r.params for r in runs], ks, kmax, d)
+    weights, means, covs, chol = pack_params([r.params for r in runs], ks, kmax)
     codes = np.array(codes_l, dtype=np.int64)
     n_iter = np.array(iters_l, dtype=np.int64)
     step_max = np.array(steps_l, dtype=np.float64)
@@ -1665,7 +1670,7 @@ def advance_runs(
 
 
 def pack_params(
-    params: list[Any], ks: np.ndarray, kmax: int, d: int
+    params: list[Any], ks: np.ndarray, kmax: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The mixtures ``params`` (batches of one, K = ks[i] components) as padded (R, kmax, ...)
     arrays of weights, means, covariances and Cholesky factors (what lies beyond a mixture's K
@@ -2329,74 +2334,39 @@ def thread_limit(n: int | None) -> Iterator[None]:
         _THREADS["n"] = before
 
 
-class _Worker:
-    """A long-lived thread that runs one call's work at a time for :func:`_in_threads`:
-    starting and joining a thread per call cost ~0.37 ms on the 2-core VM (six to eight calls
-    per select_em on small data), waking an idle one ~0.05 ms. Idle workers wait on a lock;
-    they are stopped before the process forks (os.register_at_fork) and started again on
-    demand."""
-
-    def __init__(self) -> None:
-        self._go = threading.Lock()
-        self._go.acquire()
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._job: Any = None
-        self.thread = threading.Thread(target=self._serve, name="bayesgmm-compiled", daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            self._go.acquire()
-            job = self._job
-            try:
-                if job is None:
-                    return
-                job()
-            except BaseException:  # pragma: no cover - the job records its own errors
-                pass
-            finally:
-                self._done.release()
-
-    def start(self, job: Any) -> None:
-        self._job = job
-        self._go.release()
-
-    def wait(self) -> None:
-        self._done.acquire()
-        self._job = None
-
-    def stop(self) -> None:
-        self._job = None
-        self._go.release()
-        self._done.acquire()
-        self.thread.join()
+#: The threads that help the caller in :func:`_in_threads`, kept between calls (a thread pool
+#: as the passes': starting and joining a thread per call cost ~0.37 ms on the 2-core VM, six
+#: to eight calls per select_em on small data; handing work to an idle one ~0.1 ms), stopped
+#: before the process forks (os.register_at_fork) and started again on demand.
+_HELPERS: dict[str, Any] = {"pool": None, "size": 0}
+HELPER_PREFIX = "bayesgmm-compiled"
+_HELPERS_LOCK = [threading.Lock()]  # (a list: replaced in a forked child)
 
 
-_IDLE: list[_Worker] = []
-_IDLE_LOCK = [threading.Lock()]  # (a list: replaced in a forked child)
-
-
-def _take_workers(n: int) -> list[_Worker]:
-    with _IDLE_LOCK[0]:
-        got = [_IDLE.pop() for _ in range(min(n, len(_IDLE)))]
-    got.extend(_Worker() for _ in range(n - len(got)))
-    return got
+def _helpers(n: int) -> ThreadPoolExecutor:
+    """A pool of at least ``n`` helper threads."""
+    with _HELPERS_LOCK[0]:
+        if _HELPERS["pool"] is None or _HELPERS["size"] < n:
+            old = _HELPERS["pool"]
+            _HELPERS["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix=HELPER_PREFIX)
+            _HELPERS["size"] = n
+            if old is not None:
+                old.shutdown(wait=False)  # (its idle threads end; a call in flight finishes)
+        return _HELPERS["pool"]
 
 
 def stop_workers() -> None:
-    """Stop the idle workers of the compiled loop (they start again on demand): before a
+    """Stop the compiled loop's idle helper threads (they start again on demand): before a
     fork, and wherever no thread of ours may be left running."""
-    with _IDLE_LOCK[0]:
-        idle = list(_IDLE)
-        _IDLE.clear()
-    for worker in idle:
-        worker.stop()
+    with _HELPERS_LOCK[0]:
+        pool, _HELPERS["pool"], _HELPERS["size"] = _HELPERS["pool"], None, 0
+    if pool is not None:
+        pool.shutdown(wait=True)
 
 
 def _forked_child() -> None:  # pragma: no cover - runs in a forked child
-    _IDLE.clear()  # (no thread survives a fork)
-    _IDLE_LOCK[0] = threading.Lock()
+    _HELPERS["pool"], _HELPERS["size"] = None, 0  # (no thread survives a fork)
+    _HELPERS_LOCK[0] = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -2408,8 +2378,8 @@ def _in_threads(kernel: Any, ks: np.ndarray, args: tuple) -> None:
     each take the next few runs as they finish their last ones (largest K first: a run's cost
     grows with its K, and its iterations are not known in advance), so that no thread idles
     while another has a long queue (a fixed deal left one thread 10-30% longer). The calling
-    thread is one of them, the others idle :class:`_Worker` threads (none is left running
-    after a call; idle ones are stopped before a fork)."""
+    thread is one of them, the others :data:`_HELPERS`'s (none is left running after a call;
+    idle ones are stopped before a fork)."""
     order = np.argsort(-ks, kind="stable").astype(np.int64)
     n_threads = min(threads(), order.shape[0])
     if n_threads <= 1:
@@ -2437,18 +2407,15 @@ def _in_threads(kernel: Any, ks: np.ndarray, args: tuple) -> None:
 
     # The calling thread is one of the workers (the kernel releases the GIL): one thread fewer
     # to wake per call.
-    workers = _take_workers(n_threads - 1)
-    started: list[_Worker] = []
+    pool = _helpers(n_threads - 1)
+    helping = []
     try:
-        for worker in workers:
-            worker.start(work)
-            started.append(worker)
+        for _ in range(n_threads - 1):
+            helping.append(pool.submit(work))
         work()
     finally:
-        for worker in started:
-            worker.wait()
-        with _IDLE_LOCK[0]:
-            _IDLE.extend(workers)
+        for done in helping:
+            done.result()  # (work() records its errors itself)
     if errors:
         raise errors[0]
 

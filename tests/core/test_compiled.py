@@ -332,8 +332,12 @@ def test_a_kernel_error_reaches_the_caller(compiled, monkeypatch):
     assert done.sum() < 40
 
 
+def _helpers_alive() -> int:
+    return sum(t.name.startswith(_compiled.HELPER_PREFIX) for t in threading.enumerate())
+
+
 def test_the_calling_thread_is_one_of_the_workers(compiled, monkeypatch):
-    # Every run is advanced once, by the caller and idle worker threads (one fewer than the
+    # Every run is advanced once, by the caller and idle helper threads (one fewer than the
     # thread count), which the next call wakes again instead of starting new ones; none is
     # running after a call, and stop_workers (run before any fork) leaves none behind.
     from bayesgmm.core._parallel import can_fork, shutdown_pool
@@ -357,10 +361,10 @@ def test_the_calling_thread_is_one_of_the_workers(compiled, monkeypatch):
         np.testing.assert_array_equal(count, 1)
         assert threading.get_ident() in by and len(by) == 3
         assert threading.active_count() == before + 2  # two idle workers
-        assert len(compiled._IDLE) == 2
+        assert _helpers_alive() == 2
     assert seen[0] == seen[1]  # the same threads, woken twice
     assert can_fork(2)  # (idle workers are stopped first)
-    assert threading.active_count() == before and not compiled._IDLE
+    assert threading.active_count() == before and not _helpers_alive()
     seen.append(set())
     compiled._in_threads(kernel, np.arange(4) + 1, (np.zeros(4, dtype=np.int64),))
     compiled.stop_workers()
@@ -384,14 +388,14 @@ def test_a_fork_finds_no_worker_running(compiled, monkeypatch):
 
     shutdown_pool()
     compiled._in_threads(kernel, np.arange(8) + 1, (out,))
-    assert compiled._IDLE
-    if threading.active_count() > 1 + len(compiled._IDLE):
+    assert _helpers_alive()
+    if threading.active_count() > 1 + _helpers_alive():
         pytest.skip("another thread runs in this process (Python would warn about any fork)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
-            ok = threading.active_count() == 1 and not compiled._IDLE
+            ok = threading.active_count() == 1 and not _helpers_alive()
             compiled._in_threads(kernel, np.arange(8) + 1, (out,))
             os._exit(0 if ok and (out == 2).all() else 1)
     _, status = os.waitpid(pid, 0)
@@ -642,14 +646,14 @@ def test_packing_runs_from_several_batches(compiled):
     ]  # fmt: skip
     ks = np.array([4, 2, 3, 6, 2, 2, 2])
     for kmax in (6, 7):
-        out = compiled.pack_params(params, ks, kmax, d)
+        out = compiled.pack_params(params, ks, kmax)
         for a in out:
             assert a.shape[:2] == (7, kmax) and a.flags.c_contiguous
         for i, (p, k) in enumerate(zip(params, ks, strict=True)):
             for got, want in zip(out, (p.weights, p.means, p.covs, p.chol), strict=True):
                 np.testing.assert_array_equal(got[i, :k], want[0, :k], err_msg=f"run {i}")
     # All rows of one batch in order: its rows, taken (never the batch itself).
-    same = compiled.pack_params([BatchRow(wide, i, 6) for i in range(5)], np.full(5, 6), 6, d)
+    same = compiled.pack_params([BatchRow(wide, i, 6) for i in range(5)], np.full(5, 6), 6)
     for got, want in zip(same, wide, strict=True):
         np.testing.assert_array_equal(got, want)
         assert not np.shares_memory(got, want)
