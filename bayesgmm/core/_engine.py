@@ -403,21 +403,34 @@ def advance(
     57 s of 222 there.) With ``lead`` > 1, the first ``lead`` starts always go on and the others
     are challengers (:func:`_challenge`). The short round pauses each run between SQUAREM
     cycles (:func:`iterate`'s ``pause_at``): the runs that go on take the path they take
-    without it. The runs set aside that had not failed go into ``pruned`` (per cell) when it is
-    given."""
+    without it. When every challenger that went on fails on the way (a covariance turned
+    singular, a component emptied: the short round's leader is often a run climbing onto a
+    singularity), the cell's next ``keep`` set-aside runs go on, in the short round's order,
+    until one does not fail or none is left (all such cells together, a batch per turn). The
+    runs set aside that had not failed and never went on are left in ``pruned`` (per cell) when
+    it is given."""
     if lead > 1:
         _challenge(X, runs, max_iter, short_iter, keep, lead, settings, pruned)
-    else:
-        multi = [rs for rs in runs.values() if len(rs) > 1 + keep]
-        if multi:
-            iterate(X, [r for rs in multi for r in rs], max_iter, pause_at=short_iter, **settings)
-            for key, rs in runs.items():
-                if len(rs) > 1 + keep:
-                    alive = sorted(rs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
-                    runs[key] = [rs[0], *alive[:keep]]
-                    if pruned is not None:
-                        pruned[key] = [r for r in alive[keep:] if r.reason is None]
-    iterate(X, [r for rs in runs.values() for r in rs], max_iter, **settings)
+        iterate(X, [r for rs in runs.values() for r in rs], max_iter, **settings)
+        return
+    aside: dict[Any, list[Run]] = {} if pruned is None else pruned
+    multi = [rs for rs in runs.values() if len(rs) > 1 + keep]
+    if multi:
+        iterate(X, [r for rs in multi for r in rs], max_iter, pause_at=short_iter, **settings)
+        for key, rs in runs.items():
+            if len(rs) > 1 + keep:
+                alive = sorted(rs[1:], key=lambda r: (r.reason is None, r.loglik), reverse=True)
+                runs[key] = [rs[0], *alive[:keep]]
+                aside[key] = [r for r in alive[keep:] if r.reason is None]
+    batch = [r for rs in runs.values() for r in rs]
+    while batch:
+        iterate(X, batch, max_iter, **settings)
+        batch = []
+        for key, rs in aside.items():
+            if rs and all(r.reason is not None for r in runs[key][1:]):
+                runs[key].extend(rs[:keep])
+                batch.extend(rs[:keep])
+                aside[key] = rs[keep:]
 
 
 def _challenge(

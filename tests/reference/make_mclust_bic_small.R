@@ -1,7 +1,9 @@
-# Writes tests/reference/mclust_bic_small.json: mclust's BIC tables on two small data sets where
+# Writes tests/reference/mclust_bic_small.json: mclust's BIC tables on four small data sets where
 # some of its single-start fits stay valid while EM from better starts climbs onto a singularity
-# (acidity, 155 × 1, shipped with mclust; geyser, 299 × 2, MASS), with the data themselves, for
-# the test that select_em fits every cell mclust fits. Run from the repository root (needs R
+# (acidity, 155 × 1, shipped with mclust; geyser, 299 × 2, MASS), or where the short round's
+# most promising start does (diabetes, 145 × 3, mclust, its numeric columns; cars, 50 × 2, R's
+# datasets: VVE,8 in both), with the data themselves, for the test that select_em fits every
+# cell mclust fits at least as well. Run from the repository root (needs R
 # with mclust, e.g. Debian's r-cran-mclust; MASS ships with R):
 #   Rscript tests/reference/make_mclust_bic_small.R
 # mclustBIC(X, G = 1:9) with its defaults; BIC in mclust's sign (larger is better), null where
@@ -11,7 +13,10 @@ suppressMessages(library(MASS))
 num <- function(v) ifelse(is.na(v), "null", format(v, digits = 17, trim = TRUE))
 vec <- function(v) paste0("[", paste(num(v), collapse = ","), "]")
 data("acidity", package = "mclust")
-sets <- list(acidity = as.matrix(acidity), geyser = as.matrix(MASS::geyser))
+data("diabetes", package = "mclust")
+sets <- list(acidity = as.matrix(acidity), geyser = as.matrix(MASS::geyser),
+             diabetes = as.matrix(diabetes[sapply(diabetes, is.numeric)]),
+             cars = as.matrix(datasets::cars))
 parts <- c(sprintf("\"about\":\"mclust %s: mclustBIC(X, G = 1:9), BIC in mclust's sign (larger is better), null for NA; X by column. Written by tests/reference/make_mclust_bic_small.R.\"", packageVersion("mclust")))
 for (name in names(sets)) {
   X <- sets[[name]]
