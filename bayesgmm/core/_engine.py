@@ -404,11 +404,13 @@ def advance(
     are challengers (:func:`_challenge`). The short round pauses each run between SQUAREM
     cycles (:func:`iterate`'s ``pause_at``): the runs that go on take the path they take
     without it. When every challenger that went on fails on the way (a covariance turned
-    singular, a component emptied: the short round's leader is often a run climbing onto a
-    singularity), the cell's next ``keep`` set-aside runs go on, in the short round's order,
-    until one does not fail or none is left (all such cells together, a batch per turn). The
-    runs set aside that had not failed and never went on are left in ``pruned`` (per cell) when
-    it is given."""
+    singular, a component emptied) or converges onto a collapsed component (the short round's
+    leader is often a run climbing onto a singularity) while the first start's run stands, the
+    cell's next ``keep`` set-aside runs go on, in the short round's order, until one ends valid
+    or none is left (all such cells together, a batch per turn; the collapse test is
+    :func:`_best_runs`'s). The runs set aside that had not failed and never went on are left in
+    ``pruned`` (per cell) when it is given: where the first run fails too, run_cells then runs
+    them all."""
     if lead > 1:
         _challenge(X, runs, max_iter, short_iter, keep, lead, settings, pruned)
         iterate(X, [r for rs in runs.values() for r in rs], max_iter, **settings)
@@ -423,11 +425,36 @@ def advance(
                 runs[key] = [rs[0], *alive[:keep]]
                 aside[key] = [r for r in alive[keep:] if r.reason is None]
     batch = [r for rs in runs.values() for r in rs]
+    collapsed: dict[int, bool] = {}  # by id: the runs live in ``runs`` until the end
     while batch:
         iterate(X, batch, max_iter, **settings)
+        # The cells with starts left whose first run stands (else every start set aside goes on
+        # later, in run_cells) and whose every challenger failed or converged, as far as known.
+        waiting = [
+            key
+            for key, rs in aside.items()
+            if rs
+            and runs[key][0].reason is None
+            and all(r.reason is not None or r.converged for r in runs[key][1:])
+        ]
+        tests = [
+            r
+            for key in waiting
+            for r in runs[key]
+            if r.reason is None and r.converged and id(r) not in collapsed
+        ]
+        if tests:
+            reasons = _collapse_reasons([r.params.covs[0] for r in tests], settings["scale"])
+            collapsed.update(
+                (id(r), why is not None) for r, why in zip(tests, reasons, strict=True)
+            )
         batch = []
-        for key, rs in aside.items():
-            if rs and all(r.reason is not None for r in runs[key][1:]):
+        for key in waiting:
+            first, *others = runs[key]
+            if not collapsed.get(id(first), False) and all(
+                r.reason is not None or collapsed.get(id(r), False) for r in others
+            ):
+                rs = aside[key]
                 runs[key].extend(rs[:keep])
                 batch.extend(rs[:keep])
                 aside[key] = rs[keep:]

@@ -437,3 +437,59 @@ def test_the_grid_runs_without_cyclic_gc_and_restores_it(faithful, monkeypatch):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_failed_challengers_give_the_next_set_aside_starts_their_turn(monkeypatch):
+    # advance's control flow with EM replaced by a table of outcomes: each run's short-round
+    # log-likelihood orders the challengers, and at convergence a run fails, collapses (the
+    # collapse test says so) or stands.
+    from types import SimpleNamespace
+
+    from bayesgmm.core import _engine
+
+    def run(name, short, end):
+        return SimpleNamespace(name=name, short=short, end=end, loglik=-np.inf, reason=None,
+                               converged=False, params=SimpleNamespace(covs=[name]))  # fmt: skip
+
+    rounds: list[list[str]] = []
+
+    def fake_iterate(X, batch, max_iter, pause_at=None, **settings):
+        if pause_at is None:
+            rounds.append(sorted(r.name for r in batch))
+        for r in batch:
+            if pause_at is not None:
+                r.loglik = r.short
+            elif r.end == "fails":
+                r.reason = "singular"
+            else:
+                r.converged = True
+
+    def fake_collapse(covs, scale):
+        return ["collapsed" if runs_by_name[c].end == "collapses" else None for c in covs]
+
+    monkeypatch.setattr(_engine, "iterate", fake_iterate)
+    monkeypatch.setattr(_engine, "_collapse_reasons", fake_collapse)
+    cells = {
+        # the first start stands, both challengers fail: the next two go on, the second of
+        # them stands, and the last two stay set aside
+        "a": [run("a0", 0, "stands"), run("a1", 9, "fails"), run("a2", 8, "collapses"),
+              run("a3", 7, "fails"), run("a4", 6, "stands"), run("a5", 5, "stands"),
+              run("a6", 4, "stands")],
+        # the first start fails too: nothing more here (run_cells then runs every start set
+        # aside, not only until one stands)
+        "b": [run("b0", 0, "fails"), run("b1", 9, "fails"), run("b2", 8, "fails"),
+              run("b3", 7, "stands"), run("b4", 6, "stands")],
+        # one challenger stands: the others are never run
+        "c": [run("c0", 0, "stands"), run("c1", 9, "fails"), run("c2", 8, "stands"),
+              run("c3", 7, "stands")],
+    }  # fmt: skip
+    runs_by_name = {r.name: r for rs in cells.values() for r in rs}
+    pruned: dict = {}
+    _engine.advance(None, cells, 100, 20, 2, {"scale": None}, pruned)
+    assert rounds[1:] == [["a3", "a4"]]
+    assert [r.name for r in cells["a"]] == ["a0", "a1", "a2", "a3", "a4"]
+    assert [r.name for r in pruned["a"]] == ["a5", "a6"]
+    assert [r.name for r in cells["b"]] == ["b0", "b1", "b2"]
+    assert [r.name for r in pruned["b"]] == ["b3", "b4"]
+    assert [r.name for r in cells["c"]] == ["c0", "c1", "c2"]
+    assert [r.name for r in pruned["c"]] == ["c3"]
