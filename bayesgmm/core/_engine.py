@@ -437,27 +437,30 @@ def advance(
             and runs[key][0].reason is None
             and all(r.reason is not None or r.converged for r in runs[key][1:])
         ]
-        tests = [
-            r
+        # The challengers first; a cell's first run only where they all failed.
+        _test_collapse([r for key in waiting for r in runs[key][1:]], collapsed, settings)
+        waiting = [
+            key
             for key in waiting
-            for r in runs[key]
-            if r.reason is None and r.converged and id(r) not in collapsed
+            if all(r.reason is not None or collapsed.get(id(r), False) for r in runs[key][1:])
         ]
-        if tests:
-            reasons = _collapse_reasons([r.params.covs[0] for r in tests], settings["scale"])
-            collapsed.update(
-                (id(r), why is not None) for r, why in zip(tests, reasons, strict=True)
-            )
+        _test_collapse([runs[key][0] for key in waiting], collapsed, settings)
         batch = []
         for key in waiting:
-            first, *others = runs[key]
-            if not collapsed.get(id(first), False) and all(
-                r.reason is not None or collapsed.get(id(r), False) for r in others
-            ):
+            if not collapsed.get(id(runs[key][0]), False):
                 rs = aside[key]
                 runs[key].extend(rs[:keep])
                 batch.extend(rs[:keep])
                 aside[key] = rs[keep:]
+
+
+def _test_collapse(runs: list[Run], collapsed: dict[int, bool], settings: dict[str, Any]) -> None:
+    """Record in ``collapsed`` (by id) whether each converged run not tested yet ended with a
+    collapsed component (:func:`_collapse_reasons`, all in one call)."""
+    tests = [r for r in runs if r.reason is None and r.converged and id(r) not in collapsed]
+    if tests:
+        reasons = _collapse_reasons([r.params.covs[0] for r in tests], settings["scale"])
+        collapsed.update((id(r), why is not None) for r, why in zip(tests, reasons, strict=True))
 
 
 def _challenge(
