@@ -24,6 +24,7 @@ __all__ = [
     "parse_init",
     "random_resp",
     "split_components",
+    "split_halves",
     "split_mixtures",
 ]
 
@@ -241,6 +242,15 @@ def split_components(model: GaussianMixture) -> tuple[np.ndarray, np.ndarray, np
     return split_mixtures(model.weights[None], model.means[None], model.covariances[None])
 
 
+def split_halves(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For covariances (..., D, D): the half-axis a = ½√λ v of each (its largest eigenpair),
+    (..., D), and the halves' covariance Σ − a aᵀ, (..., D, D) (:func:`split_components`: the
+    halves have means μ ∓ a and weights π/2)."""
+    lam, vec = np.linalg.eigh(cov)  # ascending: the principal pair is the last
+    half = 0.5 * np.sqrt(np.maximum(lam[..., -1], 0.0))[..., None] * vec[..., :, -1]
+    return half, cov - half[..., :, None] * half[..., None, :]
+
+
 def split_mixtures(
     w: np.ndarray, mu: np.ndarray, cov: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -249,8 +259,7 @@ def split_mixtures(
     r·K + s (select_em's cross-starts split every structure's fit at each K: one call per fit
     was a few percent of its time on small data)."""
     r, k, d = mu.shape
-    lam, vec = np.linalg.eigh(cov)  # ascending: the principal pair is the last
-    half = 0.5 * np.sqrt(np.maximum(lam[..., -1], 0.0))[..., None] * vec[..., :, -1]  # (R, K, D)
+    half, inner = split_halves(cov)
     keep = ~np.eye(k, dtype=bool)  # row s: the components other than s
     weights = np.concatenate(
         [
@@ -267,7 +276,6 @@ def split_mixtures(
         ],
         axis=2,
     )
-    inner = cov - half[..., :, None] * half[..., None, :]
     covariances = np.concatenate(
         [
             np.broadcast_to(cov[:, None], (r, k, k, d, d))[:, keep].reshape(r, k, k - 1, d, d),

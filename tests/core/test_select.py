@@ -327,6 +327,33 @@ def test_split_mixtures_lays_out_each_mixtures_splits_in_turn(faithful):
             np.testing.assert_array_equal(got[3 * r : 3 * r + 3], alone)
 
 
+@pytest.mark.parametrize("block", [10**9, 1])
+def test_split_starts_are_each_split_mixtures_responsibilities(faithful, monkeypatch, block):
+    # _split_starts builds each split's log-densities from its fit's components and their
+    # halves; they must be the split mixture's own (split_components, evaluated as a whole),
+    # with its partition's key and size, in the fits' and splits' order, whether all fits at a
+    # K are normalised at once or one at a time (block = 1).
+    from bayesgmm.core import select
+    from bayesgmm.core.init import split_components
+    from bayesgmm.core.model import GaussianMixture
+
+    monkeypatch.setattr(select, "_SPLIT_BLOCK", block)
+    X = np.asarray(faithful, dtype=float)
+    structures = ["VVV", "EEI", "VII", "EVE"]
+    results = {(s, k): bg.fit_em(X, k, covariance_type=s) for s in structures for k in (1, 2, 3)}
+    out = select._split_starts(results, structures, [1, 2, 3], X)
+    assert set(out) == set(results)
+    for (s, k), splits in out.items():
+        weights, means, covs = split_components(results[(s, k)].model)
+        assert [label for label, *_ in splits] == [f"split {j} of {s},{k}" for j in range(k)]
+        for j, (_, resp, key, size) in enumerate(splits):
+            whole = GaussianMixture(weights[j], means[j], covs[j])
+            np.testing.assert_allclose(resp, whole.responsibilities(X), rtol=1e-9, atol=1e-12)
+            labels = resp.argmax(axis=1)
+            assert key == select._partition_key(labels)
+            assert size == len(np.unique(labels))
+
+
 def test_cross_starts_include_splits_of_the_fit_at_k_minus_1(galaxies):
     # The second phase tries, in each cell, the splits of the same structure's fit at K − 1;
     # the cell keeps a split's fit only when it is better, so the grid is never worse than
