@@ -659,6 +659,36 @@ def test_packing_runs_from_several_batches(compiled):
         assert not np.shares_memory(got, want)
 
 
+def test_stack_padded_pads_with_empty_identity_components():
+    # stack_padded (finishing passes, the numpy loop) gathers runs from earlier batches and
+    # loose mixtures like pack_params, and its padding is a component a pass may read: weight
+    # 0, mean 0, identity covariance and factor (whatever the source batch held beyond a run's
+    # K); the mask marks the real components; the source batches are never written.
+    from bayesgmm.core.em import BatchRow, Params, stack_padded
+
+    rng = np.random.default_rng(1)
+    d = 3
+    wide = tuple(rng.normal(size=(4, 5) + (d,) * a) for a in range(3)) + (
+        rng.normal(size=(4, 5, d, d)),
+    )
+    before = [a.copy() for a in wide]
+    loose = Params(*(rng.normal(size=(1, 2) + (d,) * a) for a in range(3)),
+                   rng.normal(size=(1, 2, d, d)))  # fmt: skip
+    parts = [BatchRow(wide, 2, 3), loose, BatchRow(wide, 0, 5), BatchRow(wide, 3, 1)]
+    ks = [3, 2, 5, 1]
+    for kmax in (5, 6):
+        out, mask = stack_padded(parts, kmax)
+        np.testing.assert_array_equal(mask, np.arange(kmax) < np.array(ks)[:, None])
+        for i, (p, k) in enumerate(zip(parts, ks, strict=True)):
+            for got, want in zip((out.weights, out.means, out.covs, out.chol),
+                                 (p.weights, p.means, p.covs, p.chol), strict=True):  # fmt: skip
+                np.testing.assert_array_equal(got[i, :k], want[0, :k])
+            assert (out.weights[i, k:] == 0).all() and (out.means[i, k:] == 0).all()
+            assert (out.covs[i, k:] == np.eye(d)).all() and (out.chol[i, k:] == np.eye(d)).all()
+    for a, b in zip(wide, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def _thread_counts(_: int) -> tuple[int, int, int]:
     from threadpoolctl import threadpool_info
 
