@@ -755,65 +755,104 @@ def _split_starts(
     (:func:`_partition_key`) and number of non-empty components.
 
     A split (:func:`~bayesgmm.core.init.split_components`) changes one component of its fit:
-    log π_k N(x | k) of the fits' components and of their halves (3K a fit, for all the fits
-    at one K in one product) give every split's, which are normalised over its K + 1
+    log π_k N(x | k) of the fits' components and of their halves (3K a fit, the fits of every
+    K in one product on small data) give every split's, which are normalised over its K + 1
     components as a pass does. (The K splits of a fit as K mixtures of K + 1 components cost
     K(K + 1) densities a fit: at K = 8 the splits of all structures' fits took 5% of
     select_em on 145 × 3 rows.)"""
     out: dict[tuple[str, int], list[tuple[str, np.ndarray, bytes, int]]] = {}
     n = X.shape[0]
     center = X.mean(axis=0)
+    groups = []
     for k in ks:
         fits = [
             (structure, fit)
             for structure in structures
             if (fit := results.get((structure, k))) is not None and not fit.degenerate
         ]
-        if not fits:
-            continue
-        w = np.stack([fit.model.weights for _, fit in fits])  # (S, K)
-        mu = np.stack([fit.model.means for _, fit in fits])
-        cov = np.stack([fit.model.covariances for _, fit in fits])
-        s, d = w.shape[0], mu.shape[-1]
-        half, inner = split_halves(cov)
-        # Each component (S·K), then each lower half, then each upper half.
-        means = np.concatenate([mu, mu - half, mu + half]).reshape(3 * s * k, d)
-        covs = np.concatenate([cov, inner, inner]).reshape(3 * s * k, d, d)
-        with np.errstate(divide="ignore"):
-            log_w = np.concatenate([np.log(w), np.log(w / 2), np.log(w / 2)]).reshape(-1)
-        off = ~np.eye(d, dtype=bool)
-        p = density_params(log_w, means, np.linalg.cholesky(covs), not covs[:, off].any(), center)
-        joint = chunk_log_joint(features(X, center, p.kind), p).reshape(3, s, k, n)
-        step = max(1, _SPLIT_BLOCK // (k * (k + 1) * n))
-        for lo in range(0, s, step):
-            hi = min(lo + step, s)
-            m = (hi - lo) * k  # the block's splits
-            # Split j: the components other than j, in order, then j's two halves. Its c-th
-            # is component c for the splits j > c, component c + 1 for the others.
-            terms = np.empty((k + 1, hi - lo, k, n))  # (component, fit, split, row)
-            for c in range(k - 1):
-                terms[c, :, c + 1 :] = joint[0, lo:hi, c, None]
-                terms[c, :, : c + 1] = joint[0, lo:hi, c + 1, None]
-            terms[k - 1] = joint[1, lo:hi]
-            terms[k] = joint[2, lo:hi]
-            flat = terms.reshape(k + 1, m, n)
-            _log_normalise(flat.reshape((k + 1) * m, n), m, k + 1)
-            # Each row's first most probable component (argmax's rule), a component at a time.
-            labels = np.zeros((m, n), dtype=np.intp)
-            top = flat[0].copy()
-            for c in range(1, k + 1):
-                ahead = flat[c] > top
-                np.copyto(labels, c, where=ahead)
-                np.maximum(top, flat[c], out=top)
-            keys, sizes = _partition_keys(labels)
-            for i, (structure, fit) in enumerate(fits[lo:hi]):
-                name = f"{fit.model.covariance_type},{k}"
-                out[(structure, k)] = [
-                    (f"split {j} of {name}", flat[:, i * k + j].T, keys[i * k + j],
-                     sizes[i * k + j])
-                    for j in range(k)
-                ]  # fmt: skip
+        if fits:
+            groups.append((k, fits))
+    # The fits of several K in one product (its rows the components of all), as many K as keep
+    # it within 4 · _SPLIT_BLOCK numbers: on small data all of them (one product per K was a
+    # third of the splits' time on acidity).
+    batches: list[list[tuple[int, list[tuple[str, EMResult]]]]] = []
+    size = 0
+    for k, fits in groups:
+        need = 3 * len(fits) * k * n
+        if not batches or size + need > 4 * _SPLIT_BLOCK:
+            batches.append([])
+            size = 0
+        batches[-1].append((k, fits))
+        size += need
+    for batch in batches:
+        every = _split_log_joint(X, center, [f.model for _, fits in batch for _, f in fits])
+        at = 0
+        for k, fits in batch:
+            s = len(fits)
+            joint = every[:, at : at + s * k].reshape(3, s, k, n)
+            at += s * k
+            _split_responsibilities(out, k, fits, joint, n)
     return out
+
+
+def _split_log_joint(X: np.ndarray, center: np.ndarray, models: list[GaussianMixture]) -> Any:
+    """log π_k N(x | k) (3, C, N) of the C components of ``models`` (all their components in
+    order), of their lower halves and of their upper halves (weights π/2, means μ ∓ a,
+    covariance Σ − a aᵀ: :func:`~bayesgmm.core.init.split_halves`), in one product."""
+    d = X.shape[1]
+    w = np.concatenate([m.weights for m in models])
+    mu = np.concatenate([m.means for m in models])
+    cov = np.concatenate([m.covariances for m in models])
+    half, inner = split_halves(cov)
+    means = np.concatenate([mu, mu - half, mu + half])
+    covs = np.concatenate([cov, inner, inner])
+    with np.errstate(divide="ignore"):
+        log_w = np.concatenate([np.log(w), np.log(w / 2), np.log(w / 2)])
+    off = ~np.eye(d, dtype=bool)
+    p = density_params(log_w, means, np.linalg.cholesky(covs), not covs[:, off].any(), center)
+    return chunk_log_joint(features(X, center, p.kind), p).reshape(3, w.shape[0], X.shape[0])
+
+
+def _split_responsibilities(
+    out: dict[tuple[str, int], list[tuple[str, np.ndarray, bytes, int]]],
+    k: int,
+    fits: list[tuple[str, EMResult]],
+    joint: np.ndarray,
+    n: int,
+) -> None:
+    """Each split's responsibilities, key and size (:func:`_split_starts`) of the ``fits`` at
+    ``k`` into ``out``, from ``joint`` (3, S, K, N): log π_k N(x | k) of each fit's components,
+    lower halves and upper halves."""
+    s = len(fits)
+    step = max(1, _SPLIT_BLOCK // (k * (k + 1) * n))
+    for lo in range(0, s, step):
+        hi = min(lo + step, s)
+        m = (hi - lo) * k  # the block's splits
+        # Split j: the components other than j, in order, then j's two halves. Its c-th
+        # is component c for the splits j > c, component c + 1 for the others.
+        terms = np.empty((k + 1, hi - lo, k, n))  # (component, fit, split, row)
+        for c in range(k - 1):
+            terms[c, :, c + 1 :] = joint[0, lo:hi, c, None]
+            terms[c, :, : c + 1] = joint[0, lo:hi, c + 1, None]
+        terms[k - 1] = joint[1, lo:hi]
+        terms[k] = joint[2, lo:hi]
+        flat = terms.reshape(k + 1, m, n)
+        _log_normalise(flat.reshape((k + 1) * m, n), m, k + 1)
+        # Each row's first most probable component (argmax's rule), a component at a time.
+        labels = np.zeros((m, n), dtype=np.intp)
+        top = flat[0].copy()
+        for c in range(1, k + 1):
+            ahead = flat[c] > top
+            np.copyto(labels, c, where=ahead)
+            np.maximum(top, flat[c], out=top)
+        keys, sizes = _partition_keys(labels)
+        for i, (structure, fit) in enumerate(fits[lo:hi]):
+            name = f"{fit.model.covariance_type},{k}"
+            out[(structure, k)] = [
+                (f"split {j} of {name}", flat[:, i * k + j].T, keys[i * k + j],
+                 sizes[i * k + j])
+                for j in range(k)
+            ]  # fmt: skip
 
 
 def _keep_better(
