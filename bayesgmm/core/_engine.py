@@ -585,7 +585,7 @@ def start_models(
     if batchable and light and compiled_suits(*X.shape) and compiled_ready():
         # The MAP rescue (see start_model) runs compiled beside the maximum-likelihood step.
         ks = {np.asarray(starts[i][1]).shape[1] for i in batchable}
-        rescue = {k: _rescue_prior(X, k, w) for k in ks}
+        rescue = _rescue_priors(X, sorted(ks), w)
         firsts = first_steps(
             X, [(starts[i][0].name, np.asarray(starts[i][1])) for i in batchable], w,
             reg_covar, START_INNER_MAX, rescue,
@@ -714,10 +714,17 @@ def _rescue_many(
 def _rescue_prior(X: np.ndarray, k: int, w: np.ndarray | None) -> ResolvedPrior | None:
     """The MAP rescue's prior for K components (mclust's default conjugate prior), or None
     when the data give none (a constant feature)."""
+    return _rescue_priors(X, [k], w)[k]
+
+
+def _rescue_priors(
+    X: np.ndarray, ks: list[int], w: np.ndarray | None
+) -> dict[int, ResolvedPrior | None]:
+    """:func:`_rescue_prior` for each K in ``ks``, the data's moments computed once."""
     try:
-        return ConjugatePrior().resolve(X, k, w)
+        return dict(ConjugatePrior().resolve_many(X, ks, w))
     except ValueError:
-        return None
+        return dict.fromkeys(ks)
 
 
 def _check_not_constant(X: np.ndarray, w: np.ndarray | None) -> None:

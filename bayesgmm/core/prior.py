@@ -59,6 +59,13 @@ class ConjugatePrior:
         self, X: np.ndarray, n_components: int, sample_weight: np.ndarray | None = None
     ) -> ResolvedPrior:
         """Fill the defaults from the data ``X`` (N, D) and the number of components."""
+        return self.resolve_many(X, [n_components], sample_weight)[n_components]
+
+    def resolve_many(
+        self, X: np.ndarray, ks: Any, sample_weight: np.ndarray | None = None
+    ) -> dict[int, ResolvedPrior]:
+        """:meth:`resolve` for each number of components in ``ks`` (the data's moments computed
+        once: only the default scale depends on K)."""
         n, d = X.shape
         if not (np.isfinite(self.shrinkage) and self.shrinkage >= 0):
             raise ValueError(f"prior shrinkage must be ≥ 0; got {self.shrinkage!r}.")
@@ -81,7 +88,7 @@ class ConjugatePrior:
                     "a zero variance: a feature is constant. Drop it or pass "
                     "ConjugatePrior(scale=...)."
                 )
-            scale = cov / n_components ** (2.0 / d)
+            scales = {int(k): cov / k ** (2.0 / d) for k in ks}
         else:
             scale = np.asarray(self.scale, dtype=np.float64)
             if scale.ndim == 0:
@@ -92,7 +99,11 @@ class ConjugatePrior:
                 np.linalg.cholesky(scale)
             except np.linalg.LinAlgError:
                 raise ValueError("prior scale must be symmetric positive definite.") from None
-        return ResolvedPrior(float(self.shrinkage), mean, PriorTerms(dof=dof, scale=scale))
+            scales = dict.fromkeys((int(k) for k in ks), scale)
+        return {
+            k: ResolvedPrior(float(self.shrinkage), mean, PriorTerms(dof=dof, scale=scale))
+            for k, scale in scales.items()
+        }
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,26 @@ def test_prior_fixed_point(faithful):
     np.testing.assert_allclose(again.covariances, fit.model.covariances, rtol=1e-5)
 
 
+def test_prior_resolved_for_many_k_is_resolved_for_each(faithful):
+    # resolve_many (the data's moments once) gives resolve's prior for every K: the default
+    # scale var(X) / K^(2/D) (mclust's priorControl), and a scale of the user's for all K.
+    X = np.asarray(faithful, dtype=float)
+    w = np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0])
+    for prior in (bg.ConjugatePrior(), bg.ConjugatePrior(scale=2.0, dof=5.0, mean=[3.0, 70.0])):
+        for weights in (None, w):
+            many = prior.resolve_many(X, [1, 3, 9], weights)
+            assert list(many) == [1, 3, 9]
+            for k, got in many.items():
+                want = prior.resolve(X, k, weights)
+                assert got.shrinkage == want.shrinkage and got.terms.dof == want.terms.dof
+                np.testing.assert_array_equal(got.mean, want.mean)
+                np.testing.assert_array_equal(got.terms.scale, want.terms.scale)
+    cov = np.cov(X.T)
+    np.testing.assert_allclose(
+        bg.ConjugatePrior().resolve_many(X, [4])[4].terms.scale, cov / 4.0, rtol=1e-12
+    )
+
+
 def test_collapse_on_duplicated_points_is_degenerate():
     rng = np.random.default_rng(0)
     X = np.vstack(
