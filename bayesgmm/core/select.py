@@ -262,19 +262,26 @@ def _partition_keys(labels: np.ndarray) -> tuple[list[bytes], list[int]]:
     return keys, counts
 
 
-def _distinct(starts: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """The starts whose partitions (hard assignments of one-hot responsibilities) differ."""
-    arrays = [start for _, start in starts if isinstance(start, np.ndarray)]
+def _distinct(
+    starts: dict[int, list[tuple[str, Any]]],
+) -> dict[int, list[tuple[str, Any]]]:
+    """Each K's starts whose partitions (hard assignments of one-hot responsibilities) differ
+    (the keys of every K's starts in one call)."""
+    arrays = [
+        start for cell in starts.values() for _, start in cell if isinstance(start, np.ndarray)
+    ]
     keys = iter(_partition_keys(np.stack([a.argmax(axis=1) for a in arrays]))[0] if arrays else [])
-    seen: set[bytes] = set()
-    out = []
-    for label, start in starts:
-        if isinstance(start, np.ndarray):
-            key = next(keys)
-            if key in seen:
-                continue
-            seen.add(key)
-        out.append((label, start))
+    out: dict[int, list[tuple[str, Any]]] = {}
+    for k, cell in starts.items():
+        seen: set[bytes] = set()
+        kept = out[k] = []
+        for label, start in cell:
+            if isinstance(start, np.ndarray):
+                key = next(keys)
+                if key in seen:
+                    continue
+                seen.add(key)
+            kept.append((label, start))
     return out
 
 
@@ -482,10 +489,9 @@ def _select_grid(
     else:
         # One start at K = 1 (every start is the one-cluster partition), and restarts that
         # repeat a partition already among a cell's starts are dropped.
-        starts = {
-            k: _distinct(make_starts(method, filled, k, gen, n_init if k > 1 else 1, tree))
-            for k in usable
-        }
+        starts = _distinct(
+            {k: make_starts(method, filled, k, gen, n_init if k > 1 else 1, tree) for k in usable}
+        )
     settings = {"reg_covar": float(reg_covar), "tol": float(tol), "max_iter": int(max_iter),
                 "accelerate": bool(accelerate)}  # fmt: skip
     job = _GridJob(arr, names, w, priors, float(reg_covar), settings, filled, lab)

@@ -376,9 +376,15 @@ def test_restarts_repeating_a_partition_are_dropped():
     a = labels_to_resp(np.array([0, 0, 1, 1, 2]), 3)
     same = labels_to_resp(np.array([2, 2, 0, 0, 1]), 3)  # the same partition, renamed
     other = labels_to_resp(np.array([0, 1, 1, 2, 2]), 3)
-    kept = _distinct([("hc", a), ("kmeans++", same), ("kmeans++", other), ("mixture", "m")])
-    assert [label for label, _ in kept] == ["hc", "kmeans++", "mixture"]
-    assert kept[1][1] is other
+    kept = _distinct({3: [("hc", a), ("kmeans++", same), ("kmeans++", other), ("mixture", "m")]})
+    assert [label for label, _ in kept[3]] == ["hc", "kmeans++", "mixture"]
+    assert kept[3][1][1] is other
+    # Each K's starts on their own: a partition repeated at another K is no repeat.
+    b = labels_to_resp(np.array([0, 0, 1, 1, 1]), 2)
+    both = _distinct({2: [("hc", b), ("kmeans++", b.copy())], 3: [("hc", a), ("kmeans++", same)]})
+    assert {k: len(v) for k, v in both.items()} == {2: 1, 3: 1}
+    again = _distinct({3: [("hc", a)], 4: [("hc", a)]})
+    assert {k: len(v) for k, v in again.items()} == {3: 1, 4: 1}
 
 
 def test_a_start_that_cannot_start_does_not_end_its_cell(monkeypatch, faithful):
