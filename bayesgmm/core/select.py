@@ -900,9 +900,11 @@ def _selection(
             ],
             dtype=np.float64,
         ).reshape(len(ks), len(structures))
-        # (Axes of its own: a name set on one table's axis stays on that table.)
-        index = pd.Index(ks, name="K")
-        return pd.DataFrame(data, index=index, columns=pd.Index(structures, name="structure"))
+        # (Axes of its own: a name set on one table's axis stays on that table. Copies of one
+        # pair: building a string Index costs ~0.1 ms, copying it a tenth of that.)
+        return pd.DataFrame(data, index=k_axis.copy(), columns=s_axis.copy())
+
+    k_axis, s_axis = pd.Index(ks, name="K"), pd.Index(structures, name="structure")
 
     bic_t, icl_t, ll_t = frame("bic"), frame("icl"), frame("loglik")
     table = bic_t if crit == "bic" else icl_t

@@ -17,6 +17,11 @@ def test_table_layout(faithful):
     assert sel.best.bic == pytest.approx(np.nanmin(sel.table.to_numpy()))
     assert set(sel.results) == {(s, k) for s in ["VVV", "EEE"] for k in [1, 2, 3]}
     assert "smaller is better" in repr(sel)
+    # Each table has axes of its own: renaming one table's axis leaves the others' alone.
+    sel.bic.index.name = "components"
+    sel.bic.columns.name = "model"
+    assert sel.icl.index.name == "K" and sel.loglik.index.name == "K"
+    assert sel.icl.columns.name == "structure" and sel.loglik.columns.name == "structure"
 
 
 def test_icl_criterion(faithful):
