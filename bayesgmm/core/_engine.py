@@ -175,8 +175,10 @@ def make_starts(
     gen: np.random.Generator,
     n_init: int,
     hc: tuple[Any, np.ndarray] | None = None,
+    standardised: np.ndarray | None = None,
 ) -> list[tuple[str, Start]]:
-    """The ``n_init`` starts of one fit: ``init`` first, then k-means++ (or random) restarts."""
+    """The ``n_init`` starts of one fit: ``init`` first, then k-means++ (or random) restarts
+    (seeded on ``standardised``, :func:`standardise`'s ``X``, when the caller has it)."""
     starts: list[tuple[str, Start]] = []
     if isinstance(parsed, str):
         starts.append((parsed, _method_start(parsed, X, k, gen, hc)))
@@ -188,7 +190,8 @@ def make_starts(
         starts.extend(("random", random_resp(X.shape[0], k, gen)) for _ in range(n_init - 1))
         return starts
     if n_init > 1:
-        seeds = kmeans_plus_plus_many(standardise(X), k, gen, n_init - 1)
+        z = standardise(X) if standardised is None else standardised
+        seeds = kmeans_plus_plus_many(z, k, gen, n_init - 1)
         starts.extend(("kmeans++", labels_to_resp(labels, k)) for labels in seeds)
     return starts
 

@@ -43,7 +43,13 @@ from bayesgmm.core._passes import (
 )
 from bayesgmm.core._validation import as_rng, count_distinct_rows
 from bayesgmm.core.em import Degenerate
-from bayesgmm.core.init import INIT_METHODS, hc_tree, labels_to_resp, split_halves
+from bayesgmm.core.init import (
+    INIT_METHODS,
+    hc_tree,
+    labels_to_resp,
+    split_halves,
+    standardise,
+)
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ConjugatePrior
 from bayesgmm.core.result import EMResult
@@ -489,8 +495,12 @@ def _select_grid(
     else:
         # One start at K = 1 (every start is the one-cluster partition), and restarts that
         # repeat a partition already among a cell's starts are dropped.
+        z = standardise(filled)  # (k-means++'s data, once for every K)
         starts = _distinct(
-            {k: make_starts(method, filled, k, gen, n_init if k > 1 else 1, tree) for k in usable}
+            {
+                k: make_starts(method, filled, k, gen, n_init if k > 1 else 1, tree, z)
+                for k in usable
+            }
         )
     settings = {"reg_covar": float(reg_covar), "tol": float(tol), "max_iter": int(max_iter),
                 "accelerate": bool(accelerate)}  # fmt: skip
