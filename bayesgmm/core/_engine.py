@@ -268,21 +268,24 @@ def run_cells(
     scale = settings["scale"] = _data_scale(X, w)
     runs = {key: [new_run(m, label) for label, m in starts] for key, starts in cells.items()}
     pruned: dict[Any, list[Run]] = {}
-    advance(X, runs, max_iter, short_iter, keep, settings, pruned, lead)
-    chosen = _best_runs(X, runs, w, missing, center, scale)
+    # Each converged run's collapse test, by id, once: the fallback's, the choice's and the
+    # finishing's (the runs live in ``runs`` and ``pruned`` until the end).
+    verdicts: dict[int, str | None] = {}
+    advance(X, runs, max_iter, short_iter, keep, settings, pruned, lead, verdicts)
+    chosen = _best_runs(X, runs, w, missing, center, scale, verdicts)
     # A cell whose every finished run failed or collapsed goes on with the starts its short
     # round set aside (those not failed there): one of them may end at a valid mixture, as
     # mclust's single start often does where our best starts climb onto a singularity.
     spare = {key: pruned[key] for key, (_, ok) in chosen.items() if not ok and pruned.get(key)}
     if spare:
         iterate(X, [r for rs in spare.values() for r in rs], max_iter, **settings)
-        for key, (run, ok) in _best_runs(X, spare, w, missing, center, scale).items():
+        for key, (run, ok) in _best_runs(X, spare, w, missing, center, scale, verdicts).items():
             if ok:
                 chosen[key] = (run, ok)
     todo = [key for key, (run, _) in chosen.items() if not (only_new and run is runs[key][0])]
     seconds = _runners_up(runs, chosen, scale) if runner_up else {}
     done = finish_all(X, [chosen[key][0] for key in todo] + list(seconds.values()), names, w,
-                      missing, labels, scale, lazy)  # fmt: skip
+                      missing, labels, scale, lazy, verdicts)  # fmt: skip
     finished = dict(zip(todo, done[: len(todo)], strict=True))
     second = dict(zip(seconds, done[len(todo) :], strict=True))
     return {
@@ -326,6 +329,7 @@ def _best_runs(
     missing: Any,
     center: np.ndarray,
     scale: np.ndarray,
+    verdicts: dict[int, str | None] | None = None,
 ) -> dict[Any, tuple[Run, bool]]:
     """For each cell, the run :func:`best_result` would pick once every run is finished,
     without finishing them all (each start's final E-step, responsibilities and criteria cost
@@ -333,7 +337,8 @@ def _best_runs(
     last log-likelihood, and it is degenerate when it failed or collapsed; runs stopped by the
     iteration budget were not evaluated at their last mixture, and get one (batched) pass per
     cell. Returns each cell's run and whether it is valid (neither failed nor collapsed; a lone
-    run, with nothing to choose from, is only checked for failure)."""
+    run, with nothing to choose from, is only checked for failure). ``verdicts``: collapse
+    tests already made, by run id (read, and added to)."""
     out: dict[Any, tuple[Run, bool]] = {}
     # Per cell: its runs ranked, each run's collapse when known, and the rank reached.
     ranked: dict[Any, tuple[list[int], dict[int, bool]]] = {}
@@ -349,6 +354,8 @@ def _best_runs(
                 loglik[i] = float(run.trace[-1])
                 if run.reason is not None:
                     collapsed[i] = True
+                elif verdicts is not None and id(run) in verdicts:
+                    collapsed[i] = verdicts[id(run)] is not None
             else:
                 todo.append(i)
         if todo:
@@ -384,6 +391,8 @@ def _best_runs(
             covs = [cells[key][i].params.covs[0] for key, i in tests]
             for (key, i), reason in zip(tests, _collapse_reasons(covs, scale), strict=True):
                 ranked[key][1][i] = reason is not None
+                if verdicts is not None:
+                    verdicts[id(cells[key][i])] = reason
     return {key: out[key] for key in cells}
 
 
@@ -396,6 +405,7 @@ def advance(
     settings: dict[str, Any],
     pruned: dict[Any, list[Run]] | None = None,
     lead: int = 1,
+    verdicts: dict[int, str | None] | None = None,
 ) -> None:
     """EM for the runs of every cell (``settings``: :func:`iterate`'s keywords), in place.
 
@@ -413,7 +423,7 @@ def advance(
     or none is left (all such cells together, a batch per turn; the collapse test is
     :func:`_best_runs`'s). The runs set aside that had not failed and never went on are left in
     ``pruned`` (per cell) when it is given: where the first run fails too, run_cells then runs
-    them all."""
+    them all. The collapse tests made are left in ``verdicts`` (by run id) when it is given."""
     if lead > 1:
         _challenge(X, runs, max_iter, short_iter, keep, lead, settings, pruned)
         iterate(X, [r for rs in runs.values() for r in rs], max_iter, **settings)
@@ -428,7 +438,7 @@ def advance(
                 runs[key] = [rs[0], *alive[:keep]]
                 aside[key] = [r for r in alive[keep:] if r.reason is None]
     batch = [r for rs in runs.values() for r in rs]
-    collapsed: dict[int, bool] = {}  # by id: the runs live in ``runs`` until the end
+    collapsed: dict[int, str | None] = {} if verdicts is None else verdicts  # by run id
     while batch:
         iterate(X, batch, max_iter, **settings)
         # The cells with starts left whose first run stands (else every start set aside goes on
@@ -445,25 +455,27 @@ def advance(
         waiting = [
             key
             for key in waiting
-            if all(r.reason is not None or collapsed.get(id(r), False) for r in runs[key][1:])
+            if all(r.reason is not None or collapsed.get(id(r)) is not None for r in runs[key][1:])
         ]
         _test_collapse([runs[key][0] for key in waiting], collapsed, settings)
         batch = []
         for key in waiting:
-            if not collapsed.get(id(runs[key][0]), False):
+            if collapsed.get(id(runs[key][0])) is None:
                 rs = aside[key]
                 runs[key].extend(rs[:keep])
                 batch.extend(rs[:keep])
                 aside[key] = rs[keep:]
 
 
-def _test_collapse(runs: list[Run], collapsed: dict[int, bool], settings: dict[str, Any]) -> None:
-    """Record in ``collapsed`` (by id) whether each converged run not tested yet ended with a
-    collapsed component (:func:`_collapse_reasons`, all in one call)."""
-    tests = [r for r in runs if r.reason is None and r.converged and id(r) not in collapsed]
+def _test_collapse(
+    runs: list[Run], verdicts: dict[int, str | None], settings: dict[str, Any]
+) -> None:
+    """Record in ``verdicts`` (by id) why each converged run not tested yet ended with a
+    collapsed component, or None (:func:`_collapse_reasons`, all in one call)."""
+    tests = [r for r in runs if r.reason is None and r.converged and id(r) not in verdicts]
     if tests:
         reasons = _collapse_reasons([r.params.covs[0] for r in tests], settings["scale"])
-        collapsed.update((id(r), why is not None) for r, why in zip(tests, reasons, strict=True))
+        verdicts.update((id(r), why) for r, why in zip(tests, reasons, strict=True))
 
 
 def _challenge(

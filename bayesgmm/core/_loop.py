@@ -15,6 +15,7 @@ one it would reach alone from the same start, up to rounding.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -670,12 +671,14 @@ def finish_all(
     labels: np.ndarray | None = None,
     scale: np.ndarray | None = None,
     lazy: bool = False,
+    verdicts: Mapping[int, str | None] | None = None,
 ) -> list[EMResult]:
     """:func:`finish` for many runs: on complete data in memory whose responsibilities are kept,
     the final E-steps of the runs with the same kind of covariance (and, on large data, the
     same K) are one pass for all of them (select_em's grid finishes a few hundred runs: one
     pass each was a tenth of its time on the small data sets, one per K a twentieth of
-    acidity's); otherwise one :func:`finish` per run."""
+    acidity's); otherwise one :func:`finish` per run. ``verdicts``: the runs' collapse tests
+    already made, by run id (:func:`_collapse_reasons`' answers; the others are made here)."""
     if (
         lazy
         or missing is not None
@@ -729,7 +732,13 @@ def finish_all(
             top = wide.reshape(X.shape[0], k, len(idx)).max(axis=1).T  # (R, N)
             ent = np.log(np.maximum(np.ascontiguousarray(top), np.finfo(float).tiny)).sum(axis=1)
         passes.append((idx, ks, wide, final.loglik, ent))
-    collapse = _collapse_reasons([m.covariances for m in models], scale)
+    known = {} if verdicts is None else verdicts
+    untested = [i for i, run in enumerate(runs) if id(run) not in known]
+    tested = dict(
+        zip(untested, _collapse_reasons([models[i].covariances for i in untested], scale),
+            strict=True)
+    )  # fmt: skip
+    collapse = [tested[i] if i in tested else known[id(run)] for i, run in enumerate(runs)]
     out: list[EMResult | None] = [None] * len(runs)
     for idx, ks, wide, logliks, ent in passes:
         for j, i in enumerate(idx):

@@ -368,6 +368,14 @@ def test_the_best_run_skips_collapsed_ones(monkeypatch):
     # Round 1: both cells' best (a's collapsed at -5, b's first at -3); round 2: a's first of
     # the two at -7 and b's second at -3; round 3: b's last.
     assert checked == [2, 2, 1]
+    # Verdicts already made (run_cells shares them between the fallback, this choice and the
+    # finishing) are not made again, and new ones are recorded: the same choice, one round.
+    verdicts = {id(runs[1]): "collapsed", id(collapsed[1]): "collapsed", id(collapsed[2]): "c"}
+    checked.clear()
+    again = _engine._best_runs(X, cells, None, None, center, scale, verdicts)
+    assert again == chosen
+    assert checked == [2]  # a's -7 and b's -9, in one call
+    assert verdicts[id(runs[2])] is None and verdicts[id(collapsed[0])] is not None
 
 
 def test_finishing_many_runs_as_one_at_a_time(faithful):
