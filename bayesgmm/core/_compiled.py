@@ -83,7 +83,17 @@ _SMALL_D = 6
 _PD_RTOL = 1e-10
 
 #: Run states returned by :func:`em_runs`.
-RUNNING, CONVERGED, SINGULAR, EMPTY = 0, 1, 2, 3
+RUNNING, CONVERGED, SINGULAR, EMPTY, COLLAPSED = 0, 1, 2, 3, 4
+#: A component whose covariance has an eigenvalue below this fraction of the data's variance in
+#: that direction (each feature standardised) has collapsed: it sits on tied or duplicated
+#: points (bayesgmm.core._loop's rule for finished fits).
+DEGENERACY_RTOL = 1e-8
+#: A run stops, failed, as soon as a component's eigenvalue falls below this fraction (both
+#: loops): a variance at rounding level (points tied exactly: 1e-18 to 1e-15 on DNase), which
+#: no later step brings back, while the log-likelihood swings by rounding and the run would go
+#: on to its iteration budget. Far below DEGENERACY_RTOL: a component near that tolerance (rock's
+#: EEV,6 start, 9.5e-9) may end above it.
+COLLAPSE_STOP_RTOL = 1e-12
 
 
 #: The compiled loop advances each run on its own over all rows, its E-step sweeping the rows'
@@ -1083,14 +1093,15 @@ def _small_maha(xct, prec, mean, center, const, out, top):  # pragma: no cover -
 
 @_jit
 def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs, reg_covar,
-              prec, sums, new_w, new_mu, new_cov, new_chol, lj, rows,
-              bits):  # fmt: skip  # pragma: no cover
+              prec, sums, new_w, new_mu, new_cov, new_chol, lj, rows, bits,
+              scale):  # fmt: skip  # pragma: no cover
     """One E-step at (weights, means, chol) and the M-step from it into (new_w, new_mu,
     new_cov, new_chol), on the data about their ``center``, transposed: ``xct`` (D, N), and
     their moment features ``feats`` (:func:`_features`).
-    Returns (log-likelihood, state, component, collapsed weight): state RUNNING, or SINGULAR
-    or EMPTY with the failing component (the numpy loop's rules: an empty component is
-    reported over a singular one).
+    Returns (log-likelihood, state, component, value): state RUNNING, or SINGULAR, EMPTY (value:
+    its weight) or COLLAPSED (value: its eigenvalue, ``scale`` the features' spreads) with the
+    failing component (the numpy loop's rules: an empty component is reported over a singular
+    one, and a singular one over a collapsed one).
 
     As the numpy pass, the statistics are sums about the data's ``center`` (n_k, Σ γ (x − c),
     Σ γ (x − c)(x − c)ᵀ) and the scatter about the new means follows from them; the
@@ -1167,7 +1178,44 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
     _sums_into(feats, lj, sums)
     state, bad, collapsed = _m_step(sums, center, code, diag, prev_covs, reg_covar, _warm(code),
                                     _PD_RTOL, new_w, new_mu, new_cov, new_chol)  # fmt: skip
+    if state == RUNNING:
+        bad, collapsed = _collapse(new_cov, new_chol, scale, prec[0])
+        if bad >= 0:
+            state = COLLAPSED
     return loglik, state, bad, collapsed
+
+
+@_jit
+def _collapse(covs, chol, scale, m):  # pragma: no cover - compiled
+    """The component of ``covs`` (K, D, D; ``chol`` their factors) with the smallest eigenvalue
+    below COLLAPSE_STOP_RTOL once each feature is divided by its ``scale``, and that eigenvalue;
+    (−1, 0.0) when none (_loop.collapsed_components's rule). ``m``: D × D scratch. The
+    eigenvalue is computed only where det / tr^(D−1), a lower bound of it, does not clear twice
+    the tolerance."""
+    k, d = covs.shape[0], covs.shape[1]
+    worst = -1
+    low = np.inf
+    for j in range(k):
+        det = 1.0
+        tr = 0.0
+        for i in range(d):
+            v = chol[j, i, i] / scale[i]
+            det *= v * v
+            tr += covs[j, i, i] / (scale[i] * scale[i])
+        if det >= 2.0 * COLLAPSE_STOP_RTOL * tr ** (d - 1):
+            continue
+        for a in range(d):
+            for b in range(d):
+                m[a, b] = covs[j, a, b] / (scale[a] * scale[b])
+        _jacobi(m, m, False)
+        ev = m[0, 0]
+        for i in range(1, d):
+            if m[i, i] < ev:
+                ev = m[i, i]
+        if ev < COLLAPSE_STOP_RTOL and ev < low:
+            low = ev
+            worst = j
+    return worst, (low if worst >= 0 else 0.0)
 
 
 @_jit
@@ -1329,7 +1377,7 @@ def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_
         nxt = (cur + 1) % 3
         ll, state, bad, collapsed = _evaluate(
             xct, feats, center, w, p_w[cur], p_m[cur], p_l[cur], code, diag, p_c[cur], reg_covar,
-            prec, sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt], lj, rows, bits,
+            prec, sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt], lj, rows, bits, scale,
         )  # fmt: skip
         prev = trace[n_trace - 1] if n_trace > 0 else -np.inf
         trace[n_trace] = ll
@@ -1360,7 +1408,7 @@ def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_
         nxt = i0  # θ0's slot is free: the trial's M-step goes there
         ll, state, bad, collapsed = _evaluate(
             xct, feats, center, w, p_w[3], p_m[3], p_l[3], code, diag, p_c[3], reg_covar, prec,
-            sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt], lj, rows, bits,
+            sums, p_w[nxt], p_m[nxt], p_c[nxt], p_l[nxt], lj, rows, bits, scale,
         )  # fmt: skip
         ok = state == RUNNING and ll >= trace[n_trace - 1]
         if step_max < 0:  # the step was cut to its bound: the bound learns from the outcome
@@ -1667,6 +1715,16 @@ def advance_runs(
             run.reason = (
                 f"component {component[i]}: its weight collapsed to {collapsed[i]:.2g} (empty)"
             )
+        elif st == COLLAPSED:
+            run.reason = f"component {component[i]}: {collapse_text(collapsed[i])}"
+
+
+def collapse_text(value: float) -> str:
+    """Why a run stopped on a collapsed component (its eigenvalue ``value``, standardised)."""
+    return (
+        f"its covariance collapsed (an eigenvalue {value:.2g} times the data's variance: it sits "
+        "on tied or duplicated points)"
+    )
 
 
 def pack_params(

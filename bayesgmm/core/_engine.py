@@ -222,8 +222,9 @@ def run_cells(
     With several starts in a cell, every start first runs ``short_iter`` iterations; then the
     first start and the ``keep`` best other starts go on to convergence. With ``only_new``
     (the first start is a fit the caller already has), a cell whose best run is its first
-    start returns no result. With ``lazy``, the results compute their responsibilities on
-    first access (:func:`~bayesgmm.core._loop.finish`).
+    start returns no result when that start is the fit as it stands (a Resumed one). With
+    ``lazy``, the results compute their responsibilities on first access
+    (:func:`~bayesgmm.core._loop.finish`).
     """
     if len(cells) > 1 and any(p is not None for p in priors.values()):
         out: dict[Any, list[EMResult]] = {}
@@ -282,7 +283,13 @@ def run_cells(
         for key, (run, ok) in _best_runs(X, spare, w, missing, center, scale, verdicts).items():
             if ok:
                 chosen[key] = (run, ok)
-    todo = [key for key, (run, _) in chosen.items() if not (only_new and run is runs[key][0])]
+    # (A first start that is not a Resumed fit, a degenerate fit started again from its mixture,
+    # ran anew: its run is a new result.)
+    todo = [
+        key
+        for key, (run, _) in chosen.items()
+        if not (only_new and run is runs[key][0] and isinstance(cells[key][0][1], Resumed))
+    ]
     seconds = _runners_up(runs, chosen, scale) if runner_up else {}
     done = finish_all(X, [chosen[key][0] for key in todo] + list(seconds.values()), names, w,
                       missing, labels, scale, lazy, verdicts)  # fmt: skip

@@ -21,7 +21,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bayesgmm.core._compiled import advance_runs
+from bayesgmm.core._compiled import (
+    COLLAPSE_STOP_RTOL,
+    DEGENERACY_RTOL,
+    advance_runs,
+    collapse_text,
+)
 from bayesgmm.core._compiled import ready as compiled_ready
 from bayesgmm.core._compiled import suits as compiled_suits
 from bayesgmm.core._missing import Missingness, missing_pass
@@ -54,10 +59,6 @@ __all__ = ["Finished", "Resumed", "Run", "finish", "finish_many", "iterate", "ne
 #: 4-structure × 9-K grid at 20,000 rows: 1.4–1.6× faster shared (D = 4 and 10); on much larger
 #: data the padding dominates.
 SHARED_PASS_MAX_ROWS = 50_000
-
-#: A component whose covariance has an eigenvalue below this fraction of the data's variance in
-#: that direction (after standardising each feature) is declared collapsed.
-DEGENERACY_RTOL = 1e-8
 
 _REMEDY = (
     "Try fewer components, a more constrained covariance_type, a prior "
@@ -266,7 +267,7 @@ def iterate(
         and all(isinstance(r.row_weight, np.ndarray | None) for r in active)
         and compiled_ready()
     ):
-        if accelerate and own_weights == {False} and scale is None:
+        if own_weights == {False} and scale is None:  # (SQUAREM's units, the collapse rule's)
             scale = _data_scale(X, w)
         advance_runs(
             X, active, until_iter, w=w, reg_covar=reg_covar, tol=tol, accelerate=accelerate,
@@ -278,8 +279,10 @@ def iterate(
         X, center, w, prior, reg_covar, tol, until_iter, scale=None, stacked=stacked,
         missing=missing, labels=labels,
     )  # fmt: skip
-    if accelerate and own_weights == {False} and not stacked:
-        batch.scale = scale if scale is not None else _data_scale(X, w)
+    if own_weights == {False} and not stacked:
+        batch.unit = scale if scale is not None else _data_scale(X, w)
+        if accelerate:
+            batch.scale = batch.unit
     mask_or_none = None if mask.all() else mask
     while active:
         if pause_at is not None:  # between SQUAREM cycles
@@ -322,10 +325,26 @@ class _Batch:
     labels: np.ndarray | None = None
     _slots: dict[int, int] | None = None
     _own: dict[str, np.ndarray] | None = None
+    #: The features' spreads for the collapse rule (runs with their own weights or data: each
+    #: run's own).
+    unit: np.ndarray | None = None
 
     def evaluate(self, active: list[Run], params: Params, mask: np.ndarray | None):
         """One pass at ``params``: log-likelihoods (R,) and the M-step's result, each run's
-        under its own structure."""
+        under its own structure; a run whose new mixture has a collapsed component
+        (:func:`collapsed_components`) fails there, as one with a singular covariance."""
+        loglik, new, bad, reasons = self._evaluate(active, params, mask)
+        unit = self.unit
+        if active[0].scale is not None:  # each run its own
+            unit = np.stack([r.scale for r in active if r.scale is not None])
+        if unit is not None:
+            comp, value = collapsed_components(new.covs, unit, mask)
+            for i in np.flatnonzero((bad < 0) & (comp >= 0)):
+                bad[i] = comp[i]
+                reasons[i] = collapse_text(float(value[i]))
+        return loglik, new, bad, reasons
+
+    def _evaluate(self, active: list[Run], params: Params, mask: np.ndarray | None):
         groups: dict[str, list[int]] = {}
         for i, run in enumerate(active):
             groups.setdefault(run.structure.name, []).append(i)
@@ -554,6 +573,36 @@ def _data_scale(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     else:
         _, var = mean_cov(X, w, diagonal=True)
     return np.sqrt(np.where(var > 0, var, 1.0))
+
+
+def collapsed_components(
+    covs: np.ndarray, scale: np.ndarray, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each mixture of ``covs`` (R, K, D, D; ``mask`` (R, K) its real components), the
+    component with the smallest eigenvalue below ``COLLAPSE_STOP_RTOL`` (where a run stops) once
+    each feature is divided by its spread (``scale``: (D,), or (R, D) one per mixture), and that
+    eigenvalue: (−1, 0) where none. The eigenvalues only where det / tr^(D−1), a lower bound,
+    does not clear twice the tolerance (the compiled loop's _collapse)."""
+    s = scale if scale.ndim == 1 else scale[:, None, :]
+    std = covs / (s[..., :, None] * s[..., None, :])
+    d = std.shape[-1]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        bound = np.linalg.det(std) / np.trace(std, axis1=-2, axis2=-1) ** (d - 1)
+    unsure = ~(bound >= 2.0 * COLLAPSE_STOP_RTOL)
+    if mask is not None:
+        unsure &= mask
+    r = covs.shape[0]
+    comp = np.full(r, -1)
+    value = np.zeros(r)
+    if not unsure.any():
+        return comp, value
+    eigen = np.full(std.shape[:2], np.inf)
+    eigen[unsure] = np.linalg.eigvalsh(std[unsure])[:, 0]
+    low = eigen < COLLAPSE_STOP_RTOL
+    for i in np.flatnonzero(low.any(axis=1)):
+        comp[i] = int(np.argmin(eigen[i]))
+        value[i] = eigen[i, comp[i]]
+    return comp, value
 
 
 def _collapse_reason(covariances: np.ndarray, scale: np.ndarray) -> str | None:

@@ -875,12 +875,15 @@ def _keep_better(
     results: dict[tuple[str, int], EMResult], key: tuple[str, int], refit: EMResult
 ) -> None:
     """A cross-start replaces the cell's fit only when it does better (the cell's own fit ran
-    again beside it, and converged at once), or when that fit is degenerate and it is not."""
+    again beside it, and converged at once), or when that fit is degenerate and it is not (the
+    degenerate fit's own run too: started again from its mixture, it may end valid)."""
     current = results[key]
-    if (
-        not refit.degenerate
-        and refit.init != current.init
-        and (current.degenerate or refit.loglik > current.loglik + 1e-12 * abs(current.loglik))
+    if not refit.degenerate and (
+        current.degenerate
+        or (
+            refit.init != current.init
+            and refit.loglik > current.loglik + 1e-12 * abs(current.loglik)
+        )
     ):
         results[key] = refit
 

@@ -118,6 +118,80 @@ def test_degenerate_run_ends_the_same_way(compiled, monkeypatch):
     assert a.degenerate_reason.split(":")[0] == b.degenerate_reason.split(":")[0]
 
 
+def _tied_levels(seed: int) -> np.ndarray:
+    """DNase's shape: the first feature at 8 levels (6 rows each), the second continuous."""
+    rng = np.random.default_rng(seed)
+    x1 = np.repeat([0.05, 0.2, 0.4, 0.8, 1.6, 3.1, 6.2, 12.5], 6)
+    return np.c_[x1, np.log(x1) + rng.normal(scale=0.3, size=x1.size)]
+
+
+@pytest.mark.parametrize(("seed", "structure", "k"), [(3, "VEI", 7), (0, "VEI", 7), (1, "VVV", 5)])
+def test_run_on_tied_points_stops_where_it_collapses(compiled, monkeypatch, seed, structure, k):
+    # A component that lands on one level's tied rows has a variance at rounding level along
+    # the first feature: still positive definite to the Cholesky test, its density unbounded.
+    # Both loops stop the run there (before this rule, the compiled loop ran seed 3's 1,000
+    # iterations to a log-likelihood of 48,882 and seed 0's 273 to NaN, while the numpy loop
+    # stopped at 6 and 8 on an emptied component).
+    X = _tied_levels(seed)
+    with pytest.warns(bg.DegenerateFitWarning):
+        a, b = _fit_both(
+            monkeypatch, X, n_components=k, covariance_type=structure, init="kmeans++", rng=seed
+        )
+    for fit in (a, b):
+        assert fit.degenerate and not fit.converged
+        assert "its covariance collapsed (an eigenvalue" in fit.degenerate_reason
+        assert fit.n_iter < 10
+    assert a.n_iter == b.n_iter
+    assert a.degenerate_reason.split("(")[0] == b.degenerate_reason.split("(")[0]
+    # (The collapsed component's density carries its variance's rounding: 1e-6 apart.)
+    assert a.loglik == pytest.approx(b.loglik, rel=1e-5)
+
+
+def test_collapse_rule_as_numpy(compiled):
+    from bayesgmm.core._loop import collapsed_components
+
+    rng = np.random.default_rng(2)
+    for d in (1, 2, 3, 5):
+        scale = rng.uniform(0.5, 20.0, size=d)
+        covs = np.empty((4, 3, d, d))
+        for r in range(4):
+            for j in range(3):
+                A = rng.normal(size=(d, d))
+                vals = rng.uniform(0.1, 2.0, size=d)
+                if (r + j) % 3 == 0:  # one direction at rounding level, one just above the stop
+                    vals[0] = [1e-16, 5e-12, 3e-13][j]
+                q, _ = np.linalg.qr(A)
+                covs[r, j] = (q * vals) @ q.T * np.outer(scale, scale)
+                covs[r, j] = 0.5 * (covs[r, j] + covs[r, j].T)
+        mask = np.ones((4, 3), dtype=bool)
+        mask[3, 2] = False  # padding: never tested
+        comp, value = collapsed_components(covs, scale, mask)
+        std = covs / np.outer(scale, scale)
+        for r in range(4):
+            eig = np.where(mask[r], np.linalg.eigvalsh(std[r])[:, 0], np.inf)
+            low = eig < _compiled.COLLAPSE_STOP_RTOL
+            assert comp[r] == (int(np.argmin(eig)) if low.any() else -1)
+            if low.any():
+                assert value[r] == pytest.approx(eig.min(), rel=1e-3, abs=1e-16)
+            # The compiled rule, one mixture at a time (its real components).
+            real = covs[r][mask[r]]
+            chol = np.linalg.cholesky(real)
+            got, ev = compiled._collapse(real, chol, scale, np.empty((d, d)))
+            assert got == comp[r]
+            if got >= 0:  # (at rounding level each is known to ~ε λ_max, λ_max ≤ 2)
+                assert ev == pytest.approx(value[r], rel=1e-3, abs=1e-15)
+        # Each mixture its own scale (a bootstrap replicate's): ten times the spread, a
+        # hundredth of the standardised eigenvalues (5e-12 falls below the stop).
+        per_run = np.stack([scale, 10 * scale, scale, scale])
+        comp2, _ = collapsed_components(covs, per_run, mask)
+        for r in range(4):
+            s_r = per_run[r]
+            eig = np.linalg.eigvalsh(covs[r] / np.outer(s_r, s_r))[:, 0]
+            eig = np.where(mask[r], eig, np.inf)
+            low = eig < _compiled.COLLAPSE_STOP_RTOL
+            assert comp2[r] == (int(np.argmin(eig)) if low.any() else -1)
+
+
 def test_select_em_table_as_the_numpy_loop(compiled, monkeypatch, faithful):
     tables = {}
     for flag in ("1", "0"):

@@ -531,3 +531,54 @@ def test_failed_challengers_give_the_next_set_aside_starts_their_turn(monkeypatc
     assert [r.name for r in pruned["b"]] == ["b3", "b4"]
     assert [r.name for r in cells["c"]] == ["c0", "c1", "c2"]
     assert [r.name for r in pruned["c"]] == ["c3"]
+
+
+def test_a_degenerate_fit_started_again_can_replace_itself():
+    # A cell whose grid fit is degenerate is offered its cross-starts beside its own mixture,
+    # started again (not resumed): when that run ends valid and best, it replaces the
+    # degenerate fit, though its start's label is the same (rock's VEV,8: it was discarded,
+    # and the cell stayed degenerate).
+    from types import SimpleNamespace
+
+    from bayesgmm.core.select import _keep_better
+
+    def fit(init, loglik, degenerate=False):
+        return SimpleNamespace(init=init, loglik=loglik, degenerate=degenerate)
+
+    results = {("VEV", 8): fit("kmeans++", -939.2, degenerate=True)}
+    _keep_better(results, ("VEV", 8), fit("kmeans++", -939.18))
+    assert results[("VEV", 8)].loglik == -939.18 and not results[("VEV", 8)].degenerate
+    # A sound fit is replaced only by another start's better one.
+    _keep_better(results, ("VEV", 8), fit("kmeans++", -900.0))
+    assert results[("VEV", 8)].loglik == -939.18
+    _keep_better(results, ("VEV", 8), fit("from EVI,8", -950.0))
+    assert results[("VEV", 8)].loglik == -939.18
+    _keep_better(results, ("VEV", 8), fit("from EVI,8", -930.0, degenerate=True))
+    assert results[("VEV", 8)].loglik == -939.18
+    _keep_better(results, ("VEV", 8), fit("from EVI,8", -930.0))
+    assert results[("VEV", 8)].init == "from EVI,8"
+
+
+def test_only_new_returns_a_first_start_that_ran_anew(faithful):
+    # run_cells(only_new=True) leaves out a cell whose best run is its first start only when
+    # that start is the caller's fit as it stands (Resumed); a mixture started again is new.
+    from bayesgmm.core._engine import run_cells
+    from bayesgmm.core._loop import Resumed
+
+    good = bg.fit_em(faithful, 2, covariance_type="EEE")
+    # (A second start that empties: its component far from every row.)
+    worse = bg.GaussianMixture(
+        np.array([0.5, 0.5]),
+        np.array([faithful.mean(axis=0), [1e3, 1e4]]),
+        np.stack([np.cov(faithful.T) / 100] * 2),
+        "EEE",
+    )
+    settings = {"priors": {"c": None}, "reg_covar": 0.0, "tol": 1e-8, "max_iter": 1000}
+    resumed = Resumed(good.model, good.n_iter, good.converged, good.loglik)
+    out = run_cells(faithful, None, None, {"c": [("hc", resumed), ("x", worse)]},
+                    only_new=True, keep=1, **settings)  # fmt: skip
+    assert out["c"] == []
+    out = run_cells(faithful, None, None, {"c": [("hc", good.model), ("x", worse)]},
+                    only_new=True, keep=1, **settings)  # fmt: skip
+    assert len(out["c"]) == 1 and out["c"][0].init == "hc"
+    assert out["c"][0].loglik == pytest.approx(good.loglik, rel=1e-9)
