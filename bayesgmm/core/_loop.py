@@ -588,7 +588,8 @@ def collapsed_components(
     d = std.shape[-1]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         bound = np.linalg.det(std) / np.trace(std, axis1=-2, axis2=-1) ** (d - 1)
-    unsure = ~(bound >= 2.0 * COLLAPSE_STOP_RTOL)
+    # (A covariance that is not finite failed already: the M-step reports it singular.)
+    unsure = ~(bound >= 2.0 * COLLAPSE_STOP_RTOL) & np.isfinite(std).all(axis=(-2, -1))
     if mask is not None:
         unsure &= mask
     r = covs.shape[0]
