@@ -575,32 +575,36 @@ def _data_scale(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     return np.sqrt(np.where(var > 0, var, 1.0))
 
 
+def _smallest_eigenvalues(std: np.ndarray, tol: float) -> np.ndarray:
+    """The smallest eigenvalue of each (standardised) covariance of ``std`` (..., D, D) where
+    it could be below ``tol``, inf elsewhere. λ_min ≥ det Σ / λ_max^(D−1) ≥ det Σ / (tr Σ)^(D−1),
+    so a covariance whose bound clears twice the tolerance (far beyond rounding) is not
+    decomposed: a determinant costs a fourth of an eigendecomposition, and almost every
+    component passes. (One that is not finite is not judged: its M-step failed already.)"""
+    d = std.shape[-1]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        bound = np.linalg.det(std) / np.trace(std, axis1=-2, axis2=-1) ** (d - 1)
+    unsure = ~(bound >= 2.0 * tol) & np.isfinite(std).all(axis=(-2, -1))
+    eigen = np.full(std.shape[:-2], np.inf)
+    if unsure.any():
+        eigen[unsure] = np.linalg.eigvalsh(std[unsure])[:, 0]
+    return eigen
+
+
 def collapsed_components(
     covs: np.ndarray, scale: np.ndarray, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each mixture of ``covs`` (R, K, D, D; ``mask`` (R, K) its real components), the
     component with the smallest eigenvalue below ``COLLAPSE_STOP_RTOL`` (where a run stops) once
     each feature is divided by its spread (``scale``: (D,), or (R, D) one per mixture), and that
-    eigenvalue: (−1, 0) where none. The eigenvalues only where det / tr^(D−1), a lower bound,
-    does not clear twice the tolerance (the compiled loop's _collapse)."""
+    eigenvalue: (−1, 0) where none (the compiled loop's _collapse)."""
     s = scale if scale.ndim == 1 else scale[:, None, :]
-    std = covs / (s[..., :, None] * s[..., None, :])
-    d = std.shape[-1]
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        bound = np.linalg.det(std) / np.trace(std, axis1=-2, axis2=-1) ** (d - 1)
-    # (A covariance that is not finite failed already: the M-step reports it singular.)
-    unsure = ~(bound >= 2.0 * COLLAPSE_STOP_RTOL) & np.isfinite(std).all(axis=(-2, -1))
+    eigen = _smallest_eigenvalues(covs / (s[..., :, None] * s[..., None, :]), COLLAPSE_STOP_RTOL)
     if mask is not None:
-        unsure &= mask
-    r = covs.shape[0]
-    comp = np.full(r, -1)
-    value = np.zeros(r)
-    if not unsure.any():
-        return comp, value
-    eigen = np.full(std.shape[:2], np.inf)
-    eigen[unsure] = np.linalg.eigvalsh(std[unsure])[:, 0]
-    low = eigen < COLLAPSE_STOP_RTOL
-    for i in np.flatnonzero(low.any(axis=1)):
+        eigen[~mask] = np.inf
+    comp = np.full(covs.shape[0], -1)
+    value = np.zeros(covs.shape[0])
+    for i in np.flatnonzero((eigen < COLLAPSE_STOP_RTOL).any(axis=1)):
         comp[i] = int(np.argmin(eigen[i]))
         value[i] = eigen[i, comp[i]]
     return comp, value
@@ -621,17 +625,7 @@ def _collapse_reasons(covariances: Any, scale: np.ndarray) -> list[str | None]:
     if not blocks:
         return []
     std = np.concatenate(blocks) / (scale[:, None] * scale[None, :])
-    # Each component's smallest eigenvalue; only where it could be small. λ_min ≥ det Σ /
-    # λ_max^(D−1) ≥ det Σ / (tr Σ)^(D−1), so a component whose bound clears twice the
-    # tolerance (far beyond rounding) cannot have collapsed: a determinant costs a fourth of an
-    # eigendecomposition, and almost every component passes.
-    d = std.shape[-1]
-    with np.errstate(invalid="ignore", over="ignore"):
-        bound = np.linalg.det(std) / np.trace(std, axis1=1, axis2=2) ** (d - 1)
-    unsure = np.flatnonzero(~(bound >= 2.0 * DEGENERACY_RTOL))
-    eigen = np.full(std.shape[0], np.inf)
-    if unsure.size:
-        eigen[unsure] = np.linalg.eigvalsh(std[unsure])[:, 0]
+    eigen = _smallest_eigenvalues(std, DEGENERACY_RTOL)
     ends = np.cumsum([b.shape[0] for b in blocks]).tolist()
     out: list[str | None] = [None] * len(blocks)
     low = eigen < DEGENERACY_RTOL
