@@ -628,26 +628,40 @@ def _neg_polar(g, out):  # pragma: no cover - compiled
     for i in range(d):
         if good[i]:
             continue
-        # A zero singular value (g rank-deficient, e.g. a column of zeros): its left vector is
-        # any unit vector orthogonal to the others, as LAPACK's; the first axis that works.
+        # A zero singular value (g rank-deficient, e.g. a column of zeros, as the first step of
+        # a single live component gives): its left vector is any unit vector orthogonal to the
+        # others, as LAPACK's. From the axis farthest from their span (its part outside it has
+        # length at least 1/√D; a fixed bound of 0.5, which no axis reaches for a vector spread
+        # over 5 or more features, left that column unnormalised: EVE,1 far below VVV,1 at
+        # D ≥ 7), made orthogonal to them by Gram-Schmidt, twice (to rounding), then normalised.
+        best = 0
+        best_left = -1.0
         for e in range(d):
-            for r in range(d):
-                u[r, i] = 1.0 if r == e else 0.0
+            inside = 0.0
+            for q in range(d):
+                if q != i and good[q]:
+                    inside += u[e, q] * u[e, q]
+            if 1.0 - inside > best_left:
+                best_left = 1.0 - inside
+                best = e
+        for r in range(d):
+            u[r, i] = 1.0 if r == best else 0.0
+        for _ in range(2):
             for q in range(d):
                 if q == i or not good[q]:
                     continue
-                dot = u[e, q]
+                dot = 0.0
+                for r in range(d):
+                    dot += u[r, q] * u[r, i]
                 for r in range(d):
                     u[r, i] -= dot * u[r, q]
-            norm = 0.0
-            for r in range(d):
-                norm += u[r, i] * u[r, i]
-            norm = math.sqrt(norm)
-            if norm > 0.5:
-                for r in range(d):
-                    u[r, i] /= norm
-                good[i] = True
-                break
+        norm = 0.0
+        for r in range(d):
+            norm += u[r, i] * u[r, i]
+        norm = math.sqrt(norm)
+        for r in range(d):
+            u[r, i] /= norm
+        good[i] = True
     for a in range(d):
         for b in range(d):
             s = 0.0

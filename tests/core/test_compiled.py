@@ -321,6 +321,20 @@ def test_small_linear_algebra(compiled):
     np.testing.assert_allclose(polar.T @ polar, np.eye(2), atol=1e-12)
     u, _, vt = np.linalg.svd(G)
     np.testing.assert_allclose(np.abs(polar[:, 1]), np.abs(u @ vt)[:, 1], atol=1e-12)
+    # A zero singular value whose left vector is spread over every axis (no component above
+    # 0.5 from D = 5: the first step of a single component's orientation, g = D diag(c) with
+    # c = 0 at the largest eigenvalue): still orthogonal, and LAPACK's up to that column's sign.
+    for d in (5, 7, 8, 12):
+        q, _ = np.linalg.qr(np.column_stack([np.ones(d), rng.normal(size=(d, d - 1))]))
+        c = -rng.uniform(1.0, 5.0, size=d)
+        c[0] = 0.0
+        G = q * c
+        polar = np.empty((d, d))
+        compiled._neg_polar(G, polar)
+        np.testing.assert_allclose(polar.T @ polar, np.eye(d), atol=1e-12)
+        u, _, vt = np.linalg.svd(G)
+        np.testing.assert_allclose(np.abs(polar), np.abs(-(u @ vt)), atol=1e-12)
+        np.testing.assert_allclose(np.abs(polar[:, 0]), np.abs(q[:, 0]), atol=1e-12)
 
 
 def test_not_ready_means_the_numpy_loop(monkeypatch, faithful):
