@@ -498,18 +498,153 @@ def _jacobi(m, vectors, with_vectors):  # pragma: no cover - compiled
 
 
 @_jit
+def _tridiagonal(m, diag, off, q, with_vectors):  # pragma: no cover - compiled
+    """Householder's reduction of the symmetric ``m`` (overwritten) to a tridiagonal T =
+    Qᵀ m Q: T's diagonal into ``diag``, its subdiagonal into ``off[:D − 1]`` (off[D − 1] = 0),
+    and with ``with_vectors`` the orthogonal Q into ``q``. Step k reflects rows and columns
+    k + 1.. by H = I − v vᵀ (|v|² = 2) so that column k has zeros below its subdiagonal:
+    H m H = m − v wᵀ − w vᵀ with p = m v and w = p − (vᵀp / 2) v (Golub and Van Loan 2013,
+    §8.3.1); only the trailing block is updated and read again."""
+    d = m.shape[0]
+    if with_vectors:
+        for i in range(d):
+            for j in range(d):
+                q[i, j] = 1.0 if i == j else 0.0
+    v = np.zeros(d)
+    w = np.zeros(d)
+    for k in range(d - 2):
+        norm2 = 0.0
+        for i in range(k + 1, d):
+            norm2 += m[i, k] * m[i, k]
+        x0 = m[k + 1, k]
+        rest = norm2 - x0 * x0
+        if not (rest > 0.0):  # already zero below the subdiagonal
+            off[k] = x0
+            continue
+        norm = math.sqrt(norm2)
+        alpha = -norm if x0 >= 0.0 else norm
+        v0 = x0 - alpha  # |x0| + norm: no cancellation
+        unit = math.sqrt(2.0 / (rest + v0 * v0))
+        v[k + 1] = v0 * unit
+        for i in range(k + 2, d):
+            v[i] = m[i, k] * unit
+        half = 0.0
+        for i in range(k + 1, d):
+            t = 0.0
+            for j in range(k + 1, d):
+                t += m[i, j] * v[j]
+            w[i] = t
+            half += v[i] * t
+        half *= 0.5
+        for i in range(k + 1, d):
+            w[i] -= half * v[i]
+        for i in range(k + 1, d):
+            for j in range(k + 1, d):
+                m[i, j] -= v[i] * w[j] + w[i] * v[j]
+        off[k] = alpha
+        if with_vectors:
+            for r in range(d):
+                t = 0.0
+                for j in range(k + 1, d):
+                    t += q[r, j] * v[j]
+                for j in range(k + 1, d):
+                    q[r, j] -= t * v[j]
+    for i in range(d):
+        diag[i] = m[i, i]
+    if d >= 2:
+        off[d - 2] = m[d - 1, d - 2]
+    off[d - 1] = 0.0
+
+
+@_jit
+def _tridiagonal_ql(diag, off, z, with_vectors):  # pragma: no cover - compiled
+    """The eigenvalues of the symmetric tridiagonal (``diag``, ``off``: _tridiagonal's) into
+    ``diag``, by QL iterations with implicit Wilkinson shifts (the EISPACK tql2 scheme, as in
+    Press et al. 2007, §11.4): a subdiagonal entry at most ε (|d_m| + |d_m+1|) splits the
+    matrix. With ``with_vectors``, the rotations are applied to the columns of ``z`` (Q in,
+    the eigenvectors out, unsorted). False when some eigenvalue takes over 60 iterations."""
+    n = diag.shape[0]
+    for lo in range(n):
+        rounds = 0
+        while True:
+            m = lo
+            while m < n - 1:
+                if abs(off[m]) <= _EPS * (abs(diag[m]) + abs(diag[m + 1])):
+                    break
+                m += 1
+            if m == lo:
+                break
+            rounds += 1
+            if rounds > 60:
+                return False
+            g = (diag[lo + 1] - diag[lo]) / (2.0 * off[lo])
+            r = math.hypot(g, 1.0)
+            g = diag[m] - diag[lo] + off[lo] / (g + (r if g >= 0.0 else -r))
+            s = 1.0
+            c = 1.0
+            p = 0.0
+            i = m - 1
+            split = False
+            while i >= lo:
+                f = s * off[i]
+                b = c * off[i]
+                r = math.hypot(f, g)
+                off[i + 1] = r
+                if r == 0.0:  # underflow: the matrix splits at i + 1
+                    diag[i + 1] -= p
+                    off[m] = 0.0
+                    split = True
+                    break
+                s = f / r
+                c = g / r
+                g = diag[i + 1] - p
+                r = (diag[i] - g) * s + 2.0 * c * b
+                p = s * r
+                diag[i + 1] = g + p
+                g = c * r - b
+                if with_vectors:
+                    for k in range(n):
+                        f = z[k, i + 1]
+                        z[k, i + 1] = s * z[k, i] + c * f
+                        z[k, i] = c * z[k, i] - s * f
+                i -= 1
+            if split:
+                continue
+            diag[lo] -= p
+            off[lo] = g
+            off[m] = 0.0
+    return True
+
+
+#: From this D up, _eigh and _top_eigenvalue reduce to a tridiagonal and iterate QL
+#: (~(4/3) D³ flops once, then O(D²) a sweep) instead of sweeping Jacobi rotations over the
+#: whole matrix (O(D³) a sweep, 6-10 sweeps): 20 → ~3 µs for a 12 × 12 matrix's eigenvalues.
+#: Below it Jacobi stays, as fast there, and its values are the ones our tables were made with.
+_TRIDIAG_D = 5
+
+
+@_jit
 def _eigh(a, values, vectors):  # pragma: no cover - compiled
     """Eigenvalues (ascending, into ``values``) and eigenvectors (columns of ``vectors``) of
-    the symmetric ``a``, by cyclic Jacobi rotations (accurate to rounding; D is small)."""
+    the symmetric ``a``: cyclic Jacobi rotations below D = _TRIDIAG_D, else Householder's
+    tridiagonal and QL (Jacobi should QL not converge); accurate to rounding."""
     d = a.shape[0]
     m = np.empty_like(a)
     _copy(a, m)
-    for i in range(d):
-        for j in range(d):
-            vectors[i, j] = 1.0 if i == j else 0.0
-    _jacobi(m, vectors, True)
-    for i in range(d):
-        values[i] = m[i, i]
+    done = False
+    if d >= _TRIDIAG_D:
+        off = np.empty(d)
+        _tridiagonal(m, values, off, vectors, True)
+        done = _tridiagonal_ql(values, off, vectors, True)
+        if not done:
+            _copy(a, m)
+    if not done:
+        for i in range(d):
+            for j in range(d):
+                vectors[i, j] = 1.0 if i == j else 0.0
+        _jacobi(m, vectors, True)
+        for i in range(d):
+            values[i] = m[i, i]
     for i in range(d):  # selection sort, ascending
         best = i
         for j in range(i + 1, d):
@@ -532,7 +667,7 @@ def _top_eigenvalue(a, m):  # pragma: no cover - compiled
     trigonometric solution of the characteristic cubic (Smith 1961), accurate to rounding
     except where the two largest roots (nearly) coincide (cosine → −1), where acos's slope is
     unbounded (5.000000023 for the roots 0, 5 and 5.000000005). There, and for D > 3: _eigh's
-    rotations, without the eigenvectors' updates or the sort."""
+    method without the eigenvectors."""
     d = a.shape[0]
     if d == 1:
         return a[0, 0]
@@ -556,6 +691,16 @@ def _top_eigenvalue(a, m):  # pragma: no cover - compiled
         if cosine > _TOP_CLOSED_R:  # (acos's error at most ~1e-15 / √(2 · 0.001): 2e-14)
             return mid + 2.0 * rad * math.cos(math.acos(min(cosine, 1.0)) / 3.0)
     _copy(a, m)
+    if d >= _TRIDIAG_D:
+        values = np.empty(d)
+        off = np.empty(d)
+        _tridiagonal(m, values, off, m, False)
+        if _tridiagonal_ql(values, off, m, False):
+            top = values[0]
+            for i in range(1, d):
+                top = max(top, values[i])
+            return top
+        _copy(a, m)
     _jacobi(m, m, False)
     top = m[0, 0]
     for i in range(1, d):

@@ -267,7 +267,7 @@ def test_hierarchical_tree_as_numpy(compiled, monkeypatch, faithful, iris_X):
 
 def test_small_linear_algebra(compiled):
     rng = np.random.default_rng(1)
-    for d in (1, 2, 3, 6):
+    for d in (1, 2, 3, 4, 5, 6, 9, 12):
         A = rng.normal(size=(d, d + 2))
         S = A @ A.T
         values, vectors = np.empty(d), np.empty((d, d))
@@ -278,8 +278,8 @@ def test_small_linear_algebra(compiled):
         top = compiled._top_eigenvalue(S, np.empty((d, d)))
         if d <= 3:
             assert top == pytest.approx(np.linalg.eigvalsh(S)[-1], rel=1e-14)
-        else:
-            assert top == values[-1]
+        else:  # the same method as _eigh's: the same value, up to the sort's order of ties
+            assert top == pytest.approx(values[-1], rel=1e-15)
         np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, S, atol=1e-11)
         np.testing.assert_allclose(vectors.T @ vectors, np.eye(d), atol=1e-12)
         assert compiled._det_root(S) == pytest.approx(np.linalg.det(S) ** (1 / d), rel=1e-12)
@@ -313,6 +313,29 @@ def test_small_linear_algebra(compiled):
     for S in cases:
         top = compiled._top_eigenvalue(S, np.empty_like(S))
         assert top == pytest.approx(np.linalg.eigvalsh(S)[-1], rel=1e-13, abs=0.0)
+    # Householder and QL from D = 5 (_TRIDIAG_D) against LAPACK where rotations struggle or a
+    # split is exact: repeated and nearly repeated eigenvalues, zero, rank one, 24 decades of
+    # spread, every scale, a diagonal with rounding-level off-diagonal entries.
+    for d in (4, 5, 7, 10, 13):
+        q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+        twins = np.r_[np.full(d // 2, 3.0), np.full(d - d // 2, 3.0 + 1e-12)]
+        near = np.diag(np.arange(d, dtype=float)) + 1e-20 * (np.eye(d, k=1) + np.eye(d, k=-1))
+        for S in (
+            np.eye(d) * 2.5, np.zeros((d, d)), np.diag(rng.normal(size=d)), np.ones((d, d)),
+            q @ np.diag(twins) @ q.T, q @ np.diag(np.logspace(-12, 12, d)) @ q.T,
+            q @ np.diag(rng.normal(size=d)) @ q.T * 1e-30,
+            q @ np.diag(rng.normal(size=d)) @ q.T * 1e30,
+            near,
+        ):  # fmt: skip
+            S = (S + S.T) / 2
+            values, vectors = np.empty(d), np.empty((d, d))
+            compiled._eigh(S, values, vectors)
+            size = max(np.abs(S).max(), 1e-300)
+            np.testing.assert_allclose(values, np.linalg.eigvalsh(S), rtol=0, atol=1e-14 * size)
+            np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, S, atol=1e-14 * size)
+            np.testing.assert_allclose(vectors.T @ vectors, np.eye(d), atol=1e-14)
+            top = compiled._top_eigenvalue(S, np.empty((d, d)))
+            assert abs(top - np.linalg.eigvalsh(S)[-1]) <= 1e-14 * size
     # A rank-deficient g (a zero column, as the second majoriser gives in two dimensions):
     # its orthogonal factor is still orthogonal, as LAPACK's.
     G = np.array([[0.0, -2376.6], [0.0, -86476.5]])
