@@ -283,7 +283,7 @@ def _warm_loop() -> None:
     means = np.stack([X[:k]] * r_all)
     xct = _plain((X - X.mean(axis=0)).T)
     em_runs(
-        np.arange(r_all, dtype=np.int64), xct, _features(xct), X.mean(axis=0), np.empty((1, 0)),
+        np.arange(r_all, dtype=np.int64), xct, _em_features(xct), X.mean(axis=0), np.empty((1, 0)),
         np.zeros(r_all, dtype=np.int64), codes,
         np.full(r_all, k, dtype=np.int64), np.full((r_all, k), 0.5), means, covs, covs.copy(),
         np.zeros(r_all, dtype=np.int64), 4, 4, 1e-8, True, np.ones(r_all), np.ones((r_all, 2)),
@@ -1294,7 +1294,8 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
               scale):  # fmt: skip  # pragma: no cover
     """One E-step at (weights, means, chol) and the M-step from it into (new_w, new_mu,
     new_cov, new_chol), on the data about their ``center``, transposed: ``xct`` (D, N), and
-    their moment features ``feats`` (:func:`_features`).
+    their moment features ``feats`` (:func:`_em_features`: the full set, then the diagonal
+    structures').
     Returns (log-likelihood, state, component, value): state RUNNING, or SINGULAR, EMPTY (value:
     its weight) or COLLAPSED (value: its eigenvalue, ``scale`` the features' spreads) with the
     failing component (the numpy loop's rules: an empty component is reported over a singular
@@ -1341,7 +1342,19 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
             shift = 0.0  # (L⁻¹ (μ − c))_i
             for p in range(i + 1):
                 shift += prec[j, i, p] * (means[j, p] - center[p])
-            _maha_row(xct, prec[j, i], i, shift, y, maha)
+            if diag:  # L⁻¹'s row i is zero but for a_ii: the general row's sums, bit for bit
+                a = prec[j, i, i]
+                xi = xct[i]
+                if i == 0:
+                    for r in range(n_rows):
+                        v = -shift + a * xi[r]
+                        maha[r] = v * v
+                else:
+                    for r in range(n_rows):
+                        v = -shift + a * xi[r]
+                        maha[r] += v * v
+            else:
+                _maha_row(xct, prec[j, i], i, shift, y, maha)
         for r in range(n_rows):
             maha[r] = const - 0.5 * maha[r]
             if maha[r] > top[r]:
@@ -1362,7 +1375,11 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
         g = lj[j]
         for r in range(n_rows):
             g[r] *= total[r]
-    _sums_into(feats, lj, sums)
+    n_full = 1 + d + d * (d + 1) // 2  # (feats: _em_features's, full then diagonal)
+    if diag:
+        _sums_diag(feats[n_full:], lj, sums)
+    else:
+        _sums_into(feats[:n_full], lj, sums)
     state, bad, collapsed = _m_step(sums, center, code, diag, prev_covs, reg_covar, _warm(code),
                                     _PD_RTOL, new_w, new_mu, new_cov, new_chol)  # fmt: skip
     if state == RUNNING:
@@ -1426,6 +1443,38 @@ def _features(xct):  # pragma: no cover - compiled
                 row[r] = xa[r] * xb[r]
             f += 1
     return out
+
+
+@_jit
+def _em_features(xct):  # pragma: no cover - compiled
+    """The EM loop's features (F + 1 + 2D, N): :func:`_features`'s F rows, then [1, x − c,
+    (x − c)²] again, the diagonal structures' only (:func:`_sums_diag` reads that block)."""
+    d, n_rows = xct.shape
+    full = _features(xct)
+    f = full.shape[0]
+    out = np.empty((f + 1 + 2 * d, n_rows))
+    for i in range(f):
+        out[i] = full[i]
+    out[f] = full[0]
+    for i in range(d):
+        out[f + 1 + i] = full[1 + i]
+        out[f + 1 + d + i] = full[1 + d + i * (i + 1) // 2 + i]
+    return out
+
+
+@_jit
+def _sums_diag(feats, g, out):  # pragma: no cover - compiled
+    """:func:`_sums_into` for the diagonal structures from the features' diagonal block
+    [1, x − c, (x − c)²] (1 + 2D rows, :func:`_em_features`): only the sums their M-step reads,
+    Σ g, Σ g (x − c) and the diagonal of Σ g (x − c)(x − c)ᵀ (at D = 9, 19 columns of the
+    product instead of 55); the off-diagonal entries of ``out`` are left as they were."""
+    d = (feats.shape[0] - 1) // 2
+    part = np.dot(feats, g.T)  # (1 + 2D, K)
+    for j in range(out.shape[0]):
+        for f in range(1 + d):
+            out[j, f] = part[f, j]
+        for i in range(d):
+            out[j, 1 + d + i * (i + 1) // 2 + i] = part[1 + d + i, j]
 
 
 @_jit
@@ -1702,7 +1751,7 @@ def em_runs(todo, xct, feats, center, w_all, w_index, codes, ks, weights, means,
             n_trace, state, component, collapsed):  # fmt: skip  # pragma: no cover - compiled
     """Advance each run r in ``todo`` (K = ks[r] components of the padded (R, Kmax, ...)
     arrays, in place) on the data about ``center``, transposed (``xct``, D × N), and their
-    moment features ``feats`` (:func:`_features`, built once by the caller for all threads),
+    moment features ``feats`` (:func:`_em_features`, built once by the caller for all threads),
     with the row weights w_all[w_index[r]] (none when w_all has no columns). Threads may share
     the arrays, each with its own runs: the GIL is released."""
     for r in todo:
@@ -1871,7 +1920,7 @@ def advance_runs(
     collapsed = np.zeros(r_all)
     xct = _plain((X - center).T)
     args = (
-        xct, _features(xct), _plain(center), _plain(w_all), w_index,
+        xct, _em_features(xct), _plain(center), _plain(w_all), w_index,
         codes, ks, weights, means, covs, chol, n_iter, int(until_iter), pause, float(tol),
         bool(accelerate), step_max, _plain(scales), float(reg_covar), trace,
         n_trace, state, component, collapsed,
