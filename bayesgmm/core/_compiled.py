@@ -2014,9 +2014,12 @@ def pack_params(
 
 def _padded(a: np.ndarray, kmax: int) -> np.ndarray:
     """Rows of a batch (R, K, ...) as C-contiguous (R, kmax, ...): cut to kmax, or padded with
-    zeros (``a``, a fresh array, itself when it has kmax components)."""
+    zeros (``a``, a fresh array, itself when it has kmax components and is C-contiguous: the
+    loop writes each run's parameters back through flat views, which an array in another order
+    would only copy: a start whose means were a Fortran-ordered array, as pandas' to_numpy
+    gives, came back with its first means and its last covariances)."""
     if a.shape[1] == kmax:
-        return a
+        return np.ascontiguousarray(a)
     if a.shape[1] > kmax:
         return np.ascontiguousarray(a[:, :kmax])
     out = np.zeros((a.shape[0], kmax) + a.shape[2:])
