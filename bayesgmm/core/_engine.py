@@ -548,7 +548,16 @@ def start_model(
     if isinstance(start, GaussianMixture):
         if start.covariance_type == structure.name:
             return start
-        return GaussianMixture(start.weights, start.means, start.covariances, structure.name, names)
+        try:
+            return GaussianMixture(
+                start.weights, start.means, start.covariances, structure.name, names
+            )
+        except ValueError:
+            # Covariances without the structure's constraint (another structure's fit, or
+            # mclust's VEV whose shapes agree to its inner tolerance only): EM starts from the
+            # mixture's E-step, the first M-step the structure's, as mclust's em() from given
+            # parameters (it was an error that told the caller to pass another structure).
+            start = start.responsibilities(X)
     if isinstance(start, _SubsetStart):
         Xs, resp0 = X[start.rows], start.resp
         ws = None if w is None else w[start.rows]

@@ -71,7 +71,9 @@ def fit_em(
         "kmeans++": k-means++ seeding, each row joining its nearest seed; "random": random
         responsibilities; a tree of these data (:func:`bayesgmm.hierarchical`) or its name,
         "hc:ward", "hc:average", "hc:complete", "hc:single", "hc:vvv", "hc:eii", cut at K;
-        or an (n,) label vector, an (n, K) responsibility matrix, or a mixture to start from.
+        or an (n,) label vector, an (n, K) responsibility matrix, or a mixture to start from
+        (one whose covariances lack ``covariance_type``'s constraint, another structure's fit
+        say, starts from its responsibilities: its E-step, then this structure's M-step).
     n_init : int, default 1
         Number of starts: the first from ``init``, the others from k-means++ with fresh random
         seeds (random responsibilities when ``init="random"``). With several starts each runs

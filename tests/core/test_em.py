@@ -540,3 +540,20 @@ def test_a_start_in_fortran_order_is_the_same_start(compiled, structure, monkeyp
     np.testing.assert_array_equal(ours.model.means, plain.model.means)
     # (The fit is the mixture its trace's last log-likelihood was computed at.)
     assert ours.loglik == pytest.approx(ours.loglik_trace[-1], rel=1e-10)
+
+
+@pytest.mark.parametrize("compiled", ["1", "0"])
+def test_a_mixture_of_another_structure_starts_from_its_e_step(compiled, monkeypatch, faithful):
+    # A start whose covariances lack the fit's constraint (a VVV fit to start VEV) is no error:
+    # EM starts from its responsibilities, as mclust's em() from given parameters; it was
+    # "covariance_type='VEV' does not match the covariances" (mclust's own VEV fit of Boston's
+    # 11 columns, whose shapes agree to mclust's inner tolerance only, failed the same way).
+    monkeypatch.setenv("BAYESGMM_COMPILED", compiled)
+    X = np.asarray(faithful, dtype=float)
+    vvv = bg.fit_em(X, 3, covariance_type="VVV").model
+    with pytest.raises(ValueError, match="does not match the covariances"):
+        bg.GaussianMixture(vvv.weights, vvv.means, vvv.covariances, covariance_type="VEV")
+    fit = bg.fit_em(X, 3, covariance_type="VEV", init=vvv)
+    same = bg.fit_em(X, 3, covariance_type="VEV", init=vvv.responsibilities(X))
+    assert fit.model.covariance_type == "VEV" and not fit.degenerate
+    assert fit.loglik == pytest.approx(same.loglik, rel=1e-12)
