@@ -1467,14 +1467,20 @@ def _sums_diag(feats, g, out):  # pragma: no cover - compiled
     """:func:`_sums_into` for the diagonal structures from the features' diagonal block
     [1, x − c, (x − c)²] (1 + 2D rows, :func:`_em_features`): only the sums their M-step reads,
     Σ g, Σ g (x − c) and the diagonal of Σ g (x − c)(x − c)ᵀ (at D = 9, 19 columns of the
-    product instead of 55); the off-diagonal entries of ``out`` are left as they were."""
+    product instead of 55); the off-diagonal entries of ``out`` are zeros (no M-step of theirs
+    reads them; the run's scratch would otherwise hold whatever its memory held)."""
     d = (feats.shape[0] - 1) // 2
     part = np.dot(feats, g.T)  # (1 + 2D, K)
     for j in range(out.shape[0]):
         for f in range(1 + d):
             out[j, f] = part[f, j]
-        for i in range(d):
-            out[j, 1 + d + i * (i + 1) // 2 + i] = part[1 + d + i, j]
+        f = 1 + d
+        for a in range(d):
+            for _ in range(a):
+                out[j, f] = 0.0
+                f += 1
+            out[j, f] = part[1 + d + a, j]
+            f += 1
 
 
 @_jit
