@@ -298,15 +298,14 @@ def check_worse(
         if cell["code"] < 0:
             out[key] = (cell["bic"], "its own EM from it, to 1e-8, stops on a singular covariance")
             continue
-        parts = (
+        # (As VVV: mclust's constraint may hold to its inner tolerance only; fit_em starts
+        # from the mixture itself where ours holds, else from its E-step.)
+        mix = bg.GaussianMixture(
             np.asarray(cell["weights"]),
             np.asarray(cell["means"]).reshape(k, d),
             np.asarray(cell["covariances"]).reshape(k, d, d),
+            covariance_type="VVV",
         )
-        try:
-            mix = bg.GaussianMixture(*parts, covariance_type=cell["model"])
-        except ValueError:  # (its constraint not met to our tolerance: as a start it serves)
-            mix = bg.GaussianMixture(*parts, covariance_type="VVV")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit = bg.fit_em(arr, k, covariance_type=cell["model"], init=mix)
