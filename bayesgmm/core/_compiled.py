@@ -286,8 +286,9 @@ def _warm_loop() -> None:
         np.arange(r_all, dtype=np.int64), xct, _em_features(xct), X.mean(axis=0), np.empty((1, 0)),
         np.zeros(r_all, dtype=np.int64), codes,
         np.full(r_all, k, dtype=np.int64), np.full((r_all, k), 0.5), means, covs, covs.copy(),
-        np.zeros(r_all, dtype=np.int64), 4, 4, 1e-8, True, np.ones(r_all), np.ones((r_all, 2)),
-        0.0, np.empty((r_all, 8)), np.zeros(r_all, dtype=np.int64),
+        np.zeros(r_all, dtype=np.int64), 4, 4, 1e-8, True, np.ones(r_all),
+        np.zeros(r_all, dtype=np.int64), np.ones((r_all, 2)), 0.0, np.empty((r_all, 8)),
+        np.zeros(r_all, dtype=np.int64),
         np.zeros(r_all, dtype=np.int64), np.zeros(r_all, dtype=np.int64), np.zeros(r_all),
     )  # fmt: skip
     resp = np.zeros((12, k))
@@ -1583,13 +1584,13 @@ def _finish_covs(covs, reg_covar, chol, rtol):  # pragma: no cover - compiled
 
 @_jit
 def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_iter,
-         pause_iter, tol, accelerate, step_max, scale, reg_covar, trace,
+         pause_iter, tol, accelerate, step_max, plain_until, scale, reg_covar, trace,
          n_trace):  # fmt: skip  # pragma: no cover
     """Advance one run in place (parameters, trace) until it converges, fails or has done
     ``until_iter`` iterations, or pauses at the end of the first SQUAREM cycle (or plain step)
     after ``pause_iter`` iterations; returns (state, n_iter, component, collapsed weight,
     step_max, trace length). The rules are _Batch.plain_step's, _Batch.extrapolate's and
-    _Batch.pause's."""
+    _Batch.pause's: a cycle that ends before ``plain_until`` iterations makes no trial."""
     d = xct.shape[0]
     k = weights.shape[0]
     prec = np.empty((k, d, d))
@@ -1641,6 +1642,8 @@ def _run(xct, feats, center, w, code, weights, means, covs, chol, n_iter, until_
         if phase < 2:
             continue
         phase = 0
+        if n_iter < plain_until:
+            continue  # on from θ2, the bound as it was
         i0, i1, i2 = (cur + 1) % 3, (cur + 2) % 3, cur
         step_max, trial_ok = _extrapolate(
             p_w, p_m, p_c, p_l, i0, i1, i2, scale, step_max, nonlinear, code
@@ -1753,8 +1756,9 @@ def _get(p_w, p_m, p_c, p_l, slot, weights, means, covs, chol):  # pragma: no co
 
 @_jit
 def em_runs(todo, xct, feats, center, w_all, w_index, codes, ks, weights, means, covs, chol,
-            n_iter, until_iter, pause_iter, tol, accelerate, step_max, scales, reg_covar, trace,
-            n_trace, state, component, collapsed):  # fmt: skip  # pragma: no cover - compiled
+            n_iter, until_iter, pause_iter, tol, accelerate, step_max, plain_until, scales,
+            reg_covar, trace, n_trace, state, component,
+            collapsed):  # fmt: skip  # pragma: no cover - compiled
     """Advance each run r in ``todo`` (K = ks[r] components of the padded (R, Kmax, ...)
     arrays, in place) on the data about ``center``, transposed (``xct``, D × N), and their
     moment features ``feats`` (:func:`_em_features`, built once by the caller for all threads),
@@ -1766,7 +1770,7 @@ def em_runs(todo, xct, feats, center, w_all, w_index, codes, ks, weights, means,
         st, it, comp, coll, smax, nt = _run(
             xct, feats, center, w_all[w_index[r]], code, weights[r, :k], means[r, :k],
             covs[r, :k], chol[r, :k], n_iter[r], until_iter, pause_iter, tol, accelerate,
-            step_max[r], scales[r], reg_covar, trace[r], n_trace[r],
+            step_max[r], plain_until[r], scales[r], reg_covar, trace[r], n_trace[r],
         )  # fmt: skip
         state[r], n_iter[r], component[r], collapsed[r] = st, it, comp, coll
         step_max[r], n_trace[r] = smax, nt
@@ -1894,17 +1898,18 @@ def advance_runs(
     # only that one: its convergence test and SQUAREM's; what the call adds is appended to
     # each Run's trace).
     fields = [
-        (r.k, CODES[r.structure.name], r.n_iter, r.step_max, len(r.trace) > 0,
+        (r.k, CODES[r.structure.name], r.n_iter, r.step_max, r.plain_until, len(r.trace) > 0,
          r.trace[-1] if r.trace else np.nan)
         for r in runs
     ]  # fmt: skip
-    ks_l, codes_l, iters_l, steps_l, had_l, last_l = zip(*fields, strict=True)
+    ks_l, codes_l, iters_l, steps_l, plain_l, had_l, last_l = zip(*fields, strict=True)
     ks = np.array(ks_l, dtype=np.int64)
     kmax = int(ks.max())
     weights, means, covs, chol = pack_params([r.params for r in runs], ks, kmax)
     codes = np.array(codes_l, dtype=np.int64)
     n_iter = np.array(iters_l, dtype=np.int64)
     step_max = np.array(steps_l, dtype=np.float64)
+    plain_until = np.array(plain_l, dtype=np.int64)
     own = runs[0].row_weight is not None
     if own:
         w_all = np.stack([r.row_weight for r in runs]).astype(np.float64, copy=False)
@@ -1928,7 +1933,7 @@ def advance_runs(
     args = (
         xct, _em_features(xct), _plain(center), _plain(w_all), w_index,
         codes, ks, weights, means, covs, chol, n_iter, int(until_iter), pause, float(tol),
-        bool(accelerate), step_max, _plain(scales), float(reg_covar), trace,
+        bool(accelerate), step_max, plain_until, _plain(scales), float(reg_covar), trace,
         n_trace, state, component, collapsed,
     )  # fmt: skip
     _in_threads(em_runs, ks, args)

@@ -406,8 +406,8 @@ def _lrt_batch(payload: dict[str, Any], seeds: list[Any]) -> list[float | str]:
 
     null, alt, n = payload["null"], payload["alt"], payload["n"]
     data = [null.sample(n, rng=np.random.default_rng(seed))[0] for seed in seeds]
-    runs0 = [new_run(null, "null", data=x) for x in data]
-    runs1 = [new_run(alt, "alternative", data=x) for x in data]
+    runs0 = [new_run(null, "mixture", data=x) for x in data]  # (as fit_em(init=null))
+    runs1 = [new_run(alt, "mixture", data=x) for x in data]
     runs = runs0 + runs1
     center = np.mean([x.mean(axis=0) for x in data], axis=0)
     iterate(

@@ -99,7 +99,11 @@ def fit_em(
         when it is a valid mixture that raises the log-likelihood, so the recorded
         log-likelihoods still never decrease. EM's linear convergence is slow where components
         overlap; this typically cuts the iterations several-fold and reaches the optimum that
-        plain EM stops short of. ``False`` runs plain EM, one M-step per iteration.
+        plain EM stops short of. From the hierarchical start, or a partition or mixture given
+        as ``init``, the first 5 iterations are plain EM steps, so that an early extrapolation
+        does not carry the fit away from the optimum EM climbs to from that start (k-means++
+        and random restarts extrapolate from the start). ``False`` runs plain EM, one M-step
+        per iteration.
     labels : array_like (n_obs,) of int, optional
         Semi-supervised EM: the component of each row whose label is known (0..K−1), −1 where
         it is not. Known rows keep their one-hot responsibilities in every E-step, and every
