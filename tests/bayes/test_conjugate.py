@@ -124,11 +124,15 @@ def test_fit_bayes_under_the_conjugate_prior(clusters):
     em = tree["em"]
     em_means = em["means"].values[0, 0]
     em_covs = em["covariances"].values[0, 0][np.argsort(em_means[:, 0] + 10 * em_means[:, 1])]
+    # fit_bayes's start is MAP-EM's fit with its settings (5 starts, tol=1e-6), near the MAP
+    # optimum (fit_em's default tol=1e-8) and far from the ML one: 9.1e-3 against 0.107 (the
+    # first 5 steps from the hierarchical start are plain EM steps, after which the relative
+    # change falls below 1e-6 sooner than the optimum is reached).
+    start = bg.fit_em(clusters, 3, prior=prior, n_init=5, rng=3, tol=1e-6).model
+    np.testing.assert_allclose(em_covs, by_first_mean(start), rtol=1e-10)
     map_covs = by_first_mean(bg.fit_em(clusters, 3, prior=prior, rng=0).model)
     ml_covs = by_first_mean(bg.fit_em(clusters, 3, rng=0).model)
-    # fit_bayes's start stops at tol=1e-6 (fit_em's default 1e-8): equal to 2e-3 (measured
-    # 9e-4), while ML's covariances differ by more than 1e-2.
-    np.testing.assert_allclose(em_covs, map_covs, atol=2e-3)
-    assert np.abs(em_covs - ml_covs).max() > 1e-2
+    np.testing.assert_allclose(em_covs, map_covs, atol=2e-2)
+    assert np.abs(em_covs - ml_covs).max() > 5e-2
     post_means = tree["posterior"]["means"].mean(("chain", "draw")).values
     np.testing.assert_allclose(post_means, em_means, atol=0.4)
