@@ -71,7 +71,7 @@ SHARED_PASS_MAX_ROWS = 50_000
 #: -1232.81. Over the 4,161 cells (K = 2..9) of the 56 benchmark data sets of up to 1,200 rows
 #: where EM from that start ends valid, fit_em from it reaches EM's optimum in 4,053 cells with
 #: these plain steps and 4,006 without (higher in 61 and 90, lower in 44 and 59, degenerate in
-#: 3 and 6).
+#: 3 and 6): benchmarks/hc_path.py.
 HC_PLAIN_ITER = 5
 PLAIN_FIRST = frozenset({"hc", "user", "mixture"})
 
