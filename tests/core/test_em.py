@@ -404,11 +404,14 @@ def test_finishing_many_runs_as_one_at_a_time(faithful):
 
 
 @pytest.mark.parametrize("compiled", ["1", "0"])
-def test_a_paused_run_resumes_on_the_path_it_takes_without_the_pause(compiled, monkeypatch):
+@pytest.mark.parametrize("label", ["x", "hc"])
+def test_a_paused_run_resumes_on_the_path_it_takes_without_the_pause(compiled, label,
+                                                                       monkeypatch):  # fmt: skip
     # iterate(pause_at=n) stops runs between SQUAREM cycles: resumed, each run's trace is the
     # uninterrupted one (what lets a short round leave the runs that go on untouched). Oracle:
     # the same runs advanced in one call. Stopping at the budget instead (until_iter=n, mid
-    # cycle) restarts the cycle: some resumed traces then differ.
+    # cycle) restarts the cycle: some resumed traces then differ. ("hc": the hierarchical
+    # start's run, whose first HC_PLAIN_ITER iterations make no trial, paused before and after.)
     from bayesgmm.core._compiled import ready
     from bayesgmm.core._loop import iterate, new_run
 
@@ -422,15 +425,15 @@ def test_a_paused_run_resumes_on_the_path_it_takes_without_the_pause(compiled, m
                 "tol": 1e-8, "scale": X.std(axis=0)}  # fmt: skip
     split_cycles = 0
     for accelerate in (True, False):
-        whole = [new_run(m, "x") for m in starts]
+        whole = [new_run(m, label) for m in starts]
         iterate(X, whole, 1000, accelerate=accelerate, **settings)
         for at in (1, 4, 5, 6, 7):
-            paused = [new_run(m, "x") for m in starts]
+            paused = [new_run(m, label) for m in starts]
             iterate(X, paused, 1000, accelerate=accelerate, pause_at=at, **settings)
             for run in paused:
                 assert run.finished or at <= run.n_iter <= at + (2 if accelerate else 0)
             iterate(X, paused, 1000, accelerate=accelerate, **settings)
-            cut = [new_run(m, "x") for m in starts]
+            cut = [new_run(m, label) for m in starts]
             iterate(X, cut, at, accelerate=accelerate, **settings)
             iterate(X, cut, 1000, accelerate=accelerate, **settings)
             for a, b, c in zip(whole, paused, cut, strict=True):
