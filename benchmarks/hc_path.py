@@ -8,7 +8,8 @@ hierarchical start (``accelerate=False``, up to 20,000 iterations) and ``fit_em`
 it, and counts the cells where the fit ends at plain EM's optimum (within 0.01 + 1e-6 relative
 in the log-likelihood), higher, lower, or degenerate, among the cells where plain EM ends valid.
 ``--plain-steps N`` sets the plain EM steps the hierarchical start's run takes before its first
-extrapolation (``bayesgmm.core._loop.HC_PLAIN_ITER``, 5; 0 extrapolates from the first cycle on).
+extrapolation (``bayesgmm.core._loop.PLAIN_FIRST_ITER``, 5; 0 extrapolates from the first
+cycle on).
 Needs ``Rscript`` for the data.
 
     uv run python benchmarks/hc_path.py
@@ -53,10 +54,10 @@ def cell(X: np.ndarray, structure: str, k: int) -> tuple[float | None, float | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plain-steps", type=int, default=_loop.HC_PLAIN_ITER)
+    parser.add_argument("--plain-steps", type=int, default=_loop.PLAIN_FIRST_ITER)
     parser.add_argument("--max-rows", type=int, default=1200)
     args = parser.parse_args()
-    _loop.HC_PLAIN_ITER = args.plain_steps
+    _loop.PLAIN_FIRST_ITER = args.plain_steps
     counts = {"same": 0, "higher": 0, "lower": 0, "degenerate": 0}
     lower: list[tuple[float, str]] = []
     for name, expression in {**PANEL, **PANEL_EXTRA}.items():

@@ -65,15 +65,14 @@ SHARED_PASS_MAX_ROWS = 50_000
 #: makes no SQUAREM trial in its first this many iterations; k-means++ and random restarts,
 #: which explore, extrapolate from their second cycle. Far from an optimum an extrapolated step
 #: can leap into another basin than the one EM climbs from the start. From the hierarchical
-#: start, on MASS's UScereal
-#: (8 numeric columns) VEI,9, EM reaches -1699.15 and SQUAREM's second cycle carried the run to
-#: -1703.66 (mclust: -1701.67, at its tolerance); on crabs[, 4:8] VEE,9, -1230.81 against
-#: -1232.81. Over the 4,161 cells (K = 2..9) of the 56 benchmark data sets of up to 1,200 rows
-#: where EM from that start ends valid, fit_em from it reaches EM's optimum in 4,053 cells with
-#: these plain steps and 4,006 without (higher in 61 and 90, lower in 44 and 59, degenerate in
-#: 3 and 6): benchmarks/hc_path.py.
-HC_PLAIN_ITER = 5
-PLAIN_FIRST = frozenset({"hc", "user", "mixture"})
+#: start, on MASS's UScereal (8 numeric columns) VEI,9, EM reaches -1699.15 and SQUAREM's
+#: second cycle carried the run to -1703.66 (mclust: -1701.67, at its tolerance); on
+#: crabs[, 4:8] VEE,9, -1230.81 against -1232.81. Over the 4,161 cells (K = 2..9) of the 56
+#: benchmark data sets of up to 1,200 rows where EM from that start ends valid, fit_em from it
+#: reaches EM's optimum in 4,053 cells with these plain steps and 4,006 without (higher in 61
+#: and 90, lower in 44 and 59, degenerate in 3 and 6): benchmarks/hc_path.py.
+PLAIN_FIRST_ITER = 5
+PLAIN_FIRST_LABELS = frozenset({"hc", "user", "mixture"})
 
 _REMEDY = (
     "Try fewer components, a more constrained covariance_type, a prior "
@@ -104,8 +103,8 @@ class Run:
     #: each time the step is cut to it and succeeds, and shrinks 4× when such a step fails.
     step_max: float = 1.0
     #: SQUAREM's cycles that end before this many iterations make no trial (the run goes on
-    #: from their second plain step): :data:`HC_PLAIN_ITER` for the starts of
-    #: :data:`PLAIN_FIRST`.
+    #: from their second plain step): :data:`PLAIN_FIRST_ITER` for the starts of
+    #: :data:`PLAIN_FIRST_LABELS`.
     plain_until: int = 0
 
     @property
@@ -188,7 +187,7 @@ def new_run(
 
 
 def _plain_until(label: str) -> int:
-    return HC_PLAIN_ITER if label in PLAIN_FIRST else 0
+    return PLAIN_FIRST_ITER if label in PLAIN_FIRST_LABELS else 0
 
 
 def iterate(
@@ -225,7 +224,7 @@ def iterate(
     by 4 after one that fails, so that the overlong steps which fail (a covariance that is not
     positive definite, a lower log-likelihood: 6 in 7 of them, unbounded, on faithful's EEE,4)
     cost no pass. A cycle that ends before the run's ``plain_until`` iterations makes no trial
-    (the first :data:`HC_PLAIN_ITER` of a hierarchical or given start).
+    (the first :data:`PLAIN_FIRST_ITER` of a hierarchical or given start).
 
     ``missing`` (the missingness of ``X``, when it has NaN) makes every pass the observed-data
     one (:func:`~bayesgmm.core._missing.missing_pass`); ``labels`` (N,) fixes the component of

@@ -411,7 +411,7 @@ def test_a_paused_run_resumes_on_the_path_it_takes_without_the_pause(compiled, l
     # uninterrupted one (what lets a short round leave the runs that go on untouched). Oracle:
     # the same runs advanced in one call. Stopping at the budget instead (until_iter=n, mid
     # cycle) restarts the cycle: some resumed traces then differ. ("hc": the hierarchical
-    # start's run, whose first HC_PLAIN_ITER iterations make no trial, paused before and after.)
+    # start's run, whose first PLAIN_FIRST_ITER iterations make no trial, paused before and after.)
     from bayesgmm.core._compiled import ready
     from bayesgmm.core._loop import iterate, new_run
 
@@ -566,13 +566,13 @@ def test_a_mixture_of_another_structure_starts_from_its_e_step(compiled, monkeyp
 @pytest.mark.parametrize(("structure", "k"), [("VVV", 4), ("EEE", 3), ("VEI", 3), ("EII", 4)])
 def test_the_hierarchical_start_takes_plain_em_steps_first(compiled, structure, k, monkeypatch,
                                                            faithful):  # fmt: skip
-    # From the hierarchical start (mclust's), the first HC_PLAIN_ITER iterations are plain EM
+    # From the hierarchical start (mclust's), the first PLAIN_FIRST_ITER iterations are plain EM
     # steps: the trace is plain EM's from that start until the first trial, after the cycle
     # that ends past them (faithful, iteration 6). Without them the second cycle's trial, at
     # iteration 4, was kept, and the traces parted by 0.08-6.6 there (an early extrapolation
     # carried MASS's UScereal VEI,9 to -1703.66 where EM from the same start reaches -1699.15).
     from bayesgmm.core._compiled import ready
-    from bayesgmm.core._loop import HC_PLAIN_ITER
+    from bayesgmm.core._loop import PLAIN_FIRST_ITER
 
     monkeypatch.setenv("BAYESGMM_COMPILED", compiled)
     if compiled == "1" and not ready(wait=900):
@@ -581,8 +581,8 @@ def test_the_hierarchical_start_takes_plain_em_steps_first(compiled, structure, 
     fast = bg.fit_em(X, k, covariance_type=structure)
     plain = bg.fit_em(X, k, covariance_type=structure, accelerate=False)
     # The start's log-likelihood, then the iterations to the end of the first cycle (2
-    # iterations each) that ends past HC_PLAIN_ITER: 7 entries for 5.
-    first = 2 * ((HC_PLAIN_ITER + 1) // 2) + 1
+    # iterations each) that ends past PLAIN_FIRST_ITER: 7 entries for 5.
+    first = 2 * ((PLAIN_FIRST_ITER + 1) // 2) + 1
     assert first >= 5  # (the second cycle's trial, where the traces parted without the rule)
     np.testing.assert_allclose(fast.loglik_trace[:first], plain.loglik_trace[:first], rtol=1e-13)
     assert fast.n_iter < plain.n_iter  # (SQUAREM goes on from there)
