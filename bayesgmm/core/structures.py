@@ -437,10 +437,13 @@ def _start_volumes(
     return np.where(live, lam, 1.0)
 
 
-def _converged(new: np.ndarray, old: np.ndarray) -> bool:
-    """True when no entry changed by more than _INNER_TOL relatively (NaN counts as done)."""
+def _unsettled(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Per problem of a batch (the leading axes; the last one holds each problem's entries):
+    whether an entry changed by more than _INNER_TOL relatively (NaN counts as settled). A
+    batch's inner loops stop each problem where it would stop alone, so that a fit in a batch
+    is the fit alone."""
     with np.errstate(invalid="ignore"):
-        return not bool((np.abs(new - old) > _INNER_TOL * np.abs(old)).any())
+        return (np.abs(new - old) > _INNER_TOL * np.abs(old)).any(axis=-1)
 
 
 def _volumes_and_shape(
@@ -454,13 +457,17 @@ def _volumes_and_shape(
     live = n > 0
     nk = np.where(live, n, 1.0)
     lam = _start_volumes(previous, values.sum(axis=-1), n, live, d)
+    going = np.ones(lam.shape[:-1], dtype=bool)  # the problems not settled yet
+    a = np.empty(values.shape[:-2] + values.shape[-1:])
     for _ in range(_inner_limit(previous)):
-        a = np.where(live[..., None], values / lam[..., None], 0.0).sum(axis=-2)
-        a = a / _geomean(a)[..., None]
-        new = np.where(live, (values / a[..., None, :]).sum(axis=-1) / (d * nk), 1.0)
-        done = _converged(new, lam)
-        lam = new
-        if done:
+        step = np.where(live[..., None], values / lam[..., None], 0.0).sum(axis=-2)
+        step = step / _geomean(step)[..., None]
+        new = np.where(live, (values / step[..., None, :]).sum(axis=-1) / (d * nk), 1.0)
+        a = np.where(going[..., None], step, a)
+        moved = np.where(going[..., None], new, lam)
+        going &= _unsettled(new, lam)
+        lam = moved
+        if not going.any():
             break
     return lam, a
 
@@ -530,15 +537,18 @@ class VEE(CovarianceStructure):
         live = n > 0
         nk = np.where(live, n, 1.0)
         lam = _start_volumes(previous, np.trace(w, axis1=-2, axis2=-1), n, live, d)
+        going = np.ones(lam.shape[:-1], dtype=bool)  # the problems not settled yet
+        c = np.empty(w.shape[:-3] + w.shape[-2:])
         for _ in range(_inner_limit(previous)):
-            c = np.where(live[..., None, None], w / lam[..., None, None], 0.0).sum(axis=-3)
-            c = c / _det_root(c)[..., None, None]
-            c_inv = _inv(c)
-            new = np.einsum("...kij,...ji->...k", w, c_inv) / (d * nk)
+            step = np.where(live[..., None, None], w / lam[..., None, None], 0.0).sum(axis=-3)
+            step = step / _det_root(step)[..., None, None]
+            new = np.einsum("...kij,...ji->...k", w, _inv(step)) / (d * nk)
             new = np.where(live, new, 1.0)
-            done = _converged(new, lam)
-            lam = new
-            if done:
+            c = np.where(going[..., None, None], step, c)
+            moved = np.where(going[..., None], new, lam)
+            going &= _unsettled(new, lam)
+            lam = moved
+            if not going.any():
                 break
         return lam[..., None, None] * c[..., None, :, :]
 
@@ -584,14 +594,18 @@ class _CommonOrientation(CovarianceStructure):
         w_ok, bad_w = _finite_or_eye(w)
         top = np.where(bad_w, np.nan, np.linalg.eigvalsh(w_ok)[..., -1])  # ω_k, (..., K)
         old = np.inf
+        going = np.ones(n.shape[:-1], dtype=bool)  # the problems not settled yet
+        v = np.empty(w.shape[:-1])
         for step in range(_inner_limit(previous)):
             m = np.einsum("...ji,...kjl,...li->...ki", rot, w, rot)
-            v = self._variances(m, n, live)
-            inv_v = np.where(live[..., None], 1.0 / v, 0.0)
+            fresh = self._variances(m, n, live)
+            v = np.where(going[..., None, None], fresh, v)
+            inv_v = np.where(live[..., None], 1.0 / fresh, 0.0)
             objective = (
-                np.where(live, n, 0.0) * np.log(np.where(live[..., None], v, 1.0)).sum(axis=-1)
+                np.where(live, n, 0.0) * np.log(np.where(live[..., None], fresh, 1.0)).sum(axis=-1)
             ).sum(axis=-1) + (m * inv_v).sum(axis=(-2, -1))
-            if not (np.abs(old - objective) > _INNER_TOL * np.abs(objective)).any():
+            going &= np.abs(old - objective) > _INNER_TOL * np.abs(objective)
+            if not going.any():
                 break
             old = objective
             if step % 2 == 0:  # W_k ≼ ω_k I
@@ -604,7 +618,9 @@ class _CommonOrientation(CovarianceStructure):
                 g = np.einsum("...kij,...jl,...kl->...il", w, rot, inv_v - beta)
             g, bad_g = _finite_or_eye(g)
             u, _, vt = np.linalg.svd(g)
-            rot = np.where(bad_g[..., None, None], np.nan, -u @ vt)
+            rot = np.where(
+                going[..., None, None], np.where(bad_g[..., None, None], np.nan, -u @ vt), rot
+            )
         v = np.where(bad_basis[..., None, None], np.nan, v)
         return np.einsum("...ij,...kj,...lj->...kil", rot, v, rot)
 
