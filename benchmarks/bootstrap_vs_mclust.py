@@ -1,5 +1,6 @@
-"""Many small fits: bayesgmm's batched bootstrap and bootstrap likelihood-ratio test against R's
-mclust (``MclustBootstrap``, ``mclustBootstrapLRT``), same machine, same run.
+"""Many small fits: bayesgmm's batched bootstrap, bootstrap likelihood-ratio test and
+cross-validated discriminant analysis against R's mclust (``MclustBootstrap``,
+``mclustBootstrapLRT``, ``cvMclustDA``), same machine, same run.
 
 1. ``bootstrap_em`` on Old Faithful, EEE, K = 3, 999 replicates of each kind (nonparametric,
    weighted likelihood, parametric) against ``MclustBootstrap(..., type = "bs" / "wlbs" /
@@ -11,12 +12,19 @@ mclust (``MclustBootstrap``, ``mclustBootstrapLRT``), same machine, same run.
    replicates each: ``compare_k(..., methods=("lrt",))`` against ``mclustBootstrapLRT(X,
    "V", nboot = 199, maxG = 4)``. Ours includes compare_k's EM selection of K = 1..5; mclust's
    includes its mclustBIC.
+3. Cross-validated discriminant analysis on iris (or ``--cv-csv``, its numeric columns and the
+   class column ``--cv-label``): ``cross_validate_classifier`` with 10 folds and leave-one-out,
+   of EDDA and of a mixture per class (K = 1..5), against ``cvMclustDA`` of ``MclustDA(X, y,
+   modelType = "EDDA" / "MclustDA")``; the model chosen on all the data is fitted once
+   beforehand on both sides, and only the cross-validation is timed. (10-fold errors differ
+   with the random folds; leave-one-out has none.)
 
 The R side is skipped when ``Rscript`` or its mclust package is missing (``apt-get install
 r-cran-mclust`` on Debian).
 
     uv run python benchmarks/bootstrap_vs_mclust.py
     uv run python benchmarks/bootstrap_vs_mclust.py --repeat 5 --only lrt
+    uv run python benchmarks/bootstrap_vs_mclust.py --only cv --cv-csv wine.csv --cv-label class
 """
 
 from __future__ import annotations
@@ -69,6 +77,28 @@ for (i in seq_len(reps)) {
                                                   maxG = 4, verbose = FALSE))[["elapsed"]]
 }
 cat(paste0("{\"seconds\":", min(times), ",\"p\":[", paste(t$p.value, collapse = ","), "]}"))
+"""
+
+R_CV = r"""
+suppressMessages(library(mclust))
+args <- commandArgs(trailingOnly = TRUE)
+d <- read.csv(args[1])
+y <- factor(d[[args[3]]])
+X <- as.matrix(d[, names(d) != args[3]])
+reps <- as.integer(args[2])
+out <- c()
+for (kind in c("EDDA", "MclustDA")) {
+  m <- MclustDA(X, y, modelType = kind, verbose = FALSE)
+  for (nf in c(10L, nrow(X))) {
+    times <- numeric(reps)
+    for (i in seq_len(reps)) {
+      set.seed(i)
+      times[i] <- system.time(cv <- cvMclustDA(m, nfold = nf, verbose = FALSE))[["elapsed"]]
+    }
+    out <- c(out, sprintf("\"%s_%d\":{\"s\":%f,\"error\":%f}", kind, nf, min(times), cv$ce))
+  }
+}
+cat(paste0("{", paste(out, collapse = ","), "}"))
 """
 
 KINDS = {"nonparametric": "bs", "weighted": "wlbs", "parametric": "pb"}
@@ -145,6 +175,43 @@ def lrt_part(repeat: int, n_boot: int, n: int, csv: Path | None) -> None:
         print(f"ratio bayesgmm / mclust = {ours / r['seconds']:.2f}")
 
 
+def cv_part(repeat: int, csv: Path | None, label: str) -> None:
+    if csv is not None:
+        data = pd.read_csv(csv)
+        y = data[label]
+        X = data.drop(columns=label).select_dtypes("number")
+    else:
+        data = bg.datasets.load_iris()
+        label = "species"
+        y, X = data[label], data.drop(columns=label)
+    frame = X.assign(**{label: y.to_numpy()})
+    print(
+        f"\n== cross-validated discriminant analysis, {X.shape[0]} rows × {X.shape[1]} features, "
+        f"{y.nunique()} classes, best of {repeat}"
+    )
+    r = run_r(R_CV, frame, str(repeat), label)
+    print(f"{'kind':8} {'folds':>5} {'bayesgmm s':>10} {'mclust s':>9} {'ratio':>6}  errors")
+    for kind, rkind in (("edda", "EDDA"), ("mixture", "MclustDA")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = bg.fit_classifier(X, y, kind=kind)
+        for folds in (10, X.shape[0]):
+            errors: list[float] = []
+
+            def one(
+                i: int, f: int = folds, m: bg.ClassifierResult = fit, out: list = errors
+            ) -> None:
+                out.append(bg.cross_validate_classifier(X, y, n_folds=f, fit=m, rng=i).error)
+
+            ours = best_of(repeat, one)
+            theirs = None if r is None else r[f"{rkind}_{folds}"]
+            line = f"{kind:8} {folds:5d} {ours:10.3f}"
+            if theirs is not None:
+                line += f" {theirs['s']:9.3f} {ours / theirs['s']:6.2f}"
+                line += f"  {errors[-1]:.4f} / {theirs['error']:.4f}"
+            print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -152,12 +219,16 @@ def main() -> None:
     parser.add_argument("--lrt-boot", type=int, default=199)
     parser.add_argument("--lrt-n", type=int, default=155)
     parser.add_argument("--lrt-csv", type=Path, default=None)
-    parser.add_argument("--only", choices=("bootstrap", "lrt"))
+    parser.add_argument("--cv-csv", type=Path, default=None)
+    parser.add_argument("--cv-label", default="class")
+    parser.add_argument("--only", choices=("bootstrap", "lrt", "cv"))
     args = parser.parse_args()
     if args.only in (None, "bootstrap"):
         bootstrap_part(args.repeat, args.n_boot)
     if args.only in (None, "lrt"):
         lrt_part(args.repeat, args.lrt_boot, args.lrt_n, args.lrt_csv)
+    if args.only in (None, "cv"):
+        cv_part(args.repeat, args.cv_csv, args.cv_label)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bayesgmm.core._validation import as_data, as_rng
-from bayesgmm.core.fit import fit_em
+from bayesgmm.core.fit import RowsStart, fit_em, fit_on_rows, start_on_rows
 from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.result import DegenerateFitWarning, EMResult
 from bayesgmm.core.select import _structure_list, select_em
@@ -368,6 +368,9 @@ def cross_validate_classifier(
     ``cvMclustDA``: the model chosen on all the data (its structure, and per class its K, or
     ``fit``'s) is refitted without each fold and classifies the fold. Folds are balanced
     within classes; ``n_folds`` equal to the number of rows is leave-one-out (no randomness).
+    The folds' refits run as one batched EM (for a mixture per class, one per class): each
+    fold is a run weighting its training rows 1 and the fold's 0, and ends where ``fit_em`` on
+    the training rows alone ends (:func:`~bayesgmm.core.fit.fit_on_rows`).
     Returns the error and the Brier score per fold and over all rows."""
     import pandas as pd
 
@@ -380,26 +383,21 @@ def cross_validate_classifier(
     full = fit if fit is not None else fit_classifier(arr, classes[codes], kind=kind, **kwargs)
     gen = as_rng(rng)
     fold = _folds(codes, int(n_folds), gen) if n_folds < arr.shape[0] else np.arange(codes.size)
-    proba = np.empty((arr.shape[0], classes.size))
+    trains = []
     for f in range(int(n_folds)):
-        test = fold == f
-        train = ~test
-        tc = codes[train]
-        if np.unique(tc).size < classes.size:
+        train = fold != f
+        if np.unique(codes[train]).size < classes.size:
             raise ValueError(f"fold {f} leaves a class without training rows; use fewer folds.")
-        p = full.priors if fit is not None and kwargs.get("priors") is not None else None
-        if full.kind == "edda":
-            model = _fit_edda(
-                arr[train], names, classes, tc, [], _check_priors(p, classes, tc), {},
-                fixed=full.settings["structure"],
-            )  # fmt: skip
-        else:
-            fixed = {c: (m.covariance_type, m.n_components) for c, m in full.models.items()}
-            model = _fit_mixture(
-                arr[train], names, classes, tc, [], 1, _check_priors(p, classes, tc), gen, {},
-                fixed=fixed,
-            )  # fmt: skip
-        proba[test] = model.predict_proba(arr[test])
+        trains.append(train)
+    p = full.priors if fit is not None and kwargs.get("priors") is not None else None
+    if full.kind == "edda":
+        models = _cv_edda(arr, names, classes, codes, trains, full.settings["structure"], p)
+    else:
+        fixed = {c: (m.covariance_type, m.n_components) for c, m in full.models.items()}
+        models = _cv_mixture(arr, names, classes, codes, trains, fixed, p, gen)
+    proba = np.empty((arr.shape[0], classes.size))
+    for train, model in zip(trains, models, strict=True):
+        proba[~train] = model.predict_proba(arr[~train])
     predicted_codes = proba.argmax(axis=1)
     rows = []
     for f in range(int(n_folds)):
@@ -420,3 +418,81 @@ def cross_validate_classifier(
         proba=proba,
         classes=classes,
     )
+
+
+def _cv_edda(
+    arr: np.ndarray,
+    names: tuple[str, ...] | None,
+    classes: np.ndarray,
+    codes: np.ndarray,
+    trains: list[np.ndarray],
+    structure: str,
+    priors: Any,
+) -> list[ClassifierResult]:
+    """The EDDA model refitted on each training fold (its rows a boolean mask), all folds as
+    one batched EM (:func:`~bayesgmm.core.fit.fit_on_rows`: each fold is ``fit_em`` on its
+    rows, every row labelled). A fold whose fit fails is refitted alone, for its error."""
+    d = arr.shape[1]
+    gen = np.random.default_rng(0)  # (the labelled start draws nothing)
+
+    def alone(train: np.ndarray) -> ClassifierResult:
+        tc = codes[train]
+        return _fit_edda(
+            arr[train], names, classes, tc, [], _check_priors(priors, classes, tc), {},
+            fixed=structure,
+        )  # fmt: skip
+
+    starts: list[RowsStart] = []
+    for train in trains:
+        _class_sizes_check(classes, codes[train], d)
+        try:
+            starts.append(start_on_rows(arr, train, classes.size, structure, gen, codes))
+        except ValueError:
+            alone(train)  # raises the fit's own error
+            raise
+    out = []
+    for train, (model, reason) in zip(trains, fit_on_rows(arr, starts, codes), strict=True):
+        if reason is not None:
+            out.append(alone(train))
+            continue
+        models = {
+            c: GaussianMixture(
+                np.ones(1), model.means[j : j + 1], model.covariances[j : j + 1], "VVV", names
+            )
+            for j, c in enumerate(classes)
+        }
+        p = _check_priors(priors, classes, codes[train])
+        out.append(ClassifierResult(classes, "edda", p, models, None, {}, None, names))
+    return out
+
+
+def _cv_mixture(
+    arr: np.ndarray,
+    names: tuple[str, ...] | None,
+    classes: np.ndarray,
+    codes: np.ndarray,
+    trains: list[np.ndarray],
+    fixed: dict[Any, tuple[str, int]],
+    priors: Any,
+    gen: np.random.Generator,
+) -> list[ClassifierResult]:
+    """Each class's mixture (its structure and K in ``fixed``) refitted on each training fold:
+    per class, its folds as one batched EM on its rows (:func:`~bayesgmm.core.fit.fit_on_rows`,
+    each ``fit_em`` on the fold's rows of the class from its hierarchical start; the starts
+    drawn from ``gen`` fold by fold and class by class, as one fit after another draws them)."""
+    d = arr.shape[1]
+    members = [codes == j for j in range(classes.size)]
+    starts: list[list[RowsStart]] = [[] for _ in classes]
+    for train in trains:
+        _class_sizes_check(classes, codes[train], d)
+        for j, c in enumerate(classes):
+            s, k = fixed[c]
+            starts[j].append(start_on_rows(arr[members[j]], train[members[j]], k, s, gen))
+    fits = [fit_on_rows(arr[members[j]], starts[j]) for j in range(classes.size)]
+    out = []
+    for f, train in enumerate(trains):
+        # (a degenerate fit classifies as it stands, as _fit_mixture keeps it)
+        models = {c: fits[j][f][0] for j, c in enumerate(classes)}
+        p = _check_priors(priors, classes, codes[train])
+        out.append(ClassifierResult(classes, "mixture", p, models, None, {}, None, names))
+    return out

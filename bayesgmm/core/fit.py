@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from bayesgmm.core._engine import (
     DEFAULT_MAX_ITER,
@@ -21,6 +24,7 @@ from bayesgmm.core._engine import (
 from bayesgmm.core._validation import as_rng, check_n_components
 from bayesgmm.core.em import Degenerate
 from bayesgmm.core.init import parse_init
+from bayesgmm.core.model import GaussianMixture
 from bayesgmm.core.prior import ConjugatePrior
 from bayesgmm.core.result import DegenerateFitWarning, EMResult
 from bayesgmm.core.structures import CovarianceStructure, get_structure
@@ -139,6 +143,43 @@ def fit_em(
         )  # fmt: skip
         _warn_if_degenerate(best)
         return best
+    arr, names, w, lab, k, resolved, models = _prepared(
+        X, n_components, covariance_type, init, n_init, tol, max_iter, reg_covar, prior,
+        sample_weight, as_rng(rng), labels,
+    )  # fmt: skip
+    results = run_cells(
+        arr,
+        names,
+        w,
+        {k: models},
+        priors={k: resolved},
+        reg_covar=float(reg_covar),
+        tol=float(tol),
+        max_iter=int(max_iter),
+        accelerate=bool(accelerate),
+        labels=lab,
+    )[k]
+    best = best_result(results)
+    _warn_if_degenerate(best)
+    return best
+
+
+def _prepared(
+    X: Any,
+    n_components: int,
+    covariance_type: str | CovarianceStructure,
+    init: Any,
+    n_init: int,
+    tol: float,
+    max_iter: int,
+    reg_covar: float,
+    prior: ConjugatePrior | None,
+    sample_weight: Any,
+    gen: np.random.Generator,
+    labels: Any,
+) -> tuple[Any, ...]:
+    """fit_em's checks and starts (in memory): (data, feature names, weights, labels, K, the
+    resolved prior, the starts as (label, mixture)), with fit_em's errors."""
     if labels is None:
         arr, names, w = prepare_data(X, sample_weight)
         lab = None
@@ -147,7 +188,6 @@ def fit_em(
     k = check_n_components(n_components, arr)
     structure = get_structure(covariance_type, arr.shape[1])
     check_settings(n_init, tol, max_iter, reg_covar, prior)
-    gen = as_rng(rng)
     from bayesgmm.core.hierarchy import tree_start
 
     filled = start_data(arr, w)
@@ -171,21 +211,7 @@ def fit_em(
             "covariance_type (e.g. 'VVI' or 'EEE'), a prior (prior=ConjugatePrior()) or "
             "reg_covar > 0."
         ) from None
-    results = run_cells(
-        arr,
-        names,
-        w,
-        {k: models},
-        priors={k: resolved},
-        reg_covar=float(reg_covar),
-        tol=float(tol),
-        max_iter=int(max_iter),
-        accelerate=bool(accelerate),
-        labels=lab,
-    )[k]
-    best = best_result(results)
-    _warn_if_degenerate(best)
-    return best
+    return arr, names, w, lab, k, resolved, models
 
 
 def _warn_if_degenerate(best: EMResult) -> None:
@@ -196,3 +222,58 @@ def _warn_if_degenerate(best: EMResult) -> None:
             DegenerateFitWarning,
             stacklevel=3,
         )
+
+
+@dataclass(frozen=True)
+class RowsStart:
+    """The start of one fit to a subset of the rows (:func:`start_on_rows`)."""
+
+    rows: np.ndarray  # (N,) bool: the rows fitted
+    label: str
+    model: GaussianMixture
+
+
+def start_on_rows(
+    X: np.ndarray,
+    rows: np.ndarray,
+    n_components: int,
+    covariance_type: str | CovarianceStructure,
+    gen: np.random.Generator,
+    labels: np.ndarray | None = None,
+) -> RowsStart:
+    """The start ``fit_em(X[rows], n_components, covariance_type=..., rng=gen,
+    labels=labels[rows])`` makes (its single start, drawing from ``gen`` as it draws), with
+    its checks and errors, for :func:`fit_on_rows`."""
+    _, _, _, _, _, _, models = _prepared(
+        X[rows], n_components, covariance_type, "hc", 1, DEFAULT_TOL, DEFAULT_MAX_ITER, 0.0,
+        None, None, gen, None if labels is None else labels[rows],
+    )  # fmt: skip
+    [(label, model)] = models
+    return RowsStart(np.asarray(rows, dtype=bool), label, model)
+
+
+def fit_on_rows(
+    X: np.ndarray, starts: list[RowsStart], labels: np.ndarray | None = None
+) -> list[tuple[GaussianMixture, str | None]]:
+    """Many fits to subsets of the rows of ``X`` (cross-validation's training folds, a class's
+    rows in each fold) as one batched EM: each subset is a run weighting its rows 1 and the
+    others 0, all runs sharing each pass (one product with the feature matrix for all), each
+    converging and leaving the batch on its own. Each run ends where ``fit_em`` on its rows
+    from the same start ends (:func:`start_on_rows`; to rounding, in the log-likelihood to
+    1e-10). ``labels`` (N,): the rows' known components (semi-supervised EM), as ``fit_em``'s.
+    Returns each fit's mixture and why it is degenerate (None when it is not)."""
+    from bayesgmm.core._loop import finish_many, iterate, new_run
+    from bayesgmm.core._missing import missingness
+    from bayesgmm.core._moments import mean_cov
+
+    if not starts:
+        return []
+    runs = [new_run(s.model, s.label, row_weight=s.rows.astype(np.float64), data=X) for s in starts]
+    missing = missingness(X)
+    center = X.mean(axis=0) if missing is None else mean_cov(X, None, diagonal=True)[0]
+    iterate(
+        X, runs, DEFAULT_MAX_ITER, center=center, w=None, prior=None, reg_covar=0.0,
+        tol=DEFAULT_TOL, accelerate=True, missing=missing, labels=labels,
+    )  # fmt: skip
+    done = finish_many(X, runs, center, missing=missing)
+    return list(zip(done.models, done.reasons, strict=True))

@@ -8,6 +8,7 @@ joint log-likelihood, and mclust 6.0.0's MclustDA / cvMclustDA on the bundled ir
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,46 @@ def test_mixture_per_class_and_ten_fold_cross_validation(iris):
     assert (cv.folds["n_obs"] == 15).all()
     np.testing.assert_allclose(cv.error, np.mean(cv.predicted != y.to_numpy()))
     assert cv.error < 0.1
+
+
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("kind", ["edda", "mixture"])
+def test_cross_validation_refits_every_fold_as_it_would_alone(iris, kind, holes):
+    # The folds' refits run as one batched EM (per class, for a mixture per class). Reference:
+    # each fold's model fitted by itself, fit_em on its training rows (EDDA: every row
+    # labelled; a mixture: each class's rows from its hierarchical start), then Bayes' rule.
+    X, y = iris
+    x = X.to_numpy().copy()
+    if holes:
+        x[np.random.default_rng(3).random(x.shape) < 0.03] = np.nan
+    codes = y.astype("category").cat.codes.to_numpy()
+    fit = bg.fit_classifier(x, codes, kind=kind, n_components=range(1, 3))
+    cv = bg.cross_validate_classifier(x, codes, n_folds=10, fit=fit, rng=4)
+    from bayesgmm.classify.da import _folds
+
+    fold = _folds(codes, 10, np.random.default_rng(4))  # the folds the call drew
+    expected = np.empty((150, 3))
+    for f in range(10):
+        train, test = fold != f, fold == f
+        lj = np.empty((int(test.sum()), 3))
+        for c in range(3):
+            prior = np.log(np.mean(codes[train] == c))
+            if kind == "edda":
+                m = bg.fit_em(
+                    x[train], 3, covariance_type=fit.settings["structure"], labels=codes[train]
+                ).model
+                one = bg.GaussianMixture(np.ones(1), m.means[c : c + 1], m.covariances[c : c + 1])
+            else:
+                model = fit.models[c]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", bg.DegenerateFitWarning)
+                    one = bg.fit_em(
+                        x[train & (codes == c)], model.n_components,
+                        covariance_type=model.covariance_type,
+                    ).model  # fmt: skip
+            lj[:, c] = prior + one.log_prob(x[test])
+        expected[test] = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
+    np.testing.assert_allclose(cv.proba, expected, atol=1e-8)
 
 
 def test_select_em_with_labels(iris):

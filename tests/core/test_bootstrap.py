@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -243,3 +245,72 @@ def test_stacked_replicates_on_four_features_with_few_runs():
     a1 = bg.fit_em(data, 2, init=f2.model)
     assert not a1.degenerate  # the data are what the test needs
     assert stat == pytest.approx(2 * (a1.loglik - a0.loglik), abs=1e-10, rel=0)
+
+
+def _joint_loglik(model: bg.GaussianMixture, X: np.ndarray, labels: np.ndarray | None) -> float:
+    """Σ log p(x_n) (labels None) or Σ log p(x_n, z_n) (every row labelled), on each row's
+    observed values, from the model's components one at a time."""
+    if labels is None:
+        return float(model.log_prob(X).sum())
+    comp = np.column_stack(
+        [
+            np.log(model.weights[j])
+            + bg.GaussianMixture(
+                np.ones(1), model.means[j : j + 1], model.covariances[j : j + 1], "VVV"
+            ).log_prob(X)
+            for j in range(model.n_components)
+        ]
+    )
+    return float(comp[np.arange(X.shape[0]), labels].sum())
+
+
+@pytest.mark.parametrize(
+    ("structure", "labelled", "holes"),
+    [
+        ("EEE", False, False),
+        ("VVE", False, False),
+        ("VEI", False, True),
+        ("V", False, False),
+        ("VEV", True, False),
+        ("VVE", True, False),
+        ("EVE", True, True),
+    ],
+)
+def test_fits_on_subsets_of_rows_in_one_batch_equal_each_fit_alone(structure, labelled, holes):
+    # Cross-validation's refits: each training subset as a run weighting its rows 1 and the
+    # rest 0, all in one batched EM. Reference: fit_em on the subset's rows alone (every row
+    # labelled: discriminant analysis's class-wise fit), the same log-likelihood to 1e-10.
+    from bayesgmm.core.fit import fit_on_rows, start_on_rows
+
+    # (Fits that converge cleanly: where EM crawls for hundreds of iterations on a flat
+    # likelihood, rounding-level differences in the sums can move the iteration where the
+    # tolerance stops it, alone or in a batch.)
+    truth = bg.GaussianMixture(
+        [0.3, 0.3, 0.4], [[0, 0], [5, 0], [0, 5]], np.array([np.eye(2)] * 3), "VVV"
+    )
+    X = _three_clusters(150, seed=6)
+    labels = truth.predict(X) if labelled else None
+    if structure == "V":  # three groups along one feature
+        X = bg.GaussianMixture([0.3, 0.3, 0.4], [[0], [4], [8]], np.ones((3, 1, 1)), "V").sample(
+            150, rng=6
+        )[0]
+    if holes:
+        X = X.copy()
+        X[np.random.default_rng(2).random(X.shape) < 0.05] = np.nan
+        X[np.isnan(X).all(axis=1), 0] = 0.0
+    folds = np.arange(150) % 7
+    subsets = [folds != f for f in range(7)]
+    gen = np.random.default_rng(0)
+    starts = [start_on_rows(X, rows, 3, structure, gen, labels) for rows in subsets]
+    batched = fit_on_rows(X, starts, labels)
+    for rows, (model, reason) in zip(subsets, batched, strict=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bg.DegenerateFitWarning)
+            alone = bg.fit_em(
+                X[rows], 3, covariance_type=structure,
+                labels=None if labels is None else labels[rows],
+            )  # fmt: skip
+        assert (reason is None) == (not alone.degenerate)
+        lab = None if labels is None else labels[rows]
+        assert _joint_loglik(model, X[rows], lab) == pytest.approx(alone.loglik, abs=1e-10, rel=0)
+        np.testing.assert_allclose(model.covariances, alone.model.covariances, atol=1e-8)
