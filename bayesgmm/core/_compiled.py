@@ -1395,8 +1395,10 @@ def _collapse(covs, chol, scale, m):  # pragma: no cover - compiled
     """The component of ``covs`` (K, D, D; ``chol`` their factors) with the smallest eigenvalue
     below COLLAPSE_STOP_RTOL once each feature is divided by its ``scale``, and that eigenvalue;
     (−1, 0.0) when none (_loop.collapsed_components's rule). ``m``: D × D scratch. The
-    eigenvalue is computed only where det / tr^(D−1), a lower bound of it, does not clear twice
-    the tolerance."""
+    eigenvalue is computed only where neither of two lower bounds of it clears twice the
+    tolerance: det / tr^(D−1), and 1 / tr(Σ⁻¹) = 1 / ‖L⁻¹‖²_F (L⁻¹ by forward substitution,
+    D³/6 multiplications; within a factor D of the eigenvalue, where the first is off by
+    (tr / λ)^(D−1): at D = 16, on 47 rows, every component of every step was decomposed)."""
     k, d = covs.shape[0], covs.shape[1]
     worst = -1
     low = np.inf
@@ -1408,6 +1410,17 @@ def _collapse(covs, chol, scale, m):  # pragma: no cover - compiled
             det *= v * v
             tr += covs[j, i, i] / (scale[i] * scale[i])
         if det >= 2.0 * COLLAPSE_STOP_RTOL * tr ** (d - 1):
+            continue
+        inv_tr = 0.0  # ‖L⁻¹ diag(scale)‖²_F: the standardised covariance's tr(Σ⁻¹)
+        for col in range(d):
+            for i in range(col, d):
+                t = 1.0 if i == col else 0.0
+                for p in range(col, i):
+                    t -= chol[j, i, p] * m[p, col]
+                m[i, col] = t / chol[j, i, i]
+                y = m[i, col] * scale[col]
+                inv_tr += y * y
+        if 1.0 >= 2.0 * COLLAPSE_STOP_RTOL * inv_tr:
             continue
         for a in range(d):
             for b in range(d):

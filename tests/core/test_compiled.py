@@ -151,13 +151,15 @@ def test_collapse_rule_as_numpy(compiled):
     from bayesgmm.core._loop import collapsed_components
 
     rng = np.random.default_rng(2)
-    for d in (1, 2, 3, 5):
+    # (D = 16 with eigenvalues down to 1e-3: det / tr^(D−1) lets every component through to
+    # the eigendecomposition there, 1 / tr(Σ⁻¹) almost none.)
+    for d in (1, 2, 3, 5, 16):
         scale = rng.uniform(0.5, 20.0, size=d)
         covs = np.empty((4, 3, d, d))
         for r in range(4):
             for j in range(3):
                 A = rng.normal(size=(d, d))
-                vals = rng.uniform(0.1, 2.0, size=d)
+                vals = rng.uniform(0.1 if d < 16 else 1e-3, 2.0, size=d)
                 if (r + j) % 3 == 0:  # one direction at rounding level, one just above the stop
                     vals[0] = [1e-16, 5e-12, 3e-13][j]
                 q, _ = np.linalg.qr(A)
@@ -190,6 +192,18 @@ def test_collapse_rule_as_numpy(compiled):
             eig = np.where(mask[r], eig, np.inf)
             low = eig < _compiled.COLLAPSE_STOP_RTOL
             assert comp2[r] == (int(np.argmin(eig)) if low.any() else -1)
+
+
+def test_the_eigenvalue_bounds_judge_an_indefinite_covariance_by_its_eigenvalues():
+    # 1 / tr(Σ⁻¹) bounds λ_min from below only for a positive definite Σ: eigenvalues
+    # (−1, 1e-3, 1e-3) have tr(Σ⁻¹) = 1999 > 0, so the bound alone would call it sound.
+    from bayesgmm.core._loop import _smallest_eigenvalues
+
+    q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))
+    bad = (q * np.array([-1.0, 1e-3, 1e-3])) @ q.T
+    good = (q * np.array([1.0, 2.0, 3.0])) @ q.T
+    eigen = _smallest_eigenvalues(np.stack([bad, good]), 1e-8)
+    assert eigen[0] == pytest.approx(-1.0) and eigen[1] == np.inf
 
 
 def test_select_em_table_as_the_numpy_loop(compiled, monkeypatch, faithful):
