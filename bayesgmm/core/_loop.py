@@ -613,9 +613,9 @@ def _smallest_eigenvalues(std: np.ndarray, tol: float) -> np.ndarray:
     so a covariance whose bound clears twice the tolerance (far beyond rounding) is not
     decomposed: a determinant costs a fourth of an eigendecomposition, and almost every
     component passes. Of those that do not, the ones whose λ_min ≥ 1 / tr(Σ⁻¹) clears it (all
-    positive definite) are not decomposed either (within a factor D of λ_min, where the first bound is off by
-    (tr Σ / λ)^(D−1): at D = 16 on 47 rows it let no component through). (One that is not
-    finite is not judged: its M-step failed already.)"""
+    positive definite) are not decomposed either: within a factor D of λ_min, where the first
+    bound is off by (tr Σ / λ)^(D−1) (at D = 16 on 47 rows it let no component through). (One
+    that is not finite is not judged: its M-step failed already.)"""
     d = std.shape[-1]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         bound = np.linalg.det(std) / np.trace(std, axis1=-2, axis2=-1) ** (d - 1)
