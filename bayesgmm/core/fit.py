@@ -259,8 +259,10 @@ def fit_on_rows(
     rows in each fold) as one batched EM: each subset is a run weighting its rows 1 and the
     others 0, all runs sharing each pass (one product with the feature matrix for all), each
     converging and leaving the batch on its own. Each run ends where ``fit_em`` on its rows
-    from the same start ends (:func:`start_on_rows`; to rounding, in the log-likelihood to
-    1e-10). ``labels`` (N,): the rows' known components (semi-supervised EM), as ``fit_em``'s.
+    from the same start ends (:func:`start_on_rows`): to rounding, 1e-10 in the
+    log-likelihood, where EM converges cleanly (where it crawls for hundreds of iterations on a
+    flat likelihood, rounding can move the iteration its tolerance stops at, alone or here).
+    ``labels`` (N,): the rows' known components (semi-supervised EM), as ``fit_em``'s.
     Returns each fit's mixture and why it is degenerate (None when it is not)."""
     from bayesgmm.core._loop import finish_many, iterate, new_run
     from bayesgmm.core._missing import missingness
