@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesgmm.core._loop import batch_ranges
 from bayesgmm.core._missing import missingness
 from bayesgmm.core._moments import mean_cov
 from bayesgmm.core._parallel import can_fork, forked_pool, resolve_n_jobs
@@ -170,27 +171,10 @@ def _refit(payload: dict[str, Any], gen: np.random.Generator) -> EMResult | str:
     return fit
 
 
-#: Entries of the (replicates × rows) weight matrix, or of the stacked replicate data sets and
-#: their feature matrices, that one batch holds at most (32 MB): the rest go in further batches.
-BATCH_MAX_ENTRIES = 4_000_000
-
-
-#: Replicates per batch at most: a batch runs until its slowest replicate converges, but the
-#: passes of its last few runs are cheap, and fewer, larger batches pay each pass's fixed cost
-#: less often (Old Faithful, EEE, K = 3, 999 nonparametric replicates: batches of 64 took
-#: 1.8-2.6 s, of 256 1.5 s, one batch 0.9-1.3 s).
-REPLICATES_PER_BATCH = 1024
-
-
 def _stacked_entries(n: int, d: int) -> int:
     """Entries a batch keeps per run on its own data set: the data and their feature matrix
     (D(D+1)/2 + D + 1 features per row)."""
     return n * (d + d * (d + 1) // 2 + d + 1)
-
-
-def _batches(n: int, per_replicate: int) -> list[range]:
-    size = max(1, min(REPLICATES_PER_BATCH, BATCH_MAX_ENTRIES // max(1, per_replicate)))
-    return [range(lo, min(lo + size, n)) for lo in range(0, n, size)]
 
 
 def _replicate_data(
@@ -277,7 +261,7 @@ def _run_batches(
     workers = _workers(n_jobs, n)
     # The batches do not depend on the number of workers, so neither do the results (a
     # replicate's arithmetic can differ in the last bits with the batch it shares passes with).
-    batches = _batches(n, per_replicate)
+    batches = batch_ranges(n, per_replicate)
     results: list[Any] = [None] * n
     if can_fork(workers) and len(batches) > 1:
         with forked_pool(workers) as pool:
@@ -326,8 +310,8 @@ def replicate_em(
     left out, as mclust's ``MclustBootstrap`` leaves out its NA replicates.
 
     Without a ``prior`` the replicates run as batched EM (:func:`_refit_batch`: up to
-    :data:`REPLICATES_PER_BATCH` per batch); with one, one fit at a time (its prior is resolved
-    on each replicate's data).
+    :data:`~bayesgmm.core._loop.RUNS_PER_BATCH` per batch); with one, one fit at a time (its
+    prior is resolved on each replicate's data).
     """
     from bayesgmm.core._dask import is_dask
 

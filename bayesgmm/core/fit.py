@@ -256,26 +256,33 @@ def fit_on_rows(
     X: np.ndarray, starts: list[RowsStart], labels: np.ndarray | None = None
 ) -> list[tuple[GaussianMixture, str | None]]:
     """Many fits to subsets of the rows of ``X`` (cross-validation's training folds, a class's
-    rows in each fold) as one batched EM: each subset is a run weighting its rows 1 and the
-    others 0, all runs sharing each pass (one product with the feature matrix for all), each
-    converging and leaving the batch on its own. Each run ends where ``fit_em`` on its rows
-    from the same start ends (:func:`start_on_rows`): to rounding, 1e-10 in the
+    rows in each fold) as batched EM: each subset is a run weighting its rows 1 and the others
+    0, the runs of a batch sharing each pass (one product with the feature matrix for all),
+    each converging and leaving the batch on its own; as many runs a batch as
+    :func:`~bayesgmm.core._loop.batch_ranges` allows (their weight matrix is runs × rows).
+    Each run ends where ``fit_em`` on its rows from the same start ends
+    (:func:`start_on_rows`): to rounding, 1e-10 in the
     log-likelihood, where EM converges cleanly (where it crawls for hundreds of iterations on a
     flat likelihood, rounding can move the iteration its tolerance stops at, alone or here).
     ``labels`` (N,): the rows' known components (semi-supervised EM), as ``fit_em``'s.
     Returns each fit's mixture and why it is degenerate (None when it is not)."""
-    from bayesgmm.core._loop import finish_many, iterate, new_run
+    from bayesgmm.core._loop import batch_ranges, finish_many, iterate, new_run
     from bayesgmm.core._missing import missingness
     from bayesgmm.core._moments import mean_cov
 
-    if not starts:
-        return []
-    runs = [new_run(s.model, s.label, row_weight=s.rows.astype(np.float64), data=X) for s in starts]
     missing = missingness(X)
     center = X.mean(axis=0) if missing is None else mean_cov(X, None, diagonal=True)[0]
-    iterate(
-        X, runs, DEFAULT_MAX_ITER, center=center, w=None, prior=None, reg_covar=0.0,
-        tol=DEFAULT_TOL, accelerate=True, missing=missing, labels=labels,
-    )  # fmt: skip
-    done = finish_many(X, runs, center, missing=missing)
-    return list(zip(done.models, done.reasons, strict=True))
+    out: list[tuple[GaussianMixture, str | None]] = []
+    # (a batch's weight matrix is runs × rows: leave-one-out on many rows takes several)
+    for batch in batch_ranges(len(starts), X.shape[0]):
+        runs = [
+            new_run(s.model, s.label, row_weight=s.rows.astype(np.float64), data=X)
+            for s in (starts[i] for i in batch)
+        ]
+        iterate(
+            X, runs, DEFAULT_MAX_ITER, center=center, w=None, prior=None, reg_covar=0.0,
+            tol=DEFAULT_TOL, accelerate=True, missing=missing, labels=labels,
+        )  # fmt: skip
+        done = finish_many(X, runs, center, missing=missing)
+        out.extend(zip(done.models, done.reasons, strict=True))
+    return out

@@ -314,3 +314,23 @@ def test_fits_on_subsets_of_rows_in_one_batch_equal_each_fit_alone(structure, la
         lab = None if labels is None else labels[rows]
         assert _joint_loglik(model, X[rows], lab) == pytest.approx(alone.loglik, abs=1e-10, rel=0)
         np.testing.assert_allclose(model.covariances, alone.model.covariances, atol=1e-8)
+
+
+def test_fits_on_subsets_of_rows_split_into_batches_give_the_same_fits(monkeypatch):
+    # Leave-one-out on many rows makes a runs × rows weight matrix too large for one batch:
+    # fit_on_rows cuts the runs into batches (here at most 3 a batch). Reference: the same
+    # fits in one batch.
+    from bayesgmm.core import _loop
+    from bayesgmm.core.fit import fit_on_rows, start_on_rows
+
+    X = _three_clusters(120, seed=8)
+    subsets = [np.arange(120) % 8 != f for f in range(8)]
+    gen = np.random.default_rng(0)
+    starts = [start_on_rows(X, rows, 3, "VVV", gen) for rows in subsets]
+    whole = fit_on_rows(X, starts)
+    monkeypatch.setattr(_loop, "BATCH_MAX_ENTRIES", 3 * 120)
+    assert len(_loop.batch_ranges(8, 120)) == 3
+    split = fit_on_rows(X, starts)
+    for (a, ra), (b, rb) in zip(whole, split, strict=True):
+        assert ra == rb
+        assert _joint_loglik(b, X, None) == pytest.approx(_joint_loglik(a, X, None), abs=1e-10)
