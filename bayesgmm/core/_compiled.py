@@ -1290,6 +1290,22 @@ def _maha_row(xct, a, i, shift, y, maha):  # pragma: no cover - compiled
 
 
 @_jit
+def _lower_inverse(chol, out):  # pragma: no cover - compiled
+    """L⁻¹ of the lower triangular Cholesky factor ``chol`` into ``out`` (its upper triangle
+    zeros), by forward substitution row by row."""
+    d = chol.shape[0]
+    for i in range(d):
+        for col in range(d):
+            if col > i:
+                out[i, col] = 0.0
+                continue
+            t = 1.0 if i == col else 0.0
+            for p in range(col, i):
+                t -= chol[i, p] * out[p, col]
+            out[i, col] = t / chol[i, i]
+
+
+@_jit
 def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs, reg_covar,
               prec, sums, new_w, new_mu, new_cov, new_chol, lj, rows, bits,
               scale):  # fmt: skip  # pragma: no cover
@@ -1325,16 +1341,7 @@ def _evaluate(xct, feats, center, w, weights, means, chol, code, diag, prev_covs
             logdet += math.log(chol[j, i, i])
         lw = math.log(weights[j]) if weights[j] > 0 else -np.inf
         const = lw - logdet - 0.5 * d * _LOG_2PI
-        # L⁻¹ by forward substitution, row by row (lower triangular).
-        for i in range(d):
-            for col in range(d):
-                if col > i:
-                    prec[j, i, col] = 0.0
-                    continue
-                t = 1.0 if i == col else 0.0
-                for p in range(col, i):
-                    t -= chol[j, i, p] * prec[j, p, col]
-                prec[j, i, col] = t / chol[j, i, i]
+        _lower_inverse(chol[j], prec[j])
         maha = lj[j]
         if d <= _SMALL_D:
             _small_maha(xct, prec[j], means[j], center, const, maha, top)
@@ -1411,13 +1418,10 @@ def _collapse(covs, chol, scale, m):  # pragma: no cover - compiled
             tr += covs[j, i, i] / (scale[i] * scale[i])
         if det >= 2.0 * COLLAPSE_STOP_RTOL * tr ** (d - 1):
             continue
+        _lower_inverse(chol[j], m)
         inv_tr = 0.0  # ‖L⁻¹ diag(scale)‖²_F: the standardised covariance's tr(Σ⁻¹)
-        for col in range(d):
-            for i in range(col, d):
-                t = 1.0 if i == col else 0.0
-                for p in range(col, i):
-                    t -= chol[j, i, p] * m[p, col]
-                m[i, col] = t / chol[j, i, i]
+        for i in range(d):
+            for col in range(i + 1):
                 y = m[i, col] * scale[col]
                 inv_tr += y * y
         if 1.0 >= 2.0 * COLLAPSE_STOP_RTOL * inv_tr:

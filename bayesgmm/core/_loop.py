@@ -630,26 +630,14 @@ def _smallest_eigenvalues(std: np.ndarray, tol: float) -> np.ndarray:
     it could be below ``tol``, inf elsewhere. λ_min ≥ det Σ / λ_max^(D−1) ≥ det Σ / (tr Σ)^(D−1),
     so a covariance whose bound clears twice the tolerance (far beyond rounding) is not
     decomposed: a determinant costs a fourth of an eigendecomposition, and almost every
-    component passes. Of those that do not, the ones whose λ_min ≥ 1 / tr(Σ⁻¹) clears it (all
-    positive definite) are not decomposed either: within a factor D of λ_min, where the first
-    bound is off by (tr Σ / λ)^(D−1) (at D = 16 on 47 rows it let no component through). (One
-    that is not finite is not judged: its M-step failed already.)"""
+    component passes. (One that is not finite is not judged: its M-step failed already.)"""
     d = std.shape[-1]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         bound = np.linalg.det(std) / np.trace(std, axis1=-2, axis2=-1) ** (d - 1)
     unsure = ~(bound >= 2.0 * tol) & np.isfinite(std).all(axis=(-2, -1))
     eigen = np.full(std.shape[:-2], np.inf)
     if unsure.any():
-        which = np.flatnonzero(unsure.reshape(-1))
-        flat = std.reshape(-1, d, d)[which]
-        try:  # (for positive definite ones only: tr(Σ⁻¹) = ‖L⁻¹‖²_F)
-            inv_tr = (np.linalg.inv(np.linalg.cholesky(flat)) ** 2).sum(axis=(-2, -1))
-        except np.linalg.LinAlgError:  # one is not positive definite: decompose them all
-            inv_tr = np.full(which.shape[0], np.inf)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            still = ~(1.0 / inv_tr >= 2.0 * tol)
-        if still.any():
-            eigen.reshape(-1)[which[still]] = np.linalg.eigvalsh(flat[still])[:, 0]
+        eigen[unsure] = np.linalg.eigvalsh(std[unsure])[:, 0]
     return eigen
 
 

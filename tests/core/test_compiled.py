@@ -195,8 +195,10 @@ def test_collapse_rule_as_numpy(compiled):
 
 
 def test_the_eigenvalue_bounds_judge_an_indefinite_covariance_by_its_eigenvalues():
-    # 1 / tr(Σ⁻¹) bounds λ_min from below only for a positive definite Σ: eigenvalues
-    # (−1, 1e-3, 1e-3) have tr(Σ⁻¹) = 1999 > 0, so the bound alone would call it sound.
+    # The numpy collapse test skips a covariance's eigendecomposition on a lower bound of
+    # λ_min, which must not call an indefinite one sound: 1 / tr(Σ⁻¹), the compiled test's
+    # second bound (where a Cholesky factor vouches for Σ), would here, as eigenvalues
+    # (−1, 1e-3, 1e-3) have tr(Σ⁻¹) = 1999 > 0; det / tr^(D−1) does not (det < 0).
     from bayesgmm.core._loop import _smallest_eigenvalues
 
     q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))
