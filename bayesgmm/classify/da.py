@@ -232,12 +232,7 @@ def _fit_edda(
     bic = pd.Series({s: f.bic for s, f in fits.items()}, name="bic")
     best = str(bic.idxmin())
     fit = fits[best]
-    models = {
-        c: GaussianMixture(
-            np.ones(1), fit.model.means[j : j + 1], fit.model.covariances[j : j + 1], "VVV", names
-        )
-        for j, c in enumerate(classes)
-    }
+    models = _class_models(fit.model, classes, names)
     table = pd.DataFrame(
         {
             "structure": [best] * k,
@@ -251,6 +246,18 @@ def _fit_edda(
         classes, "edda", p, models, table, {"all": fit}, selection, names,
         {**settings, "structure": best},
     )  # fmt: skip
+
+
+def _class_models(
+    model: GaussianMixture, classes: np.ndarray, names: tuple[str, ...] | None
+) -> dict[Any, GaussianMixture]:
+    """EDDA's class densities: each component of the fit with every row labelled, on its own."""
+    return {
+        c: GaussianMixture(
+            np.ones(1), model.means[j : j + 1], model.covariances[j : j + 1], "VVV", names
+        )
+        for j, c in enumerate(classes)
+    }
 
 
 def _fit_mixture(
@@ -455,13 +462,8 @@ def _cv_edda(
         if reason is not None:
             out.append(alone(train))
             continue
-        models = {
-            c: GaussianMixture(
-                np.ones(1), model.means[j : j + 1], model.covariances[j : j + 1], "VVV", names
-            )
-            for j, c in enumerate(classes)
-        }
         p = _check_priors(priors, classes, codes[train])
+        models = _class_models(model, classes, names)
         out.append(ClassifierResult(classes, "edda", p, models, None, {}, None, names))
     return out
 
