@@ -112,7 +112,7 @@ def _classes(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     classes, codes = np.unique(arr, return_inverse=True)
     if classes.size < 2:
         raise ValueError(
-            f"y has one class ({classes[0]!r}); discriminant analysis needs at least two. "
+            f"y has one class ({classes.tolist()[0]!r}); discriminant analysis needs at least two. "
             "To model one group's density, use bayesgmm.select_em on its rows."
         )
     return classes, codes.reshape(-1)
@@ -178,7 +178,7 @@ def _class_sizes_check(classes: np.ndarray, codes: np.ndarray, d: int) -> None:
     counts = np.bincount(codes, minlength=classes.size)
     small = np.flatnonzero(counts < 2)
     if small.size:
-        c = classes[small[0]]
+        c = classes.tolist()[small[0]]  # (a plain number or string, not np.float64(...))
         raise ValueError(
             f"class {c!r} has {counts[small[0]]} row; every class needs at least 2 (and more "
             f"than {d} for a full covariance of its own). Merge or drop that class."
@@ -287,12 +287,19 @@ def _fit_mixture(
                 s, k = fixed[c]
                 fit = fit_em(part, k, covariance_type=s, rng=gen)
             else:
+                shown = np.asarray(c).tolist()  # (a plain number or string, not np.float64(...))
                 ks = [k for k in _ks(n_components) if k <= part.shape[0]]
+                if not ks:
+                    raise ValueError(
+                        f"class {shown!r} has {part.shape[0]} rows, fewer than every K in "
+                        f"n_components ({_ks(n_components)}). Include smaller K (e.g. "
+                        "n_components=range(1, 6)) or merge the class."
+                    )
                 try:
                     fit = select_em(part, ks, structures, rng=gen).best
                 except ValueError as err:
                     raise ValueError(
-                        f"class {c!r} ({part.shape[0]} rows): no valid model ({err}). Use "
+                        f"class {shown!r} ({part.shape[0]} rows): no valid model ({err}). Use "
                         "fewer components or constrained structures for it, or more rows."
                     ) from None
         models[c], fits[c] = fit.model, fit

@@ -96,6 +96,12 @@ def test_label_errors(iris):
         bg.fit_classifier(X.to_numpy()[:8], few, covariance_types=["VVV"])
     with pytest.raises(ValueError, match="priors must be 3 positive numbers"):
         bg.fit_classifier(X, y, priors=[0.5, 0.5])
+    # Numeric classes are named as plain numbers, and a class smaller than every K says so.
+    with pytest.raises(ValueError, match=r"y has one class \(0\.0\)"):
+        bg.fit_classifier(X, np.zeros(150))
+    numeric = np.r_[np.zeros(3), np.ones(147)]
+    with pytest.raises(ValueError, match=r"class 0\.0 has 3 rows, fewer than every K in"):
+        bg.fit_classifier(X, numeric, kind="mixture", n_components=[4, 5])
 
 
 def test_edda_on_iris_against_mclust(iris):
